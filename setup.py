@@ -1,0 +1,3 @@
+from setuptools import setup
+
+setup(cffi_modules=["vhostsplice/_core_build.py:ffibuilder"])

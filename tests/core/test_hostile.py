@@ -1,0 +1,166 @@
+"""A hostile driver: ring corruption breaks the ring for good; per-chain faults are counted and survived."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from vhostsplice.errors import GuestFaultError, GuestRingError
+from vhostsplice.testing.virtq import DESC_F_INDIRECT, DESC_F_NEXT
+
+HDR = bytes(12)
+
+
+def broken(rig, reason: str, ring: str = "tx") -> None:
+    """The next poll fails with EBADMSG naming the reason, the err eventfd fires once, and stays failed."""
+    with pytest.raises(GuestRingError) as e:
+        rig.dp.poll()
+    assert e.value.errno == errno.EBADMSG
+    assert reason in str(e.value) and ring in str(e.value)
+    assert rig.stats(ring)["broken"] == reason
+    index = 0 if ring == "rx" else 1
+    assert rig.errs(index) == 1
+    with pytest.raises(GuestRingError):
+        rig.dp.poll()
+    assert rig.errs(index) == 0                      # signalled once
+
+
+def test_avail_idx_jump(make_rig):
+    rig = make_rig(num=16)
+    rig.tx.set_avail_idx(17)
+    broken(rig, "avail_idx")
+
+
+def test_head_out_of_range(make_rig):
+    rig = make_rig(num=16)
+    rig.tx.raw_avail(0, 16)
+    rig.tx.set_avail_idx(1)
+    broken(rig, "head")
+
+
+def test_descriptor_loop(make_rig):
+    rig = make_rig(num=16)
+    gpa = rig.mem.alloc(64)
+    rig.tx.raw_desc(0, gpa, 8, DESC_F_NEXT, 1)
+    rig.tx.raw_desc(1, gpa, 8, DESC_F_NEXT, 0)
+    rig.tx.raw_avail(0, 0)
+    rig.tx.set_avail_idx(1)
+    broken(rig, "loop")
+
+
+def test_next_out_of_range(make_rig):
+    rig = make_rig(num=16)
+    rig.tx.raw_desc(0, rig.mem.alloc(64), 64, DESC_F_NEXT, 99)
+    rig.tx.raw_avail(0, 0)
+    rig.tx.set_avail_idx(1)
+    broken(rig, "next")
+
+
+def indirect_table(rig, entries) -> int:
+    table = rig.mem.alloc(16 * len(entries))
+    for i, (addr, n, flags, nxt) in enumerate(entries):
+        rig.mem.write(table + 16 * i, addr.to_bytes(8, "little") + n.to_bytes(4, "little")
+                      + flags.to_bytes(2, "little") + nxt.to_bytes(2, "little"))
+    return table
+
+
+def test_nested_indirect(make_rig):
+    rig = make_rig(num=16)
+    inner = indirect_table(rig, [(rig.mem.alloc(64), 64, 0, 0)])
+    outer = indirect_table(rig, [(inner, 16, DESC_F_INDIRECT, 0)])
+    rig.tx.raw_desc(0, outer, 16, DESC_F_INDIRECT, 0)
+    rig.tx.raw_avail(0, 0)
+    rig.tx.set_avail_idx(1)
+    broken(rig, "nested_indirect")
+
+
+def test_loop_inside_indirect_table(make_rig):
+    rig = make_rig(num=16)
+    buf = rig.mem.alloc(64)
+    table = indirect_table(rig, [(buf, 8, DESC_F_NEXT, 1), (buf, 8, DESC_F_NEXT, 0)])
+    rig.tx.raw_desc(0, table, 32, DESC_F_INDIRECT, 0)
+    rig.tx.raw_avail(0, 0)
+    rig.tx.set_avail_idx(1)
+    broken(rig, "chain_len")
+
+
+def test_rx_ring_corruption(make_rig):
+    rig = make_rig(num=16)
+    rig.rx.set_avail_idx(40)
+    broken(rig, "avail_idx", ring="rx")
+
+
+def raw_chain(rig, addr: int, n: int, flags: int = 0) -> None:
+    slot = rig.tx.avail_idx
+    rig.tx.raw_desc(15, addr, n, flags, 0)
+    rig.tx.raw_avail(slot % rig.tx.num, 15)
+    rig.tx.set_avail_idx(slot + 1)
+
+
+@pytest.mark.parametrize("addr,n", [
+    (0x10, 100),                                  # below guest memory
+    (None, 100),                                  # starts inside, runs past the end
+    ((1 << 64) - 8, 64),                          # wraps past 2^64
+])
+def test_address_outside_memory_is_counted(make_rig, addr, n):
+    rig = make_rig(num=16)
+    if addr is None:
+        addr = rig.mem.gpa_base + rig.mem.size - 50
+    raw_chain(rig, addr, n)
+    rig.tx.add_out([rig.frame(60)])
+    rig.poll_idle()
+    assert rig.wire() == [HDR + rig.frame(60)]        # the good chain after it still goes out
+    assert rig.tx.used()[0] == (15, 0)
+    st = rig.stats("tx")
+    assert st["drops_fault"] == 1 and st["packets"] == 1 and st["broken"] is None
+
+
+def test_fault_exit(make_rig):
+    rig = make_rig(num=16, fault_exit=True)
+    raw_chain(rig, 0x10, 100)
+    with pytest.raises(GuestFaultError) as e:
+        rig.dp.poll()
+    assert e.value.errno == errno.EFAULT
+    assert rig.tx.used() == [(15, 0)]                 # completed before exiting
+    assert rig.stats("tx")["drops_fault"] == 1
+
+
+@pytest.mark.parametrize("length", [0, 24])
+def test_bad_indirect_length(make_rig, length):
+    rig = make_rig(num=16)
+    raw_chain(rig, rig.mem.alloc(64), length, DESC_F_INDIRECT)
+    rig.poll_idle()
+    assert rig.tx.used() == [(15, 0)]
+    assert rig.stats("tx")["drops_bad_desc"] == 1
+
+
+def test_indirect_table_outside_memory(make_rig):
+    rig = make_rig(num=16)
+    raw_chain(rig, 0x1000, 64, DESC_F_INDIRECT)
+    rig.poll_idle()
+    assert rig.stats("tx")["drops_fault"] == 1
+
+
+def test_too_many_iovecs(make_rig):
+    rig = make_rig(num=16)
+    buf = rig.mem.alloc(2048)
+    entries = [(buf + i, 1, DESC_F_NEXT, i + 1) for i in range(1100)]
+    entries[-1] = (buf, 1, 0, 0)
+    table = indirect_table(rig, entries)
+    raw_chain(rig, table, 16 * len(entries), DESC_F_INDIRECT)
+    rig.poll_idle()
+    assert rig.stats("tx")["drops_bad_desc"] == 1
+    assert rig.wire() == []
+
+
+def test_zero_length_descriptors_are_skipped(make_rig):
+    rig = make_rig(num=16)
+    data = HDR + rig.frame(100)
+    gpa = rig.mem.alloc(len(data))
+    rig.mem.write(gpa, data)
+    rig.tx.raw_desc(0, 0xdead0000, 0, DESC_F_NEXT, 1)   # no bytes: its address is never touched
+    rig.tx.raw_desc(1, gpa, len(data), 0, 0)
+    rig.tx.raw_avail(0, 0)
+    rig.tx.set_avail_idx(1)
+    rig.poll_idle()
+    assert rig.wire() == [data]

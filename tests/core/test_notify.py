@@ -1,0 +1,76 @@
+"""Notification suppression both ways: NO_NOTIFY / NO_INTERRUPT flags and EVENT_IDX (virtio 1.2 2.7.7, 2.7.10)."""
+from __future__ import annotations
+
+from vhostsplice.datapath import MORE
+from vhostsplice.testing.virtq import AVAIL_F_NO_INTERRUPT, USED_F_NO_NOTIFY
+
+
+def test_one_call_per_batch(make_rig):
+    rig = make_rig()
+    rig.tx.add_out([rig.frame(60, seed=i) for i in range(5)])
+    rig.poll_idle()
+    assert rig.calls(1) == 1
+    st = rig.stats("tx")
+    assert (st["notify_sent"], st["notify_suppressed"]) == (1, 0)
+    assert rig.calls(0) == 0                         # RX added nothing: no call
+
+
+def test_no_interrupt_suppresses_calls(make_rig):
+    rig = make_rig()
+    rig.tx.avail_flags = AVAIL_F_NO_INTERRUPT
+    rig.tx.add_out([rig.frame(60)])
+    rig.poll_idle()
+    assert rig.calls(1) == 0
+    assert rig.stats("tx")["notify_suppressed"] == 1
+    rig.tx.avail_flags = 0
+    rig.tx.add_out([rig.frame(60)])
+    rig.poll_idle()
+    assert rig.calls(1) == 1
+
+
+def test_no_notify_while_busy_cleared_when_idle(make_rig):
+    rig = make_rig(tx_budget=2)
+    rig.tx.add_out([rig.frame(60, seed=i) for i in range(5)])
+    assert rig.dp.poll() & MORE
+    assert rig.tx.used_flags & USED_F_NO_NOTIFY      # busy: the driver need not kick
+    assert rig.tx.publish() is False
+    rig.poll_idle()
+    assert rig.tx.used_flags == 0                    # idle again: kicks wanted
+    assert len(rig.wire()) == 5
+
+
+def test_event_idx_used_event(make_rig):
+    rig = make_rig(event_idx=True)
+    rig.tx.auto_used_event = False
+    rig.tx.add_out([rig.frame(60)])
+    rig.poll_idle()
+    assert rig.calls(1) == 1                         # the first call after start is always sent
+    rig.tx.used_event = 10                           # call me once used->idx passes 10
+    for i in range(4):                               # used idx 1 -> 5: no call
+        rig.tx.add_out([rig.frame(60, seed=i)])
+        rig.poll_idle()
+    assert rig.calls(1) == 0
+    rig.tx.add_out([rig.frame(60, seed=i) for i in range(8)])   # 5 -> 13 crosses 10
+    rig.poll_idle()
+    assert rig.calls(1) == 1
+    st = rig.stats("tx")
+    assert (st["notify_sent"], st["notify_suppressed"]) == (2, 4)
+
+
+def test_event_idx_avail_event_follows_last_avail(make_rig):
+    rig = make_rig(event_idx=True)
+    rig.tx.add_out([rig.frame(60, seed=i) for i in range(3)])
+    rig.poll_idle()
+    assert rig.tx.avail_event == 3                   # kick me when avail->idx passes 3
+    assert rig.tx.used_flags == 0                    # flags are not used with EVENT_IDX
+    assert rig.tx.add_out([rig.frame(60)], publish=False) and rig.tx.publish() is True
+    assert rig.tx.add_out([rig.frame(60)], publish=False) and rig.tx.publish() is False
+
+
+def test_rx_calls(make_rig):
+    rig = make_rig()
+    rig.rx.add_in(4, 2048)
+    rig.inject(rig.hdr() + rig.frame(60), rig.hdr() + rig.frame(70))
+    rig.poll_idle()
+    assert rig.calls(0) == 1
+    assert len(rig.rx.used()) == 2

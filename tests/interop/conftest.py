@@ -1,0 +1,45 @@
+"""Interop tests: real peers (DPDK testpmd) against the `vhostsplice run` worker, as root, in a netns."""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+
+import pytest
+
+from support import testpmd
+from support.netns import NetNs, is_root
+
+
+def vhostsplice_argv() -> list[str]:
+    """The worker command: $VHOSTSPLICE (shell words) or `vhostsplice` on PATH.
+
+    VHOSTSPLICE="python3 tests/support/testpmd.py" runs the same tests against DPDK's back-end.
+    """
+    if os.environ.get("VHOSTSPLICE"):
+        return shlex.split(os.environ["VHOSTSPLICE"])
+    found = shutil.which("vhostsplice") or shutil.which(os.path.join(os.path.dirname(sys.executable),
+                                                                       "vhostsplice"))
+    return [found] if found else [sys.executable, "-m", "vhostsplice"]
+
+
+@pytest.fixture
+def netns():
+    if not is_root():
+        pytest.skip("needs root to create a network namespace")
+    with NetNs() as ns:
+        yield ns
+
+
+@pytest.fixture(autouse=True)
+def _needs_root_and_testpmd():
+    if not is_root():
+        pytest.skip("needs root (ip netns, /dev/net/tun)")
+    if not testpmd.available():
+        pytest.skip(f"{testpmd.TESTPMD} not found (apt-get install dpdk-dev; tests/run.sh does it)")
+
+
+@pytest.fixture
+def vhostsplice_cmd() -> list[str]:
+    return vhostsplice_argv()

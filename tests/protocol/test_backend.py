@@ -1,0 +1,201 @@
+"""The handler table against a recording datapath: ordering, fd counts, replies, ring start rules."""
+import errno
+import os
+import socket
+
+import pytest
+
+from vhostsplice import protocol as P
+from vhostsplice.backend import BASE_FEATURES, Backend, BackendConfig
+from vhostsplice.channel import Channel
+from vhostsplice.errors import FeatureError, ProtocolError
+from vhostsplice.spec import TUN_F_CSUM, TUN_F_TSO4, Feature as F, ProtocolFeature as PF, Req, bit, mask
+
+
+class RecordingDatapath:
+    def __init__(self):
+        self.calls = []
+        self.running = set()
+
+    def configure(self, **kw):
+        self.calls.append(("configure", kw))
+
+    def set_memory(self, regions):
+        self.calls.append(("set_memory", len(regions)))
+
+    def start_ring(self, index, **kw):
+        self.calls.append(("start", index))
+        self.running.add(index)
+        return 0
+
+    def stop_ring(self, index):
+        self.calls.append(("stop", index))
+        self.running.discard(index)
+        return 7
+
+    def set_call_fd(self, index, fd):
+        self.calls.append(("call", index))
+
+    def set_err_fd(self, index, fd):
+        self.calls.append(("err", index))
+
+
+class FakeHostFd:
+    offload = None
+
+    def set_offload(self, flags):
+        self.offload = flags
+
+
+@pytest.fixture
+def env():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    dp, host = RecordingDatapath(), FakeHostFd()
+    backend = Backend(Channel(a), dp, host, BackendConfig())
+    memfd = os.memfd_create("g")
+    os.ftruncate(memfd, 1 << 20)
+    yield backend, Channel(b), dp, host, memfd
+    backend.close()
+    a.close()
+    b.close()
+    os.close(memfd)
+
+
+def send(backend, req, payload=b"", fds=(), need_reply=False):
+    flags = 1 | (8 if need_reply else 0)
+    backend.handle(P.Message(req, flags, payload, tuple(os.dup(fd) for fd in fds)))
+
+
+def setup_ring(backend, index, efd, enable=True):
+    send(backend, Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(index, 256)))
+    send(backend, Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(index, 0, 0x1000, 0x3000, 0x2000, 0)))
+    send(backend, Req.SET_VRING_BASE, P.encode_vring_state(P.VringState(index, 0)))
+    send(backend, Req.SET_VRING_KICK, P.encode_vring_file(index), fds=(efd,))
+    if enable:
+        send(backend, Req.SET_VRING_ENABLE, P.encode_vring_state(P.VringState(index, 1)))
+
+
+def mem_table(memfd):
+    return P.encode_mem_table(P.MemTable((P.MemRegion(0, 1 << 20, 0x7F0000000000, 0),))), (memfd,)
+
+
+def test_get_features_reply_offers_version_1(env):
+    backend, fe, *_ = env
+    send(backend, Req.GET_FEATURES)
+    reply = fe.recv()
+    assert reply.request == Req.GET_FEATURES and reply.flags & 4
+    assert P.decode_u64(reply) & bit(F.F_VERSION_1)
+
+
+def test_virtio_user_order_starts_rings_only_when_enabled(env):
+    backend, fe, dp, host, memfd = env
+    acked = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.VHOST_USER_F_PROTOCOL_FEATURES, F.NET_F_GUEST_CSUM,
+                 F.NET_F_GUEST_TSO4)
+    send(backend, Req.SET_OWNER)
+    send(backend, Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.REPLY_ACK)))
+    send(backend, Req.SET_FEATURES, P.encode_u64(acked))
+    assert host.offload == TUN_F_CSUM | TUN_F_TSO4        # exactly what the driver acked
+    conf = [kw for name, kw in dp.calls if name == "configure"][-1]
+    assert conf["mrg_rxbuf"] and not conf["event_idx"] and conf["rx_max"] > 65536
+    send(backend, Req.SET_MEM_TABLE, *mem_table(memfd), need_reply=True)
+    assert P.decode_u64(fe.recv()) == 0                   # REPLY_ACK honoured
+    kick = os.eventfd(0)
+    setup_ring(backend, 0, kick, enable=False)
+    assert ("start", 0) not in dp.calls                   # protocol features: disabled until ENABLE
+    send(backend, Req.SET_VRING_ENABLE, P.encode_vring_state(P.VringState(0, 1)))
+    assert ("start", 0) in dp.calls and backend.rings_running
+    send(backend, Req.GET_VRING_BASE, P.encode_vring_state(P.VringState(0, 0)))
+    assert P.decode_vring_state(fe.recv()) == P.VringState(0, 7)
+    assert not backend.rings_running
+    os.close(kick)
+
+
+def test_without_protocol_features_a_kicked_ring_runs(env):
+    backend, fe, dp, host, memfd = env
+    send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+    send(backend, Req.SET_MEM_TABLE, *mem_table(memfd))
+    kick = os.eventfd(0)
+    setup_ring(backend, 1, kick, enable=False)
+    assert ("start", 1) in dp.calls
+    os.close(kick)
+
+
+def test_ring_without_version_1_is_enotsup(env):
+    backend, fe, dp, host, memfd = env
+    send(backend, Req.SET_FEATURES, P.encode_u64(0))
+    send(backend, Req.SET_MEM_TABLE, *mem_table(memfd))
+    kick = os.eventfd(0)
+    with pytest.raises(FeatureError) as info:
+        setup_ring(backend, 0, kick, enable=False)
+    assert info.value.errno == errno.ENOTSUP
+    os.close(kick)
+
+
+def test_acking_unoffered_features_is_eproto(env):
+    backend, *_ = env
+    with pytest.raises(ProtocolError, match="never offered"):
+        send(backend, Req.SET_FEATURES, P.encode_u64(BASE_FEATURES | bit(F.F_RING_PACKED)))
+
+
+@pytest.mark.parametrize("req", [Req.SET_VRING_NUM, Req.SET_VRING_BASE, Req.SET_VRING_ENABLE, Req.GET_VRING_BASE])
+def test_ring_index_outside_the_pair_is_eproto(env, req):
+    backend, *_ = env
+    with pytest.raises(ProtocolError, match="one queue pair"):
+        send(backend, req, P.encode_vring_state(P.VringState(2, 1)))
+
+
+def test_unknown_request_is_eproto_and_closes_its_fds(env):
+    backend, *_ = env
+    r, w = os.pipe()
+    dup = os.dup(r)
+    with pytest.raises(ProtocolError, match="unsupported"):
+        backend.handle(P.Message(999, 1, b"", (dup,)))
+    with pytest.raises(OSError):
+        os.fstat(dup)                                       # closed, not leaked
+    os.close(r)
+    os.close(w)
+
+
+def test_wrong_fd_count_is_eproto_and_closes_fds(env):
+    backend, fe, dp, host, memfd = env
+    extra = os.dup(memfd)
+    with pytest.raises(ProtocolError, match="file descriptors"):
+        backend.handle(P.Message(Req.SET_OWNER, 1, b"", (extra,)))
+    with pytest.raises(OSError):
+        os.fstat(extra)
+    payload, _ = mem_table(memfd)
+    with pytest.raises(ProtocolError, match="0 file descriptors, expected 1"):
+        backend.handle(P.Message(Req.SET_MEM_TABLE, 1, payload, ()))
+
+
+def test_kick_with_nofd_flag_takes_no_fd(env):
+    backend, *_ = env
+    send(backend, Req.SET_VRING_KICK, P.encode_vring_file(0, nofd=True))
+    assert backend.rings[0].kicked and backend.rings[0].kick_fd is None
+
+
+def test_status_round_trip_and_bounds(env):
+    backend, fe, *_ = env
+    send(backend, Req.SET_STATUS, P.encode_u64(0xF))
+    send(backend, Req.GET_STATUS)
+    assert P.decode_u64(fe.recv()) == 0xF
+    with pytest.raises(ProtocolError):
+        send(backend, Req.SET_STATUS, P.encode_u64(0x100))
+
+
+def test_queue_num_is_one_pair(env):
+    backend, fe, *_ = env
+    send(backend, Req.GET_QUEUE_NUM)
+    assert P.decode_u64(fe.recv()) == 1
+
+
+def test_call_fd_replaced_while_running_reaches_datapath(env):
+    backend, fe, dp, host, memfd = env
+    send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+    send(backend, Req.SET_MEM_TABLE, *mem_table(memfd))
+    kick, call = os.eventfd(0), os.eventfd(0)
+    setup_ring(backend, 0, kick, enable=False)
+    send(backend, Req.SET_VRING_CALL, P.encode_vring_file(0), fds=(call,))
+    assert ("call", 0) in dp.calls
+    os.close(kick)
+    os.close(call)

@@ -1,0 +1,57 @@
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vhostsplice.cli import main, parse_cpus
+from vhostsplice.errors import EXIT_TABLE, ConfigError
+
+
+def test_parse_cpus_ranges():
+    allowed = sorted(os.sched_getaffinity(0))
+    assert parse_cpus(f"{allowed[0]}") == {allowed[0]}
+    assert parse_cpus(f"{allowed[0]}-{allowed[-1]}") == set(range(allowed[0], allowed[-1] + 1))
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "-1", "1,,2"])
+def test_parse_cpus_syntax_errors_are_einval(text):
+    with pytest.raises(ConfigError) as info:
+        parse_cpus(text)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_cpu_outside_allowed_set_is_einval():
+    with pytest.raises(ConfigError, match="not in this process's allowed set"):
+        parse_cpus("4096")
+
+
+def test_usage_errors_exit_einval_not_click_codes(capsys):
+    assert main(["run", "--no-such-option"]) == errno.EINVAL
+    assert main(["no-such-command"]) == errno.EINVAL
+    assert main(["run", "--tap", "x"]) == errno.EINVAL           # no front-end door given
+    assert main(["run", "--socket-path", "/tmp/x.sock"]) == errno.EINVAL   # no tap
+    assert main(["run", "--socket-path", "/tmp/x", "--fd", "3", "--tap", "t"]) == errno.EINVAL
+
+
+def test_print_capabilities(capsys):
+    assert main(["run", "--print-capabilities"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"type": "net"}
+
+
+def test_help_teaches_and_lists_exit_codes():
+    out = subprocess.run([sys.executable, "-m", "vhostsplice", "run", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for word in ("--socket-path", "--tap", "--cpu", "--on-guest-error", "Example", "EBADMSG", "ECONNRESET"):
+        assert word in out.stdout
+    assert subprocess.run([sys.executable, "-m", "vhostsplice", "-h"], capture_output=True).returncode == 0
+
+
+def test_exit_table_codes_are_distinct_errnos():
+    codes = [code for code, _, _ in EXIT_TABLE if code > 0]
+    assert len(codes) == len(set(codes))
+    for code, name, _ in EXIT_TABLE:
+        if code > 0:
+            assert errno.errorcode[code] == name

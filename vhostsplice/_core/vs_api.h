@@ -1,0 +1,156 @@
+/* vs_api.h - the interface of the vhostsplice C core.
+ *
+ * The section between the "cdef begin" and "cdef end" markers is read verbatim by cffi's cdef
+ * (vhostsplice/_core_build.py), so it holds only plain declarations and integer #defines.  The rest
+ * of the file is for the C sources only.
+ *
+ * Ownership: C owns no lifetimes.  Python allocates struct vs_pair, maps guest memory and keeps every
+ * buffer alive while a region table refers to it; C never allocates, maps, keeps globals or calls back.
+ * Every exported function returns >= 0 or -errno and does at most one batch of work.
+ */
+#ifndef VS_API_H
+#define VS_API_H
+
+#include <stdint.h>
+
+/* ---- cdef begin ---- */
+#define VS_API_VERSION 1
+#define VS_MAX_REGIONS 8
+#define VS_MAX_IOV 1024
+#define VS_MAX_QUEUE_SIZE 32768
+#define VS_NET_HDR_LEN 12
+
+/* struct vs_ring.flags: negotiated features that change the datapath */
+#define VS_RF_EVENT_IDX 1
+#define VS_RF_INDIRECT 2
+#define VS_RF_MRG 4
+
+/* vs_pair_poll() result bits */
+#define VS_MORE 1
+#define VS_TX_BLOCKED 2
+#define VS_RX_STARVED 4
+
+/* struct vs_ring.broken: why the guest's ring is unusable (0 = not broken) */
+#define VS_BROKEN_AVAIL_IDX 1
+#define VS_BROKEN_HEAD 2
+#define VS_BROKEN_NEXT 3
+#define VS_BROKEN_LOOP 4
+#define VS_BROKEN_CHAIN_LEN 5
+#define VS_BROKEN_NESTED_INDIRECT 6
+
+struct vs_region {
+    uint64_t gpa;       /* guest-physical address of byte 0 */
+    uint64_t uva;       /* front-end user address of byte 0 (ring addresses use these) */
+    uint64_t size;
+    uint8_t *hva;       /* our address of byte 0 */
+};
+
+struct vs_mem {
+    uint32_t n;
+    struct vs_region r[VS_MAX_REGIONS];
+};
+
+struct vs_ring_stats {
+    uint64_t packets, bytes, chains;
+    uint64_t drops_fault, drops_bad_desc, drops_short, drops_hostfd;
+    uint64_t rx_starved, notify_sent, notify_suppressed, batches;
+};
+
+struct vs_ring {
+    uint32_t num;
+    uint32_t flags;             /* VS_RF_* */
+    int call_fd, err_fd;        /* -1: none */
+    uint64_t desc_uva, avail_uva, used_uva;
+    void *desc, *avail, *used;  /* host pointers, set by vs_ring_start/vs_ring_remap */
+    uint16_t last_avail, used_idx, signalled_used;
+    uint8_t signalled_valid, running;
+    int broken;                 /* 0 or VS_BROKEN_* */
+    struct vs_ring_stats st;
+};
+
+struct vs_pair {
+    struct vs_mem mem;
+    struct vs_ring rx, tx;      /* virtqueue 0 and 1 */
+    int host_fd;
+    uint32_t hdr_len;           /* virtio-net header bytes carried by the host fd: VS_NET_HDR_LEN */
+    uint32_t rx_max;            /* largest packet the host fd can deliver, header included */
+    uint32_t tx_budget, rx_budget;
+    int fault_exit;             /* per-chain guest faults end the poll with -EFAULT */
+};
+
+int vs_api_version(void);
+int vs_ring_start(struct vs_pair *p, struct vs_ring *r);
+int vs_ring_remap(struct vs_pair *p, struct vs_ring *r);
+int vs_pair_poll(struct vs_pair *p);
+int vs_drain_eventfd(int fd);
+/* ---- cdef end ---- */
+
+/* ------------------------------------------------------------------ internal (C sources only) */
+#include <stddef.h>
+#include <sys/uio.h>
+
+/* Split virtqueue layout (virtio 1.2, 2.7). All fields little-endian. */
+struct vs_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+struct vs_avail {
+    uint16_t flags, idx;
+    uint16_t ring[];            /* num entries, then used_event */
+};
+struct vs_used_elem {
+    uint32_t id, len;
+};
+struct vs_used {
+    uint16_t flags, idx;
+    struct vs_used_elem ring[]; /* num entries, then avail_event */
+};
+
+#define VS_DESC_F_NEXT 1
+#define VS_DESC_F_WRITE 2
+#define VS_DESC_F_INDIRECT 4
+#define VS_USED_F_NO_NOTIFY 1
+#define VS_AVAIL_F_NO_INTERRUPT 1
+#define VS_NUM_BUFFERS_OFF 10
+
+/* Per-chain outcome of a walk (> 0); a broken ring is -EBADMSG. */
+enum vs_chain_result {
+    VS_CHAIN_OK = 0,
+    VS_CHAIN_FAULT,         /* address outside guest memory: drops_fault */
+    VS_CHAIN_BAD_DESC,      /* wrong direction, bad indirect: drops_bad_desc */
+    VS_CHAIN_TOO_MANY,      /* more than the iovecs left: drops_bad_desc (or stop a merge) */
+    VS_CHAIN_SHORT,         /* shorter than the virtio-net header: drops_short */
+};
+
+/* vs_mem.c */
+uint8_t *vs_uva_to_hva(const struct vs_mem *m, uint64_t uva, uint64_t len);
+uint8_t *vs_gpa_to_hva(const struct vs_mem *m, uint64_t gpa, uint64_t len);
+int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
+                  struct iovec *iov, uint32_t *niov, uint32_t max);
+void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const void *src, size_t n);
+
+/* vs_split.c */
+struct vs_walk {
+    struct iovec *iov;      /* where the chain's iovecs go */
+    uint32_t max;           /* room in iov */
+    uint32_t niov;          /* out */
+    uint64_t len;           /* out: total bytes */
+    uint32_t ndesc;         /* out: ring descriptors the chain holds (an indirect table counts 1) */
+    uint16_t head;          /* out */
+};
+int vs_avail_pending(struct vs_ring *r);
+int vs_ring_fail(struct vs_ring *r, int reason);
+int vs_pop_chain(const struct vs_pair *p, struct vs_ring *r, int writable, struct vs_walk *w);
+void vs_used_add(struct vs_ring *r, uint16_t head, uint32_t len);
+void vs_used_publish(struct vs_ring *r, uint16_t old_used);
+void vs_notify_disable(struct vs_ring *r);
+int vs_notify_enable(struct vs_ring *r, uint16_t seen);
+int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
+
+/* vs_net.c */
+int vs_tx_batch(struct vs_pair *p);
+int vs_rx_batch(struct vs_pair *p);
+
+#endif /* VS_API_H */

@@ -1,0 +1,99 @@
+/* vs_mem.c - guest address translation against the region table.
+ *
+ * Every translation checks that [addr, addr + len) lies inside a region using only subtraction on
+ * uint64_t (never addr + len), so a hostile address cannot wrap.  Python sized each region's hva
+ * mapping to exactly `size` bytes, which is what makes hva + offset (offset < size) in bounds.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "vs_api.h"
+
+static uint32_t mem_count(const struct vs_mem *m)
+{
+    return m->n < VS_MAX_REGIONS ? m->n : VS_MAX_REGIONS;
+}
+
+/* Address of [uva, uva + len) if it lies wholly inside one region, else NULL. */
+uint8_t *vs_uva_to_hva(const struct vs_mem *m, uint64_t uva, uint64_t len)
+{
+    for (uint32_t i = 0; i < mem_count(m); i++) {
+        const struct vs_region *r = &m->r[i];
+        if (uva < r->uva || uva - r->uva >= r->size)
+            continue;
+        if (len > r->size - (uva - r->uva))
+            return NULL;
+        /* SAFETY: uva - r->uva < size and the whole range fits in the region's size bytes. */
+        return r->hva + (uva - r->uva);
+    }
+    return NULL;
+}
+
+/* Address of [gpa, gpa + len) if it lies wholly inside one region, else NULL. */
+uint8_t *vs_gpa_to_hva(const struct vs_mem *m, uint64_t gpa, uint64_t len)
+{
+    for (uint32_t i = 0; i < mem_count(m); i++) {
+        const struct vs_region *r = &m->r[i];
+        if (gpa < r->gpa || gpa - r->gpa >= r->size)
+            continue;
+        if (len > r->size - (gpa - r->gpa))
+            return NULL;
+        /* SAFETY: gpa - r->gpa < size and the whole range fits in the region's size bytes. */
+        return r->hva + (gpa - r->gpa);
+    }
+    return NULL;
+}
+
+/* Region holding gpa, or NULL. */
+static const struct vs_region *gpa_region(const struct vs_mem *m, uint64_t gpa)
+{
+    for (uint32_t i = 0; i < mem_count(m); i++) {
+        const struct vs_region *r = &m->r[i];
+        if (gpa >= r->gpa && gpa - r->gpa < r->size)
+            return r;
+    }
+    return NULL;
+}
+
+/* Append iovecs for [gpa, gpa + len) at iov[*niov], splitting where the range crosses from one
+ * region into the next.  Returns 0, VS_CHAIN_FAULT (a byte outside memory) or VS_CHAIN_TOO_MANY. */
+int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
+                  struct iovec *iov, uint32_t *niov, uint32_t max)
+{
+    while (len > 0) {
+        const struct vs_region *r = gpa_region(m, gpa);
+        if (r == NULL)
+            return VS_CHAIN_FAULT;
+        uint64_t off = gpa - r->gpa;
+        uint64_t take = r->size - off < len ? r->size - off : len;
+        if (*niov >= max)
+            return VS_CHAIN_TOO_MANY;
+        /* SAFETY: off < r->size and take <= r->size - off: the piece lies inside the region. */
+        iov[*niov].iov_base = r->hva + off;
+        iov[*niov].iov_len = (size_t)take;
+        (*niov)++;
+        len -= take;
+        if (len > 0 && gpa > UINT64_MAX - take)
+            return VS_CHAIN_FAULT; /* the range would wrap past 2^64 */
+        gpa += take;
+    }
+    return 0;
+}
+
+/* Copy n bytes to logical offset off of the iovec list (bytes past its end are dropped). */
+void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const void *src, size_t n)
+{
+    const uint8_t *s = src;
+    for (uint32_t i = 0; i < niov && n > 0; i++) {
+        if (off >= iov[i].iov_len) {
+            off -= iov[i].iov_len;
+            continue;
+        }
+        size_t k = iov[i].iov_len - off < n ? iov[i].iov_len - off : n;
+        /* SAFETY: off < iov_len and k <= iov_len - off: inside a translated guest piece. */
+        memcpy((uint8_t *)iov[i].iov_base + off, s, k);
+        s += k;
+        n -= k;
+        off = 0;
+    }
+}

@@ -1,0 +1,306 @@
+/* vs_split.c - split virtqueue (virtio 1.2, 2.7): ring set-up, chain walking, used ring, notifications.
+ *
+ * The ring pointers were translated once (vs_ring_start/vs_ring_remap) for the full ring sizes, so an
+ * index taken modulo num is always in bounds.  Descriptors are copied out of guest memory once and
+ * checked on the copy: the guest may rewrite them concurrently.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vs_api.h"
+
+static uint16_t ld16(const uint16_t *p)
+{
+    return le16toh(__atomic_load_n(p, __ATOMIC_RELAXED));
+}
+
+static void st16(uint16_t *p, uint16_t v)
+{
+    __atomic_store_n(p, htole16(v), __ATOMIC_RELAXED);
+}
+
+int vs_api_version(void)
+{
+    return VS_API_VERSION;
+}
+
+/* 2.7: Queue Size is a power of 2 up to 32768; desc 16-, avail 2-, used 4-byte aligned. */
+static int ring_check(const struct vs_ring *r)
+{
+    if (r->num == 0 || r->num > VS_MAX_QUEUE_SIZE || (r->num & (r->num - 1)) != 0)
+        return -EINVAL;
+    if ((r->desc_uva & 15) != 0 || (r->avail_uva & 1) != 0 || (r->used_uva & 3) != 0)
+        return -EINVAL;
+    return 0;
+}
+
+/* Translate the three ring areas, each wholly inside one region. */
+static int ring_map(const struct vs_pair *p, struct vs_ring *r)
+{
+    uint64_t n = r->num;
+    uint8_t *desc = vs_uva_to_hva(&p->mem, r->desc_uva, 16 * n);
+    uint8_t *avail = vs_uva_to_hva(&p->mem, r->avail_uva, 6 + 2 * n);
+    uint8_t *used = vs_uva_to_hva(&p->mem, r->used_uva, 6 + 8 * n);
+    if (desc == NULL || avail == NULL || used == NULL)
+        return -EFAULT;
+    /* Our mapping must keep the alignment the atomics on idx need. */
+    if (((uintptr_t)avail & 1) != 0 || ((uintptr_t)used & 3) != 0)
+        return -EINVAL;
+    r->desc = desc;
+    r->avail = avail;
+    r->used = used;
+    return 0;
+}
+
+static void ring_unmap(struct vs_ring *r)
+{
+    r->running = 0;
+    r->desc = r->avail = r->used = NULL;
+}
+
+int vs_ring_start(struct vs_pair *p, struct vs_ring *r)
+{
+    int rc = ring_check(r);
+    if (rc == 0)
+        rc = ring_map(p, r);
+    if (rc < 0) {
+        ring_unmap(r);
+        return rc;
+    }
+    struct vs_used *u = r->used;
+    /* SAFETY: used was translated for 6 + 8 * num bytes and idx sits at offset 2. */
+    uint16_t pos = le16toh(__atomic_load_n(&u->idx, __ATOMIC_ACQUIRE));
+    r->last_avail = r->used_idx = r->signalled_used = pos;
+    r->signalled_valid = 0;
+    r->broken = 0;
+    r->running = 1;
+    return pos;
+}
+
+int vs_ring_remap(struct vs_pair *p, struct vs_ring *r)
+{
+    if (!r->running)
+        return 0;
+    int rc = ring_map(p, r);
+    if (rc < 0)
+        ring_unmap(r);
+    return rc;
+}
+
+/* Mark the ring broken (once), signal the error eventfd, and fail. */
+int vs_ring_fail(struct vs_ring *r, int reason)
+{
+    if (r->broken == 0) {
+        uint64_t one = 1;
+        r->broken = reason;
+        if (r->err_fd >= 0 && write(r->err_fd, &one, sizeof one) < 0) {
+            /* the eventfd is full or gone: the -EBADMSG return still reports it */
+        }
+    }
+    return -EBADMSG;
+}
+
+/* Chains the driver made available that we have not taken yet; -EBADMSG if avail->idx jumped. */
+int vs_avail_pending(struct vs_ring *r)
+{
+    struct vs_avail *a = r->avail;
+    /* SAFETY: avail was translated for 6 + 2 * num bytes and idx sits at offset 2. */
+    uint16_t idx = le16toh(__atomic_load_n(&a->idx, __ATOMIC_ACQUIRE));
+    uint16_t n = (uint16_t)(idx - r->last_avail);
+    if (n > r->num)
+        return vs_ring_fail(r, VS_BROKEN_AVAIL_IDX);
+    return n;
+}
+
+/* A descriptor table being walked: the ring's own or one indirect table. */
+struct desc_table {
+    const uint8_t *base;
+    uint32_t n;
+    int indirect;
+};
+
+static void desc_load(const struct desc_table *t, uint32_t i, struct vs_desc *d)
+{
+    /* SAFETY: callers pass i < t->n and the table was translated for 16 * n bytes. */
+    memcpy(d, t->base + 16 * (uint64_t)i, sizeof *d);
+    d->addr = le64toh(d->addr);
+    d->len = le32toh(d->len);
+    d->flags = le16toh(d->flags);
+    d->next = le16toh(d->next);
+}
+
+/* 2.7.5.3: switch to the table an INDIRECT descriptor points at. */
+static int enter_indirect(const struct vs_pair *p, struct vs_ring *r,
+                          struct desc_table *t, const struct vs_desc *d)
+{
+    if (t->indirect) /* 2.7.5.3.1: the driver MUST NOT set INDIRECT within an indirect table */
+        return vs_ring_fail(r, VS_BROKEN_NESTED_INDIRECT);
+    if (!(r->flags & VS_RF_INDIRECT) || (d->flags & VS_DESC_F_NEXT) || d->len == 0 || d->len % 16)
+        return VS_CHAIN_BAD_DESC;
+    const uint8_t *tab = vs_gpa_to_hva(&p->mem, d->addr, d->len);
+    if (tab == NULL)
+        return VS_CHAIN_FAULT;
+    t->base = tab;
+    t->n = d->len / 16;
+    t->indirect = 1;
+    return 0;
+}
+
+/* Add one data descriptor to the chain's iovecs. */
+static int desc_to_iov(const struct vs_pair *p, int writable, const struct vs_desc *d,
+                       struct vs_walk *w)
+{
+    if (!!(d->flags & VS_DESC_F_WRITE) != !!writable)
+        return VS_CHAIN_BAD_DESC;
+    w->len += d->len;
+    if (d->len == 0)
+        return 0;
+    return vs_gpa_to_iov(&p->mem, d->addr, d->len, w->iov, &w->niov, w->max);
+}
+
+/* Walk the chain at w->head into iovecs: 0, a per-chain VS_CHAIN_* fault, or -EBADMSG. */
+static int walk(const struct vs_pair *p, struct vs_ring *r, int writable, struct vs_walk *w)
+{
+    struct desc_table t = { r->desc, r->num, 0 };
+    uint32_t i = w->head, seen = 0;
+    w->niov = 0;
+    w->len = 0;
+    w->ndesc = 0;
+    for (;;) {
+        struct vs_desc d;
+        if (++seen > t.n)
+            return vs_ring_fail(r, t.indirect ? VS_BROKEN_CHAIN_LEN : VS_BROKEN_LOOP);
+        desc_load(&t, i, &d);
+        w->ndesc += !t.indirect;
+        int rc = (d.flags & VS_DESC_F_INDIRECT) ? enter_indirect(p, r, &t, &d)
+                                                 : desc_to_iov(p, writable, &d, w);
+        if (rc != 0)
+            return rc;
+        if (d.flags & VS_DESC_F_INDIRECT) {
+            i = 0;
+            seen = 0;
+            continue;
+        }
+        if (!(d.flags & VS_DESC_F_NEXT))
+            return 0;
+        i = d.next;
+        if (i >= t.n)
+            return vs_ring_fail(r, VS_BROKEN_NEXT);
+    }
+}
+
+/* Take the next available chain (the caller saw vs_avail_pending() > 0). */
+int vs_pop_chain(const struct vs_pair *p, struct vs_ring *r, int writable, struct vs_walk *w)
+{
+    struct vs_avail *a = r->avail;
+    /* SAFETY: last_avail % num indexes one of the num ring entries translated with avail. */
+    uint16_t head = ld16(&a->ring[r->last_avail & (r->num - 1)]);
+    w->head = head;
+    w->niov = 0;
+    w->len = 0;
+    if (head >= r->num)
+        return vs_ring_fail(r, VS_BROKEN_HEAD);
+    r->last_avail++;
+    return walk(p, r, writable, w);
+}
+
+/* Count a per-chain fault and give the chain back with used length 0. */
+int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault)
+{
+    switch (fault) {
+    case VS_CHAIN_FAULT:
+        r->st.drops_fault++;
+        break;
+    case VS_CHAIN_SHORT:
+        r->st.drops_short++;
+        break;
+    default:
+        r->st.drops_bad_desc++;
+        break;
+    }
+    r->st.chains++;
+    vs_used_add(r, head, 0);
+    return p->fault_exit ? -EFAULT : 0;
+}
+
+void vs_used_add(struct vs_ring *r, uint16_t head, uint32_t len)
+{
+    struct vs_used *u = r->used;
+    /* SAFETY: used_idx % num indexes one of the num elements translated with used. */
+    struct vs_used_elem *e = &u->ring[r->used_idx & (r->num - 1)];
+    __atomic_store_n(&e->id, htole32((uint32_t)head), __ATOMIC_RELAXED);
+    __atomic_store_n(&e->len, htole32(len), __ATOMIC_RELAXED);
+    r->used_idx++;
+}
+
+/* 2.7.7.2 / 2.7.10: does the driver want a used-buffer notification for this batch? */
+static int need_call(struct vs_ring *r)
+{
+    struct vs_avail *a = r->avail;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (!(r->flags & VS_RF_EVENT_IDX))
+        /* SAFETY: avail flags sit at offset 0 of the translated avail ring. */
+        return !(ld16(&a->flags) & VS_AVAIL_F_NO_INTERRUPT);
+    uint16_t old = r->signalled_used, new = r->used_idx;
+    int valid = r->signalled_valid;
+    r->signalled_used = new;
+    r->signalled_valid = 1;
+    if (!valid)
+        return 1;
+    /* SAFETY: used_event is entry num of avail->ring, inside the 6 + 2 * num bytes translated. */
+    uint16_t event = ld16(&a->ring[r->num]);
+    return (uint16_t)(new - event - 1) < (uint16_t)(new - old);
+}
+
+/* Publish the batch's used entries with one release store, then call the driver if it wants. */
+void vs_used_publish(struct vs_ring *r, uint16_t old_used)
+{
+    struct vs_used *u = r->used;
+    if (r->used_idx == old_used)
+        return;
+    /* SAFETY: used idx sits at offset 2 of the translated used ring. */
+    __atomic_store_n(&u->idx, htole16(r->used_idx), __ATOMIC_RELEASE);
+    if (!need_call(r)) {
+        r->st.notify_suppressed++;
+        return;
+    }
+    r->st.notify_sent++;
+    uint64_t one = 1;
+    if (r->call_fd >= 0 && write(r->call_fd, &one, sizeof one) < 0) {
+        /* a full eventfd already wakes the driver */
+    }
+}
+
+/* While we process, the driver need not kick (2.7.10). With EVENT_IDX avail_event stays behind. */
+void vs_notify_disable(struct vs_ring *r)
+{
+    struct vs_used *u = r->used;
+    if (r->flags & VS_RF_EVENT_IDX)
+        return;
+    /* SAFETY: used flags sit at offset 0 of the translated used ring. */
+    if (!(ld16(&u->flags) & VS_USED_F_NO_NOTIFY))
+        st16(&u->flags, VS_USED_F_NO_NOTIFY);
+}
+
+/* Ask for a kick once avail->idx moves past `seen`, then re-check (the driver may have added
+ * chains before it saw the request).  Returns chains pending (> 0: keep going), 0, or -EBADMSG. */
+int vs_notify_enable(struct vs_ring *r, uint16_t seen)
+{
+    struct vs_used *u = r->used;
+    if (r->flags & VS_RF_EVENT_IDX)
+        /* SAFETY: avail_event follows the num used elements, inside 6 + 8 * num bytes. */
+        st16((uint16_t *)&u->ring[r->num], seen);
+    else
+        /* SAFETY: used flags sit at offset 0 of the translated used ring. */
+        st16(&u->flags, 0);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    struct vs_avail *a = r->avail;
+    /* SAFETY: avail idx sits at offset 2 of the translated avail ring. */
+    uint16_t idx = le16toh(__atomic_load_n(&a->idx, __ATOMIC_ACQUIRE));
+    if (idx == seen)
+        return 0;
+    vs_notify_disable(r);
+    return vs_avail_pending(r);
+}

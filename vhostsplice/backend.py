@@ -1,0 +1,316 @@
+"""One handler per vhost-user request, named after it, dispatched by a table.
+
+The back-end serves exactly one queue pair: ring 0 (RX, device -> driver) and ring 1 (TX). Syntax is
+checked by protocol.py; this module checks meaning (ring index, ordering, fd counts, feature subsets)
+and drives the datapath. A handler raises a VhostspliceError for a fatal violation.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from . import protocol as P
+from .errors import FeatureError, ProtocolError
+from .memory import GuestMemory
+from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, NET_HDR_LEN, Feature as F, ProtocolFeature as PF, Req, \
+    bit, mask
+from .vring import RingState, close_fd
+
+log = logging.getLogger("vhostsplice")
+
+BASE_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC, F.RING_F_EVENT_IDX,
+                     F.F_IN_ORDER, F.VHOST_USER_F_PROTOCOL_FEATURES)
+OFFLOAD_FEATURES = mask(*GUEST_OFFLOAD_TO_TUN, *HOST_OFFLOADS)
+PROTOCOL_FEATURES = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
+GSO_MAX = 65550 + 4        # largest frame a tap hands over with guest TSO/UFO on (64 KiB + Ethernet + VLAN)
+
+
+@dataclass
+class BackendConfig:
+    offloads: bool = True
+    fault_exit: bool = False
+    mtu: int = 1500
+
+
+class Backend:
+    def __init__(self, channel, datapath, hostfd, config: BackendConfig):
+        self.channel, self.datapath, self.hostfd, self.config = channel, datapath, hostfd, config
+        self.offered = BASE_FEATURES | (OFFLOAD_FEATURES if config.offloads else 0)
+        self.acked: int | None = None
+        self.protocol_acked = 0
+        self.status = 0
+        self.memory: GuestMemory | None = None
+        self.rings = [RingState(0), RingState(1)]
+        self.messages = 0
+
+    # -- dispatch ---------------------------------------------------------------------------------------
+    def handle(self, msg: P.Message) -> None:
+        entry = HANDLERS.get(msg.request)
+        if entry is None:
+            _close_fds(msg.fds)
+            raise ProtocolError(f"{msg.name}: unsupported request")
+        handler, want_fds = entry
+        self.messages += 1
+        try:
+            expected = want_fds(self, msg)
+        except BaseException:
+            _close_fds(msg.fds)
+            raise
+        if len(msg.fds) != expected:
+            _close_fds(msg.fds)
+            raise ProtocolError(f"{msg.name}: {len(msg.fds)} file descriptors, expected {expected}")
+        reply = handler(self, msg)    # a handler owns msg.fds from here: it keeps or closes each
+        if reply is not None:
+            self.channel.send(msg.request, reply, reply=True)
+        elif msg.need_reply and self.protocol_acked & bit(PF.REPLY_ACK):
+            self.channel.send(msg.request, P.encode_u64(0), reply=True)
+
+    @property
+    def rings_running(self) -> bool:
+        return any(r.running for r in self.rings)
+
+    def close(self) -> None:
+        for ring in self.rings:
+            self._stop(ring)
+            ring.reset()
+        if self.memory is not None:
+            self.datapath.set_memory([])
+            self.memory.close()
+            self.memory = None
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _ring(self, index: int) -> RingState:
+        if index not in (0, 1):
+            raise ProtocolError(f"ring index {index}: this back-end serves one queue pair (rings 0 and 1)")
+        return self.rings[index]
+
+    def _acked(self, feature: int) -> bool:
+        return bool(self.acked is not None and self.acked & bit(feature))
+
+    def _stop(self, ring: RingState) -> int:
+        if ring.running:
+            ring.base = self.datapath.stop_ring(ring.index)
+            ring.running = False
+        return ring.base
+
+    def _maybe_start(self, ring: RingState) -> None:
+        if ring.running or not ring.ready(self.memory is not None):
+            return
+        if not self._acked(F.F_VERSION_1):
+            raise FeatureError("the driver did not accept VIRTIO_F_VERSION_1 (legacy virtio is not served)")
+        if self.acked is None:
+            self.acked = 0
+        a = ring.addr
+        pos = self.datapath.start_ring(ring.index, num=ring.num, desc=a.desc, avail=a.avail, used=a.used,
+                                       call_fd=_fd(ring.call_fd), err_fd=_fd(ring.err_fd))
+        if pos != ring.base:
+            log.info("ring %d: position %d taken from used->idx (SET_VRING_BASE said %d)", ring.index, pos, ring.base)
+        ring.base, ring.running = pos, True
+
+    def _configure_datapath(self) -> None:
+        acked = self.acked or 0
+        guest_gso = acked & mask(F.NET_F_GUEST_TSO4, F.NET_F_GUEST_TSO6, F.NET_F_GUEST_UFO)
+        rx_max = NET_HDR_LEN + (GSO_MAX if guest_gso else self.config.mtu + 18)
+        self.datapath.configure(mrg_rxbuf=self._acked(F.NET_F_MRG_RXBUF), event_idx=self._acked(F.RING_F_EVENT_IDX),
+                                indirect=self._acked(F.RING_F_INDIRECT_DESC), rx_max=rx_max,
+                                fault_exit=self.config.fault_exit)
+        tun = 0
+        for feature, flag in GUEST_OFFLOAD_TO_TUN.items():
+            if acked & bit(feature):
+                tun |= flag
+        self.hostfd.set_offload(tun)
+
+
+def _fd(fd: int | None) -> int:
+    return -1 if fd is None else fd
+
+
+def _close_fds(fds) -> None:
+    for fd in fds:
+        close_fd(fd)
+
+
+# -- handlers: one per request ----------------------------------------------------------------------------
+def get_features_exec(b: Backend, msg: P.Message) -> bytes:
+    return P.encode_u64(b.offered)
+
+
+def set_features_exec(b: Backend, msg: P.Message) -> None:
+    features = P.decode_u64(msg)
+    extra = features & ~b.offered
+    if extra:
+        raise ProtocolError(f"SET_FEATURES acks bits never offered: {extra:#x}")
+    if b.rings_running and features != b.acked:
+        raise ProtocolError("SET_FEATURES changed the features while rings were running")
+    b.acked = features
+    if not features & bit(F.F_VERSION_1):
+        log.warning("the driver did not accept VIRTIO_F_VERSION_1 (features %#x)", features)
+    else:
+        b._configure_datapath()
+    if not features & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
+        for ring in b.rings:      # without protocol features a ring is enabled as soon as it starts
+            ring.enabled = True
+    for ring in b.rings:
+        b._maybe_start(ring)
+
+
+def set_owner_exec(b: Backend, msg: P.Message) -> None:
+    return None
+
+
+def reset_owner_exec(b: Backend, msg: P.Message) -> None:
+    for ring in b.rings:
+        b._stop(ring)
+        ring.reset()
+    b.acked = None
+
+
+def get_protocol_features_exec(b: Backend, msg: P.Message) -> bytes:
+    return P.encode_u64(PROTOCOL_FEATURES)
+
+
+def set_protocol_features_exec(b: Backend, msg: P.Message) -> None:
+    features = P.decode_u64(msg)
+    if features & ~PROTOCOL_FEATURES:
+        raise ProtocolError(f"SET_PROTOCOL_FEATURES acks bits never offered: {features & ~PROTOCOL_FEATURES:#x}")
+    b.protocol_acked = features
+
+
+def get_queue_num_exec(b: Backend, msg: P.Message) -> bytes:
+    return P.encode_u64(1)
+
+
+def set_mem_table_exec(b: Backend, msg: P.Message) -> None:
+    try:
+        memory = GuestMemory(P.decode_mem_table(msg), msg.fds)
+    finally:
+        _close_fds(msg.fds)    # the mappings stay valid without the fds
+    old, b.memory = b.memory, memory
+    b.datapath.set_memory(memory.regions)      # re-maps running rings onto the new table
+    if old is not None:
+        old.close()
+    for ring in b.rings:
+        b._maybe_start(ring)
+
+
+def set_vring_num_exec(b: Backend, msg: P.Message) -> None:
+    state = P.decode_vring_state(msg)
+    ring = b._ring(state.index)
+    b._stop(ring)
+    ring.num = state.num
+
+
+def set_vring_addr_exec(b: Backend, msg: P.Message) -> None:
+    addr = P.decode_vring_addr(msg)
+    ring = b._ring(addr.index)
+    b._stop(ring)
+    ring.addr = addr
+    b._maybe_start(ring)
+
+
+def set_vring_base_exec(b: Backend, msg: P.Message) -> None:
+    state = P.decode_vring_state(msg)
+    ring = b._ring(state.index)
+    if state.num > 0xFFFF:
+        raise ProtocolError(f"SET_VRING_BASE: index {state.num} does not fit a split ring")
+    b._stop(ring)
+    ring.base = state.num
+
+
+def get_vring_base_exec(b: Backend, msg: P.Message) -> bytes:
+    state = P.decode_vring_state(msg)
+    ring = b._ring(state.index)
+    base = b._stop(ring)
+    ring.kicked = False
+    ring.replace_fd("kick_fd", None)
+    return P.encode_vring_state(P.VringState(ring.index, base))
+
+
+def _vring_file(b: Backend, msg: P.Message, attr: str) -> RingState:
+    vf = P.decode_vring_file(msg)
+    try:
+        ring = b._ring(vf.index)
+    except ProtocolError:
+        _close_fds(msg.fds)
+        raise
+    ring.replace_fd(attr, None if vf.nofd else msg.fds[0])
+    return ring
+
+
+def set_vring_kick_exec(b: Backend, msg: P.Message) -> None:
+    ring = _vring_file(b, msg, "kick_fd")
+    b._stop(ring)
+    ring.kicked = True
+    if not (b.acked or 0) & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
+        ring.enabled = True     # without protocol features a ring is enabled as soon as it starts
+    b._maybe_start(ring)
+
+
+def set_vring_call_exec(b: Backend, msg: P.Message) -> None:
+    ring = _vring_file(b, msg, "call_fd")
+    if ring.running:
+        b.datapath.set_call_fd(ring.index, _fd(ring.call_fd))
+
+
+def set_vring_err_exec(b: Backend, msg: P.Message) -> None:
+    ring = _vring_file(b, msg, "err_fd")
+    if ring.running:
+        b.datapath.set_err_fd(ring.index, _fd(ring.err_fd))
+
+
+def set_vring_enable_exec(b: Backend, msg: P.Message) -> None:
+    state = P.decode_vring_state(msg)
+    ring = b._ring(state.index)
+    if state.num not in (0, 1):
+        raise ProtocolError(f"SET_VRING_ENABLE: value {state.num} is neither 0 nor 1")
+    ring.enabled = bool(state.num)
+    if ring.enabled:
+        b._maybe_start(ring)
+    else:
+        b._stop(ring)
+
+
+def set_status_exec(b: Backend, msg: P.Message) -> None:
+    status = P.decode_u64(msg)
+    if status > 0xFF:
+        raise ProtocolError(f"SET_STATUS: {status:#x} is not a device status byte")
+    b.status = status
+
+
+def get_status_exec(b: Backend, msg: P.Message) -> bytes:
+    return P.encode_u64(b.status)
+
+
+def _no_fds(b: Backend, msg: P.Message) -> int:
+    return 0
+
+
+def _region_fds(b: Backend, msg: P.Message) -> int:
+    return len(P.decode_mem_table(msg).regions)
+
+
+def _vring_fds(b: Backend, msg: P.Message) -> int:
+    return 0 if P.decode_vring_file(msg).nofd else 1
+
+
+HANDLERS: dict[int, tuple[Callable[[Backend, P.Message], bytes | None], Callable[[Backend, P.Message], int]]] = {
+    Req.GET_FEATURES: (get_features_exec, _no_fds),
+    Req.SET_FEATURES: (set_features_exec, _no_fds),
+    Req.SET_OWNER: (set_owner_exec, _no_fds),
+    Req.RESET_OWNER: (reset_owner_exec, _no_fds),
+    Req.GET_PROTOCOL_FEATURES: (get_protocol_features_exec, _no_fds),
+    Req.SET_PROTOCOL_FEATURES: (set_protocol_features_exec, _no_fds),
+    Req.GET_QUEUE_NUM: (get_queue_num_exec, _no_fds),
+    Req.SET_MEM_TABLE: (set_mem_table_exec, _region_fds),
+    Req.SET_VRING_NUM: (set_vring_num_exec, _no_fds),
+    Req.SET_VRING_ADDR: (set_vring_addr_exec, _no_fds),
+    Req.SET_VRING_BASE: (set_vring_base_exec, _no_fds),
+    Req.GET_VRING_BASE: (get_vring_base_exec, _no_fds),
+    Req.SET_VRING_KICK: (set_vring_kick_exec, _vring_fds),
+    Req.SET_VRING_CALL: (set_vring_call_exec, _vring_fds),
+    Req.SET_VRING_ERR: (set_vring_err_exec, _vring_fds),
+    Req.SET_VRING_ENABLE: (set_vring_enable_exec, _no_fds),
+    Req.SET_STATUS: (set_status_exec, _no_fds),
+    Req.GET_STATUS: (get_status_exec, _no_fds),
+}

@@ -1,0 +1,177 @@
+"""The vhost-user control socket: listen/connect/inherit, messages with SCM_RIGHTS fds.
+
+OSError is classified here, once: set-up failures keep the kernel's errno (SetupError), a peer that
+resets the connection becomes FrontendGone, and a clean end of stream is `None` from `recv()`.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+import stat
+
+from .errors import ConfigError, FrontendGone, ProtocolError, SetupError, from_oserror
+from .protocol import HEADER, Message, decode_header, encode
+from .spec import MAX_FDS
+
+RECV_TIMEOUT = 5.0   # a front-end that starts a message must finish it; a stalled one is a violation
+_GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNABORTED)
+
+
+class Channel:
+    """One connected front-end."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        sock.settimeout(RECV_TIMEOUT)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def peer_uid(self) -> int:
+        creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        return int.from_bytes(creds[4:8], "little")
+
+    def recv(self) -> Message | None:
+        """The next message, or None when the front-end closed the connection cleanly."""
+        fds: list[int] = []
+        try:
+            data, anc, flags, _ = self.sock.recvmsg(HEADER.size, socket.CMSG_SPACE(MAX_FDS * 4))
+            fds = _collect_fds(anc)
+            if not data:
+                _close_all(fds)
+                return None
+            if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+                raise ProtocolError("too many file descriptors in one message")
+            if len(data) < HEADER.size:
+                data += self._recv_exact(HEADER.size - len(data))
+            hdr = decode_header(data)
+            payload = self._recv_exact(hdr.size) if hdr.size else b""
+            return Message(hdr.request, hdr.flags, payload, tuple(fds))
+        except BaseException:
+            _close_all(fds)
+            raise
+
+    def _recv_exact(self, size: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < size:
+            chunk = self._io(self.sock.recv, size - len(buf))
+            if not chunk:
+                raise ProtocolError("connection closed in the middle of a message")
+            buf += chunk
+        return bytes(buf)
+
+    def _io(self, fn, *args):
+        try:
+            return fn(*args)
+        except socket.timeout:
+            raise ProtocolError(f"front-end stalled for {RECV_TIMEOUT:.0f} s in the middle of a message") from None
+        except OSError as exc:
+            if exc.errno in _GONE:
+                raise FrontendGone(f"front-end connection lost: {os.strerror(exc.errno)}") from None
+            raise
+
+    def send(self, request: int, payload: bytes = b"", fds: tuple[int, ...] = (), *, reply: bool = False,
+             need_reply: bool = False) -> None:
+        data = encode(request, payload, reply=reply, need_reply=need_reply)
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+        self._io(self.sock.sendmsg, [data], anc)
+
+
+def _collect_fds(anc) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
+            fds.extend(arr)
+    return fds
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class Listener:
+    """A listening unix socket (mode 0600) that hands out one front-end at a time."""
+
+    def __init__(self, path: str):
+        self.path = path
+        _clear_stale(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(path)
+        except OSError as exc:
+            self.sock.close()
+            raise from_oserror(exc, f"cannot listen on {path}") from None
+        finally:
+            os.umask(old)
+        self.sock.listen(1)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def accept(self) -> Channel:
+        conn, _ = self.sock.accept()
+        conn.setblocking(True)
+        return Channel(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def _clear_stale(path: str) -> None:
+    """Remove a socket file nobody listens on; refuse one that is served (EADDRINUSE) or not a socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SetupError(f"{path} exists and is not a socket", errno.EEXIST)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except OSError as exc:
+        raise from_oserror(exc, f"cannot probe {path}") from None
+    finally:
+        probe.close()
+    raise SetupError(f"{path} is already served by another process", errno.EADDRINUSE)
+
+
+def connect(path: str) -> Channel:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise from_oserror(exc, f"cannot connect to {path}") from None
+    return Channel(sock)
+
+
+def inherit(fd: int) -> Channel:
+    """A connected unix stream socket passed down by the parent (QEMU's backend-program --fd)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise from_oserror(exc, f"--fd {fd}", ConfigError) from None
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise ConfigError(f"--fd {fd} is not a unix stream socket")
+    return Channel(sock)

@@ -1,0 +1,162 @@
+"""The command line. Options become configuration; exceptions become exit codes, here and nowhere else.
+
+Exit codes follow errors.EXIT_TABLE (README, "Exit codes"): 0 on a requested stop, an errno otherwise.
+click's own usage errors (normally 1/2) are EINVAL like every other configuration error.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import sys
+
+import click
+
+from . import __version__
+from .errors import EXIT_TABLE, ConfigError, VhostspliceError, errno_name, from_oserror
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+log = logging.getLogger("vhostsplice")
+
+
+def parse_cpus(text: str) -> set[int]:
+    """'2-3,6' -> {2, 3, 6}; every CPU must be one this process may run on."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi or lo)
+            if first < 0 or last < first:
+                raise ValueError(part)
+            cpus.update(range(first, last + 1))
+    except ValueError:
+        raise ConfigError(f"--cpu {text!r}: expected a list like 2-3,6") from None
+    outside = cpus - os.sched_getaffinity(0)
+    if outside:
+        raise ConfigError(f"--cpu {text!r}: CPU {min(outside)} is not in this process's allowed set "
+                          f"{sorted(os.sched_getaffinity(0))}")
+    return cpus
+
+
+def apply_placement(cpu: str | None, nice: int | None, sched: str | None) -> None:
+    if cpu:
+        os.sched_setaffinity(0, parse_cpus(cpu))
+    if nice is not None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError as exc:
+            raise from_oserror(exc, f"--nice {nice}") from None
+    if sched:
+        policy, _, prio = sched.partition(":")
+        policies = {"fifo": os.SCHED_FIFO, "rr": os.SCHED_RR, "other": os.SCHED_OTHER}
+        if policy not in policies or (policy != "other" and not prio.isdigit()):
+            raise ConfigError(f"--sched {sched!r}: expected fifo:PRIO, rr:PRIO or other")
+        try:
+            os.sched_setscheduler(0, policies[policy], os.sched_param(int(prio or 0)))
+        except OSError as exc:
+            raise from_oserror(exc, f"--sched {sched}") from None
+
+
+def _exit_table_help() -> str:
+    rows = [f"  {code if code >= 0 else 'errno':>5}  {name:<11} {text}" for code, name, text in EXIT_TABLE]
+    return "Exit codes:\n\n\b\n" + "\n".join(rows)
+
+
+@click.group(context_settings=CONTEXT, epilog=_exit_table_help())
+@click.version_option(__version__, "-V", "--version")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: every message).")
+def cli(verbose: int) -> None:
+    """vhostsplice: a userspace virtio-net back-end, one virtqueue pair per process.
+
+    `run` serves one queue pair of a vhost-user front-end (QEMU, DPDK virtio-user) onto a tap queue, in
+    the calling thread, until it is stopped; its exit code is an errno. `demo` shows it working with
+    nothing else installed.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("vhostsplice[%(process)d]: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING - 10 * verbose)
+    log.propagate = False
+
+
+@cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
+@click.option("--socket-path", metavar="PATH", envvar="VHOSTSPLICE_SOCKET",
+              help="Listen on this unix socket (mode 0600) and serve the first front-end that connects.")
+@click.option("--connect", "connect_path", metavar="PATH",
+              help="Connect to a front-end that listens on PATH (QEMU -chardev socket,server=on).")
+@click.option("--fd", "inherited_fd", type=int, metavar="N",
+              help="Serve an already connected unix socket inherited as fd N (QEMU backend-program convention).")
+@click.option("--tap", metavar="NAME", envvar="VHOSTSPLICE_TAP",
+              help="Tap interface to open one queue of (created if absent, multi-queue, vnet header).")
+@click.option("--mtu", type=click.IntRange(68, 65535), help="Set the tap's MTU.")
+@click.option("--bridge", metavar="BR", help="Enslave the tap to this existing bridge.")
+@click.option("--cpu", metavar="LIST", envvar="VHOSTSPLICE_CPU",
+              help="Pin this worker to these CPUs, e.g. 2-3,6 (must be in the allowed set).")
+@click.option("--nice", type=click.IntRange(-20, 19), help="Scheduling niceness of the worker.")
+@click.option("--sched", metavar="POLICY", help="Scheduling policy: fifo:PRIO, rr:PRIO or other.")
+@click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
+              help="Per-chain guest faults (bad address, bad descriptor) are counted, or end the worker (EFAULT).")
+@click.option("--offloads/--no-offloads", default=True, show_default=True,
+              help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header).")
+@click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
+@click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
+def run(socket_path, connect_path, inherited_fd, tap, mtu, bridge, cpu, nice, sched, on_guest_error, offloads,
+        stats_file, print_capabilities):
+    """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
+
+    Exactly one of --socket-path, --connect or --fd says where the front-end is. The worker blocks in the
+    calling thread; SIGTERM or SIGINT stop it with exit 0; SIGUSR1 prints the counters (JSON) while it runs.
+    On exit it prints one JSON object of counters to stderr (or --stats-file).
+
+    \b
+    Example:
+      vhostsplice run --socket-path /run/vm1/net0.sock --tap vm1net0 --cpu 1
+    """
+    if print_capabilities:
+        click.echo(json.dumps({"type": "net"}))
+        return 0
+    doors = [d for d in (socket_path, connect_path, inherited_fd) if d is not None]
+    if len(doors) != 1:
+        raise ConfigError("give exactly one of --socket-path, --connect, --fd")
+    if not tap:
+        raise ConfigError("--tap NAME is required")
+    from .runner import run_worker
+    return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap,
+                      mtu=mtu, bridge=bridge, placement=(cpu, nice, sched), fault_exit=on_guest_error == "exit",
+                      offloads=offloads, stats_file=stats_file)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--frames", type=click.IntRange(1, 100000), default=1000, show_default=True,
+              help="Frames to move in each direction.")
+@click.option("--size", type=click.IntRange(60, 9000), default=512, show_default=True, help="Frame size in bytes.")
+def demo(frames, size):
+    """Show the main job on an embedded default (needs root, nothing else).
+
+    Creates a private network namespace with a tap, starts `vhostsplice run` on it, drives it with the
+    built-in pure-Python front-end (guest -> tap and tap -> guest), prints what moved, and cleans up.
+    """
+    from .demo import run_demo
+    return run_demo(frames=frames, size=size)
+
+
+def main(argv=None) -> int:
+    """Entry point: every outcome becomes one exit code here."""
+    try:
+        rv = cli.main(args=argv, prog_name="vhostsplice", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.Abort:
+        return errno.EINTR
+    except click.ClickException as exc:
+        exc.show()
+        return errno.EINVAL
+    except VhostspliceError as exc:
+        click.echo(f"vhostsplice: {exc} [exit {exc.errno} {errno_name(exc.errno)}]", err=True)
+        return exc.errno
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

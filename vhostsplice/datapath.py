@@ -1,0 +1,190 @@
+"""Datapath: the only Python (with memory.py) that holds cffi objects of the C core.
+
+It owns one `struct vs_pair` (RX ring 0 + TX ring 1 + the host packet fd) and the buffers the C core
+reads and writes through (kept alive with ffi.from_buffer while a region table refers to them).  Every
+per-packet step is in C: `poll()` is one call that runs one TX batch and one RX batch.
+"""
+from __future__ import annotations
+
+import errno as _errno
+from typing import Any, Iterable
+
+from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
+from .spec import MAX_QUEUE_SIZE, MAX_REGIONS, NET_HDR_LEN, RX_RING, TX_RING
+
+_API_VERSION = 1  # must match VS_API_VERSION in _core/vs_api.h
+
+try:
+    from ._vs_core import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError(f"vhostsplice._vs_core is missing or unloadable ({exc}); rebuild: pip install .") from exc
+
+if lib.vs_api_version() != _API_VERSION or lib.VS_API_VERSION != _API_VERSION:
+    raise ImportError(
+        f"vhostsplice._vs_core has API version {lib.vs_api_version()}, this Python wants {_API_VERSION};"
+        " rebuild: pip install .")
+
+MORE = lib.VS_MORE
+TX_BLOCKED = lib.VS_TX_BLOCKED
+RX_STARVED = lib.VS_RX_STARVED
+
+BROKEN_REASONS = {
+    lib.VS_BROKEN_AVAIL_IDX: "avail_idx",          # avail->idx moved more than the ring size
+    lib.VS_BROKEN_HEAD: "head",                    # a chain head past the ring
+    lib.VS_BROKEN_NEXT: "next",                    # a next index past its table
+    lib.VS_BROKEN_LOOP: "loop",                    # more descriptors than the ring holds
+    lib.VS_BROKEN_CHAIN_LEN: "chain_len",          # more descriptors than the indirect table holds
+    lib.VS_BROKEN_NESTED_INDIRECT: "nested_indirect",
+}
+STAT_FIELDS = ("packets", "bytes", "chains", "drops_fault", "drops_bad_desc", "drops_short",
+               "drops_hostfd", "rx_starved", "notify_sent", "notify_suppressed", "batches")
+RING_NAMES = {RX_RING: "rx", TX_RING: "tx"}
+_HOST_ERRNOS = {_errno.EBADFD, _errno.EIO, _errno.EPIPE}
+
+
+def drain_eventfd(fd: int) -> int:
+    """Read a non-blocking eventfd: its count, or 0 when it was not signalled."""
+    rc = lib.vs_drain_eventfd(fd)
+    if rc < 0:
+        raise OSError(-rc, f"eventfd {fd}: read failed")
+    return rc
+
+
+class Datapath:
+    """One virtqueue pair between guest rings and a host packet fd (tap with a 12-byte vnet header)."""
+
+    def __init__(self, host_fd: int, *, hdr_len: int = NET_HDR_LEN):
+        if hdr_len != NET_HDR_LEN:
+            raise ConfigError(f"hdr_len {hdr_len}: only the {NET_HDR_LEN}-byte virtio_net_hdr_v1 is supported")
+        self._pair = ffi.new("struct vs_pair *")
+        self._keep: list[Any] = []          # from_buffer cdata the region table points into
+        p = self._pair
+        p.host_fd = host_fd
+        p.hdr_len = hdr_len
+        p.rx_max = 65536 + hdr_len
+        p.tx_budget = p.rx_budget = 256
+        for r in (p.rx, p.tx):
+            r.call_fd = r.err_fd = -1
+
+    # -- configuration ------------------------------------------------------------------------------
+    def configure(self, *, mrg_rxbuf: bool, event_idx: bool, indirect: bool, rx_max: int,
+                  fault_exit: bool = False, tx_budget: int = 256, rx_budget: int = 256) -> None:
+        """Negotiated features and limits; call before start_ring (flags are read per batch)."""
+        p = self._pair
+        if not p.hdr_len <= rx_max <= 0xFFFFFFFF:
+            raise ConfigError(f"rx_max {rx_max} must hold at least the {p.hdr_len}-byte header")
+        if tx_budget < 1 or rx_budget < 1:
+            raise ConfigError("tx_budget and rx_budget must be >= 1")
+        flags = ((lib.VS_RF_EVENT_IDX if event_idx else 0) | (lib.VS_RF_INDIRECT if indirect else 0)
+                 | (lib.VS_RF_MRG if mrg_rxbuf else 0))
+        p.rx.flags = p.tx.flags = flags
+        p.rx_max, p.fault_exit = rx_max, int(bool(fault_exit))
+        p.tx_budget, p.rx_budget = min(tx_budget, 0xFFFFFFFF), min(rx_budget, 0xFFFFFFFF)
+
+    def set_memory(self, regions: Iterable[Any]) -> None:
+        """Install a region table (objects with .gpa .uva .size .buf) and re-map running rings."""
+        regions = list(regions)
+        if len(regions) > MAX_REGIONS:
+            raise ConfigError(f"{len(regions)} memory regions, at most {MAX_REGIONS}")
+        keep = []
+        for r in regions:
+            cbuf = ffi.from_buffer("uint8_t[]", r.buf, require_writable=True)
+            keep.append(cbuf)
+            if len(cbuf) < r.size:
+                self._release(keep)
+                raise ConfigError(f"region at gpa {r.gpa:#x}: buffer holds {len(cbuf)} bytes, size is {r.size}")
+        mem = self._pair.mem
+        mem.n = 0
+        for i, (r, cbuf) in enumerate(zip(regions, keep)):
+            mem.r[i].gpa, mem.r[i].uva, mem.r[i].size = r.gpa, r.uva, r.size
+            mem.r[i].hva = ffi.cast("uint8_t *", cbuf)
+        mem.n = len(regions)
+        old, self._keep = self._keep, keep
+        failed = [i for i in (RX_RING, TX_RING) if lib.vs_ring_remap(self._pair, self._ring(i)) < 0]
+        self._release(old)
+        if failed:
+            names = " and ".join(RING_NAMES[i] for i in failed)
+            raise GuestFaultError(f"{names} ring no longer inside guest memory after the new table",
+                                  _errno.EFAULT)
+
+    def close(self) -> None:
+        """Stop both rings and let go of every guest buffer (so memory.py can unmap it)."""
+        for i in (RX_RING, TX_RING):
+            self.stop_ring(i)
+        self._pair.mem.n = 0
+        self._release(self._keep)
+        self._keep = []
+
+    @staticmethod
+    def _release(cdatas: list[Any]) -> None:
+        for c in cdatas:
+            ffi.release(c)
+
+    # -- rings ----------------------------------------------------------------------------------
+    def _ring(self, index: int) -> Any:
+        if index in RING_NAMES:
+            return ffi.addressof(self._pair, RING_NAMES[index])   # struct vs_ring * (self._pair owns it)
+        raise ConfigError(f"ring index {index}: this datapath has rings 0 (rx) and 1 (tx)")
+
+    def start_ring(self, index: int, *, num: int, desc: int, avail: int, used: int,
+                   call_fd: int = -1, err_fd: int = -1) -> int:
+        """Start a ring at front-end addresses (uva); returns its position, taken from used->idx."""
+        r = self._ring(index)
+        if not 0 < num <= MAX_QUEUE_SIZE:
+            raise ConfigError(f"{RING_NAMES[index]} ring size {num} is not 1..{MAX_QUEUE_SIZE}")
+        r.num, r.desc_uva, r.avail_uva, r.used_uva = num, desc, avail, used
+        r.call_fd, r.err_fd = call_fd, err_fd
+        rc = lib.vs_ring_start(self._pair, r)
+        if rc == -_errno.EINVAL:
+            raise ConfigError(f"{RING_NAMES[index]} ring: size {num} not a power of 2 or addresses misaligned"
+                              f" (desc {desc:#x}, avail {avail:#x}, used {used:#x})", _errno.EINVAL)
+        if rc < 0:
+            raise GuestFaultError(f"{RING_NAMES[index]} ring (desc {desc:#x}, avail {avail:#x}, used {used:#x},"
+                                  f" size {num}) is not inside guest memory", -rc)
+        return rc
+
+    def stop_ring(self, index: int) -> int:
+        """Stop processing a ring; returns last_avail (what GET_VRING_BASE reports)."""
+        r = self._ring(index)
+        r.running = 0
+        r.desc = r.avail = r.used = ffi.NULL
+        return r.last_avail
+
+    def set_call_fd(self, index: int, fd: int) -> None:
+        self._ring(index).call_fd = fd
+
+    def set_err_fd(self, index: int, fd: int) -> None:
+        self._ring(index).err_fd = fd
+
+    def running(self, index: int) -> bool:
+        return bool(self._ring(index).running)
+
+    # -- the work ---------------------------------------------------------------------------------
+    def poll(self) -> int:
+        """One wake-up's work: a TX batch and an RX batch. Returns MORE | TX_BLOCKED | RX_STARVED."""
+        rc = lib.vs_pair_poll(self._pair)
+        if rc >= 0:
+            return rc
+        raise self._error(-rc)
+
+    def _error(self, code: int) -> Exception:
+        if code == _errno.EBADMSG:
+            parts = [f"{RING_NAMES[i]} ring: {BROKEN_REASONS.get(self._ring(i).broken, self._ring(i).broken)}"
+                     for i in (RX_RING, TX_RING) if self._ring(i).broken]
+            return GuestRingError("guest ring corrupted: " + ", ".join(parts), code)
+        if code == _errno.EFAULT:
+            return GuestFaultError("guest descriptor outside guest memory or malformed (fault exit)", code)
+        text = _errno.errorcode.get(code, str(code))
+        return HostFdError(f"host packet fd {self._pair.host_fd} failed: {text}",
+                           code if code in _HOST_ERRNOS else _errno.EIO)
+
+    def stats(self) -> dict:
+        out = {}
+        for i, name in RING_NAMES.items():
+            r = self._ring(i)
+            d = {f: int(getattr(r.st, f)) for f in STAT_FIELDS}
+            d["last_avail_idx"] = int(r.last_avail)
+            d["used_idx"] = int(r.used_idx)
+            d["broken"] = BROKEN_REASONS.get(r.broken) if r.broken else None
+            out[name] = d
+        return out

@@ -1,0 +1,146 @@
+"""Spec vocabulary: vhost-user requests, virtio feature bits, ring flags.
+
+Sources: virtio 1.2 (sections cited per group) and QEMU docs/interop/vhost-user.rst.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class Req(enum.IntEnum):
+    """Front-end -> back-end requests (vhost-user.rst, "Front-end message types")."""
+
+    GET_FEATURES = 1
+    SET_FEATURES = 2
+    SET_OWNER = 3
+    RESET_OWNER = 4
+    SET_MEM_TABLE = 5
+    SET_LOG_BASE = 6
+    SET_LOG_FD = 7
+    SET_VRING_NUM = 8
+    SET_VRING_ADDR = 9
+    SET_VRING_BASE = 10
+    GET_VRING_BASE = 11
+    SET_VRING_KICK = 12
+    SET_VRING_CALL = 13
+    SET_VRING_ERR = 14
+    GET_PROTOCOL_FEATURES = 15
+    SET_PROTOCOL_FEATURES = 16
+    GET_QUEUE_NUM = 17
+    SET_VRING_ENABLE = 18
+    SEND_RARP = 19
+    NET_SET_MTU = 20
+    SET_BACKEND_REQ_FD = 21
+    IOTLB_MSG = 22
+    SET_VRING_ENDIAN = 23
+    GET_CONFIG = 24
+    SET_CONFIG = 25
+    GET_INFLIGHT_FD = 31
+    SET_INFLIGHT_FD = 32
+    GET_MAX_MEM_SLOTS = 36
+    ADD_MEM_REG = 37
+    REM_MEM_REG = 38
+    SET_STATUS = 39
+    GET_STATUS = 40
+
+
+# Header flags (vhost-user.rst, "Header").
+VERSION = 0x1
+FLAG_VERSION_MASK = 0x3
+FLAG_REPLY = 0x4
+FLAG_NEED_REPLY = 0x8
+
+# Payload bits of SET_VRING_KICK/CALL/ERR (vhost-user.rst, "Vring descriptor indices").
+VRING_IDX_MASK = 0xFF
+VRING_NOFD_MASK = 0x100
+
+MAX_REGIONS = 8       # VHOST_MEMORY_BASELINE_NREGIONS
+MAX_FDS = 8
+MAX_PAYLOAD = 4096    # larger than any message this back-end accepts; a bigger size is a violation
+
+
+class Feature(enum.IntEnum):
+    """Device feature bits (virtio 1.2 5.1.3 network device, 6 reserved bits)."""
+
+    NET_F_CSUM = 0
+    NET_F_GUEST_CSUM = 1
+    NET_F_MTU = 3
+    NET_F_MAC = 5
+    NET_F_GUEST_TSO4 = 7
+    NET_F_GUEST_TSO6 = 8
+    NET_F_GUEST_ECN = 9
+    NET_F_GUEST_UFO = 10
+    NET_F_HOST_TSO4 = 11
+    NET_F_HOST_TSO6 = 12
+    NET_F_HOST_ECN = 13
+    NET_F_HOST_UFO = 14
+    NET_F_MRG_RXBUF = 15
+    NET_F_STATUS = 16
+    NET_F_CTRL_VQ = 17
+    NET_F_MQ = 22
+    RING_F_INDIRECT_DESC = 28
+    RING_F_EVENT_IDX = 29
+    VHOST_USER_F_PROTOCOL_FEATURES = 30  # vhost-user.rst: not a virtio bit; marks protocol-feature support
+    F_VERSION_1 = 32
+    F_ACCESS_PLATFORM = 33
+    F_RING_PACKED = 34
+    F_IN_ORDER = 35
+
+
+class ProtocolFeature(enum.IntEnum):
+    """vhost-user.rst, "Protocol features"."""
+
+    MQ = 0
+    LOG_SHMFD = 1
+    RARP = 2
+    REPLY_ACK = 3
+    MTU = 4
+    BACKEND_REQ = 5
+    CROSS_ENDIAN = 6
+    CONFIG = 9
+    INFLIGHT_SHMFD = 12
+    CONFIGURE_MEM_SLOTS = 15
+    STATUS = 16
+
+
+def bit(n: int) -> int:
+    return 1 << int(n)
+
+
+def mask(*bits: int) -> int:
+    m = 0
+    for b in bits:
+        m |= bit(b)
+    return m
+
+
+# Offload features and the TUNSETOFFLOAD flag each guest-side bit turns on (linux/if_tun.h).
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_UFO = 0x10
+GUEST_OFFLOAD_TO_TUN = {
+    Feature.NET_F_GUEST_CSUM: TUN_F_CSUM,
+    Feature.NET_F_GUEST_TSO4: TUN_F_TSO4,
+    Feature.NET_F_GUEST_TSO6: TUN_F_TSO6,
+    Feature.NET_F_GUEST_ECN: TUN_F_TSO_ECN,
+    Feature.NET_F_GUEST_UFO: TUN_F_UFO,
+}
+HOST_OFFLOADS = (Feature.NET_F_CSUM, Feature.NET_F_HOST_TSO4, Feature.NET_F_HOST_TSO6,
+                 Feature.NET_F_HOST_ECN, Feature.NET_F_HOST_UFO)
+
+# Split virtqueue (virtio 1.2 2.7).
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+VIRTQ_USED_F_NO_NOTIFY = 1
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+MAX_QUEUE_SIZE = 32768
+
+# virtio_net_hdr_v1 (virtio 1.2 5.1.6): 12 bytes once VERSION_1 is negotiated.
+NET_HDR_LEN = 12
+NET_HDR_NUM_BUFFERS_OFFSET = 10
+
+RX_RING = 0
+TX_RING = 1

@@ -1,0 +1,1 @@
+"""Test tools: a driver-side split virtqueue (virtq), a pure-Python vhost-user front-end (frontend)."""

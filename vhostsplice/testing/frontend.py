@@ -1,0 +1,199 @@
+"""A pure-Python vhost-user front-end with a virtio-net driver on top: tests, the demo, scripted use.
+
+It plays the part QEMU or DPDK virtio-user play: negotiates features, shares one memfd as guest memory,
+lays out both rings with `virtq.DriverQueue`, and moves frames through the back-end. Nothing in it is
+trusted by the back-end; hostile tests reach under it through `.rx`/`.tx` and `.send_raw`.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import select
+import socket
+import struct
+import time
+
+from .. import protocol as P
+from ..channel import Channel
+from ..spec import NET_HDR_LEN, Feature as F, ProtocolFeature as PF, Req, bit, mask
+from .virtq import DriverQueue, GuestMemory
+
+UVA_BASE = 0x7F00_0000_0000       # where the "front-end process" pretends to have mapped guest memory
+DEFAULT_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC, F.RING_F_EVENT_IDX,
+                        F.VHOST_USER_F_PROTOCOL_FEATURES)
+DEFAULT_PROTOCOL = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
+
+
+class FrontendError(RuntimeError):
+    pass
+
+
+class Frontend:
+    def __init__(self, sock: socket.socket, *, mem_size: int = 16 << 20, queue_size: int = 256,
+                 features: int = DEFAULT_FEATURES, protocol_features: int = DEFAULT_PROTOCOL):
+        self.chan = Channel(sock)
+        self.want, self.want_protocol = features, protocol_features
+        self.queue_size = queue_size
+        self.memfd = os.memfd_create("vhostsplice-guest", os.MFD_CLOEXEC)
+        os.ftruncate(self.memfd, mem_size)
+        self.map = mmap.mmap(self.memfd, mem_size)
+        self.mem = GuestMemory(self.map, gpa_base=0, uva_base=UVA_BASE)
+        self.offered = self.acked = self.protocol_acked = 0
+        self.kick = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(2)]
+        self.call = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(2)]
+        self.err = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(2)]
+        self.rx: DriverQueue | None = None
+        self.tx: DriverQueue | None = None
+
+    # -- connection --------------------------------------------------------------------------------------
+    @classmethod
+    def connect(cls, path: str, timeout: float = 10.0, **kw) -> "Frontend":
+        deadline = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(path)
+                return cls(sock, **kw)
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        self.chan.close()
+        for fd in (*self.kick, *self.call, *self.err):
+            os.close(fd)
+        self.mem = self.rx = self.tx = None
+        self.map.close()
+        os.close(self.memfd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- messages ----------------------------------------------------------------------------------------
+    def send_raw(self, request: int, payload: bytes = b"", fds=(), need_reply: bool = False) -> None:
+        self.chan.send(request, payload, tuple(fds), need_reply=need_reply)
+
+    def request(self, request: int, payload: bytes = b"", fds=()) -> P.Message:
+        """Send a request that has a reply and return the reply."""
+        self.send_raw(request, payload, fds)
+        return self._reply(request)
+
+    def _reply(self, request: int) -> P.Message:
+        msg = self.chan.recv()
+        if msg is None:
+            raise FrontendError(f"back-end closed the connection instead of answering {P.request_name(request)}")
+        if msg.request != request:
+            raise FrontendError(f"reply to {msg.name}, expected {P.request_name(request)}")
+        return msg
+
+    def command(self, request: int, payload: bytes = b"", fds=()) -> None:
+        """Send a request without a reply; with REPLY_ACK, ask for and check the ack."""
+        ack = bool(self.protocol_acked & bit(PF.REPLY_ACK))
+        self.send_raw(request, payload, fds, need_reply=ack)
+        if ack and P.decode_u64(self._reply(request)) != 0:
+            raise FrontendError(f"back-end refused {P.request_name(request)}")
+
+    # -- set-up, in the order QEMU and virtio-user use -----------------------------------------------------
+    def negotiate(self) -> int:
+        self.command(Req.SET_OWNER)
+        self.offered = P.decode_u64(self.request(Req.GET_FEATURES))
+        self.acked = self.offered & self.want
+        if self.acked & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
+            offered = P.decode_u64(self.request(Req.GET_PROTOCOL_FEATURES))
+            self.protocol_acked = offered & self.want_protocol
+            self.command(Req.SET_PROTOCOL_FEATURES, P.encode_u64(self.protocol_acked))
+        self.command(Req.SET_FEATURES, P.encode_u64(self.acked))
+        return self.acked
+
+    def share_memory(self) -> None:
+        region = P.MemRegion(gpa=0, size=len(self.map), uva=UVA_BASE, mmap_offset=0)
+        self.command(Req.SET_MEM_TABLE, P.encode_mem_table(P.MemTable((region,))), fds=(self.memfd,))
+
+    def setup_ring(self, index: int, base: int = 0) -> DriverQueue:
+        q = DriverQueue(self.mem, self.queue_size, event_idx=bool(self.acked & bit(F.RING_F_EVENT_IDX)))
+        self.command(Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(index, self.queue_size)))
+        self.command(Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(index, 0, q.desc_uva, q.used_uva,
+                                                                            q.avail_uva, 0)))
+        self.command(Req.SET_VRING_BASE, P.encode_vring_state(P.VringState(index, base)))
+        self.command(Req.SET_VRING_CALL, P.encode_vring_file(index), fds=(self.call[index],))
+        self.command(Req.SET_VRING_ERR, P.encode_vring_file(index), fds=(self.err[index],))
+        self.command(Req.SET_VRING_KICK, P.encode_vring_file(index), fds=(self.kick[index],))
+        if self.acked & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
+            self.command(Req.SET_VRING_ENABLE, P.encode_vring_state(P.VringState(index, 1)))
+        return q
+
+    def start(self) -> "Frontend":
+        """Negotiate, share memory, bring up both rings."""
+        self.negotiate()
+        self.share_memory()
+        self.rx = self.setup_ring(0)
+        self.tx = self.setup_ring(1)
+        return self
+
+    def stop(self) -> tuple[int, int]:
+        """GET_VRING_BASE on both rings (stops them); returns their positions."""
+        return tuple(P.decode_vring_state(self.request(Req.GET_VRING_BASE,
+                                                       P.encode_vring_state(P.VringState(i, 0)))).num
+                     for i in (0, 1))
+
+    # -- the driver --------------------------------------------------------------------------------------
+    def notify(self, index: int) -> None:
+        os.eventfd_write(self.kick[index], 1)
+
+    def send(self, frames, **kw) -> None:
+        """Queue frames on TX (a zero virtio-net header in front of each, unless hdr= is given) and kick."""
+        self.tx.add_out(list(frames), **kw)
+        self.notify(1)
+
+    def post_rx(self, count: int, size: int = 2048, **kw) -> None:
+        self.rx.add_in(count, size, **kw)
+        self.notify(0)
+
+    def wait_used(self, q: DriverQueue, count: int, timeout: float = 5.0) -> list[tuple[int, int]]:
+        """Collect `count` used entries from q, waiting on its call eventfd."""
+        index = 0 if q is self.rx else 1
+        got: list[tuple[int, int]] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            got.extend(q.used())
+            if len(got) >= count:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"ring {index}: {len(got)} of {count} used entries after {timeout} s")
+            select.select([self.call[index]], [], [], min(left, 0.05))
+            try:
+                os.eventfd_read(self.call[index])
+            except BlockingIOError:
+                pass
+        return got
+
+    def receive(self, count: int, timeout: float = 5.0, *, header: bool = False) -> list[bytes]:
+        """`count` frames from RX: merged buffers joined by num_buffers, the virtio-net header stripped
+        unless `header`."""
+        mrg = bool(self.acked & bit(F.NET_F_MRG_RXBUF))
+        entries: list[tuple[int, int]] = []
+        deadline = time.monotonic() + timeout
+        while self._complete(entries, mrg) < count:
+            entries += self.wait_used(self.rx, 1, max(deadline - time.monotonic(), 0.001))
+        frames = self.rx.packets(entries, mrg=mrg)
+        return frames if header else [f[NET_HDR_LEN:] for f in frames]
+
+    def _complete(self, entries: list[tuple[int, int]], mrg: bool) -> int:
+        """How many whole packets the collected RX entries hold."""
+        packets = i = 0
+        while i < len(entries):
+            step = self._num_buffers(entries[i][0]) if mrg else 1
+            if i + step > len(entries):
+                break
+            packets, i = packets + 1, i + max(step, 1)
+        return packets
+
+    def _num_buffers(self, head: int) -> int:
+        gpa, size = self.rx._done[head].bufs[0]
+        return struct.unpack("<H", self.mem.read(gpa + 10, 2))[0] if size >= NET_HDR_LEN else 1

@@ -1,0 +1,104 @@
+"""Start a `vhostsplice run` worker as a user would, and see its tap from the host side.
+
+Shared by the demo and the tests, so the demo shows exactly what the tests prove.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ETH_P_ALL = 0x0003
+DEMO_ETHERTYPE = 0x88B5          # IEEE local experimental: never confused with real traffic
+
+
+def worker_argv() -> list[str]:
+    """How to start the very vhostsplice this process imported (never a source tree that shadows it)."""
+    return [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "vhostsplice"]
+
+
+def worker_env() -> dict[str, str]:
+    import vhostsplice
+    home = os.path.dirname(os.path.dirname(os.path.abspath(vhostsplice.__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (home, os.environ.get("PYTHONPATH")))))
+
+
+class WorkerProcess:
+    """`vhostsplice run --socket-path SOCK --tap TAP --stats-file ...` as a child process."""
+
+    def __init__(self, workdir: str, tap: str, *extra: str, name: str = "w"):
+        self.sock = os.path.join(workdir, f"{name}.sock")
+        self.stats_file = os.path.join(workdir, f"{name}.stats.json")
+        self.argv = [*worker_argv(), "run", "--socket-path", self.sock, "--tap", tap,
+                     "--stats-file", self.stats_file, *extra]
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=worker_env())
+
+    def wait_listening(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(self.sock):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited {self.proc.returncode} before listening: {self.proc.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker did not listen on {self.sock} within {timeout} s")
+            time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> tuple[int, dict]:
+        """Signal our own child, wait, and return (exit code, stats)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 15.0) -> tuple[int, dict]:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.stderr = self.proc.stderr.read()
+        self.proc.stderr.close()
+        stats = {}
+        if os.path.exists(self.stats_file):
+            with open(self.stats_file) as f:
+                stats = json.load(f)
+        return code, stats
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def tap_socket(ifname: str) -> socket.socket:
+    """An AF_PACKET socket on the tap: what it receives the worker wrote; what it sends the worker reads."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((ifname, 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    return s
+
+
+def demo_frame(seq: int, size: int, src: bytes = b"\x02\x00\x00\x00\x00\x01") -> bytes:
+    """A recognisable Ethernet frame of `size` bytes carrying its sequence number."""
+    head = b"\xff" * 6 + src + DEMO_ETHERTYPE.to_bytes(2, "big") + seq.to_bytes(4, "big")
+    body = bytes((seq + i) & 0xFF for i in range(size - len(head)))
+    return head + body
+
+
+def collect(sock: socket.socket, count: int, timeout: float = 5.0) -> list[bytes]:
+    """Up to `count` demo frames from an AF_PACKET socket (other traffic is ignored)."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            break
+        frame, addr = sock.recvfrom(65536)
+        if addr[2] != socket.PACKET_OUTGOING and frame[12:14] == DEMO_ETHERTYPE.to_bytes(2, "big"):
+            got.append(frame)
+    return got

@@ -1,0 +1,230 @@
+"""The blocking loop of one queue pair: epoll on the control socket, kicks, the host fd and signals.
+
+This is the only Python that runs per wake-up; the packets themselves move in the C core
+(`Datapath.poll`), a batch per call. The loop never spins: with nothing pending it blocks in epoll.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import datapath as dp
+from .backend import Backend, BackendConfig
+from .errors import FrontendGone, VhostspliceError, errno_name
+
+log = logging.getLogger("vhostsplice")
+IN, OUT = select.EPOLLIN, select.EPOLLOUT
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass
+class WorkerConfig:
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    stats_file: str | None = None
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
+class Worker:
+    """Serves one front-end on one channel until a stop signal, a clean close, or a fatal error."""
+
+    def __init__(self, door, hostfd, config: WorkerConfig):
+        self.door, self.hostfd, self.config = door, hostfd, config
+        self.datapath = dp.Datapath(hostfd.fd, hdr_len=hostfd.vnet_hdr_len)
+        self.ep = select.epoll()
+        self.watched: dict[int, tuple[str, int]] = {}     # fd -> (role, events)
+        self.channel = None
+        self.backend: Backend | None = None
+        self.wakeups = 0
+        self.rx_starved = False
+        self.tx_blocked = False
+        self.started = time.monotonic()
+        self.exit_code = 0
+        self.reason = ""
+
+    # -- epoll bookkeeping -------------------------------------------------------------------------------
+    def _watch(self, fd: int, role: str, events: int) -> None:
+        """Watch fd for events (0: stop watching). A watched fd may have been closed and its number
+        reused since (a ring's kick fd replaced): epoll dropped the closed file itself, so tolerate that."""
+        old = self.watched.get(fd)
+        if old == (role, events):
+            return
+        if events == 0:
+            self.watched.pop(fd, None)
+            _quietly(self.ep.unregister, fd)
+            return
+        try:
+            (self.ep.modify if old is not None else self.ep.register)(fd, events)
+        except FileNotFoundError:
+            self.ep.register(fd, events)
+        except FileExistsError:
+            self.ep.modify(fd, events)
+        self.watched[fd] = (role, events)
+
+    def _sync(self) -> None:
+        """Make epoll watch exactly the fds the current state needs."""
+        want: dict[int, tuple[str, int]] = {}
+        if self.backend is not None:
+            for ring in self.backend.rings:
+                if ring.running and ring.kick_fd is not None:
+                    want[ring.kick_fd] = (f"kick{ring.index}", IN)
+            rx_on = self.backend.rings[0].running and not self.rx_starved
+            tx_wait = self.backend.rings[1].running and self.tx_blocked
+            host_ev = (IN if rx_on else 0) | (OUT if tx_wait else 0)
+            if host_ev:
+                want[self.hostfd.fd] = ("host", host_ev)
+        for fd, (role, _ev) in list(self.watched.items()):
+            if role in ("host", "kick0", "kick1") and fd not in want:
+                self._watch(fd, role, 0)
+        for fd, (role, ev) in want.items():
+            self._watch(fd, role, ev)
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> int:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wfd)
+        # The handlers stay after the loop: a stop signal during shutdown must not change the exit code.
+        for sig in (*STOP_SIGNALS, signal.SIGUSR1):
+            signal.signal(sig, lambda *_: None)
+        self._watch(rfd, "signal", IN)
+        try:
+            self._attach_door()
+            self._loop(rfd)
+        except VhostspliceError as exc:
+            self.exit_code, self.reason = exc.errno, str(exc)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(rfd)
+            os.close(wfd)
+            self._shutdown()
+        return self.exit_code
+
+    def _attach_door(self) -> None:
+        if hasattr(self.door, "accept"):
+            self._watch(self.door.fileno(), "listen", IN)
+        else:
+            self._attach(self.door)
+
+    def _attach(self, channel) -> None:
+        self.channel = channel
+        self.backend = Backend(channel, self.datapath, self.hostfd, self.config.backend)
+        self._watch(channel.fileno(), "control", IN)
+
+    def _loop(self, sigfd: int) -> None:
+        pending = False
+        while True:
+            events = self.ep.poll(0 if pending else -1)
+            self.wakeups += 1
+            for fd, ev in events:
+                role = self.watched.get(fd, ("gone", 0))[0]
+                if role == "signal":
+                    if self._on_signal(sigfd):
+                        return
+                elif role == "control":
+                    if self._on_control():
+                        return
+                elif role == "listen":
+                    self._on_listen()
+                elif role.startswith("kick"):
+                    self._on_kick(int(role[4:]), fd)
+                elif role == "host":
+                    self.tx_blocked = self.tx_blocked and not ev & OUT
+            pending = self._poll_datapath()
+            self._sync()
+
+    def _poll_datapath(self) -> bool:
+        if self.backend is None or not self.backend.rings_running:
+            return False
+        flags = self.datapath.poll()
+        self.rx_starved = bool(flags & dp.RX_STARVED)
+        self.tx_blocked = bool(flags & dp.TX_BLOCKED)
+        return bool(flags & dp.MORE)
+
+    def _on_signal(self, sigfd: int) -> bool:
+        try:
+            data = os.read(sigfd, 64)
+        except BlockingIOError:
+            return False
+        if any(b in data for b in (signal.SIGTERM, signal.SIGINT)):
+            self.reason = "stopped by signal"
+            return True
+        if signal.SIGUSR1 in data:
+            self.report(final=False)
+        return False
+
+    def _on_listen(self) -> None:
+        channel = self.door.accept()
+        if self.channel is not None:
+            channel.close()        # one front-end per worker: a second one is refused
+            return
+        self._attach(channel)
+
+    def _on_control(self) -> bool:
+        msg = self.channel.recv()
+        if msg is None:
+            if self.backend.rings_running:
+                raise FrontendGone("front-end closed the connection while rings were running")
+            self.reason = "front-end closed the connection"
+            return True
+        log.debug("<- %s", msg.name)
+        self.backend.handle(msg)
+        self.rx_starved = False        # a ring may have (re)started: look at everything again
+        return False
+
+    def _on_kick(self, index: int, fd: int) -> None:
+        dp.drain_eventfd(fd)
+        self.backend.rings[index].kicks += 1
+        if index == 0:
+            self.rx_starved = False
+
+    # -- exit ----------------------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        if self.backend is not None:
+            self._final_stats = self.stats()
+            try:
+                self.backend.close()
+            except VhostspliceError:
+                pass
+        if self.channel is not None:
+            self.channel.close()
+        if hasattr(self.door, "accept"):
+            self.door.close()
+        self.ep.close()
+
+    def stats(self) -> dict:
+        rings = self.datapath.stats()
+        if self.backend is not None:
+            for ring in self.backend.rings:
+                rings["rx" if ring.index == 0 else "tx"]["kicks"] = ring.kicks
+        out = {
+            "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
+            "wakeups": self.wakeups, "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
+        }
+        if self.backend is not None:
+            out["features"] = f"{self.backend.acked or 0:#x}"
+            out["protocol_features"] = f"{self.backend.protocol_acked:#x}"
+            out["messages"] = self.backend.messages
+        return out
+
+    def report(self, final: bool = True) -> None:
+        data = getattr(self, "_final_stats", None) if final else None
+        data = dict(data or self.stats(), exit=self.exit_code, errno=errno_name(self.exit_code), reason=self.reason)
+        text = json.dumps(data, sort_keys=True)
+        if self.config.stats_file:
+            tmp = f"{self.config.stats_file}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text + "\n")
+            os.replace(tmp, self.config.stats_file)
+        else:
+            print(text, file=sys.stderr, flush=True)
