@@ -1,0 +1,215 @@
+"""`vhostsplice run` end to end, as root: a real tap in a private netns, the built-in front-end as guest."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+from vhostsplice.spec import Feature as F, bit
+from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
+from vhostsplice.testing.harness import WorkerProcess, worker_argv, worker_env, collect, demo_frame, tap_socket
+from vhostsplice.testing.netns import PrivateNetns
+
+pytestmark = pytest.mark.root
+TAP = "vst0"
+GUEST_MAC = bytes.fromhex("020000000002")
+HOST_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
+OFFLOADS = bit(F.NET_F_CSUM) | bit(F.NET_F_GUEST_CSUM)
+
+
+@pytest.fixture
+def ns():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with PrivateNetns("vst") as ns, ns.entered():
+        yield ns
+
+
+@pytest.fixture
+def worker(ns, tmp_path):
+    w = WorkerProcess(str(tmp_path), TAP)
+    try:
+        w.wait_listening()
+        yield w
+    finally:
+        w.kill()
+
+
+def start(worker, features=DEFAULT_FEATURES) -> Frontend:
+    return Frontend.connect(worker.sock, features=features).start()
+
+
+def finish(worker, fe) -> tuple[int, dict]:
+    fe.stop()
+    fe.close()
+    return worker.wait()
+
+
+@pytest.mark.parametrize("size", [60, 1514])
+def test_frames_both_ways_byte_exact(worker, size):
+    tap = tap_socket(TAP)
+    fe = start(worker)
+    sent = [demo_frame(i, size) for i in range(100)]
+    fe.send(sent)
+    assert len(fe.wait_used(fe.tx, 100)) == 100
+    assert collect(tap, 100) == sent
+    back = [demo_frame(i, size, src=b"\x02\0\0\0\0\x09") for i in range(100)]
+    fe.post_rx(100, 2048)
+    for frame in back:
+        tap.send(frame)
+    assert fe.receive(100) == back
+    code, stats = finish(worker, fe)
+    assert code == 0 and stats["errno"] == "OK"
+    assert stats["rings"]["tx"]["packets"] == 100 and stats["rings"]["rx"]["packets"] == 100
+    assert stats["rings"]["tx"]["bytes"] == 100 * size
+
+
+def test_mergeable_rx_spreads_a_large_frame_over_small_buffers(ns, tmp_path):
+    w = WorkerProcess(str(tmp_path), TAP, "--mtu", "9000")
+    try:
+        w.wait_listening()
+        tap = tap_socket(TAP)
+        fe = start(w)
+        fe.post_rx(16, 1024)
+        frame = demo_frame(7, 9014)
+        tap.send(frame)
+        assert fe.receive(1) == [frame]
+        code, stats = finish(w, fe)
+        assert code == 0 and stats["rings"]["rx"]["chains"] >= 9      # ceil((9014 + 12) / 1024) buffers
+    finally:
+        w.kill()
+
+
+def _udp_frame(dst_mac: bytes, payload: bytes, csum: int) -> bytes:
+    src, dst = socket.inet_aton(GUEST_IP), socket.inet_aton(HOST_IP)
+    udp = struct.pack("!HHHH", 40000, 9999, 8 + len(payload), csum) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", _ip_checksum(ip)) + ip[12:]
+    return dst_mac + GUEST_MAC + b"\x08\x00" + ip + udp
+
+
+def _ip_checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _ip_setup():
+    subprocess.run(["ip", "addr", "add", f"{HOST_IP}/24", "dev", TAP], check=True)
+    subprocess.run(["ip", "neigh", "replace", GUEST_IP, "lladdr", GUEST_MAC.hex(":"), "dev", TAP], check=True)
+    link = subprocess.run(["ip", "-j", "link", "show", TAP], check=True, capture_output=True, text=True).stdout
+    return bytes.fromhex(json.loads(link)[0]["address"].replace(":", ""))
+
+
+def test_tx_offload_header_reaches_the_kernel(worker):
+    """A UDP packet with a wrong checksum is delivered only because its header says NEEDS_CSUM."""
+    fe = start(worker, DEFAULT_FEATURES | OFFLOADS)
+    tap_mac = _ip_setup()
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind((HOST_IP, 9999))
+    rx.settimeout(2)
+    # virtio_net_hdr_v1: flags NEEDS_CSUM, gso none, hdr_len, gso_size, csum_start 34, csum_offset 6
+    needs_csum = struct.pack("<BBHHHHH", 1, 0, 0, 0, 34, 6, 0)
+    fe.send([_udp_frame(tap_mac, b"partial-ok", 0x1234)], hdr=needs_csum)
+    assert rx.recvfrom(100)[0] == b"partial-ok"
+    fe.send([_udp_frame(tap_mac, b"bad-csum", 0x1234)])          # plain header: the kernel drops it
+    with pytest.raises(socket.timeout):
+        rx.recvfrom(100)
+    assert finish(worker, fe)[0] == 0
+
+
+@pytest.mark.parametrize("guest_csum", [True, False])
+def test_rx_offload_header_follows_what_the_driver_acked(worker, guest_csum):
+    features = DEFAULT_FEATURES | (OFFLOADS if guest_csum else 0)
+    fe = start(worker, features)
+    _ip_setup()
+    fe.post_rx(8, 2048)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.sendto(b"to-the-guest", (GUEST_IP, 7777))
+    frame = fe.receive(1, header=True)[0]
+    flags, csum_start, csum_offset = frame[0], *struct.unpack_from("<HH", frame, 6)
+    assert frame.endswith(b"to-the-guest")
+    if guest_csum:          # TUNSETOFFLOAD got TUN_F_CSUM: the checksum is left to the guest
+        assert flags & 1 and (csum_start, csum_offset) == (34, 6)
+    else:
+        assert flags == 0
+    assert finish(worker, fe)[0] == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_exits_0_with_stats(worker, sig):
+    fe = start(worker)
+    fe.send([demo_frame(1, 100)])
+    fe.wait_used(fe.tx, 1)
+    code, stats = worker.stop(sig)
+    assert code == 0
+    assert stats["reason"] == "stopped by signal" and stats["rings"]["tx"]["packets"] == 1
+    fe.close()
+
+
+def test_frontend_vanishing_while_rings_run_is_econnreset(worker):
+    fe = start(worker)
+    fe.close()
+    code, stats = worker.wait()
+    assert code == errno.ECONNRESET and stats["errno"] == "ECONNRESET"
+
+
+def test_deleted_tap_is_ebadfd(worker):
+    fe = start(worker)
+    fe.post_rx(8, 2048)
+    subprocess.run(["ip", "link", "del", TAP], check=True)
+    code, stats = worker.wait(timeout=10)
+    assert code == errno.EBADFD, worker.stderr
+    fe.close()
+
+
+def test_second_frontend_is_refused_and_first_keeps_working(worker):
+    tap = tap_socket(TAP)
+    fe = start(worker)
+    intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    intruder.connect(worker.sock)
+    intruder.settimeout(5)
+    assert intruder.recv(1) == b""          # closed by the worker without a word
+    fe.send([demo_frame(3, 200)])
+    assert collect(tap, 1) == [demo_frame(3, 200)]
+    assert finish(worker, fe)[0] == 0
+
+
+def test_socket_is_mode_0600(worker):
+    assert os.stat(worker.sock).st_mode & 0o777 == 0o600
+
+
+def test_sigusr1_writes_counters_while_running(worker):
+    fe = start(worker)
+    fe.send([demo_frame(1, 100)] * 3)
+    fe.wait_used(fe.tx, 3)
+    worker.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while not os.path.exists(worker.stats_file) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with open(worker.stats_file) as f:
+        live = json.load(f)
+    assert worker.proc.poll() is None                      # still serving
+    assert live["rings"]["tx"]["packets"] == 3 and live["reason"] == ""
+    assert finish(worker, fe)[0] == 0
+
+
+def test_served_socket_is_eaddrinuse(worker, tmp_path):
+    second = subprocess.run([*worker_argv(), "run",
+                             "--socket-path", worker.sock, "--tap", "vst1"], capture_output=True, text=True, env=worker_env(),
+                            timeout=30)
+    assert second.returncode == errno.EADDRINUSE, second.stderr
+
+
+def test_cpu_outside_allowed_set_is_einval(ns, tmp_path):
+    w = WorkerProcess(str(tmp_path), TAP, "--cpu", "4095")
+    code, _ = w.wait()
+    assert code == errno.EINVAL
