@@ -131,14 +131,3 @@ def test_only_the_12_byte_header(make_rig):
     with pytest.raises(ConfigError):
         Datapath(0, hdr_len=10)
 
-
-def test_driver_queue_layout():
-    from vhostsplice.testing.virtq import GuestMemory
-    mem = GuestMemory(bytearray(1 << 16), gpa_base=0x1000, uva_base=0x9000_0000)
-    q = DriverQueue(mem, 64)
-    assert q.desc_gpa % 16 == 0 and q.avail_gpa % 2 == 0 and q.used_gpa % 4 == 0
-    assert q.desc_uva - q.desc_gpa == 0x9000_0000 - 0x1000
-    heads = q.add_out([b"x" * 100], split=3)
-    assert len(heads) == 1 and len(q._free) == 61
-    q.add_in(2, 500, indirect=True)
-    assert len(q._free) == 59

@@ -61,6 +61,7 @@ static int tx_one(struct vs_pair *p, struct vs_ring *r, struct iovec *iov)
         rc = VS_CHAIN_SHORT;
     if (rc > 0)
         return vs_chain_fault(p, r, w.head, rc);
+    /* SAFETY: every iovec was built by vs_gpa_to_iov inside one region; niov <= VS_MAX_IOV. */
     ssize_t n = writev(p->host_fd, iov, (int)w.niov);
     if (n < 0)
         return tx_error(p, r, w.head, errno);
@@ -147,6 +148,7 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov)
         rc = VS_CHAIN_SHORT;
     if (rc > 0)
         return vs_chain_fault(p, r, w.head, rc);
+    /* SAFETY: every iovec was built by vs_gpa_to_iov inside one region; niov <= VS_MAX_IOV. */
     ssize_t got = readv(p->host_fd, iov, (int)w.niov);
     if (got <= 0 || (size_t)got < p->hdr_len)
         r->last_avail--; /* the chain stays for the next packet */
@@ -250,6 +252,7 @@ static int rx_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
         return rx_starved(r, seen);
     if (rc == 0 && m->ndesc < r->num)
         return rx_starved(r, seen); /* the driver can still post more: wait for it */
+    /* SAFETY: the iovecs of all collected chains lie inside regions; niov <= VS_MAX_IOV. */
     ssize_t got = readv(p->host_fd, m->iov, (int)m->niov);
     if (got <= 0 || (size_t)got < p->hdr_len)
         r->last_avail = m->start;

@@ -160,17 +160,19 @@ static int desc_to_iov(const struct vs_pair *p, int writable, const struct vs_de
     return vs_gpa_to_iov(&p->mem, d->addr, d->len, w->iov, &w->niov, w->max);
 }
 
-/* Walk the chain at w->head into iovecs: 0, a per-chain VS_CHAIN_* fault, or -EBADMSG. */
+/* Walk the chain at w->head into iovecs: 0, a per-chain VS_CHAIN_* fault, or -EBADMSG.
+ * 2.7.5.3.1: a chain is never longer than the queue size, indirect entries included; a walk that
+ * visits more descriptors than that (or than its table holds) is looping. */
 static int walk(const struct vs_pair *p, struct vs_ring *r, int writable, struct vs_walk *w)
 {
     struct desc_table t = { r->desc, r->num, 0 };
-    uint32_t i = w->head, seen = 0;
+    uint32_t i = w->head, seen = 0, total = 0;
     w->niov = 0;
     w->len = 0;
     w->ndesc = 0;
     for (;;) {
         struct vs_desc d;
-        if (++seen > t.n)
+        if (++seen > t.n || ++total > r->num)
             return vs_ring_fail(r, t.indirect ? VS_BROKEN_CHAIN_LEN : VS_BROKEN_LOOP);
         desc_load(&t, i, &d);
         w->ndesc += !t.indirect;

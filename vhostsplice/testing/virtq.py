@@ -48,28 +48,47 @@ class GuestMemory:
         self.gpa_base = gpa_base
         self.uva_base = gpa_base if uva_base is None else uva_base
         self._free: list[tuple[int, int]] = [(0, self.size)]   # (offset, size), sorted by offset
-        self._sizes: dict[int, tuple[int, int]] = {}          # gpa -> (block offset, block size)
+        self._sizes: dict[int, tuple[int, int, int]] = {}     # gpa -> (offset, size, size asked for)
+        self._cache: dict[int, list[int]] = {}                # size -> freed gpas of that size
 
     def alloc(self, size: int, align: int = 16) -> int:
-        """Reserve size bytes aligned to align; returns their gpa. MemoryError when full."""
+        """Reserve size bytes aligned to align; returns their gpa. MemoryError when full.
+
+        Freed blocks are kept per size and handed out again first (frames repeat their sizes); when
+        memory runs out they go back to the first-fit list and the allocation is retried."""
         size = max(size, 1)
+        cached = self._cache.get(size, [])
+        for i in range(len(cached) - 1, -1, -1):
+            if cached[i] % align == 0:
+                return cached.pop(i)
+        try:
+            return self._first_fit(size, align)
+        except MemoryError:
+            self._flush_cache()
+            return self._first_fit(size, align)
+
+    def free(self, gpa: int) -> None:
+        size = self._sizes[gpa][2]
+        self._cache.setdefault(size, []).append(gpa)
+
+    def _first_fit(self, size: int, align: int) -> int:
         for i, (off, n) in enumerate(self._free):
             start = -(-(self.gpa_base + off) // align) * align - self.gpa_base
             if start + size <= off + n:
                 self._free[i:i + 1] = [b for b in ((off, start - off), (start + size, off + n - start - size)) if b[1]]
-                self._sizes[self.gpa_base + start] = (off, start + size - off)
+                self._sizes[self.gpa_base + start] = (start, size, size)
                 return self.gpa_base + start
         raise MemoryError(f"guest memory: no {size} bytes left (align {align})")
 
-    def free(self, gpa: int) -> None:
-        off, n = self._sizes.pop(gpa)
-        blocks = sorted(self._free + [(off, n)])
-        merged = [blocks[0]]
-        for o, s in blocks[1:]:
-            if merged[-1][0] + merged[-1][1] == o:
-                merged[-1] = (merged[-1][0], merged[-1][1] + s)
+    def _flush_cache(self) -> None:
+        blocks = self._free + [self._sizes.pop(g)[:2] for gpas in self._cache.values() for g in gpas]
+        self._cache.clear()
+        merged: list[tuple[int, int]] = []
+        for o, n in sorted(blocks):
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
             else:
-                merged.append((o, s))
+                merged.append((o, n))
         self._free = merged
 
     def off(self, gpa: int, n: int = 0) -> int:
