@@ -14,9 +14,15 @@ export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_U
 
 log() { printf '== tests/run.sh: %s\n' "$*" >&2; }
 
+# The QEMU guest tests name their own host packages (qemu-system-x86, iperf3, ...).
+if [[ -f tests/guest/build.sh ]]; then
+    read -r -a GUEST_PACKAGES <<<"$(bash tests/guest/build.sh --deps)"
+    APT_PACKAGES+=("${GUEST_PACKAGES[@]}")
+fi
+
 missing_apt_packages() {
     local p
-    for p in "${APT_PACKAGES[@]}"; do
+    for p in $(printf '%s\n' "${APT_PACKAGES[@]}" | sort -u); do
         dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || echo "$p"
     done
 }

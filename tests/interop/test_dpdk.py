@@ -7,9 +7,14 @@ counters survive the worker's exit and are read after every process has stopped.
 
 Counting rules (measured with DPDK's own back-end, net_vhost, in place of the worker):
 - testpmd txonly "TX-packets" is what rte_eth_tx_burst put into the TX ring; "TX-dropped" is what
-  it refused because the ring was full (never seen by any back-end). A back-end that drains the
-  ring before it answers GET_VRING_BASE consumes exactly TX-packets, so:
-      testpmd TX-packets == worker rings.tx.packets == tap rx_packets + rx_dropped
+  it refused because the ring was full (never seen by any back-end). On SIGINT testpmd stops its
+  forwarding core, prints its totals, and only then stops the port (SET_VRING_ENABLE 0,
+  GET_VRING_BASE): a back-end keeps consuming in that gap, but the vhost-user protocol does not make
+  it drain the ring before it answers GET_VRING_BASE. Measured: vhostsplice consumed exactly
+  TX-packets in every run; DPDK's net_vhost usually did, once it left part of a full ring behind
+  (its net_tap writes one frame per writev, ~0.8 Mpps). So the rule is:
+      TX-packets - queue size <= worker rings.tx.packets <= TX-packets
+      worker rings.tx.packets == tap rx_packets + rx_dropped   (exactly)
   (every frame the worker writes to the tap is counted by the kernel as received or dropped).
 - testpmd rxonly "RX-packets" counts frames the back-end put in the RX ring. With the frames paced
   well below ring and tap-queue capacity nothing is dropped anywhere, so:
@@ -29,7 +34,8 @@ import pytest
 
 from support import testpmd
 
-pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow,
+              pytest.mark.usefixtures("needs_testpmd")]
 
 TAP = "vst0"
 SOCKET_TIMEOUT = 60
@@ -121,9 +127,10 @@ def test_txonly_frames_reach_the_tap(tap_ns, worker, tmp_path, size):
     consumed = stats["rings"]["tx"]["packets"]
     print(f"size {size}: testpmd TX-packets {sent.tx_packets} (TX-dropped {sent.tx_dropped}), "
           f"worker tx {consumed}, tap rx {after['rx_packets'] - before['rx_packets']} "
-          f"+ dropped {after['rx_dropped'] - before['rx_dropped']}")
+          f"+ dropped {after['rx_dropped'] - before['rx_dropped']}, "
+          f"left in ring {sent.tx_packets - consumed}")
     assert sent.tx_packets > 1000, sent
-    assert consumed == sent.tx_packets, (consumed, sent)
+    assert sent.tx_packets - testpmd.QUEUE_SIZE <= consumed <= sent.tx_packets, (consumed, sent)
     assert kernel == consumed, (kernel, consumed, before, after)
 
 

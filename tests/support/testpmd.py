@@ -8,6 +8,7 @@ Measured on the CI machine kind (DPDK 22.11, see /work/shared/interop.md section
   TX-dropped. In txonly, TX-packets counts frames rte_eth_tx_burst accepted into the ring; TX-dropped
   counts frames refused because the ring was full. DPDK's net_vhost back-end received exactly
   TX-packets (not TX-total).
+- Its stdout is fully buffered when it is not a terminal: run it under `stdbuf -oL` to see progress.
 - `--stats-period=S` prints "NIC statistics for port N" blocks every S seconds (live counters).
 
 Run as a program, this module is also a stand-in for `vhostsplice run` backed by DPDK (net_vhost
@@ -33,6 +34,8 @@ from typing import Sequence
 TESTPMD = os.environ.get("DPDK_TESTPMD", "dpdk-testpmd")
 DPDK_RUNTIME = Path("/var/run/dpdk")
 _counter = itertools.count(1)
+# testpmd's stdout is a file here: without this its progress lines sit in a 4 KiB stdio buffer.
+LINE_BUFFERED = ("stdbuf", "-oL", "-eL")
 
 _TOTALS_RE = re.compile(
     r"(?:Forward statistics for port (?P<port>\d+)|Accumulated forward statistics for all ports)"
@@ -75,7 +78,7 @@ class Testpmd:
 
     def __init__(self, vdevs: Sequence[str], *, mode: str, log: Path, lcores: str = "0@1,1@0",
                  txpkts: int | None = None, stats_period: int | None = None,
-                 extra: Sequence[str] = (), argv_prefix: Sequence[str] = ()):
+                 extra: Sequence[str] = (), argv_prefix: Sequence[str] = LINE_BUFFERED):
         self.prefix = f"vst{os.getpid()}x{next(_counter)}"
         self.log = Path(log)
         argv = [*argv_prefix, TESTPMD, "--no-pci", "--no-huge", "-m", "512",
@@ -153,10 +156,13 @@ class Testpmd:
         self.kill()
 
 
+QUEUE_SIZE = 256  # virtio_user's default, made explicit: the most a back-end can leave unconsumed
+
+
 def virtio_user(sock: Path | str, *, mode: str, log: Path, txpkts: int | None = None,
                 stats_period: int | None = None) -> Testpmd:
     """testpmd as the front-end (driver) on SOCK: forwarding lcore on CPU 0, main lcore on CPU 1."""
-    return Testpmd([f"net_virtio_user0,path={sock},queues=1"], mode=mode, log=log,
+    return Testpmd([f"net_virtio_user0,path={sock},queues=1,queue_size={QUEUE_SIZE}"], mode=mode, log=log,
                    lcores="0@1,1@0", txpkts=txpkts, stats_period=stats_period)
 
 
