@@ -28,7 +28,7 @@ OFFLOADS = bit(F.NET_F_CSUM) | bit(F.NET_F_GUEST_CSUM)
 def ns():
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    with PrivateNetns("vst") as ns, ns.entered():
+    with PrivateNetns("vsr") as ns, ns.entered():
         yield ns
 
 
@@ -213,3 +213,18 @@ def test_cpu_outside_allowed_set_is_einval(ns, tmp_path):
     w = WorkerProcess(str(tmp_path), TAP, "--cpu", "4095")
     code, _ = w.wait()
     assert code == errno.EINVAL
+
+
+def test_tap_link_down_drops_tx_and_recovers(worker):
+    """A downed tap answers writes with EIO: counted as drops, the worker keeps serving."""
+    fe = start(worker)
+    subprocess.run(["ip", "link", "set", TAP, "down"], check=True)
+    fe.send([demo_frame(i, 100) for i in range(5)])
+    fe.wait_used(fe.tx, 5)
+    subprocess.run(["ip", "link", "set", TAP, "up"], check=True)
+    tap = tap_socket(TAP)
+    fe.send([demo_frame(9, 100)])
+    assert collect(tap, 1) == [demo_frame(9, 100)]
+    code, stats = finish(worker, fe)
+    assert code == 0
+    assert stats["rings"]["tx"]["drops_hostfd"] == 5 and stats["rings"]["tx"]["packets"] == 1

@@ -25,10 +25,12 @@ static int host_fatal(int err)
     return -EIO;
 }
 
-/* The kernel refused this one packet: count it, the chain is done. */
+/* The kernel refused this one packet: count it, the chain is done. A tap whose link is down answers
+ * writes with EIO (tun_get_user); like vhost_net, drop and keep serving until it is up again. */
 static int host_drops(int err)
 {
-    return err == EINVAL || err == EMSGSIZE || err == ENOBUFS || err == EFAULT || err == ENETDOWN;
+    return err == EINVAL || err == EMSGSIZE || err == ENOBUFS || err == EFAULT || err == ENETDOWN
+        || err == EIO;
 }
 
 static int tx_error(struct vs_pair *p, struct vs_ring *r, uint16_t head, int err)
