@@ -14,7 +14,8 @@ import pytest
 
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
-from vhostsplice.testing.harness import WorkerProcess, worker_argv, worker_env, collect, demo_frame, tap_socket
+from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
 from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = pytest.mark.root
@@ -203,8 +204,8 @@ def test_sigusr1_writes_counters_while_running(worker):
 
 
 def test_served_socket_is_eaddrinuse(worker, tmp_path):
-    second = subprocess.run([*worker_argv(), "run",
-                             "--socket-path", worker.sock, "--tap", "vst1"], capture_output=True, text=True, env=worker_env(),
+    second = subprocess.run([*self_argv(), "run",
+                             "--socket-path", worker.sock, "--tap", "vst1"], capture_output=True, text=True, env=self_env(),
                             timeout=30)
     assert second.returncode == errno.EADDRINUSE, second.stderr
 

@@ -13,19 +13,10 @@ import subprocess
 import sys
 import time
 
+from ..selfexec import self_argv, self_env
+
 ETH_P_ALL = 0x0003
 DEMO_ETHERTYPE = 0x88B5          # IEEE local experimental: never confused with real traffic
-
-
-def worker_argv() -> list[str]:
-    """How to start the very vhostsplice this process imported (never a source tree that shadows it)."""
-    return [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "vhostsplice"]
-
-
-def worker_env() -> dict[str, str]:
-    import vhostsplice
-    home = os.path.dirname(os.path.dirname(os.path.abspath(vhostsplice.__file__)))
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (home, os.environ.get("PYTHONPATH")))))
 
 
 class WorkerProcess:
@@ -34,10 +25,10 @@ class WorkerProcess:
     def __init__(self, workdir: str, tap: str, *extra: str, name: str = "w"):
         self.sock = os.path.join(workdir, f"{name}.sock")
         self.stats_file = os.path.join(workdir, f"{name}.stats.json")
-        self.argv = [*worker_argv(), "run", "--socket-path", self.sock, "--tap", tap,
+        self.argv = [*self_argv(), "run", "--socket-path", self.sock, "--tap", tap,
                      "--stats-file", self.stats_file, *extra]
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=worker_env())
+                                     env=self_env())
 
     def wait_listening(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
