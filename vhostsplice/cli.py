@@ -127,6 +127,42 @@ def run(socket_path, connect_path, inherited_fd, tap, mtu, bridge, cpu, nice, sc
                       offloads=offloads, stats_file=stats_file)
 
 
+@cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
+@click.option("--socket-path", metavar="PATH", required=True, envvar="VHOSTSPLICE_SOCKET",
+              help="Listen on this unix socket (mode 0600) for the multi-queue front-end.")
+@click.option("--tap", metavar="NAME", required=True, envvar="VHOSTSPLICE_TAP",
+              help="Multi-queue tap: each worker opens its own queue of it.")
+@click.option("--queues", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Queue pairs offered (GET_QUEUE_NUM); one worker process per pair.")
+@click.option("--cpus", metavar="LIST", envvar="VHOSTSPLICE_CPUS",
+              help="CPUs to spread the workers over: pair k runs on the k-th CPU of the list (cycling).")
+@click.option("--restart", type=click.Choice(["on-failure", "always", "never"]), default="on-failure",
+              show_default=True, help="Replace a worker that exits (set-up errors such as EINVAL are never retried).")
+@click.option("--events", metavar="FILE", help="Append the JSON event lines here instead of stderr.")
+@click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
+              help="Passed to every worker (see `run --help`).")
+@click.option("--offloads/--no-offloads", default=True, show_default=True, help="Passed to every worker.")
+def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads):
+    """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
+
+    The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
+    device rings 2k and 2k+1 to worker k over a socketpair, as rings 0 and 1. A worker that exits is
+    reported as a JSON event line (pair, pid, exit code, errno name, counters), its rings' VRING_ERR
+    eventfds are signalled when it failed, and it is replaced per --restart with back-off (0.1 s doubling
+    to 5 s); the replacement resumes from used->idx. SIGTERM/SIGINT stop every worker, exit 0.
+
+    \b
+    Example:
+      vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 4 --cpus 2-5
+    """
+    from .supervisor import ServeConfig, run_supervisor
+    cpu_list = sorted(parse_cpus(cpus)) if cpus else []
+    worker_args = ["--on-guest-error", on_guest_error] + ([] if offloads else ["--no-offloads"])
+    config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
+                         worker_args=worker_args)
+    return run_supervisor(socket_path=socket_path, config=config)
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option("--frames", type=click.IntRange(1, 100000), default=1000, show_default=True,
               help="Frames to move in each direction.")

@@ -1,0 +1,414 @@
+"""`vhostsplice serve`: the multi-queue door. Terminates vhost-user, one worker process per queue pair.
+
+vhost-user carries every ring of a device over one socket. The supervisor answers the device-wide
+requests itself (features, protocol features, GET_QUEUE_NUM, status), and forwards the rest to the
+worker of the pair they concern over a socketpair, as a front-end would: ring 2k+j of the device is ring
+j of worker k (`vhostsplice run --fd N`). Everything a worker was told is kept (fds duplicated), so a
+worker that dies is replaced and told again; it resumes from used->idx like any restarted back-end.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from . import protocol as P
+from .backend import BASE_FEATURES, OFFLOAD_FEATURES, PROTOCOL_FEATURES
+from .channel import Channel, Listener
+from .errors import FrontendGone, ProtocolError, errno_name
+from .spec import Feature as F, ProtocolFeature as PF, Req, bit
+from .selfexec import self_argv, self_env
+from .vring import close_fd
+
+log = logging.getLogger("vhostsplice")
+DEVICE_ONLY = bit(F.NET_F_MQ)                  # answered here; never shown to a worker
+RESTARTABLE_NEVER = {errno.EINVAL, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENODEV, errno.EADDRINUSE}
+RING_REQUESTS = {Req.SET_VRING_NUM, Req.SET_VRING_ADDR, Req.SET_VRING_BASE, Req.GET_VRING_BASE,
+                 Req.SET_VRING_KICK, Req.SET_VRING_CALL, Req.SET_VRING_ERR, Req.SET_VRING_ENABLE}
+BROADCAST = {Req.SET_OWNER, Req.RESET_OWNER, Req.SET_MEM_TABLE}
+
+
+@dataclass
+class ServeConfig:
+    tap: str
+    queues: int
+    cpus: list[int]
+    restart: str = "on-failure"
+    events: str | None = None
+    worker_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pair:
+    """One queue pair: its worker process and everything it has been told (for a replacement)."""
+
+    index: int
+    cpu: int | None
+    told: dict = field(default_factory=dict)     # (request, ring j) -> (payload, fd or None)
+    proc: object = None
+    chan: Channel | None = None
+    pidfd: int = -1
+    restarts: int = 0
+    next_start: float = 0.0
+    stats_file: str = ""
+
+
+def spread_cpus(cpus: list[int], queues: int) -> list[int | None]:
+    """Pair k runs on cpus[k % len(cpus)]; no list means no pinning."""
+    return [cpus[k % len(cpus)] if cpus else None for k in range(queues)]
+
+
+def ring_index(msg: P.Message) -> int:
+    """The device ring a per-ring request names (vhost-user.rst: a vring state/address starts with it;
+    KICK/CALL/ERR carry it in the low byte of a u64)."""
+    if msg.request in (Req.SET_VRING_KICK, Req.SET_VRING_CALL, Req.SET_VRING_ERR):
+        return P.decode_vring_file(msg).index
+    if msg.request == Req.SET_VRING_ADDR:
+        return P.decode_vring_addr(msg).index
+    return P.decode_vring_state(msg).index
+
+
+def ring_payload(request: int, payload: bytes, index: int) -> bytes:
+    """The same request with the ring index rewritten (index is the first u32, or the low byte of a u64)."""
+    if request in (Req.SET_VRING_KICK, Req.SET_VRING_CALL, Req.SET_VRING_ERR):
+        value = int.from_bytes(payload, "little")
+        return ((value & ~0xFF) | index).to_bytes(8, "little")
+    return index.to_bytes(4, "little") + payload[4:]
+
+
+class Supervisor:
+    def __init__(self, listener: Listener, config: ServeConfig):
+        self.listener, self.config = listener, config
+        self.pairs = [Pair(k, cpu) for k, cpu in enumerate(spread_cpus(config.cpus, config.queues))]
+        self.device: dict = {}                   # broadcast requests -> (payload, fds)
+        self.features = 0
+        self.protocol_acked = 0
+        self.status = 0
+        self.front: Channel | None = None
+        self.ep = select.epoll()
+        self.roles: dict[int, tuple[str, int]] = {}
+        self.rundir = tempfile.mkdtemp(prefix="vhostsplice-serve-")
+        self.events = open(config.events, "a") if config.events else sys.stderr
+        self.stopping = False
+
+    # -- events ----------------------------------------------------------------------------------------
+    def emit(self, event: str, **fields) -> None:
+        fields = {"event": event, "time": round(time.time(), 3), **fields}
+        print(json.dumps(fields, sort_keys=True), file=self.events, flush=True)
+
+    # -- workers ---------------------------------------------------------------------------------------
+    def start_worker(self, pair: Pair) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pair.stats_file = os.path.join(self.rundir, f"pair{pair.index}.json")
+        argv = [*self_argv(), "run", "--fd", str(theirs.fileno()), "--tap", self.config.tap,
+                "--stats-file", pair.stats_file, *self.config.worker_args]
+        if pair.cpu is not None:
+            argv += ["--cpu", str(pair.cpu)]
+        pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=self_env(), stdin=subprocess.DEVNULL)
+        theirs.close()
+        pair.chan = Channel(ours)
+        pair.pidfd = os.pidfd_open(pair.proc.pid)
+        self._watch(pair.pidfd, "exit", pair.index)
+        self.emit("start", pair=pair.index, pid=pair.proc.pid, cpu=pair.cpu, restarts=pair.restarts)
+        self.replay(pair)
+
+    def replay(self, pair: Pair) -> None:
+        """Tell a (new) worker everything the front-end has said that concerns it, in protocol order."""
+        for req in (Req.SET_OWNER,):
+            if req in self.device:
+                self.send_worker(pair, req, *self.device[req])
+        if self.features:
+            self.send_worker(pair, Req.SET_FEATURES, P.encode_u64(self.features & ~DEVICE_ONLY))
+        if Req.SET_MEM_TABLE in self.device:
+            self.send_worker(pair, Req.SET_MEM_TABLE, *self.device[Req.SET_MEM_TABLE])
+        order = (Req.SET_VRING_NUM, Req.SET_VRING_ADDR, Req.SET_VRING_BASE, Req.SET_VRING_CALL,
+                 Req.SET_VRING_ERR, Req.SET_VRING_KICK, Req.SET_VRING_ENABLE)
+        for j in (0, 1):
+            for req in order:
+                if (req, j) in pair.told:
+                    payload, fd = pair.told[(req, j)]
+                    self.send_worker(pair, req, payload, (fd,) if fd is not None else ())
+
+    def send_worker(self, pair: Pair, request: int, payload: bytes, fds=()) -> None:
+        if pair.chan is None:
+            return
+        try:
+            pair.chan.send(request, payload, tuple(fds))
+        except (FrontendGone, OSError):
+            pass        # the worker died; its exit event restarts it and replays
+
+    def on_exit(self, index: int) -> None:
+        pair = self.pairs[index]
+        code = pair.proc.wait()
+        code = code if code >= 0 else 128 - code
+        self._unwatch(pair.pidfd)
+        os.close(pair.pidfd)
+        pair.chan.close()
+        pair.chan, pair.pidfd = None, -1
+        counters = _read_json(pair.stats_file)
+        self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code),
+                  counters=counters.get("rings"))
+        if self.stopping:
+            return
+        if code != 0:
+            for j in (0, 1):       # tell the front-end the rings of this pair failed
+                told = pair.told.get((Req.SET_VRING_ERR, j))
+                if told and told[1] is not None:
+                    _signal_eventfd(told[1])
+        if self._should_restart(code):
+            pair.restarts += 1
+            pair.next_start = time.monotonic() + min(0.1 * 2 ** min(pair.restarts - 1, 6), 5.0)
+        else:
+            pair.next_start = float("inf")
+            self.emit("given-up", pair=index, exit=code, errno=errno_name(code))
+
+    def _should_restart(self, code: int) -> bool:
+        policy = self.config.restart
+        if policy == "never":
+            return False
+        if policy == "always":
+            return code not in RESTARTABLE_NEVER
+        return code != 0 and code not in RESTARTABLE_NEVER
+
+    # -- front-end -------------------------------------------------------------------------------------
+    def handle(self, msg: P.Message) -> None:
+        req = msg.request
+        local = LOCAL.get(req)
+        if local is not None:
+            _close_fds(msg.fds)
+            reply = local(self, msg)
+            if reply is not None:
+                self.front.send(req, reply, reply=True)
+        elif req in RING_REQUESTS:
+            self.forward_ring(msg)
+        elif req in BROADCAST or req == Req.SET_FEATURES:
+            self.broadcast(msg)
+        else:
+            _close_fds(msg.fds)
+            raise ProtocolError(f"{msg.name}: unsupported request")
+        if local is None or LOCAL_ACKS.get(req):
+            self.ack(msg)
+
+    def ack(self, msg: P.Message) -> None:
+        if msg.need_reply and self.protocol_acked & bit(PF.REPLY_ACK) and msg.request != Req.GET_VRING_BASE:
+            self.front.send(msg.request, P.encode_u64(0), reply=True)
+
+    def broadcast(self, msg: P.Message) -> None:
+        payload = msg.payload
+        if msg.request == Req.SET_FEATURES:
+            self.features = P.decode_u64(msg)
+            payload = P.encode_u64(self.features & ~DEVICE_ONLY)
+            if self.features & ~(self.offered()):
+                raise ProtocolError(f"SET_FEATURES acks bits never offered: {self.features & ~self.offered():#x}")
+        else:
+            old = self.device.get(msg.request)
+            if old:
+                _close_fds(old[1])
+            self.device[msg.request] = (payload, msg.fds)
+        for pair in self.pairs:
+            self.send_worker(pair, msg.request, payload, msg.fds)
+
+    def forward_ring(self, msg: P.Message) -> None:
+        try:
+            ring = ring_index(msg)
+        except ProtocolError:
+            _close_fds(msg.fds)
+            raise
+        if not 0 <= ring < 2 * self.config.queues or len(msg.fds) > 1:
+            _close_fds(msg.fds)
+            raise ProtocolError(f"{msg.name}: ring {ring} is not one of this device's {2 * self.config.queues}")
+        pair, j = self.pairs[ring // 2], ring % 2
+        payload = ring_payload(msg.request, msg.payload, j)
+        fd = msg.fds[0] if msg.fds else None
+        old = pair.told.pop((msg.request, j), None)
+        if old and old[1] is not None:
+            close_fd(old[1])
+        if msg.request == Req.GET_VRING_BASE:
+            self.get_vring_base(pair, j, ring, payload)
+            return
+        pair.told[(msg.request, j)] = (payload, fd)
+        self.send_worker(pair, msg.request, payload, (fd,) if fd is not None else ())
+
+    def get_vring_base(self, pair: Pair, j: int, ring: int, payload: bytes) -> None:
+        base = 0
+        kick = pair.told.pop((Req.SET_VRING_KICK, j), None)     # the ring is stopped: it starts on a new kick
+        if kick and kick[1] is not None:
+            close_fd(kick[1])
+        if pair.chan is not None:
+            self.send_worker(pair, Req.GET_VRING_BASE, payload)
+            try:
+                reply = pair.chan.recv()
+                base = P.decode_vring_state(reply).num if reply is not None else 0
+            except (ProtocolError, FrontendGone, OSError):
+                base = 0
+        pair.told[(Req.SET_VRING_BASE, j)] = (P.encode_vring_state(P.VringState(j, base)), None)
+        self.front.send(Req.GET_VRING_BASE, P.encode_vring_state(P.VringState(ring, base)), reply=True)
+
+    def offered(self) -> int:
+        return BASE_FEATURES | OFFLOAD_FEATURES | DEVICE_ONLY
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def _watch(self, fd: int, role: str, arg: int = 0) -> None:
+        self.ep.register(fd, select.EPOLLIN)
+        self.roles[fd] = (role, arg)
+
+    def _unwatch(self, fd: int) -> None:
+        self.roles.pop(fd, None)
+        try:
+            self.ep.unregister(fd)
+        except OSError:
+            pass
+
+    def run(self) -> int:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wfd)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        self._watch(rfd, "signal")
+        self._watch(self.listener.fileno(), "listen")
+        for pair in self.pairs:
+            self.start_worker(pair)
+        code = 0
+        try:
+            code = self.loop(rfd)
+        except (ProtocolError, FrontendGone) as exc:
+            self.emit("error", errno=errno_name(exc.errno), message=str(exc))
+            code = exc.errno
+        finally:
+            self.shutdown()
+            os.close(rfd)
+            os.close(wfd)
+        return code
+
+    def loop(self, sigfd: int) -> int:
+        while True:
+            timeout = self._next_restart_in()
+            for fd, _ev in self.ep.poll(timeout):
+                role, arg = self.roles.get(fd, ("gone", 0))
+                if role == "signal":
+                    os.read(sigfd, 64)
+                    return 0
+                if role == "listen":
+                    self.on_listen()
+                elif role == "front":
+                    msg = self.front.recv()
+                    if msg is None:
+                        return 0 if not self._rings_live() else errno.ECONNRESET
+                    self.handle(msg)
+                elif role == "exit":
+                    self.on_exit(arg)
+            self._restart_due()
+
+    def _rings_live(self) -> bool:
+        return any((Req.SET_VRING_KICK, j) in p.told for p in self.pairs for j in (0, 1))
+
+    def _next_restart_in(self) -> float:
+        due = [p.next_start for p in self.pairs if p.chan is None and p.next_start != float("inf")]
+        return max(0.0, min(due) - time.monotonic()) if due else -1
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for pair in self.pairs:
+            if pair.chan is None and pair.next_start <= now:
+                self.start_worker(pair)
+
+    def on_listen(self) -> None:
+        chan = self.listener.accept()
+        if self.front is not None:
+            chan.close()            # one front-end per device
+            return
+        self.front = chan
+        self._watch(chan.fileno(), "front")
+
+    def shutdown(self) -> None:
+        self.stopping = True
+        for pair in self.pairs:
+            if pair.chan is not None and pair.proc.poll() is None:
+                pair.proc.send_signal(signal.SIGTERM)
+        for pair in self.pairs:
+            if pair.chan is not None:
+                try:
+                    pair.proc.wait(10)
+                except Exception:
+                    pair.proc.kill()
+                    pair.proc.wait()
+                self.on_exit(pair.index)
+            for _payload, fd in pair.told.values():
+                close_fd(fd)
+        for _payload, fds in self.device.values():
+            _close_fds(fds)
+        if self.front is not None:
+            self.front.close()
+        self.listener.close()
+        self.ep.close()
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _signal_eventfd(fd: int) -> None:
+    try:
+        os.eventfd_write(fd, 1)
+    except OSError:
+        pass
+
+
+def _close_fds(fds) -> None:
+    for fd in fds:
+        close_fd(fd)
+
+
+def _get_features(s: Supervisor, msg) -> bytes:
+    return P.encode_u64(s.offered())
+
+
+def _get_protocol_features(s: Supervisor, msg) -> bytes:
+    return P.encode_u64(PROTOCOL_FEATURES)
+
+
+def _set_protocol_features(s: Supervisor, msg) -> None:
+    value = P.decode_u64(msg)
+    if value & ~PROTOCOL_FEATURES:
+        raise ProtocolError(f"SET_PROTOCOL_FEATURES acks bits never offered: {value & ~PROTOCOL_FEATURES:#x}")
+    s.protocol_acked = value
+
+
+def _get_queue_num(s: Supervisor, msg) -> bytes:
+    return P.encode_u64(s.config.queues)
+
+
+def _set_status(s: Supervisor, msg) -> None:
+    s.status = P.decode_u64(msg) & 0xFF
+
+
+def _get_status(s: Supervisor, msg) -> bytes:
+    return P.encode_u64(s.status)
+
+
+LOCAL = {Req.GET_FEATURES: _get_features, Req.GET_PROTOCOL_FEATURES: _get_protocol_features,
+         Req.SET_PROTOCOL_FEATURES: _set_protocol_features, Req.GET_QUEUE_NUM: _get_queue_num,
+         Req.SET_STATUS: _set_status, Req.GET_STATUS: _get_status}
+LOCAL_ACKS = {Req.SET_PROTOCOL_FEATURES: True, Req.SET_STATUS: True}
+
+
+def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
+    """Listen, serve one multi-queue front-end with a worker per pair; returns the exit code."""
+    from .hostfd import open_tap
+    probe = open_tap(config.tap)          # create the tap (multi-queue) once, with the errors of `run`
+    probe.close()
+    listener = Listener(socket_path)
+    return Supervisor(listener, config).run()
