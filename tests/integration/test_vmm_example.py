@@ -1,0 +1,74 @@
+"""bin/vhostsplice-vmm-example: one `vhostsplice run` per queue pair, supervised by a shell script."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.testing.netns import PrivateNetns
+
+pytestmark = pytest.mark.root
+SCRIPT = Path(__file__).resolve().parents[2] / "bin" / "vhostsplice-vmm-example"
+
+
+@pytest.fixture
+def ns():
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with PrivateNetns("vsv") as ns, ns.entered():
+        yield ns
+
+
+def launch(tmp_path, *cpus, nics=2):
+    env = dict(self_env(), RUNDIR=str(tmp_path), VHOSTSPLICE=shlex.join(self_argv()))
+    log = open(tmp_path / "vmm.log", "w")
+    proc = subprocess.Popen(["bash", str(SCRIPT), "vmx", str(nics), *cpus], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return proc, tmp_path / "vmm.log"
+
+
+def pids(log: Path) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for k, pid in re.findall(r"vmm: net(\d+) worker pid (\d+)", log.read_text()):
+        out.setdefault(int(k), []).append(int(pid))
+    return out
+
+
+def wait_for(fn, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not fn():
+        time.sleep(0.1)
+    return fn()
+
+
+def test_one_worker_per_pair_killed_one_is_restarted(ns, tmp_path):
+    proc, log = launch(tmp_path, "0", "1")
+    try:
+        assert wait_for(lambda: all((tmp_path / f"vmx-net{k}.sock").exists() for k in (0, 1)))
+        first = pids(log)
+        assert len({first[0][0], first[1][0]}) == 2
+        os.kill(first[1][0], signal.SIGKILL)
+        assert wait_for(lambda: len(pids(log).get(1, [])) == 2), log.read_text()
+        assert pids(log)[0] == first[0]                       # the other worker was left alone
+        assert "-netdev vhost-user,id=n1,chardev=c1" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        for pid in (first[0][0], pids(log)[1][-1]):
+            assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_setup_error_is_not_retried(ns, tmp_path):
+    proc, log = launch(tmp_path, "4095", nics=1)            # a CPU outside the allowed set: EINVAL
+    assert proc.wait(60) == errno.EINVAL, log.read_text()
+    assert "not restartable" in log.read_text()
