@@ -7,6 +7,8 @@ Facts this relies on (measured on this machine kind, /work/shared/interop.md sec
 - `-chardev socket,reconnect=1`: QEMU is the client and retries every second, so a back-end may start
   late or be restarted.
 - Boot to /init takes ~1.5-2.5 s; a loaded 2-core machine has stretched it to 12 s: timeouts are generous.
+- `-smp 1,maxcpus=2`: with max_cpus == 1, QEMU 7.2's TCG elides the guest's memory barriers, which an
+  external vhost-user back-end needs (see Guest.smp).
 
 The guest image is built by tests/guest/build.sh (Debian's cloud kernel, unmodified, + a busybox
 initramfs). Its /init runs the shell script handed to QEMU as fw_cfg file opt/t/test with the helpers of
@@ -123,11 +125,17 @@ class Guest:
     device_opts: str = ""
     name: str = "guest"
     memory: str = "512M"
+    # One vCPU, but maxcpus=2: QEMU 7.2's TCG drops the guest's memory barriers when max_cpus == 1
+    # (no CF_PARALLEL; fixed in QEMU 8.1, "tcg: Do not elide memory barriers for !CF_PARALLEL in system
+    # mode"), and then the driver's avail-idx store / avail_event load can pass each other while the
+    # back-end (another process) runs: a lost kick stalls the TX ring until something else wakes it.
+    smp: str = "1,maxcpus=2"
     guest_ip: str = GUEST_IP
     host_ip: str = HOST_IP
     prefix: int = PREFIX
     netdev: str | None = None          # replaces the vhost-user -chardev/-netdev pair (e.g. a QEMU tap netdev)
     qemu_extra: Sequence[str] = ()
+    append_extra: str = ""             # more kernel command line, e.g. "loglevel=7" to see driver messages
     proc: subprocess.Popen | None = field(default=None, init=False)
 
     def __post_init__(self):
@@ -142,13 +150,15 @@ class Guest:
     def argv(self) -> list[str]:
         mem = self.memory
         append = f"console=ttyS0 quiet panic=-1 vsip={self.guest_ip}/{self.prefix} vspeer={self.host_ip}"
+        if self.append_extra:
+            append += " " + self.append_extra
         if self.netdev is None:
             net = ["-chardev", f"socket,id=c0,path={self.socket_path},reconnect=1",
                    "-netdev", "vhost-user,id=n0,chardev=c0"]
         else:
             net = ["-netdev", self.netdev]
         device = "virtio-net-pci,netdev=n0,vectors=0" + (f",{self.device_opts}" if self.device_opts else "")
-        return [QEMU, "-accel", "tcg", "-m", mem, "-smp", "1", "-nodefaults", "-no-reboot",
+        return [QEMU, "-accel", "tcg", "-m", mem, "-smp", self.smp, "-nodefaults", "-no-reboot",
                 "-display", "none", "-monitor", "none",
                 "-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-machine", "memory-backend=mem",
                 *net, "-device", device,
