@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
 from .spec import MAX_QUEUE_SIZE, MAX_REGIONS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 1  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 2  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from ._vs_core import ffi, lib
@@ -37,7 +37,8 @@ BROKEN_REASONS = {
     lib.VS_BROKEN_NESTED_INDIRECT: "nested_indirect",
 }
 STAT_FIELDS = ("packets", "bytes", "chains", "drops_fault", "drops_bad_desc", "drops_short",
-               "drops_hostfd", "rx_starved", "notify_sent", "notify_suppressed", "batches")
+               "drops_hostfd", "rx_starved", "notify_sent", "notify_suppressed", "batches", "drops_oversize")
+SCRATCH_LEN = 1 << 17     # more than any frame a host fd delivers (64 KiB GSO + headers)
 RING_NAMES = {RX_RING: "rx", TX_RING: "tx"}
 _HOST_ERRNOS = {_errno.EBADFD, _errno.EIO, _errno.EPIPE}
 
@@ -63,6 +64,9 @@ class Datapath:
         p.hdr_len = hdr_len
         p.rx_max = 65536 + hdr_len
         p.tx_budget = p.rx_budget = 256
+        # Catches the tail of an RX frame longer than the guest's buffers: dropped, never cut short.
+        self._scratch = ffi.new("uint8_t[]", SCRATCH_LEN)
+        p.scratch, p.scratch_len = self._scratch, SCRATCH_LEN
         for r in (p.rx, p.tx):
             r.call_fd = r.err_fd = -1
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from vhostsplice.datapath import drain_eventfd
 
 
@@ -43,13 +45,14 @@ def test_fault_in_the_middle_of_a_merge(make_rig):
     rig.inject(big, rig.hdr() + rig.frame(1000, seed=1))
     rig.poll_idle()
     used = rig.rx.used()
-    # the first packet stops before the faulty chain (truncated to the 2048 bytes it had), the fault is
-    # completed on its own, and the second packet starts after it
-    assert used[0] == (first, 2048)
+    # collecting for the first packet stops before the faulty chain; 3012 bytes do not fit the 2048 it
+    # had, so it is dropped whole (never cut short) and its chain is reused by the second packet; the
+    # faulty chain is then completed on its own
+    assert used[0] == (first, 1012)
     assert used[1] == (100, 0)
-    assert used[2] == (rest[0], 1012)
     st = rig.stats("rx")
-    assert st["drops_fault"] == 1 and st["packets"] == 2
+    assert st["drops_oversize"] == 1 and st["drops_fault"] == 1 and st["packets"] == 1
+    assert st["chains"] == 2                             # the delivered chain and the faulty one
 
 
 def test_rx_buffer_across_two_regions(make_rig):
@@ -76,3 +79,17 @@ def test_drain_eventfd():
         assert drain_eventfd(fd) == 0
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("mrg", [False, True])
+def test_frame_larger_than_the_buffers_is_dropped_not_cut(make_rig, mrg):
+    rig = make_rig(mrg=mrg, rx_max=1518 + 12)           # the worker believed the MTU was 1500
+    heads = rig.rx.add_in(8, 2048)
+    too_big = rig.hdr() + rig.frame(4030)               # the tap's MTU was raised meanwhile
+    fits = rig.hdr() + rig.frame(600, seed=2)
+    rig.inject(too_big, fits)
+    rig.poll_idle()
+    used = rig.rx.used()
+    assert used == [(heads[0], len(fits))]              # the big one left no trace in the guest's ring
+    st = rig.stats("rx")
+    assert st["drops_oversize"] == 1 and st["packets"] == 1

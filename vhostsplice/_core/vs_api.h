@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 1
+#define VS_API_VERSION 2
 #define VS_MAX_REGIONS 8
 #define VS_MAX_IOV 1024
 #define VS_MAX_QUEUE_SIZE 32768
@@ -54,6 +54,7 @@ struct vs_ring_stats {
     uint64_t packets, bytes, chains;
     uint64_t drops_fault, drops_bad_desc, drops_short, drops_hostfd;
     uint64_t rx_starved, notify_sent, notify_suppressed, batches;
+    uint64_t drops_oversize;    /* RX: a frame larger than the buffers the driver gave (dropped, not cut) */
 };
 
 struct vs_ring {
@@ -76,6 +77,8 @@ struct vs_pair {
     uint32_t rx_max;            /* largest packet the host fd can deliver, header included */
     uint32_t tx_budget, rx_budget;
     int fault_exit;             /* per-chain guest faults end the poll with -EFAULT */
+    uint8_t *scratch;           /* Python's buffer behind the guest's RX iovecs: catches oversize frames */
+    uint32_t scratch_len;
 };
 
 int vs_api_version(void);

@@ -126,6 +126,25 @@ static int rx_error(struct vs_ring *r, ssize_t got, int err)
     return 0;
 }
 
+/* Put the scratch buffer behind the guest's iovecs, so a frame longer than the guest's buffers is
+ * seen whole (and dropped) instead of silently cut short by readv. Returns the iovec count to read. */
+static int rx_with_scratch(struct vs_pair *p, struct iovec *iov, uint32_t niov)
+{
+    if (p->scratch == NULL || p->scratch_len == 0)
+        return (int)niov;
+    /* SAFETY: the iovec arrays hold VS_MAX_IOV + 1 entries; scratch is Python's, scratch_len long. */
+    iov[niov].iov_base = p->scratch;
+    iov[niov].iov_len = p->scratch_len;
+    return (int)niov + 1;
+}
+
+/* The frame did not fit the guest's buffers: count it; the caller gives the chains back. */
+static int rx_oversize(struct vs_ring *r)
+{
+    r->st.drops_oversize++;
+    return 0;
+}
+
 /* No (or too few) RX buffers: ask for a kick past `seen`; 0 if buffers raced in meanwhile. */
 static int rx_starved(struct vs_ring *r, uint16_t seen)
 {
@@ -151,8 +170,8 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov)
     if (rc > 0)
         return vs_chain_fault(p, r, w.head, rc);
     /* SAFETY: every iovec was built by vs_gpa_to_iov inside one region; niov <= VS_MAX_IOV. */
-    ssize_t got = readv(p->host_fd, iov, (int)w.niov);
-    if (got <= 0 || (size_t)got < p->hdr_len)
+    ssize_t got = readv(p->host_fd, iov, rx_with_scratch(p, iov, w.niov));
+    if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > w.len)
         r->last_avail--; /* the chain stays for the next packet */
     if (got <= 0)
         return rx_error(r, got, errno);
@@ -160,6 +179,8 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov)
         r->st.drops_short++;
         return 0;
     }
+    if ((uint64_t)got > w.len)
+        return rx_oversize(r);
     put_num_buffers(p, iov, w.niov, 1);
     vs_used_add(r, w.head, (uint32_t)got);
     r->st.packets++;
@@ -170,7 +191,7 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov)
 
 /* With MRG_RXBUF (5.1.6.4): one packet over as many chains as it needs. */
 struct rx_merge {
-    struct iovec iov[VS_MAX_IOV];
+    struct iovec iov[VS_MAX_IOV + 1];   /* + 1: the scratch iovec */
     uint16_t heads[VS_MAX_IOV];
     uint64_t cap[VS_MAX_IOV];
     uint32_t n, niov, ndesc;
@@ -255,8 +276,8 @@ static int rx_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
     if (rc == 0 && m->ndesc < r->num)
         return rx_starved(r, seen); /* the driver can still post more: wait for it */
     /* SAFETY: the iovecs of all collected chains lie inside regions; niov <= VS_MAX_IOV. */
-    ssize_t got = readv(p->host_fd, m->iov, (int)m->niov);
-    if (got <= 0 || (size_t)got < p->hdr_len)
+    ssize_t got = readv(p->host_fd, m->iov, rx_with_scratch(p, m->iov, m->niov));
+    if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > m->total)
         r->last_avail = m->start;
     if (got <= 0)
         return rx_error(r, got, errno);
@@ -264,6 +285,8 @@ static int rx_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
         r->st.drops_short++;
         return 0;
     }
+    if ((uint64_t)got > m->total)
+        return rx_oversize(r);
     rx_finish(p, r, m, (uint64_t)got);
     return 0;
 }
