@@ -21,6 +21,7 @@ from .errors import FrontendGone, VhostspliceError, errno_name
 log = logging.getLogger("vhostsplice")
 IN, OUT = select.EPOLLIN, select.EPOLLOUT
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SAFETY_POLL_S = 1.0     # while rings run, look at them this often even without a kick (a lost kick heals)
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Worker:
         self.channel = None
         self.backend: Backend | None = None
         self.wakeups = 0
+        self.lost_kicks = 0         # safety polls that found work no notification had announced
         self.rx_starved = False
         self.tx_blocked = False
         self.started = time.monotonic()
@@ -124,8 +126,13 @@ class Worker:
     def _loop(self, sigfd: int) -> None:
         pending = False
         while True:
-            events = self.ep.poll(0 if pending else -1)
+            running = self.backend is not None and self.backend.rings_running
+            timeout = 0 if pending else (SAFETY_POLL_S if running else -1)
+            events = self.ep.poll(timeout)
             self.wakeups += 1
+            if not events and timeout > 0:
+                pending = self._safety_poll()
+                continue
             for fd, ev in events:
                 role = self.watched.get(fd, ("gone", 0))[0]
                 if role == "signal":
@@ -142,6 +149,19 @@ class Worker:
                     self.tx_blocked = self.tx_blocked and not ev & OUT
             pending = self._poll_datapath()
             self._sync()
+
+    def _safety_poll(self) -> bool:
+        before = self._positions()
+        pending = self._poll_datapath()
+        self._sync()
+        if self._positions() != before:
+            self.lost_kicks += 1
+            log.info("safety poll found work no kick announced (%d so far)", self.lost_kicks)
+        return pending
+
+    def _positions(self) -> tuple:
+        rings = self.datapath.stats()
+        return tuple(rings[name]["last_avail_idx"] for name in ("rx", "tx"))
 
     def _poll_datapath(self) -> bool:
         if self.backend is None or not self.backend.rings_running:
@@ -209,7 +229,8 @@ class Worker:
                 rings["rx" if ring.index == 0 else "tx"]["kicks"] = ring.kicks
         out = {
             "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
-            "wakeups": self.wakeups, "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
+            "wakeups": self.wakeups, "lost_kicks": self.lost_kicks,
+            "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
         }
         if self.backend is not None:
             out["features"] = f"{self.backend.acked or 0:#x}"

@@ -229,3 +229,15 @@ def test_tap_link_down_drops_tx_and_recovers(worker):
     code, stats = finish(worker, fe)
     assert code == 0
     assert stats["rings"]["tx"]["drops_hostfd"] == 5 and stats["rings"]["tx"]["packets"] == 1
+
+
+def test_a_lost_kick_heals_within_the_safety_poll(worker):
+    """A chain published without a kick (a lost notification) still goes out, and is counted."""
+    tap = tap_socket(TAP)
+    fe = start(worker)
+    fe.send([demo_frame(1, 100)])
+    assert collect(tap, 1) == [demo_frame(1, 100)]
+    fe.tx.add_out([demo_frame(2, 100)])                 # published, never kicked
+    assert collect(tap, 1, timeout=5) == [demo_frame(2, 100)]
+    code, stats = finish(worker, fe)
+    assert code == 0 and stats["lost_kicks"] == 1
