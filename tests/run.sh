@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (idempotently), installs this package, runs pytest.
+# The test command: installs what the tests need (idempotently), installs this package, runs pytest,
+# then the shell suite (bats tests/shell).
 #   bash tests/run.sh [PYTEST ARGS...]      e.g. bash tests/run.sh -k hostfd -x
 # As root it installs Debian packages (apt-get update only when something is missing); as another user
 # it installs nothing from apt and the tests that need root skip themselves.
-# Environment: PYTHON (default python3), VHOSTSPLICE_NO_INSTALL=1 skips all installation.
+# Environment: PYTHON (default python3), VHOSTSPLICE_NO_INSTALL=1 skips all installation,
+# VHOSTSPLICE_BATS=0 skips the shell suite (tests/shell, run with bats after pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -67,6 +69,53 @@ rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then
     log "FAILED: pytest collected no tests (exit 5): check the test paths and arguments"
-    exit 1
+    rc=1
 fi
-exit "$rc"
+
+# The shell suite (tests/shell/*.bats): `vhostsplice run` and `drive` as a user script runs them, and
+# bin/vhostsplice-supervise. It runs after pytest whatever pytest said; the script fails if either
+# failed. VHOSTSPLICE_BATS=0 skips it (e.g. while iterating on one pytest test).
+run_bats() {
+    if ! command -v bats >/dev/null; then
+        log "FAILED: bats is not installed (Debian package bats)"
+        return 1
+    fi
+    # The console script pip installed for $PYTHON (the pyenv shim or another Python's would do too, slower
+    # or not the same install); without one, the installed package through $PYTHON -P.
+    local scripts
+    scripts=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    if [[ -z ${VHOSTSPLICE:-} ]]; then
+        if [[ -x $scripts/vhostsplice ]]; then VHOSTSPLICE=$scripts/vhostsplice; else VHOSTSPLICE="$PYTHON -P -m vhostsplice"; fi
+    fi
+    export VHOSTSPLICE PYTHON
+    log "bats --tap --timing tests/shell (VHOSTSPLICE=$VHOSTSPLICE)"
+    local out brc
+    out=$(mktemp)
+    set +e
+    bats --tap --timing tests/shell | tee "$out"
+    brc=${PIPESTATUS[0]}
+    set -e
+    local passed failed skipped
+    skipped=$(grep -c '^ok .* # skip' "$out" || true)
+    passed=$(( $(grep -c '^ok ' "$out" || true) - skipped ))
+    failed=$(grep -c '^not ok ' "$out" || true)
+    rm -f "$out"
+    echo "bats: $passed passed, $failed failed, $skipped skipped"
+    if [[ $brc -ne 0 || $failed -ne 0 ]]; then
+        log "FAILED: bats exited $brc"
+        return 1
+    fi
+    if [[ $passed -eq 0 ]]; then
+        log "FAILED: bats ran no test"
+        return 1
+    fi
+}
+
+brc=0
+if [[ ${VHOSTSPLICE_BATS:-1} != 0 ]]; then
+    run_bats || brc=1
+fi
+if [[ $rc -ne 0 ]]; then
+    exit "$rc"
+fi
+exit "$brc"

@@ -6,6 +6,7 @@ trusted by the back-end; hostile tests reach under it through `.rx`/`.tx` and `.
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import select
@@ -28,6 +29,10 @@ class FrontendError(RuntimeError):
     pass
 
 
+class FrontendClosed(FrontendError):
+    """The back-end closed the connection (instead of answering a request)."""
+
+
 class Frontend:
     def __init__(self, sock: socket.socket, *, mem_size: int = 16 << 20, queue_size: int = 256,
                  features: int = DEFAULT_FEATURES, protocol_features: int = DEFAULT_PROTOCOL):
@@ -44,6 +49,7 @@ class Frontend:
         self.err = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(2)]
         self.rx: DriverQueue | None = None
         self.tx: DriverQueue | None = None
+        self._rx_entries: list[tuple[int, int]] = []     # used RX entries of a packet not yet whole
 
     # -- connection --------------------------------------------------------------------------------------
     @classmethod
@@ -59,6 +65,48 @@ class Frontend:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    @classmethod
+    def listen(cls, path: str, timeout: float = 10.0, **kw) -> "Frontend":
+        """Listen on PATH and take the first back-end that connects (`vhostsplice run --connect PATH`);
+        TimeoutError when none does within timeout. PATH must not exist: probing whether a socket file
+        is stale would mean connecting to whoever serves it, so an existing file is FileExistsError."""
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, f"{path} exists (remove it first)", path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            server.bind(path)
+            server.listen(1)
+            server.settimeout(timeout)
+            try:
+                sock, _ = server.accept()
+            except socket.timeout:
+                raise TimeoutError(f"no back-end connected to {path} within {timeout} s") from None
+            sock.setblocking(True)
+            return cls(sock, **kw)
+        finally:
+            server.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def peer_closed(self) -> bool:
+        """True when the back-end has closed the connection (never blocks). The back-end sends nothing
+        unasked, so readable data here is a protocol error."""
+        try:
+            data = self.chan.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                return True
+            raise
+        if data:
+            raise FrontendError("the back-end sent a message nobody asked for")
+        return True
 
     def close(self) -> None:
         self.chan.close()
@@ -86,7 +134,7 @@ class Frontend:
     def _reply(self, request: int) -> P.Message:
         msg = self.chan.recv()
         if msg is None:
-            raise FrontendError(f"back-end closed the connection instead of answering {P.request_name(request)}")
+            raise FrontendClosed(f"back-end closed the connection instead of answering {P.request_name(request)}")
         if msg.request != request:
             raise FrontendError(f"reply to {msg.name}, expected {P.request_name(request)}")
         return msg
@@ -197,3 +245,23 @@ class Frontend:
     def _num_buffers(self, head: int) -> int:
         gpa, size = self.rx._done[head].bufs[0]
         return struct.unpack("<H", self.mem.read(gpa + 10, 2))[0] if size >= NET_HDR_LEN else 1
+
+    @property
+    def rx_outstanding(self) -> int:
+        """RX buffers posted and not yet used by the back-end."""
+        return len(self.rx._chains)
+
+    def take_received(self, *, header: bool = False) -> list[bytes]:
+        """Frames the back-end has completed on RX so far, without waiting; the buffers of a merged
+        packet not yet whole stay pending for the next call (mix it with receive() at your peril)."""
+        self._rx_entries += self.rx.used()
+        mrg = bool(self.acked & bit(F.NET_F_MRG_RXBUF))
+        i = 0
+        while i < len(self._rx_entries):
+            step = max(self._num_buffers(self._rx_entries[i][0]), 1) if mrg else 1
+            if i + step > len(self._rx_entries):
+                break
+            i += step
+        whole, self._rx_entries = self._rx_entries[:i], self._rx_entries[i:]
+        frames = self.rx.packets(whole, mrg=mrg)
+        return frames if header else [f[NET_HDR_LEN:] for f in frames]

@@ -1,0 +1,147 @@
+# Shared by tests/shell/*.bats: each test gets a private network namespace `vsb-$$-N` that it creates
+# and always deletes, and starts `vhostsplice run` in it as a user script would. Only PIDs a test
+# started itself are ever signalled or killed.
+#
+# Environment:
+#   VHOSTSPLICE             the command to run (default: vhostsplice on PATH; tests/run.sh sets the
+#                           console script pip installed); may be several words ("python3 -P -m vhostsplice")
+#   VHOSTSPLICE_SUPERVISE   the supervisor script (default: bin/vhostsplice-supervise of this checkout)
+#   PYTHON                  reads JSON for the checks (default: python3)
+
+VS=${VHOSTSPLICE:-vhostsplice}
+SUPERVISE=${VHOSTSPLICE_SUPERVISE:-$(cd "$BATS_TEST_DIRNAME/../.." && pwd)/bin/vhostsplice-supervise}
+PY=${PYTHON:-python3}
+TAP=vsb0
+
+vs_setup() {
+    [[ $(id -u) -eq 0 ]] || skip "needs root (ip netns, /dev/net/tun)"
+    NS="vsb-$$-${BATS_TEST_NUMBER}"
+    W=$BATS_TEST_TMPDIR
+    SOCK=$W/w.sock
+    STATS=$W/w.stats.json
+    PIDS=()
+    ip netns add "$NS"
+    ip -n "$NS" link set lo up
+    # no IPv6 autoconfiguration chatter on the tap: what drive receives is what a test sent
+    ip netns exec "$NS" sh -c 'for k in all default; do echo 1 >/proc/sys/net/ipv6/conf/$k/disable_ipv6; done' \
+        2>/dev/null || true
+}
+
+vs_teardown() {
+    local pid i
+    for pid in "${PIDS[@]}"; do       # TERM first: a supervisor stops its own worker on TERM
+        kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ -n ${NS:-} ]]; then
+        ip netns delete "$NS" 2>/dev/null || true
+    fi
+}
+
+# start_worker [run options...]: `vhostsplice run` in the namespace, in the background; sets WPID.
+# `ip netns exec` execs the command, so WPID is the worker itself.
+start_worker() {
+    # shellcheck disable=SC2086
+    ip netns exec "$NS" $VS run --socket-path "$SOCK" --tap "$TAP" --stats-file "$STATS" "$@" \
+        </dev/null >"$W/worker.out" 2>"$W/worker.err" 3>&- &
+    WPID=$!
+    PIDS+=("$WPID")
+}
+
+# wait_listening: until the worker's socket exists (fails if the worker died first).
+wait_listening() {
+    local i
+    for ((i = 0; i < 400; i++)); do
+        [[ -S $SOCK ]] && return 0
+        if ! kill -0 "$WPID" 2>/dev/null; then
+            echo "worker exited before listening:" >&2
+            cat "$W/worker.err" >&2
+            return 1
+        fi
+        sleep 0.05
+    done
+    echo "worker did not listen on $SOCK" >&2
+    return 1
+}
+
+# wait_exit PID [SECONDS]: wait for our own child PID to end; its exit code in $code.
+wait_exit() {
+    local pid=$1 limit=${2:-15} i
+    for ((i = 0; i < limit * 20; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "pid $pid still running after ${limit} s" >&2
+        return 1
+    fi
+    code=0
+    wait "$pid" || code=$?
+}
+
+# worker_exit [SECONDS]: wait for the worker; its exit code in $code (and shown on failure).
+worker_exit() {
+    wait_exit "$WPID" "${1:-15}"
+    echo "worker exit $code; stderr:" >&2
+    cat "$W/worker.err" >&2 || true
+}
+
+# drive [drive options...]: `vhostsplice drive` on the worker's socket (outside the namespace: it only
+# needs the socket); summary in $W/drive.json, exit code in $dcode.
+drive() {
+    dcode=0
+    # shellcheck disable=SC2086
+    $VS drive --socket-path "$SOCK" "$@" >"$W/drive.json" 2>"$W/drive.err" 3>&- || dcode=$?
+    echo "drive exit $dcode: $(cat "$W/drive.err")" >&2
+}
+
+# jget FILE KEY.PATH: one value of a JSON file (strings bare, null as null).
+jget() {
+    "$PY" - "$1" "$2" <<'EOF'
+import json, sys
+value = json.load(open(sys.argv[1]))
+for key in sys.argv[2].split("."):
+    value = value[int(key)] if isinstance(value, list) else value[key]
+print("null" if value is None else value if isinstance(value, str) else json.dumps(value))
+EOF
+}
+
+# stat_is KEY.PATH VALUE: the worker's exit statistics say so.
+stat_is() {
+    local got
+    got=$(jget "$STATS" "$1")
+    if [[ $got != "$2" ]]; then
+        echo "worker stats $1 = $got, expected $2" >&2
+        return 1
+    fi
+}
+
+# fault_row NAME FIELD: one field of drive's fault table (the single source) for fault NAME.
+fault_row() {
+    # shellcheck disable=SC2086
+    $VS drive --list-faults --json >"$W/faults.json"
+    "$PY" - "$W/faults.json" "$1" "$2" <<'EOF'
+import json, sys
+rows = {r["name"]: r for r in json.load(open(sys.argv[1]))}
+value = rows[sys.argv[2]][sys.argv[3]]
+print("null" if value is None else value)
+EOF
+}
+
+# wait_file FILE [SECONDS]: until FILE exists.
+wait_file() {
+    local i
+    for ((i = 0; i < ${2:-10} * 20; i++)); do
+        [[ -e $1 ]] && return 0
+        sleep 0.05
+    done
+    echo "$1 did not appear" >&2
+    return 1
+}
