@@ -172,3 +172,28 @@ def test_zero_length_descriptors_are_skipped(make_rig):
     rig.tx.set_avail_idx(1)
     rig.poll_idle()
     assert rig.wire() == [data]
+
+
+def test_descriptor_loop_on_a_ring_larger_than_the_iovec_array(make_rig):
+    """A 2048-entry ring: the loop outlasts the 1024 iovec slots and must still break the ring, not be
+    counted as a per-chain 'too many iovecs' fault."""
+    rig = make_rig(num=2048)
+    gpa = rig.mem.alloc(64)
+    for i in range(2048):
+        rig.tx.raw_desc(i, gpa, 8, DESC_F_NEXT, (i + 1) % 2048)
+    rig.tx.raw_avail(0, 0)
+    rig.tx.set_avail_idx(1)
+    broken(rig, "loop")
+
+
+def test_long_legal_chain_past_the_iovec_array_is_a_counted_fault(make_rig):
+    rig = make_rig(num=2048)
+    gpa = rig.mem.alloc(64)
+    for i in range(1500):
+        rig.tx.raw_desc(i, gpa, 8, DESC_F_NEXT if i < 1499 else 0, i + 1)
+    rig.tx.raw_avail(0, 0)
+    rig.tx.set_avail_idx(1)
+    rig.poll_idle()
+    st = rig.stats("tx")
+    assert st["drops_bad_desc"] == 1 and st["broken"] is None
+    assert rig.tx.used() == [(0, 0)]

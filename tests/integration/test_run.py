@@ -163,9 +163,12 @@ def test_frontend_vanishing_while_rings_run_is_econnreset(worker):
     assert code == errno.ECONNRESET and stats["errno"] == "ECONNRESET"
 
 
-def test_deleted_tap_is_ebadfd(worker):
+@pytest.mark.parametrize("rx_buffers", [8, 0])
+def test_deleted_tap_is_ebadfd(worker, rx_buffers):
+    """Also when the RX ring is starved (no buffers posted) and TX is idle: EPOLLERR tells."""
     fe = start(worker)
-    fe.post_rx(8, 2048)
+    if rx_buffers:
+        fe.post_rx(rx_buffers, 2048)
     subprocess.run(["ip", "link", "del", TAP], check=True)
     code, stats = worker.wait(timeout=10)
     assert code == errno.EBADFD, worker.stderr
@@ -203,11 +206,26 @@ def test_sigusr1_writes_counters_while_running(worker):
     assert finish(worker, fe)[0] == 0
 
 
+def test_connect_and_close_before_the_frontend_does_not_end_the_worker(worker):
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.connect(worker.sock)
+    probe.close()
+    time.sleep(0.3)
+    assert worker.proc.poll() is None
+    tap = tap_socket(TAP)
+    fe = start(worker)
+    fe.send([demo_frame(4, 80)])
+    assert collect(tap, 1) == [demo_frame(4, 80)]
+    assert finish(worker, fe)[0] == 0
+
+
 def test_served_socket_is_eaddrinuse(worker, tmp_path):
     second = subprocess.run([*self_argv(), "run",
                              "--socket-path", worker.sock, "--tap", "vst1"], capture_output=True, text=True, env=self_env(),
                             timeout=30)
     assert second.returncode == errno.EADDRINUSE, second.stderr
+    time.sleep(0.3)
+    assert worker.proc.poll() is None, "the served worker must survive the second one's probe"
 
 
 def test_cpu_outside_allowed_set_is_einval(ns, tmp_path):

@@ -162,11 +162,14 @@ static int desc_to_iov(const struct vs_pair *p, int writable, const struct vs_de
 
 /* Walk the chain at w->head into iovecs: 0, a per-chain VS_CHAIN_* fault, or -EBADMSG.
  * 2.7.5.3.1: a chain is never longer than the queue size, indirect entries included; a walk that
- * visits more descriptors than that (or than its table holds) is looping. */
+ * visits more descriptors than that (or than its table holds) is looping. A per-chain fault in a data
+ * descriptor is remembered, and the walk goes on to the chain's end: a loop past it (say, after the
+ * iovecs ran out on a ring larger than VS_MAX_IOV) still breaks the ring. */
 static int walk(const struct vs_pair *p, struct vs_ring *r, int writable, struct vs_walk *w)
 {
     struct desc_table t = { r->desc, r->num, 0 };
     uint32_t i = w->head, seen = 0, total = 0;
+    int fault = 0;
     w->niov = 0;
     w->len = 0;
     w->ndesc = 0;
@@ -177,16 +180,18 @@ static int walk(const struct vs_pair *p, struct vs_ring *r, int writable, struct
         desc_load(&t, i, &d);
         w->ndesc += !t.indirect;
         int rc = (d.flags & VS_DESC_F_INDIRECT) ? enter_indirect(p, r, &t, &d)
-                                                 : desc_to_iov(p, writable, &d, w);
-        if (rc != 0)
-            return rc;
+                                                 : (fault ? 0 : desc_to_iov(p, writable, &d, w));
+        if (rc < 0 || (rc > 0 && (d.flags & VS_DESC_F_INDIRECT)))
+            return rc;             /* an unusable indirect table ends the walk: nothing to follow */
+        if (rc > 0)
+            fault = rc;
         if (d.flags & VS_DESC_F_INDIRECT) {
             i = 0;
             seen = 0;
             continue;
         }
         if (!(d.flags & VS_DESC_F_NEXT))
-            return 0;
+            return fault;
         i = d.next;
         if (i >= t.n)
             return vs_ring_fail(r, VS_BROKEN_NEXT);
