@@ -205,15 +205,15 @@ def test_counted_fault_injector_is_counted_or_efault(fake, fault, fault_exit):
         assert len(fe.tx.used()) == 1 and _stat(fe.dp, "rings.tx.packets") == 1
 
 
-def test_descriptor_loop_on_a_ring_larger_than_the_iovec_limit(fake):
-    """Measured: with 2048 entries the walk runs out of its 1024 iovecs before it has seen more
-    descriptors than the ring holds, so the loop is a counted bad chain, not a broken ring (README says
-    EBADMSG). Kept here so a fix shows up as this test failing: then move it to the table's promise."""
-    fe = fake(num=2048)
-    info = faults.BY_NAME["descriptor-loop"].inject(fe, demo_frame(1, 60))
-    fe.dp.poll()
-    assert fe.tx.used() == [(info["head"], 0)]
-    assert fe.dp.stats()["tx"]["drops_bad_desc"] == 1 and fe.dp.stats()["tx"]["broken"] is None
+@pytest.mark.parametrize("num", [256, 2048])
+def test_descriptor_loop_breaks_the_ring_at_any_ring_size(fake, num):
+    """A ring of 2048 entries runs out of the walk's 1024 iovecs before it has seen more descriptors than
+    the ring holds; the walk goes on counting to the chain's end, so the loop still breaks the ring."""
+    fe = fake(num=num)
+    faults.BY_NAME["descriptor-loop"].inject(fe, demo_frame(1, 60))
+    with pytest.raises(GuestRingError, match="loop"):
+        fe.dp.poll()
+    assert fe.tx.used() == [] and fe.dp.stats()["tx"]["broken"] is not None
 
 
 # -- drive's own exit codes, pcap, the command line -----------------------------------------------------------
