@@ -58,6 +58,11 @@ def apply_placement(cpu: str | None, nice: int | None, sched: str | None) -> Non
             raise from_oserror(exc, f"--sched {sched}") from None
 
 
+def _from_environment(param: str) -> bool:
+    ctx = click.get_current_context()
+    return ctx.get_parameter_source(param) == click.core.ParameterSource.ENVIRONMENT
+
+
 def _exit_table_help() -> str:
     rows = [f"  {code if code >= 0 else 'errno':>5}  {name:<11} {text}" for code, name, text in EXIT_TABLE]
     return "Exit codes:\n\n\b\n" + "\n".join(rows)
@@ -89,8 +94,21 @@ def cli(verbose: int) -> None:
               help="Serve an already connected unix socket inherited as fd N (QEMU backend-program convention).")
 @click.option("--tap", metavar="NAME", envvar="VHOSTSPLICE_TAP",
               help="Tap interface to open one queue of (created if absent, multi-queue, vnet header).")
-@click.option("--mtu", type=click.IntRange(68, 65535), help="Set the tap's MTU.")
-@click.option("--bridge", metavar="BR", help="Enslave the tap to this existing bridge.")
+@click.option("--host-fd", "host_fd", type=click.IntRange(0), metavar="N",
+              help="Use inherited fd N as the host side: a tap or macvtap queue (its vnet header is asked, not "
+                   "assumed), an AF_PACKET socket bound to an interface, or a connected unix SOCK_DGRAM/"
+                   "SOCK_SEQPACKET or UDP socket (bare frames: no offloads), or a stream socket with --framing qemu. "
+                   "Instead of --tap.")
+@click.option("--framing", type=click.Choice(["none", "qemu"]), default="none", show_default=True,
+              help="With --host-fd of a connected stream socket (unix or TCP): 'qemu' frames each packet with a "
+                   "4-byte big-endian length, as QEMU's -netdev stream does. A stream socket without it is EINVAL.")
+@click.option("--packet", metavar="IFNAME",
+              help="Use an AF_PACKET socket bound to interface IFNAME (all protocols; PACKET_VNET_HDR with "
+                   "--offloads). Instead of --tap.")
+@click.option("--mtu", type=click.IntRange(68, 65535),
+              help="Set the tap's MTU (--tap); with --host-fd/--packet: the MTU to assume (default: the "
+                   "interface's, else 1500).")
+@click.option("--bridge", metavar="BR", help="Enslave the tap to this existing bridge (--tap only).")
 @click.option("--cpu", metavar="LIST", envvar="VHOSTSPLICE_CPU",
               help="Pin this worker to these CPUs, e.g. 2-3,6 (must be in the allowed set).")
 @click.option("--nice", type=click.IntRange(-20, 19), help="Scheduling niceness of the worker.")
@@ -101,17 +119,20 @@ def cli(verbose: int) -> None:
               help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header).")
 @click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
-def run(socket_path, connect_path, inherited_fd, tap, mtu, bridge, cpu, nice, sched, on_guest_error, offloads,
-        stats_file, print_capabilities):
+def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
+        offloads, stats_file, print_capabilities):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
-    Exactly one of --socket-path, --connect or --fd says where the front-end is. The worker blocks in the
+    Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
+    --host-fd or --packet where the packets go (README: "Host packet fds"). The worker blocks in the
     calling thread; SIGTERM or SIGINT stop it with exit 0; SIGUSR1 prints the counters (JSON) while it runs.
     On exit it prints one JSON object of counters to stderr (or --stats-file).
 
     \b
-    Example:
+    Examples:
       vhostsplice run --socket-path /run/vm1/net0.sock --tap vm1net0 --cpu 1
+      vhostsplice run --socket-path /run/vm1/net0.sock --host-fd 3 3<>/dev/tap12
+      vhostsplice run --socket-path /run/vm1/net0.sock --packet eth1
     """
     if print_capabilities:
         click.echo(json.dumps({"type": "net"}))
@@ -119,12 +140,14 @@ def run(socket_path, connect_path, inherited_fd, tap, mtu, bridge, cpu, nice, sc
     doors = [d for d in (socket_path, connect_path, inherited_fd) if d is not None]
     if len(doors) != 1:
         raise ConfigError("give exactly one of --socket-path, --connect, --fd")
-    if not tap:
-        raise ConfigError("--tap NAME is required")
+    if tap and (host_fd is not None or packet) and _from_environment("tap"):
+        tap = None      # VHOSTSPLICE_TAP is a default; an explicit --host-fd/--packet on the command line wins
+    if not tap and host_fd is None and not packet:
+        raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
     from .runner import run_worker
-    return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap,
-                      mtu=mtu, bridge=bridge, placement=(cpu, nice, sched), fault_exit=on_guest_error == "exit",
-                      offloads=offloads, stats_file=stats_file)
+    return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
+                      host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
+                      fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file)
 
 
 @cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
@@ -252,6 +275,68 @@ def drive(socket_path, connect, connect_timeout, features_text, queue_size, send
                             rx_buffers=rx_buffers, rx_buffer_size=rx_buffer_size, pcap=pcap, fault=fault,
                             fault_after=fault_after, timeout=timeout, hold=hold, ready_file=ready_file)
     return drv.run_drive(opts)
+
+
+@cli.group(context_settings=CONTEXT, epilog=_exit_table_help())
+def tap() -> None:
+    """Create, delete and show persistent taps for workers (pyroute2; needs CAP_NET_ADMIN).
+
+    A tap created with --owner can then be attached by that user's `run --tap NAME` without
+    privileges. Errors exit with the kernel's errno (EEXIST, ENODEV, EPERM, EBUSY...).
+    """
+
+
+_NETNS_OPTION = click.option("--netns", metavar="NS", envvar="VHOSTSPLICE_NETNS",
+                             help="Work in this network namespace (a name under /run/netns, or a path).")
+
+
+@tap.command("create", context_settings=CONTEXT, epilog=_exit_table_help())
+@click.argument("name")
+@click.option("--multi-queue/--single-queue", default=True, show_default=True,
+              help="IFF_MULTI_QUEUE: one queue per worker of a multi-queue device.")
+@click.option("--vnet-hdr/--no-vnet-hdr", default=True, show_default=True,
+              help="IFF_VNET_HDR: offloads pass through (what `run --tap` asks for).")
+@click.option("--owner", metavar="USER|UID", help="User allowed to attach queues without CAP_NET_ADMIN.")
+@click.option("--group", metavar="GROUP|GID", help="Group allowed to attach queues.")
+@click.option("--mtu", type=click.IntRange(68, 65535), help="MTU of the new tap.")
+@click.option("--bridge", metavar="BR", help="Enslave the tap to this existing bridge.")
+@click.option("--up/--down", default=True, show_default=True, help="Link state after creation.")
+@_NETNS_OPTION
+def tap_create(name, multi_queue, vnet_hdr, owner, group, mtu, bridge, up, netns):
+    """Create persistent tap NAME and print it (JSON). An existing NAME is EEXIST.
+
+    \b
+    Example:
+      vhostsplice tap create vm1net0 --owner qemu --mtu 9000 --bridge br0
+    """
+    from . import tapctl
+    tapctl.enter_netns(netns)
+    spec = tapctl.TapSpec(name=name, multi_queue=multi_queue, vnet_hdr=vnet_hdr, owner=owner, group=group,
+                          mtu=mtu, bridge=bridge, up=up)
+    click.echo(json.dumps(tapctl.create(spec), sort_keys=True))
+    return 0
+
+
+@tap.command("delete", context_settings=CONTEXT, epilog=_exit_table_help())
+@click.argument("name")
+@_NETNS_OPTION
+def tap_delete(name, netns):
+    """Delete tap NAME (ENODEV if absent, EINVAL if NAME is not a tap)."""
+    from . import tapctl
+    tapctl.enter_netns(netns)
+    tapctl.delete(name)
+    return 0
+
+
+@tap.command("show", context_settings=CONTEXT, epilog=_exit_table_help())
+@click.argument("name")
+@_NETNS_OPTION
+def tap_show(name, netns):
+    """Print tap NAME as JSON: flags, owner, queues attached, MTU, state, bridge."""
+    from . import tapctl
+    tapctl.enter_netns(netns)
+    click.echo(json.dumps(tapctl.show(name), sort_keys=True))
+    return 0
 
 
 def main(argv=None) -> int:

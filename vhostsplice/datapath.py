@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
 from .spec import MAX_QUEUE_SIZE, MAX_REGIONS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 2  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 3  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from ._vs_core import ffi, lib
@@ -39,7 +39,9 @@ BROKEN_REASONS = {
 STAT_FIELDS = ("packets", "bytes", "chains", "drops_fault", "drops_bad_desc", "drops_short",
                "drops_hostfd", "rx_starved", "notify_sent", "notify_suppressed", "batches", "drops_oversize")
 SCRATCH_LEN = 1 << 17     # more than any frame a host fd delivers (64 KiB GSO + headers)
+STAGE_LEN = 4 + 69632     # a length prefix and the largest frame QEMU's -netdev stream sends (NET_BUFSIZE)
 RING_NAMES = {RX_RING: "rx", TX_RING: "tx"}
+HOST_HDR_LENS = (0, 10, NET_HDR_LEN)
 _HOST_ERRNOS = {_errno.EBADFD, _errno.EIO, _errno.EPIPE}
 
 
@@ -52,16 +54,37 @@ def drain_eventfd(fd: int) -> int:
 
 
 class Datapath:
-    """One virtqueue pair between guest rings and a host packet fd (tap with a 12-byte vnet header)."""
+    """One virtqueue pair between guest rings and a host packet fd.
 
-    def __init__(self, host_fd: int, *, hdr_len: int = NET_HDR_LEN):
+    hdr_len is the guest's virtio-net header (12 bytes, virtio_net_hdr_v1); host_hdr_len is how much of
+    it the host fd carries in front of each frame: 12 (tap, vnet header 12), 10 (legacy vnet header,
+    no num_buffers) or 0 (a socket: bare Ethernet frames). empty_ok: a 0-byte read is an empty
+    datagram, not end of file; refused_drop: ECONNREFUSED loses one packet (connected UDP); stream: the
+    fd is a byte stream framed as QEMU's -netdev stream does (4-byte big-endian length, then the frame).
+    """
+
+    def __init__(self, host_fd: int, *, hdr_len: int = NET_HDR_LEN, host_hdr_len: int | None = None,
+                 empty_ok: bool = False, refused_drop: bool = False, stream: bool = False):
         if hdr_len != NET_HDR_LEN:
             raise ConfigError(f"hdr_len {hdr_len}: only the {NET_HDR_LEN}-byte virtio_net_hdr_v1 is supported")
+        host_hdr_len = hdr_len if host_hdr_len is None else host_hdr_len
+        if host_hdr_len not in HOST_HDR_LENS:
+            raise ConfigError(f"host header length {host_hdr_len}: one of {HOST_HDR_LENS}")
+        if stream and host_hdr_len:
+            raise ConfigError("a stream host fd carries bare frames: host_hdr_len must be 0")
         self._pair = ffi.new("struct vs_pair *")
         self._keep: list[Any] = []          # from_buffer cdata the region table points into
         p = self._pair
         p.host_fd = host_fd
         p.hdr_len = hdr_len
+        p.hdr_omit = hdr_len - host_hdr_len
+        p.host_flags = ((lib.VS_HOST_EMPTY_OK if empty_ok else 0)
+                        | (lib.VS_HOST_REFUSED_DROP if refused_drop else 0)
+                        | (lib.VS_HOST_STREAM if stream else 0))
+        if stream:      # a partly written frame's tail, and stream bytes not yet delivered
+            self._stages = (ffi.new("uint8_t[]", STAGE_LEN), ffi.new("uint8_t[]", STAGE_LEN))
+            p.tx_stage, p.rx_stage = self._stages
+            p.tx_stage_cap = p.rx_stage_cap = STAGE_LEN
         p.rx_max = 65536 + hdr_len
         p.tx_budget = p.rx_budget = 256
         # Catches the tail of an RX frame longer than the guest's buffers: dropped, never cut short.

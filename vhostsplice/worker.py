@@ -20,7 +20,7 @@ from .backend import Backend, BackendConfig
 from .errors import FrontendGone, HostFdError, VhostspliceError, errno_name
 
 log = logging.getLogger("vhostsplice")
-IN, OUT, ERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR
+IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
 # epoll filters wake-ups by the mask asked for, and tun signals a deleted interface with the same
 # "readable" wake-up (IN|PRI|RDNORM) a packet uses: asking for ERR alone never wakes. PRI is never set by
 # tun's poll, so PRI|ERR wakes on a deletion and reports nothing for a mere packet (measured, 6.x).
@@ -47,7 +47,8 @@ class Worker:
 
     def __init__(self, door, hostfd, config: WorkerConfig):
         self.door, self.hostfd, self.config = door, hostfd, config
-        self.datapath = dp.Datapath(hostfd.fd, hdr_len=hostfd.vnet_hdr_len)
+        self.datapath = dp.Datapath(hostfd.fd, host_hdr_len=hostfd.vnet_hdr_len, empty_ok=hostfd.empty_ok,
+                                    refused_drop=hostfd.refused_drop, stream=hostfd.stream)
         self.ep = select.epoll()
         self.watched: dict[int, tuple[str, int]] = {}     # fd -> (role, events)
         self.channel = None
@@ -213,11 +214,22 @@ class Worker:
         return False
 
     def _on_host(self, ev: int) -> None:
-        if ev & ERR and not ev & (IN | OUT):
+        if self.hostfd.is_socket:
+            self._on_host_socket(ev)
+        elif ev & ERR and not ev & (IN | OUT):
             raise HostFdError(f"{self.hostfd.kind} {self.hostfd.name}: detached or deleted (EPOLLERR)",
                               errno.EBADFD)
         if ev & select.EPOLLPRI:
             self.host_err_mask = ERR     # an fd that does report PRI (a socket's urgent data): never spin on it
+        self.tx_blocked = self.tx_blocked and not ev & OUT
+
+    def _on_host_socket(self, ev: int) -> None:
+        """A socket's HUP is its peer gone for good (epoll reports it whatever the mask: never loop on
+        it); its ERR is a pending SO_ERROR, taken (and so cleared) and judged by the host fd."""
+        if ev & HUP and not ev & IN:
+            raise HostFdError(f"{self.hostfd.kind} {self.hostfd.name}: the peer closed (EPOLLHUP)", errno.EPIPE)
+        if ev & ERR:
+            self.hostfd.socket_error()
         self.tx_blocked = self.tx_blocked and not ev & OUT
 
     def _detach(self) -> None:
@@ -254,6 +266,7 @@ class Worker:
             "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
             "wakeups": self.wakeups, "lost_kicks": self.lost_kicks,
             "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
+            "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.hostfd.vnet_hdr_len},
         }
         if self.backend is not None:
             out["features"] = f"{self.backend.acked or 0:#x}"

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 2
+#define VS_API_VERSION 3
 #define VS_MAX_REGIONS 8
 #define VS_MAX_IOV 1024
 #define VS_MAX_QUEUE_SIZE 32768
@@ -29,6 +29,12 @@
 #define VS_MORE 1
 #define VS_TX_BLOCKED 2
 #define VS_RX_STARVED 4
+
+/* struct vs_pair.host_flags: how the host fd behaves where fds differ */
+#define VS_HOST_EMPTY_OK 1      /* a 0-byte read is an empty datagram (dropped), not the peer closing */
+#define VS_HOST_REFUSED_DROP 2  /* ECONNREFUSED is one lost packet (connected UDP), not the end */
+#define VS_HOST_STREAM 4        /* a byte stream: each frame is a 4-byte big-endian length, then the frame
+                                   (QEMU -netdev stream); needs the tx/rx stage buffers and hdr_omit == hdr_len */
 
 /* struct vs_ring.broken: why the guest's ring is unusable (0 = not broken) */
 #define VS_BROKEN_AVAIL_IDX 1
@@ -73,12 +79,21 @@ struct vs_pair {
     struct vs_mem mem;
     struct vs_ring rx, tx;      /* virtqueue 0 and 1 */
     int host_fd;
-    uint32_t hdr_len;           /* virtio-net header bytes carried by the host fd: VS_NET_HDR_LEN */
+    uint32_t hdr_len;           /* virtio-net header bytes in the guest's buffers: VS_NET_HDR_LEN */
     uint32_t rx_max;            /* largest packet the host fd can deliver, header included */
     uint32_t tx_budget, rx_budget;
     int fault_exit;             /* per-chain guest faults end the poll with -EFAULT */
     uint8_t *scratch;           /* Python's buffer behind the guest's RX iovecs: catches oversize frames */
     uint32_t scratch_len;
+    uint32_t hdr_omit;          /* last bytes of the guest's header the host fd does not carry: 0 (vnet
+                                   header of hdr_len), 2 (10-byte legacy vnet header), hdr_len (none) */
+    uint32_t host_flags;        /* VS_HOST_* */
+    /* VS_HOST_STREAM only: Python's buffers for the unsent tail of a partly written frame (len bytes
+     * from off) and for stream bytes read but not yet delivered (len bytes, length prefixes included). */
+    uint8_t *tx_stage;
+    uint32_t tx_stage_cap, tx_stage_len, tx_stage_off;
+    uint8_t *rx_stage;
+    uint32_t rx_stage_cap, rx_stage_len;
 };
 
 int vs_api_version(void);

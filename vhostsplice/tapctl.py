@@ -1,0 +1,194 @@
+"""`vhostsplice tap create|delete|show NAME`: persistent taps for workers, through pyroute2.
+
+A tap made here outlives every queue fd (TUNSETPERSIST), is owned by a uid (so an unprivileged
+`run --tap NAME` may attach to it), and is set up in one go: MTU, bridge, link state, network
+namespace. A failure part-way deletes what was made. Every kernel error keeps its errno (the exit code).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import grp
+from dataclasses import dataclass
+
+from .errors import ConfigError, SetupError
+from .hostfd import validate_ifname
+
+TUN_TYPES = {1: "tun", 2: "tap"}
+
+
+@dataclass
+class TapSpec:
+    name: str
+    multi_queue: bool = True
+    vnet_hdr: bool = True
+    owner: str | None = None       # user name or uid
+    group: str | None = None       # group name or gid
+    mtu: int | None = None
+    bridge: str | None = None
+    up: bool = True
+
+
+def _kernel_error(exc: BaseException, what: str) -> SetupError:
+    code = getattr(exc, "code", None) or getattr(exc, "errno", None) or errno.EIO
+    return SetupError(f"{what}: {os.strerror(code)} ({errno.errorcode.get(code, code)})", code)
+
+
+def _netlink_errors() -> tuple[type[BaseException], ...]:
+    from pyroute2 import NetlinkError
+    return (OSError, NetlinkError)
+
+
+def enter_netns(netns: str | None) -> None:
+    """Move this process into network namespace NETNS (a name under /run/netns, or a path)."""
+    if netns is None:
+        return
+    path = netns if "/" in netns else f"/run/netns/{netns}"
+    if "/" not in netns:
+        validate_netns_name(netns)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _kernel_error(exc, f"network namespace {netns} ({path})") from None
+    try:
+        from pyroute2.netns import setns
+        setns(fd)
+    except _netlink_errors() as exc:
+        raise _kernel_error(exc, f"setns {netns}") from None
+    finally:
+        os.close(fd)
+
+
+def validate_netns_name(name: str) -> None:
+    if not name or name in (".", "..") or "\0" in name or len(name) > 255:
+        raise ConfigError(f"invalid network namespace name {name!r}")
+
+
+def _resolve_id(value: str | None, kind: str) -> int | None:
+    """'1000' or 'alice' -> 1000 (users via pwd, groups via grp); unknown names are EINVAL."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return (pwd.getpwnam(value).pw_uid if kind == "owner" else grp.getgrnam(value).gr_gid)
+    except KeyError:
+        raise ConfigError(f"--{kind} {value!r}: no such {'user' if kind == 'owner' else 'group'}") from None
+
+
+def _ipr():
+    from pyroute2 import IPRoute
+    try:
+        return IPRoute()
+    except OSError as exc:
+        raise _kernel_error(exc, "netlink socket") from None
+
+
+def create(spec: TapSpec) -> dict:
+    """Create persistent tap spec.name; returns what `show` says of it afterwards."""
+    validate_ifname(spec.name)
+    if spec.bridge is not None:
+        validate_ifname(spec.bridge)
+    uid, gid = _resolve_id(spec.owner, "owner"), _resolve_id(spec.group, "group")
+    with _ipr() as ipr:
+        if ipr.link_lookup(ifname=spec.name):
+            raise SetupError(f"tap {spec.name}: an interface of that name exists", errno.EEXIST)
+        master = _bridge_index(ipr, spec.bridge)
+        flags = {"no_pi": True, "vnet_hdr": spec.vnet_hdr, "multi_queue": spec.multi_queue}
+        ids = {k: v for k, v in (("uid", uid), ("gid", gid)) if v is not None}
+        try:
+            ipr.link("add", ifname=spec.name, kind="tuntap", mode="tap", ifr=flags, **ids)
+        except _netlink_errors() as exc:
+            raise _kernel_error(exc, f"create tap {spec.name}") from None
+        try:
+            _configure(ipr, spec, master)
+        except BaseException:
+            _quiet_delete(ipr, spec.name)
+            raise
+        return _describe(ipr, spec.name)
+
+
+def _bridge_index(ipr, bridge: str | None) -> int | None:
+    if bridge is None:
+        return None
+    found = ipr.link_lookup(ifname=bridge)
+    if not found:
+        raise SetupError(f"bridge {bridge}: no such interface", errno.ENODEV)
+    return found[0]
+
+
+def _configure(ipr, spec: TapSpec, master: int | None) -> None:
+    index = ipr.link_lookup(ifname=spec.name)[0]
+    steps = [("mtu", spec.mtu), ("master", master), ("state", "up" if spec.up else None)]
+    for key, value in steps:
+        if value is None:
+            continue
+        try:
+            ipr.link("set", index=index, **{key: value})
+        except _netlink_errors() as exc:
+            raise _kernel_error(exc, f"tap {spec.name}: set {key} {value}") from None
+
+
+def _quiet_delete(ipr, name: str) -> None:
+    try:
+        found = ipr.link_lookup(ifname=name)
+        if found:
+            ipr.link("del", index=found[0])
+    except _netlink_errors():
+        pass
+
+
+def _tap_index(ipr, name: str) -> tuple[int, dict]:
+    """The index and tun attributes of tap NAME: ENODEV if absent, EINVAL if it is not a tap."""
+    validate_ifname(name)
+    found = ipr.link_lookup(ifname=name)
+    if not found:
+        raise SetupError(f"{name}: no such interface", errno.ENODEV)
+    link = ipr.get_links(found[0])[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    if kind != "tun":
+        raise ConfigError(f"{name} is not a tap (kind {kind or 'none'}); only taps are managed here")
+    data = info.get_attr("IFLA_INFO_DATA")
+    tun = {key: data.get_attr(attr) for key, attr in _TUN_ATTRS.items()} if data is not None else {}
+    if tun.get("type") != 2:
+        raise ConfigError(f"{name} is a tun (layer 3) device, not a tap")
+    return found[0], {"link": link, "tun": tun}
+
+
+_TUN_ATTRS = {"type": "IFLA_TUN_TYPE", "owner": "IFLA_TUN_OWNER", "group": "IFLA_TUN_GROUP",
+              "pi": "IFLA_TUN_PI", "vnet_hdr": "IFLA_TUN_VNET_HDR", "persist": "IFLA_TUN_PERSIST",
+              "multi_queue": "IFLA_TUN_MULTI_QUEUE", "queues": "IFLA_TUN_NUM_QUEUES"}
+
+
+def _describe(ipr, name: str) -> dict:
+    index, found = _tap_index(ipr, name)
+    link, tun = found["link"], found["tun"]
+    master = link.get_attr("IFLA_MASTER")
+    master_name = ipr.get_links(master)[0].get_attr("IFLA_IFNAME") if master else None
+    return {
+        "name": name, "index": index, "mtu": link.get_attr("IFLA_MTU"),
+        "state": "up" if link["flags"] & 1 else "down", "address": link.get_attr("IFLA_ADDRESS"),
+        "multi_queue": bool(tun.get("multi_queue")), "vnet_hdr": bool(tun.get("vnet_hdr")),
+        "persist": bool(tun.get("persist")), "owner": tun.get("owner"), "group": tun.get("group"),
+        "queues": tun.get("queues"), "bridge": master_name,
+    }
+
+
+def show(name: str) -> dict:
+    with _ipr() as ipr:
+        try:
+            return _describe(ipr, name)
+        except _netlink_errors() as exc:
+            raise _kernel_error(exc, f"show {name}") from None
+
+
+def delete(name: str) -> None:
+    """Delete tap NAME (queues still attached lose it: their workers end with EBADFD)."""
+    with _ipr() as ipr:
+        index, _found = _tap_index(ipr, name)
+        try:
+            ipr.link("del", index=index)
+        except _netlink_errors() as exc:
+            raise _kernel_error(exc, f"delete tap {name}") from None
