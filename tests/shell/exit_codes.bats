@@ -140,6 +140,33 @@ stop_by_signal() {
     [ "$code" -eq 77 ]
 }
 
-@test "exit 5 EIO / 32 EPIPE: host packet fd I/O failure (not reachable with a tap)" {
-    skip "a tap never reads 0 (EPIPE) and a downed tap's EIO is a counted drop: no tap-side action gives 5 or 32"
+# A tap never reads 0 and a downed tap's EIO is a counted drop: these two rows need a socket host fd.
+@test "exit 32 EPIPE: the peer of a --host-fd socketpair (SEQPACKET) leaves while rings run" {
+    start_worker_on_pair seqpacket
+    wait_listening
+    $VS drive --socket-path "$SOCK" --rx-buffers 8 --hold 30 --ready-file "$W/ready" \
+        >"$W/drive.json" 2>"$W/drive.err" 3>&- &
+    local dpid=$!
+    PIDS+=("$dpid")
+    wait_file "$W/ready"
+    echo close >"$W/peer.go"
+    worker_exit 10
+    [ "$code" -eq 32 ]
+    stat_is errno EPIPE
+    wait_exit "$dpid"
+}
+
+@test "exit 5 EIO: a --framing qemu stream peer sends a length no frame has (out of step)" {
+    start_worker_on_pair stream --framing qemu
+    wait_listening
+    $VS drive --socket-path "$SOCK" --rx-buffers 8 --hold 30 --ready-file "$W/ready" \
+        >"$W/drive.json" 2>"$W/drive.err" 3>&- &
+    local dpid=$!
+    PIDS+=("$dpid")
+    wait_file "$W/ready"
+    echo garbage >"$W/peer.go"
+    worker_exit 10
+    [ "$code" -eq 5 ]
+    stat_is errno EIO
+    wait_exit "$dpid"
 }

@@ -145,3 +145,41 @@ wait_file() {
     echo "$1 did not appear" >&2
     return 1
 }
+
+# start_worker_on_pair seqpacket|stream [run options...]: `vhostsplice run --host-fd 3` whose host fd is
+# one end of a socketpair, as a script that hands a worker its own link would. The other end belongs to
+# a peer process that waits for $W/peer.go, then does what $W/peer.go says: "close" (the peer leaves)
+# or "garbage" (4 bytes that are no frame length under --framing qemu), then waits for the worker to
+# let go (60 s at most) and exits by itself. Sets WPID (the worker: the Python parent execs it).
+start_worker_on_pair() {
+    local kind=$1
+    shift
+    # shellcheck disable=SC2086
+    ip netns exec "$NS" "$PY" - "$kind" "$W/peer.go" $VS run --socket-path "$SOCK" --host-fd 3 \
+        --stats-file "$STATS" "$@" </dev/null >"$W/worker.out" 2>"$W/worker.err" 3>&- <<'PYEOF' &
+import os, socket, sys, time
+kind, go, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET if kind == "seqpacket" else socket.SOCK_STREAM)
+if os.fork() == 0:                      # the peer
+    a.close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if os.path.exists(go) and open(go).read().strip() == "garbage":
+        b.send(b"\xff\xff\xff\xff" + bytes(60))
+        b.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            while b.recv(65536):
+                pass
+        except OSError:
+            pass
+    os._exit(0)
+b.close()
+if a.fileno() != 3:
+    os.dup2(a.fileno(), 3)
+os.set_inheritable(3, True)             # (dup2 onto itself would keep O_CLOEXEC)
+os.execvp(argv[0], argv)
+PYEOF
+    WPID=$!
+    PIDS+=("$WPID")
+}
