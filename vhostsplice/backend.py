@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import protocol as P
-from .errors import FeatureError, ProtocolError
+from .errors import ConfigError, FeatureError, GuestFaultError, ProtocolError
 from .memory import GuestMemory
-from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, NET_HDR_LEN, Feature as F, ProtocolFeature as PF, Req, \
-    bit, mask
+from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, Feature as F, \
+    ProtocolFeature as PF, Req, bit, mask
 from .vring import RingState, close_fd
 
 log = logging.getLogger("vhostsplice")
@@ -102,8 +102,11 @@ class Backend:
         if self.acked is None:
             self.acked = 0
         a = ring.addr
-        pos = self.datapath.start_ring(ring.index, num=ring.num, desc=a.desc, avail=a.avail, used=a.used,
-                                       call_fd=_fd(ring.call_fd), err_fd=_fd(ring.err_fd))
+        try:
+            pos = self.datapath.start_ring(ring.index, num=ring.num, desc=a.desc, avail=a.avail, used=a.used,
+                                           call_fd=_fd(ring.call_fd), err_fd=_fd(ring.err_fd))
+        except ConfigError as exc:      # the front-end's ring cannot be used as given: its violation
+            raise ProtocolError(f"ring {ring.index}: {exc}") from None
         if pos != ring.base:
             log.info("ring %d: position %d taken from used->idx (SET_VRING_BASE said %d)", ring.index, pos, ring.base)
         ring.base, ring.running = pos, True
@@ -124,6 +127,11 @@ class Backend:
 
 def _fd(fd: int | None) -> int:
     return -1 if fd is None else fd
+
+
+def _close_memory(memory: GuestMemory | None) -> None:
+    if memory is not None:
+        memory.close()
 
 
 def _close_fds(fds) -> None:
@@ -187,9 +195,16 @@ def set_mem_table_exec(b: Backend, msg: P.Message) -> None:
     finally:
         _close_fds(msg.fds)    # the mappings stay valid without the fds
     old, b.memory = b.memory, memory
-    b.datapath.set_memory(memory.regions)      # re-maps running rings onto the new table
-    if old is not None:
-        old.close()
+    try:
+        b.datapath.set_memory(memory.regions)  # re-maps running rings onto the new table
+    except GuestFaultError:
+        _close_memory(old)     # installed, but a running ring fell outside it (stopped): the old one goes
+        raise
+    except BaseException:
+        b.memory = old         # not installed: the core still points into the old mappings
+        memory.close()
+        raise
+    _close_memory(old)
     for ring in b.rings:
         b._maybe_start(ring)
 
@@ -197,13 +212,19 @@ def set_mem_table_exec(b: Backend, msg: P.Message) -> None:
 def set_vring_num_exec(b: Backend, msg: P.Message) -> None:
     state = P.decode_vring_state(msg)
     ring = b._ring(state.index)
+    num = state.num     # virtio 1.2, 2.7: a power of 2, at most 32768 (0 would mean no ring at all)
+    if not 0 < num <= MAX_QUEUE_SIZE or num & (num - 1):
+        raise ProtocolError(f"SET_VRING_NUM: ring {state.index} size {num} is not a power of 2 in 1..{MAX_QUEUE_SIZE}")
     b._stop(ring)
-    ring.num = state.num
+    ring.num = num
 
 
 def set_vring_addr_exec(b: Backend, msg: P.Message) -> None:
     addr = P.decode_vring_addr(msg)
     ring = b._ring(addr.index)
+    if addr.desc % 16 or addr.avail % 2 or addr.used % 4:    # virtio 1.2, 2.7: the rings' alignment
+        raise ProtocolError(f"SET_VRING_ADDR: ring {addr.index} misaligned (desc {addr.desc:#x} needs 16,"
+                            f" avail {addr.avail:#x} 2, used {addr.used:#x} 4)")
     b._stop(ring)
     ring.addr = addr
     b._maybe_start(ring)

@@ -249,3 +249,21 @@ def test_stream_rx_impossible_length_is_eio_and_eof_is_epipe(make_rig):
     with pytest.raises(HostFdError) as info:
         eof.poll_idle()
     assert info.value.errno == errno.EPIPE
+
+
+@pytest.mark.parametrize("host_hdr_len", [0, 10, 12])
+def test_header_only_tx_chain_to_a_headerless_fd_is_short(rigs, host_hdr_len):
+    """A chain of just the 12-byte header has nothing to send to a fd that carries no header: a 0-byte
+    write would send nothing yet succeed. It is a short chain (found by tests/fuzz's reference)."""
+    rig = rigs(host_hdr_len)
+    rig.tx.add_out([b""], hdr=HDR)
+    rig.tx.add_out([frame(60, seed=1)], hdr=HDR)
+    rig.poll_idle()
+    st = rig.stats("tx")
+    if host_hdr_len == 0:
+        assert rig.wire() == [frame(60, seed=1)]
+        assert (st["packets"], st["drops_short"]) == (1, 1)
+    else:                                   # the header itself is a datagram's worth: sent as one
+        assert rig.wire() == [HDR[:host_hdr_len], HDR[:host_hdr_len] + frame(60, seed=1)]
+        assert (st["packets"], st["drops_short"]) == (2, 0)
+    assert len(rig.tx.used()) == 2

@@ -197,3 +197,129 @@ def test_long_legal_chain_past_the_iovec_array_is_a_counted_fault(make_rig):
     st = rig.stats("tx")
     assert st["drops_bad_desc"] == 1 and st["broken"] is None
     assert rig.tx.used() == [(0, 0)]
+
+
+# -- vulnerability classes from public vhost advisories (docs/fuzzing.md has the table) -----------------
+DESC_F_WRITE = 2
+
+
+@pytest.mark.parametrize("back,n,ok", [
+    (60, 60, True),         # the last 60 bytes of guest memory: served
+    (59, 60, False),        # one byte past the end
+    (0, 1, False),          # starts one past the end
+    (None, 2, False),       # starts one byte below guest memory
+])
+def test_descriptor_at_the_edge_of_memory(make_rig, back, n, ok):
+    """CVE-2018-1059 (DPDK): a translation must cover the whole range, not only its first byte."""
+    rig = make_rig(num=16)
+    end = rig.mem.gpa_base + rig.mem.size
+    addr = rig.mem.gpa_base - 1 if back is None else end - back
+    if ok:
+        rig.mem.write(addr, HDR + rig.frame(n - 12))
+    raw_chain(rig, addr, n)
+    rig.poll_idle()
+    st = rig.stats("tx")
+    assert (st["packets"], st["drops_fault"]) == ((1, 0) if ok else (0, 1))
+    assert rig.wire() == ([HDR + rig.frame(n - 12)] if ok else [])
+    assert rig.tx.used() == [(15, 0)] and st["broken"] is None
+
+
+@pytest.mark.parametrize("over,ok", [(0, True), (2, False)])
+def test_avail_ring_ending_at_the_last_byte_of_memory(make_rig, over, ok):
+    """A ring area must lie wholly inside one region: exactly at the end is fine, 2 bytes past is EFAULT
+    (used_event, the last 2 bytes of the avail area, included)."""
+    rig = make_rig(num=16, start=False)
+    q = rig.tx
+    avail = rig.mem.uva_base + rig.mem.size - (6 + 2 * q.num) + over
+    if ok:
+        assert rig.dp.start_ring(1, num=q.num, desc=q.desc_uva, avail=avail, used=q.used_uva) == 0
+    else:
+        with pytest.raises(GuestFaultError) as e:
+            rig.dp.start_ring(1, num=q.num, desc=q.desc_uva, avail=avail, used=q.used_uva)
+        assert e.value.errno == errno.EFAULT and not rig.dp.running(1)
+
+
+def test_lengths_summing_past_4_gib(make_rig):
+    """Descriptor lengths are 32-bit; their sum is not. Two 4 GiB - 16 buffers (the same sparse memory
+    twice) hold a small packet: its used length is the packet's, nothing wraps to a short chain."""
+    import mmap
+
+    from vhostsplice.testing.virtq import Region
+    rig = make_rig(num=16)
+    size = (1 << 32) + 4096
+    big = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0))
+    base = 1 << 40
+    try:
+        rig.dp.set_memory(rig.mem.regions() + [Region(base, 1 << 41, size, memoryview(big))])
+        rig.rx.raw_desc(3, base, 0xFFFFFFF0, DESC_F_WRITE | DESC_F_NEXT, 4)
+        rig.rx.raw_desc(4, base + 16, 0xFFFFFFF0, DESC_F_WRITE, 0)
+        rig.rx.raw_avail(0, 3)
+        rig.rx.set_avail_idx(1)
+        pkt = rig.hdr() + rig.frame(200)
+        rig.inject(pkt)
+        rig.poll_idle()
+        assert rig.rx.used() == [(3, len(pkt))]
+        assert big[12:len(pkt)] == pkt[12:] and big[10:12] == b"\x01\x00"
+        st = rig.stats("rx")
+        assert st["packets"] == 1 and st["drops_oversize"] == 0 and st["broken"] is None
+    finally:
+        rig.dp.set_memory(rig.mem.regions())
+        big.close()
+
+
+def test_huge_descriptor_length_is_a_counted_fault(make_rig):
+    """CVE-2016-7422 (QEMU): a descriptor with a huge length crashed the device; here it is one fault."""
+    rig = make_rig(num=16)
+    raw_chain(rig, rig.mem.gpa_base, 0xFFFFFFFF)
+    rig.tx.add_out([rig.frame(60)])
+    rig.poll_idle()
+    st = rig.stats("tx")
+    assert st["drops_fault"] == 1 and st["packets"] == 1 and st["broken"] is None
+
+
+def test_indirect_table_running_past_memory_is_a_fault(make_rig):
+    """An indirect table whose last entry lies past guest memory: the whole table is refused up front."""
+    rig = make_rig(num=16)
+    end = rig.mem.gpa_base + rig.mem.size
+    raw_chain(rig, end - 32, 64, DESC_F_INDIRECT)
+    rig.poll_idle()
+    assert rig.stats("tx")["drops_fault"] == 1 and rig.tx.used() == [(15, 0)]
+
+
+def test_budget_bounds_the_work_of_one_poll(make_rig):
+    """CVE-2019-3900 (Linux vhost_net): a guest that keeps the ring full must not hold the worker in one
+    call. Each poll does at most tx_budget chains and says MORE."""
+    from vhostsplice.datapath import MORE
+    rig = make_rig(num=256, tx_budget=8)
+    rig.tx.add_out([rig.frame(60, seed=i) for i in range(100)])
+    flags = rig.dp.poll()
+    assert flags & MORE and len(rig.wire()) == 8
+    rig.poll_idle()
+    assert len(rig.wire()) == 92
+
+
+def _rx_chain_of_1024_iovecs(rig) -> None:
+    gpa = rig.mem.alloc(4096)
+    for i in range(1024):
+        rig.rx.raw_desc(i, gpa + 2 * i, 2, DESC_F_WRITE | (DESC_F_NEXT if i < 1023 else 0), i + 1)
+    rig.rx.raw_avail(0, 0)
+    rig.rx.set_avail_idx(1)
+
+
+@pytest.mark.parametrize("mrg", [False, True])
+def test_rx_chain_of_1024_iovecs_does_not_livelock(make_rig, mrg):
+    """CVE-2018-16880 class (Linux vhost_net: more RX buffers than the iovec/heads arrays): 1024 iovecs
+    of RX buffers - one legal 1024-descriptor chain, or (MRG_RXBUF) 1100 small chains collected for one
+    large frame - must end as a counted fault or a delivered packet, not an endless retry."""
+    from vhostsplice.datapath import MORE
+    rig = make_rig(num=2048, rx_budget=4, mrg=mrg, rx_max=65562 + 12)
+    if mrg:
+        rig.rx.add_in(1100, 12)
+    else:
+        _rx_chain_of_1024_iovecs(rig)
+    rig.inject(rig.hdr() + rig.frame(100))
+    for _ in range(3):
+        if not rig.dp.poll() & MORE:
+            break
+    st = rig.stats("rx")
+    assert st["drops_hostfd"] == 0 and st["chains"] >= 1

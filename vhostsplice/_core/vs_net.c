@@ -14,6 +14,10 @@
 
 #include "vs_api.h"
 
+/* Iovecs one walk may fill with guest pieces: readv/writev take at most UIO_MAXIOV (1024), and a header
+ * split (iov_cut) and the RX scratch iovec may each add one. */
+#define VS_GUEST_IOV (VS_MAX_IOV - 2)
+
 #define VS_RX_IDLE 0x100   /* internal: the host fd has nothing to read */
 
 /* Host fd errors that end the worker; a peer that went away is EPIPE. */
@@ -163,12 +167,14 @@ static int tx_stream(struct vs_pair *p, struct vs_ring *r, struct vs_walk *w, st
 /* One TX chain -> one writev. 0, VS_TX_BLOCKED, VS_MORE, or -errno. */
 static int tx_one(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, struct iovec *cut)
 {
-    struct vs_walk w = { .iov = iov, .max = VS_MAX_IOV };
+    struct vs_walk w = { .iov = iov, .max = VS_GUEST_IOV };
     int rc = vs_pop_chain(p, r, 0, &w);
     if (rc < 0)
         return rc;
     if (rc == 0 && w.len < p->hdr_len)
         rc = VS_CHAIN_SHORT;
+    if (rc == 0 && w.len == p->hdr_omit)
+        rc = VS_CHAIN_SHORT; /* a header and no frame: nothing to send (a 0-byte write sends nothing) */
     if (rc > 0)
         return vs_chain_fault(p, r, w.head, rc);
     if (p->host_flags & VS_HOST_STREAM)
@@ -176,7 +182,7 @@ static int tx_one(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, struc
     uint32_t niov = w.niov;
     struct iovec *out = host_iov(p, iov, &niov, cut);
     /* SAFETY: every iovec was built by vs_gpa_to_iov inside one region (iov_cut only narrows them);
-     * niov <= VS_MAX_IOV + 1 (writev refuses more than IOV_MAX with EINVAL: a counted drop). */
+     * niov <= VS_GUEST_IOV + 1 <= UIO_MAXIOV. */
     ssize_t n = writev(p->host_fd, out, (int)niov);
     if (n < 0)
         return tx_error(p, r, w.head, errno);
@@ -302,7 +308,7 @@ static int rx_starved(struct vs_ring *r, uint16_t seen)
 /* Without MRG_RXBUF: one packet into one chain. */
 static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, struct iovec *cut)
 {
-    struct vs_walk w = { .iov = iov, .max = VS_MAX_IOV };
+    struct vs_walk w = { .iov = iov, .max = VS_GUEST_IOV };
     int rc = vs_avail_pending(r);
     if (rc <= 0)
         return rc < 0 ? rc : rx_starved(r, r->last_avail);
@@ -347,7 +353,7 @@ struct rx_merge {
 /* Add one chain to the merge: 1 taken, 0 skipped (a faulty first chain), 2 stop before it, < 0. */
 static int rx_take(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
 {
-    struct vs_walk w = { .iov = m->iov + m->niov, .max = VS_MAX_IOV - m->niov };
+    struct vs_walk w = { .iov = m->iov + m->niov, .max = VS_GUEST_IOV - m->niov };
     int rc = vs_pop_chain(p, r, 1, &w);
     if (rc < 0)
         return rc;
@@ -382,7 +388,7 @@ static int rx_collect(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
         int rc = vs_avail_pending(r);
         if (rc <= 0)
             return rc;
-        if (m->niov >= VS_MAX_IOV)
+        if (m->niov >= VS_GUEST_IOV)
             return 1;
         rc = rx_take(p, r, m);
         if (rc < 0 || rc == 2)

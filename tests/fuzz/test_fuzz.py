@@ -1,0 +1,143 @@
+"""The fuzzers in CI: a short sanitizer run (corpus replay + fuzzing), and proof that their oracles bite.
+
+The long run is `python3 tests/fuzz/run.py --minutes N` (docs/fuzzing.md). VS_FUZZ_SECONDS changes the
+fuzzing time of the short run here (default 45 s, after the corpus replay).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import harness  # noqa: E402
+import proto  # noqa: E402
+import ref  # noqa: E402
+import run  # noqa: E402
+
+from vhostsplice.datapath import Datapath  # noqa: E402
+
+
+# The core target's tap is a socketpair with a 16 MiB buffer (SO_SNDBUFFORCE), so that no TX chain meets
+# EAGAIN or EMSGSIZE: that needs CAP_NET_ADMIN.
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the core fuzz target needs root (SO_SNDBUFFORCE)")
+
+
+def corpus(target: str) -> list[bytes]:
+    items = [data for _, data in run.load_corpus(target)]
+    assert len(items) >= 10, f"tests/fuzz/corpus/{target} is missing or nearly empty"
+    return items
+
+
+@needs_root
+@pytest.mark.slow
+def test_sanitizer_fuzz_run(tmp_path):
+    """Build the core with ASan+UBSan, replay both corpora, fuzz both targets: no report, no mismatch."""
+    seconds = os.environ.get("VS_FUZZ_SECONDS", "45")
+    res = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--seconds", seconds,
+                          "--build-dir", str(tmp_path / "build"), "--crash-dir", str(tmp_path / "crashes")],
+                         capture_output=True, text=True, timeout=float(seconds) + 240)
+    print(res.stdout[-4000:], res.stderr[-4000:])
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "core build asan" in res.stdout and "_vs_core" in res.stdout
+    for target in ("core", "protocol"):
+        m = re.search(rf"fuzz {target}: (\d+) execs \((\d+) corpus replays\)", res.stdout)
+        assert m, res.stdout
+        execs, replayed = int(m.group(1)), int(m.group(2))
+        assert replayed == len(corpus(target)) and execs > replayed
+
+
+@pytest.mark.slow
+def test_core_and_protocol_suites_under_sanitizers(tmp_path):
+    """tests/core and tests/protocol (the hostile suites included) on the ASan+UBSan core."""
+    res = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--build-dir", str(tmp_path / "build"),
+                          "--crash-dir", str(tmp_path / "crashes"), "--pytest", "-q", "tests/core", "tests/protocol"],
+                         capture_output=True, text=True, timeout=600)
+    print(res.stdout[-4000:], res.stderr[-6000:])
+    assert res.returncode == 0, res.stderr[-6000:]
+    assert re.search(r"pytest on core .*/build/asan/lib/vhostsplice/_vs_core", res.stdout)
+    m = re.search(r"(\d+) passed", res.stdout)
+    assert m and int(m.group(1)) > 100 and " failed" not in res.stdout
+
+
+@needs_root
+def test_core_corpus_replays_clean():
+    for data in corpus("core"):
+        harness.run_one(data, Datapath)
+
+
+def test_protocol_corpus_replays_clean():
+    for data in corpus("protocol"):
+        proto.run_one(data)
+
+
+def _first_failure(target: str, fn):
+    for data in corpus(target):
+        try:
+            fn(data)
+        except AssertionError as exc:
+            return exc
+    return None
+
+
+@needs_root
+@pytest.mark.parametrize("plant", ["need_call", "loop", "event_idx", "used_len", "avail_idx"])
+def test_the_core_oracle_catches_planted_bugs(monkeypatch, plant):
+    """The reference with one deliberate mistake: the corpus must expose it as a Mismatch."""
+    if plant == "need_call":
+        monkeypatch.setattr(ref.Pair, "need_call", lambda self, r: True)
+    elif plant == "loop":
+        real = ref.Ring.fail
+        monkeypatch.setattr(ref.Ring, "fail", lambda self, reason: real(self, ref.NEXT if reason == ref.LOOP
+                                                                          else reason))
+    elif plant == "event_idx":
+        real_enable = ref.Pair.notify_enable
+        monkeypatch.setattr(ref.Pair, "notify_enable",
+                            lambda self, r, seen: real_enable(self, r, (seen + 1) & 0xFFFF))
+    elif plant == "used_len":
+        real_add = ref.Pair.used_add
+        monkeypatch.setattr(ref.Pair, "used_add", lambda self, r, head, n: real_add(self, r, head, n + (n > 0)))
+    else:
+        real_pending = ref.Pair.avail_pending
+
+        def pending(self, r):
+            n = (r.avail_idx(self.mem) - r.last_avail) & 0xFFFF
+            return n if n == r.num + 1 else real_pending(self, r)
+        monkeypatch.setattr(ref.Pair, "avail_pending", pending)
+    exc = _first_failure("core", lambda d: harness.run_one(d, Datapath))
+    assert isinstance(exc, harness.Mismatch), f"planted bug {plant!r} went unnoticed by the core corpus"
+
+
+def test_the_protocol_oracle_catches_an_fd_leak(monkeypatch):
+    from vhostsplice import backend
+    monkeypatch.setattr(backend, "_close_fds", lambda fds: None)
+    exc = _first_failure("protocol", proto.run_one)
+    assert isinstance(exc, proto.FdLeak), exc
+
+
+def test_the_protocol_oracle_catches_an_undocumented_exception(monkeypatch):
+    from vhostsplice import protocol as P
+
+    def broken(msg):
+        raise KeyError("planted")
+    monkeypatch.setattr(P, "decode_vring_state", broken)
+    exc = _first_failure("protocol", proto.run_one)
+    assert isinstance(exc, proto.Undocumented), exc
+
+
+def test_guest_memory_is_fenced_by_guard_pages():
+    """A write one byte past a guest memory area is a SIGSEGV, not a silent corruption."""
+    code = ("import sys, ctypes; sys.path.insert(0, %r); import harness; m = harness.memory(); "
+            "a = m.areas[1]; base = ctypes.addressof(ctypes.c_char.from_buffer(m.map)); "
+            "end = ctypes.addressof(ctypes.c_char.from_buffer(a, len(a) - 1)) + 1; "
+            "a[len(a) - 1] = 1; print('inside ok', flush=True); ctypes.c_char.from_address(end).value = b'x'"
+            % HERE)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "inside ok" in res.stdout
+    assert res.returncode == -signal.SIGSEGV, (res.returncode, res.stderr)

@@ -1,0 +1,314 @@
+"""A hostile front-end against the real back-end stack (channel, backend, memory, the C datapath).
+
+One test per vulnerability class of the public vhost-user advisories (docs/fuzzing.md has the table):
+each checks the documented exception (its errno is the worker's exit code), that the process keeps
+exactly the fds it had (every fd a message carried is kept or closed, never leaked), and where rings
+run, that they still work or were stopped.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import os
+import socket
+import struct
+
+import pytest
+
+from vhostsplice import protocol as P
+from vhostsplice.backend import Backend, BackendConfig
+from vhostsplice.channel import Channel
+from vhostsplice.datapath import Datapath
+from vhostsplice.errors import GuestFaultError, ProtocolError
+from vhostsplice.spec import MAX_PAYLOAD, Feature as F, Req, bit
+
+MEM = 1 << 20
+GPA, UVA = 0x4000_0000, 0x7F00_0000_0000
+
+
+def open_fds() -> set[int]:
+    return {int(x) for x in os.listdir("/proc/self/fd")}
+
+
+class FakeHostFd:
+    is_socket = False
+
+    def set_offload(self, flags: int) -> None:
+        self.offload = flags
+
+
+class Env:
+    def __init__(self):
+        self.fe_sock, be_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.host, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.host.setblocking(False)
+        self.channel = Channel(be_sock)
+        self.dp = Datapath(self.host.fileno())
+        self.backend = Backend(self.channel, self.dp, FakeHostFd(), BackendConfig())
+        self.memfd = os.memfd_create("guest")
+        os.ftruncate(self.memfd, MEM)
+
+    def handle(self, req, payload=b"", fds=()):
+        """The back-end handles one message; fds are dup'ed (the message owns its copies)."""
+        self.backend.handle(P.Message(int(req), 1, payload, tuple(os.dup(fd) for fd in fds)))
+
+    def table(self, *regions):
+        regions = regions or ((GPA, MEM, UVA, 0),)
+        body = P.encode_mem_table(P.MemTable(tuple(P.MemRegion(*r) for r in regions)))
+        self.handle(Req.SET_MEM_TABLE, body, (self.memfd,) * len(regions))
+
+    def ring(self, index, num=256, desc=None, avail=None, used=None):
+        base = UVA + 0x10000 * index
+        desc = base if desc is None else desc
+        avail = base + 0x1000 * (num // 256 + 1) * 4 if avail is None else avail
+        used = avail + 0x1000 * (num // 256 + 1) if used is None else used
+        self.handle(Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(index, num)))
+        self.handle(Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(index, 0, desc, used, avail, 0)))
+        kick = os.eventfd(0)
+        try:
+            self.handle(Req.SET_VRING_KICK, P.encode_vring_file(index), (kick,))
+        finally:
+            os.close(kick)
+
+    def running(self):
+        self.handle(Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+        self.table()
+        self.ring(0)
+        self.ring(1)
+        assert self.backend.rings_running and self.dp.running(0) and self.dp.running(1)
+
+    def close(self):
+        self.backend.close()
+        self.dp.close()
+        self.channel.close()
+        for s in (self.fe_sock, self.host, self.peer):
+            s.close()
+        os.close(self.memfd)
+
+
+@pytest.fixture
+def env():
+    before = open_fds()
+    e = Env()
+    yield e
+    e.close()
+    assert open_fds() == before, "fds leaked or closed behind the test's back"
+
+
+def eproto(fn, *args, match=None):
+    with pytest.raises(ProtocolError, match=match) as info:
+        fn(*args)
+    assert info.value.errno == errno.EPROTO
+
+
+# -- ring sizes and addresses -------------------------------------------------------------------------
+@pytest.mark.parametrize("num", [0, 3, 48, 65536, 0xFFFFFFFF])
+def test_zero_odd_or_huge_ring_size_is_eproto(env, num):
+    """CVE-2013-4151 / CVE-2021-3839 class: a ring size past the bound or not a power of 2."""
+    eproto(env.handle, Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(0, num)), match="power of 2")
+    assert env.backend.rings[0].num == 0
+
+
+def test_largest_ring_size_is_accepted(env):
+    env.handle(Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(1, 32768)))
+    assert env.backend.rings[1].num == 32768
+
+
+@pytest.mark.parametrize("field,delta", [("desc", 8), ("avail", 1), ("used", 2)])
+def test_unaligned_ring_is_eproto(env, field, delta):
+    env.handle(Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+    env.table()
+    addrs = {"desc": UVA, "avail": UVA + 0x1000, "used": UVA + 0x2000}
+    addrs[field] += delta
+    with pytest.raises(ProtocolError, match="misaligned"):
+        env.ring(0, num=256, **addrs)
+    assert not env.dp.running(0)
+
+
+def test_ring_whose_mapping_is_misaligned_is_eproto(env):
+    """The uva is aligned but the region's uva and its mapping disagree by 2: the host pointer of the used
+    ring is not 4-aligned, which the core's atomics need. A protocol error, not a crash."""
+    env.handle(Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+    env.table((GPA, MEM - 4096, UVA + 2, 4096))
+    with pytest.raises(ProtocolError, match="misaligned"):
+        env.ring(0, num=256, desc=UVA + 0x1000, avail=UVA + 0x3000, used=UVA + 0x4000)
+    assert not env.dp.running(0)
+
+
+@pytest.mark.parametrize("where", ["below", "past", "straddles", "top"])
+def test_ring_address_outside_memory_is_efault(env, where):
+    env.handle(Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+    env.table()
+    desc = {"below": UVA - 0x1000, "past": UVA + MEM, "straddles": UVA + MEM - 0x800,
+            "top": (1 << 64) - 0x1000}[where]
+    with pytest.raises(GuestFaultError) as info:
+        env.ring(1, num=256, desc=desc, avail=UVA + 0x8000, used=UVA + 0x9000)
+    assert info.value.errno == errno.EFAULT and not env.dp.running(1)
+
+
+def test_vring_log_address_is_never_used(env):
+    """We offer no VHOST_F_LOG_ALL: a log address (even 2^64 - 1) in SET_VRING_ADDR is ignored."""
+    env.handle(Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+    env.table()
+    env.handle(Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(0, 256)))
+    env.handle(Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(0, 1, UVA, UVA + 0x2000, UVA + 0x1000,
+                                                                   (1 << 64) - 1)))
+    kick = os.eventfd(0)
+    env.handle(Req.SET_VRING_KICK, P.encode_vring_file(0), (kick,))
+    os.close(kick)
+    assert env.dp.running(0)
+    env.dp.poll()
+
+
+# -- memory tables ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("regions", [
+    ((GPA, MEM, UVA, 0), (GPA + MEM - 4096, MEM, UVA + 2 * MEM, 0)),        # gpa ranges overlap
+    ((GPA, MEM, UVA, 0), (GPA + 2 * MEM, MEM, UVA + 4096, 0)),              # uva ranges overlap
+    (((1 << 64) - 4096, MEM, UVA, 0),),                                      # gpa wraps past 2^64
+    ((GPA, MEM, (1 << 64) - 4096, 0),),                                      # uva wraps
+    ((GPA, 0, UVA, 0),),                                                     # empty region
+    ((GPA, MEM, UVA, MEM),),                                                 # offset past the fd's end
+    ((GPA, MEM, UVA, (1 << 64) - 4096),),                                    # offset + size wraps
+    ((GPA, 1 << 62, UVA, 0),),                                               # larger than the fd
+])
+def test_bad_region_table_is_eproto_and_closes_its_fds(env, regions):
+    eproto(env.table, *regions)
+    assert env.backend.memory is None
+
+
+def test_memory_table_replaced_while_rings_run(env):
+    """The same guest memory through a new mapping: rings are re-mapped and keep running; the old
+    mapping is unmapped (its pages were only ours through it)."""
+    env.running()
+    old = env.backend.memory
+    env.table()
+    assert env.backend.memory is not old and old.regions == []
+    assert env.dp.running(0) and env.dp.running(1)
+    env.dp.poll()
+
+
+def test_memory_table_that_drops_the_rings_stops_them(env):
+    env.running()
+    old = env.backend.memory
+    with pytest.raises(GuestFaultError) as info:
+        env.table((GPA + 2 * MEM, MEM, UVA + 2 * MEM, 0))
+    assert info.value.errno == errno.EFAULT
+    assert not env.dp.running(0) and not env.dp.running(1)
+    assert old.regions == []                       # the old mapping went too: nothing refers to it now
+
+
+def test_too_many_regions_is_eproto(env):
+    body = struct.pack("<II", 9, 0) + struct.pack("<QQQQ", GPA, MEM, UVA, 0) * 9
+    eproto(env.handle, Req.SET_MEM_TABLE, body, (env.memfd,) * 8)
+
+
+# -- fds: too many, too few, replaced -----------------------------------------------------------------
+@pytest.mark.parametrize("regions,nfds", [(2, 1), (1, 2), (2, 3)])
+def test_region_fd_count_mismatch_is_eproto(env, regions, nfds):
+    body = P.encode_mem_table(P.MemTable(tuple(P.MemRegion(GPA + i * MEM, MEM, UVA + i * MEM, 0)
+                                               for i in range(regions))))
+    eproto(env.handle, Req.SET_MEM_TABLE, body, (env.memfd,) * nfds, match="file descriptors")
+
+
+@pytest.mark.parametrize("nofd,nfds", [(True, 1), (False, 0), (False, 2)])
+def test_kick_fd_count_mismatch_is_eproto(env, nofd, nfds):
+    kick = os.eventfd(0)
+    try:
+        eproto(env.handle, Req.SET_VRING_KICK, P.encode_vring_file(0, nofd=nofd), (kick,) * nfds)
+    finally:
+        os.close(kick)
+
+
+def test_kick_for_a_ring_we_do_not_serve_closes_the_fd(env):
+    """CVE-2011-2512 / CVE-2020-10723 class: a ring index outside the pair."""
+    kick = os.eventfd(0)
+    try:
+        eproto(env.handle, Req.SET_VRING_KICK, P.encode_vring_file(5), (kick,), match="one queue pair")
+    finally:
+        os.close(kick)
+
+
+def test_replacing_fds_again_and_again_leaks_none(env):
+    """CVE-2019-14818 (DPDK): repeated ring messages leaked fds. Each replaced kick/call/err fd is closed."""
+    env.running()
+    base = None
+    for _ in range(50):
+        base = base or len(open_fds())        # before the first round: ring 1 holds only its kick fd
+        for req in (Req.SET_VRING_KICK, Req.SET_VRING_CALL, Req.SET_VRING_ERR):
+            fd = os.eventfd(0)
+            env.handle(req, P.encode_vring_file(1), (fd,))
+            os.close(fd)
+        env.handle(Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(1, 256)))
+    assert len(open_fds()) == base + 2        # + call and err, which ring 1 had none of at first
+
+
+def frame(request, size, payload=b"", fds=(), flags=1):
+    data = struct.pack("<III", request, flags, size) + payload
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    return [data], anc
+
+
+@pytest.mark.parametrize("nfds", [9, 16])
+def test_more_fds_than_any_message_carries(env, nfds):
+    """CVE-2022-0669 (DPDK): unexpected fds as ancillary data were never closed. The channel refuses the
+    message; what the kernel delivered is closed, what it cut off never became ours."""
+    fds = [os.eventfd(0) for _ in range(nfds)]
+    try:
+        env.fe_sock.sendmsg(*frame(Req.SET_OWNER, 0, fds=fds))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    eproto(env.channel.recv, match="too many file descriptors")
+
+
+@pytest.mark.parametrize("req", [Req.SET_OWNER, Req.GET_FEATURES, Req.SET_VRING_NUM, 999])
+def test_fds_on_a_message_that_takes_none_are_closed(env, req):
+    fds = [os.eventfd(0) for _ in range(3)]
+    try:
+        env.fe_sock.sendmsg(*frame(req, 8, bytes(8), fds=fds))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    msg = env.channel.recv()
+    assert len(msg.fds) == 3
+    eproto(env.backend.handle, msg)
+
+
+# -- message sizes ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [MAX_PAYLOAD + 1, 1 << 20, 0xFFFFFFFF])
+def test_oversized_message_is_refused_before_reading_it(env, size):
+    fd = os.eventfd(0)
+    try:
+        env.fe_sock.sendmsg(*frame(Req.SET_MEM_TABLE, size, bytes(40), fds=[fd]))
+    finally:
+        os.close(fd)
+    eproto(env.channel.recv, match="exceeds")
+
+
+def test_truncated_message_then_close_is_eproto(env):
+    env.fe_sock.sendall(struct.pack("<III", Req.SET_VRING_NUM, 1, 8) + b"\x00\x00")
+    env.fe_sock.shutdown(socket.SHUT_WR)
+    eproto(env.channel.recv, match="middle of a message")
+
+
+@pytest.mark.parametrize("req", [Req.SET_VRING_NUM, Req.SET_VRING_ADDR, Req.SET_FEATURES, Req.SET_VRING_KICK])
+@pytest.mark.parametrize("delta", [-1, 1, 64])
+def test_payload_size_off_by_some_bytes_is_eproto(env, req, delta):
+    good = {Req.SET_VRING_NUM: 8, Req.SET_VRING_ADDR: 40, Req.SET_FEATURES: 8, Req.SET_VRING_KICK: 8}[req]
+    eproto(env.handle, req, bytes(good + delta))
+
+
+# -- dirty log ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,offset", [(4096, 0), (1 << 63, 1 << 63), ((1 << 64) - 1, 4096)])
+def test_log_base_is_refused_and_its_fd_closed(env, size, offset):
+    """CVE-2020-10722 (DPDK): SET_LOG_BASE's size + offset overflowed. We offer no dirty logging
+    (no VHOST_F_LOG_ALL, no LOG_SHMFD): the message is a protocol error whatever its range."""
+    eproto(env.handle, Req.SET_LOG_BASE, struct.pack("<QQ", size, offset), (env.memfd,), match="unsupported")
+
+
+def test_log_fd_is_refused_and_closed(env):
+    fd = os.eventfd(0)
+    try:
+        eproto(env.handle, Req.SET_LOG_FD, b"", (fd,), match="unsupported")
+    finally:
+        os.close(fd)
