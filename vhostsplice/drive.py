@@ -375,7 +375,14 @@ class Drive:
             if time.monotonic() >= deadline:
                 self.s["tx"]["used"] += len(got)
                 raise DriveError(f"TX: {len(got)} of {count} chains used after {self.o.timeout} s", errno.ETIMEDOUT)
-            self._wait(deadline)
+            try:
+                self._wait(deadline)
+            except WorkerClosed:
+                # A worker may publish its last used entries and leave at once (--on-guest-error=exit):
+                # what it published still counts. Seen once in ~40 runs of the fault table under load.
+                got += self.fe.tx.used()
+                if len(got) < count:
+                    raise
 
     # -- RX ----------------------------------------------------------------------------------------------
     def _rx_target(self) -> int:
