@@ -10,6 +10,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 
 from .errors import ConfigError, FrontendGone, ProtocolError, SetupError, from_oserror
 from .protocol import HEADER, Message, decode_header, encode
@@ -24,6 +25,7 @@ class Channel:
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self.refused_files: set[tuple[int, int]] = set()   # (st_dev, st_ino) no message may carry
         sock.settimeout(RECV_TIMEOUT)
 
     def fileno(self) -> int:
@@ -32,9 +34,20 @@ class Channel:
     def close(self) -> None:
         self.sock.close()
 
+    def peer_cred(self) -> tuple[int, int, int]:
+        """(pid, uid, gid) of the front-end, as the kernel recorded them at connect (SO_PEERCRED)."""
+        pid, uid, gid = struct.unpack("iII", self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        return pid, uid, gid
+
     def peer_uid(self) -> int:
-        creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        return int.from_bytes(creds[4:8], "little")
+        return self.peer_cred()[1]
+
+    def refuse_file_of(self, fd: int) -> None:
+        """Refuse (EPROTO) any later message carrying an fd that is the same file as fd (by st_dev/st_ino):
+        the front-end must never hand the worker its own host packet fd as a kick, call, err or memory fd.
+        All /dev/net/tun fds share one inode, so for a tap any tun fd is refused: no request carries one."""
+        st = os.fstat(fd)
+        self.refused_files.add((st.st_dev, st.st_ino))
 
     def recv(self) -> Message | None:
         """The next message, or None when the front-end closed the connection cleanly."""
@@ -51,10 +64,18 @@ class Channel:
                 data += self._recv_exact(HEADER.size - len(data))
             hdr = decode_header(data)
             payload = self._recv_exact(hdr.size) if hdr.size else b""
+            self._check_fds(fds, hdr.request)
             return Message(hdr.request, hdr.flags, payload, tuple(fds))
         except BaseException:
             _close_all(fds)
             raise
+
+    def _check_fds(self, fds: list[int], request: int) -> None:
+        for fd in fds:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in self.refused_files:
+                raise ProtocolError(f"request {request}: the front-end sent the worker's own host packet fd "
+                                    f"(or another fd of the same file) as one of its file descriptors")
 
     def _recv_exact(self, size: int) -> bytes:
         buf = bytearray()
@@ -101,21 +122,40 @@ def _close_all(fds) -> None:
 
 
 class Listener:
-    """A listening unix socket (mode 0600) that hands out one front-end at a time."""
+    """A listening unix socket (mode 0600 unless told) that hands out one front-end at a time.
 
-    def __init__(self, path: str):
+    The file is bound under umask 0177, so it is never more open than 0600 even for an instant. When
+    it is to get another `owner`/`group` (uid, gid; -1 keeps) or `mode` (a peer needs w to connect), it
+    is bound under a temporary name, given them, listened on and renamed into place: PATH appears
+    only once it is final and accepting."""
+
+    def __init__(self, path: str, mode: int = 0o600, owner: int = -1, group: int = -1):
         self.path = path
         _clear_stale(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
+        plain = mode == 0o600 and owner == -1 and group == -1
+        where = path if plain else os.path.join(os.path.dirname(path), f".{os.getpid()}.vhostsplice.tmp")
+        old, bound = os.umask(0o177), False
         try:
-            self.sock.bind(path)
-        except OSError as exc:
+            if not plain:
+                _unlink_socket(where)       # a leftover of a crashed run that had our pid
+            self.sock.bind(where)
+            bound = True
+            if not plain:
+                os.chown(where, owner, group)
+                os.chmod(where, mode)
+            self.sock.listen(1)
+            if not plain:
+                _link_into_place(where, path)
+        except BaseException as exc:
             self.sock.close()
-            raise from_oserror(exc, f"cannot listen on {path}") from None
+            if bound:
+                _unlink_socket(where)
+            if isinstance(exc, OSError):
+                raise from_oserror(exc, f"cannot listen on {path}") from None
+            raise
         finally:
             os.umask(old)
-        self.sock.listen(1)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -127,11 +167,25 @@ class Listener:
 
     def close(self) -> None:
         self.sock.close()
-        try:
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)
-        except OSError:
-            pass
+        _unlink_socket(self.path)
+
+
+def _link_into_place(tmp: str, path: str) -> None:
+    """link(2), not rename(2): a socket file that appeared at PATH since the stale check is not replaced."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise SetupError(f"{path} appeared while this worker was binding it", errno.EADDRINUSE) from None
+    finally:
+        _unlink_socket(tmp)
+
+
+def _unlink_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def _clear_stale(path: str) -> None:

@@ -118,9 +118,20 @@ def cli(verbose: int) -> None:
 @click.option("--offloads/--no-offloads", default=True, show_default=True,
               help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header).")
 @click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
+@click.option("--socket-mode", metavar="OCTAL", default="0600", show_default=True,
+              help="Permission bits of the --socket-path file (connecting needs w): 0660 lets --socket-group in.")
+@click.option("--socket-group", metavar="GROUP|GID", help="Group of the --socket-path file (with --socket-mode 0660).")
+@click.option("--allow-uid", "allow_uid", metavar="UID[,UID...]", envvar="VHOSTSPLICE_ALLOW_UID",
+              help="Serve only front-ends whose SO_PEERCRED uid (or user name) is listed; root too only if listed. "
+                   "Others are closed unserved and counted (refused.peer_uid); a listening worker keeps "
+                   "listening, a --connect/--fd one exits EACCES. Default: anyone the socket mode lets in.")
+@click.option("--user", "run_as", metavar="NAME[:GROUP]",
+              help="After opening the host fd and the socket, drop to this user (and its primary group, or "
+                   "GROUP): no supplementary groups, no capabilities, no_new_privs. The socket file is given "
+                   "to the user.")
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
-        offloads, stats_file, print_capabilities):
+        offloads, stats_file, socket_mode, socket_group, allow_uid, run_as, print_capabilities):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -128,9 +139,15 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     calling thread; SIGTERM or SIGINT stop it with exit 0; SIGUSR1 prints the counters (JSON) while it runs.
     On exit it prints one JSON object of counters to stderr (or --stats-file).
 
+    Ownership (README: "Ownership and privileges"): one front-end per worker (a second connection is
+    closed unserved while the first is served); the socket is 0600 unless --socket-mode; --allow-uid
+    checks the peer's uid; --user drops root once the tap and socket are open. A host fd that is the
+    control socket is EINVAL; a front-end that sends the host fd back in a message is EPROTO.
+
     \b
     Examples:
       vhostsplice run --socket-path /run/vm1/net0.sock --tap vm1net0 --cpu 1
+      vhostsplice run --socket-path /run/vm1/net0.sock --tap vm1net0 --user qemu --allow-uid qemu
       vhostsplice run --socket-path /run/vm1/net0.sock --host-fd 3 3<>/dev/tap12
       vhostsplice run --socket-path /run/vm1/net0.sock --packet eth1
     """
@@ -145,9 +162,28 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     if not tap and host_fd is None and not packet:
         raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
     from .runner import run_worker
+    ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
-                      fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file)
+                      fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file,
+                      ownership=ownership)
+
+
+def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):
+    """The ownership options -> runner.Ownership; names are resolved now (an unknown one is EINVAL)."""
+    from . import runner
+    sets_socket = socket_group is not None or _source("socket_mode") != click.core.ParameterSource.DEFAULT
+    if sets_socket and socket_path is None:
+        raise ConfigError("--socket-mode/--socket-group apply to --socket-path only")
+    return runner.Ownership(
+        socket_mode=runner.parse_mode(socket_mode),
+        socket_group=runner._lookup("group", socket_group) if socket_group is not None else -1,
+        allow_uids=runner.parse_uids(allow_uid) if allow_uid is not None else None,
+        user=runner.parse_user(run_as) if run_as is not None else None)
+
+
+def _source(param: str):
+    return click.get_current_context().get_parameter_source(param)
 
 
 @cli.command(context_settings=CONTEXT, epilog=_exit_table_help())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from . import datapath as dp
 from .backend import Backend, BackendConfig
-from .errors import FrontendGone, HostFdError, VhostspliceError, errno_name
+from .errors import FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name
 
 log = logging.getLogger("vhostsplice")
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
@@ -33,6 +33,7 @@ SAFETY_POLL_S = 1.0     # while rings run, look at them this often even without 
 class WorkerConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     stats_file: str | None = None
+    allow_uids: frozenset[int] | None = None    # --allow-uid: peers (SO_PEERCRED uid) served; None: any
 
 
 def _quietly(fn, *args) -> None:
@@ -60,6 +61,7 @@ class Worker:
         self.started = time.monotonic()
         self.exit_code = 0
         self.reason = ""
+        self.refused = {"busy": 0, "peer_uid": 0}     # connections closed unserved, by reason
         self.host_err_mask = ERR_ONLY
 
     # -- epoll bookkeeping -------------------------------------------------------------------------------
@@ -123,10 +125,23 @@ class Worker:
     def _attach_door(self) -> None:
         if hasattr(self.door, "accept"):
             self._watch(self.door.fileno(), "listen", IN)
-        else:
-            self._attach(self.door)
+            return
+        refused = self._peer_refused(self.door)
+        if refused:         # --connect/--fd: no one else will come; the worker ends
+            raise SetupError(f"front-end {refused}", errno.EACCES)
+        self._attach(self.door)
+
+    def _peer_refused(self, channel) -> str:
+        """'' if --allow-uid admits this peer, else why not (its SO_PEERCRED pid and uid)."""
+        if self.config.allow_uids is None:
+            return ""
+        pid, uid, _gid = channel.peer_cred()
+        if uid in self.config.allow_uids:
+            return ""
+        return f"pid {pid} uid {uid} is not in --allow-uid {','.join(map(str, sorted(self.config.allow_uids)))}"
 
     def _attach(self, channel) -> None:
+        channel.refuse_file_of(self.hostfd.fd)     # the front-end may never hand us our own host fd
         self.channel = channel
         self.backend = Backend(channel, self.datapath, self.hostfd, self.config.backend)
         self._watch(channel.fileno(), "control", IN)
@@ -193,10 +208,16 @@ class Worker:
 
     def _on_listen(self) -> None:
         channel = self.door.accept()
-        if self.channel is not None:
-            channel.close()        # one front-end per worker: a second one is refused
+        busy = self.channel is not None
+        why = "a front-end is already served" if busy else self._peer_refused(channel)
+        if not why:
+            self._attach(channel)
             return
-        self._attach(channel)
+        # One front-end per worker, and only an allowed one: close it unserved, count it, keep serving.
+        self.refused["busy" if busy else "peer_uid"] += 1
+        pid, uid, _gid = channel.peer_cred()
+        log.warning("refused a front-end connection (pid %d uid %d): %s", pid, uid, why)
+        channel.close()
 
     def _on_control(self) -> bool:
         msg = self.channel.recv()
@@ -264,7 +285,7 @@ class Worker:
                 rings["rx" if ring.index == 0 else "tx"]["kicks"] = ring.kicks
         out = {
             "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
-            "wakeups": self.wakeups, "lost_kicks": self.lost_kicks,
+            "wakeups": self.wakeups, "lost_kicks": self.lost_kicks, "refused": dict(self.refused),
             "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
             "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.hostfd.vnet_hdr_len},
         }

@@ -52,3 +52,11 @@ setup() {
         [[ $output == *"$word"* ]]
     done
 }
+
+@test "run --help teaches the ownership options" {
+    run $VS run --help
+    [ "$status" -eq 0 ]
+    for word in --socket-mode --socket-group --allow-uid SO_PEERCRED --user "Ownership and privileges" EPROTO; do
+        [[ $output == *"$word"* ]]
+    done
+}
