@@ -5,6 +5,10 @@ requests itself (features, protocol features, GET_QUEUE_NUM, status), and forwar
 worker of the pair they concern over a socketpair, as a front-end would: ring 2k+j of the device is ring
 j of worker k (`vhostsplice run --fd N`). Everything a worker was told is kept (fds duplicated), so a
 worker that dies is replaced and told again; it resumes from used->idx like any restarted back-end.
+A pair's worker starts when the front-end first enables one of its rings (so the tap has a queue only
+for pairs the driver uses). When the front-end leaves, every worker's channel is closed, so each ends
+by the exit-code contract (0 stopped rings, 104 running ones); serve then ends the same way and says so
+in a last `end` event. The next front-end gets a fresh `serve` from whatever supervises it.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -58,8 +63,9 @@ class Pair:
     chan: Channel | None = None
     pidfd: int = -1
     restarts: int = 0
-    next_start: float = 0.0
+    next_start: float = float("inf")            # no worker until the front-end enables a ring of the pair
     stats_file: str = ""
+    started: bool = False
 
 
 def spread_cpus(cpus: list[int], queues: int) -> list[int | None]:
@@ -114,6 +120,7 @@ class Supervisor:
         if pair.cpu is not None:
             argv += ["--cpu", str(pair.cpu)]
         pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=self_env(), stdin=subprocess.DEVNULL)
+        pair.started = True
         theirs.close()
         pair.chan = Channel(ours)
         pair.pidfd = os.pidfd_open(pair.proc.pid)
@@ -236,10 +243,31 @@ class Supervisor:
             self.get_vring_base(pair, j, ring, payload)
             return
         pair.told[(msg.request, j)] = (payload, fd)
+        if not pair.started:
+            if self._enabled(pair):
+                self.start_worker(pair)         # replays what it was told, this message included
+            return
         self.send_worker(pair, msg.request, payload, (fd,) if fd is not None else ())
+
+    def _enabled(self, pair: Pair) -> bool:
+        """A ring of the pair is enabled: by SET_VRING_ENABLE 1, or (without VHOST_USER_F_PROTOCOL_FEATURES)
+        by starting it with SET_VRING_KICK (vhost-user.rst, "Ring states").
+
+        A pair's worker is started only then: it opens its own queue of the multi-queue tap, and the kernel
+        steers host flows over every attached queue. A driver enables only some pairs (Linux: as many as
+        it has CPUs, until `ethtool -L`); a queue attached for a pair it never enabled would swallow its
+        share of the host's flows."""
+        if not self.features & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
+            return any((Req.SET_VRING_KICK, j) in pair.told for j in (0, 1))
+        states = [pair.told.get((Req.SET_VRING_ENABLE, j)) for j in (0, 1)]
+        return any(st is not None and P.decode_vring_state(P.Message(Req.SET_VRING_ENABLE, 0, st[0])).num
+                   for st in states)
 
     def get_vring_base(self, pair: Pair, j: int, ring: int, payload: bytes) -> None:
         base = 0
+        if not pair.started:                    # never ran: the ring is where the front-end put it
+            told = pair.told.get((Req.SET_VRING_BASE, j))
+            base = P.decode_vring_state(P.Message(Req.SET_VRING_BASE, 0, told[0])).num if told else 0
         kick = pair.told.pop((Req.SET_VRING_KICK, j), None)     # the ring is stopped: it starts on a new kick
         if kick and kick[1] is not None:
             close_fd(kick[1])
@@ -275,8 +303,6 @@ class Supervisor:
             signal.signal(sig, lambda *_: None)
         self._watch(rfd, "signal")
         self._watch(self.listener.fileno(), "listen")
-        for pair in self.pairs:
-            self.start_worker(pair)
         code = 0
         try:
             code = self.loop(rfd)
@@ -284,9 +310,12 @@ class Supervisor:
             self.emit("error", errno=errno_name(exc.errno), message=str(exc))
             code = exc.errno
         finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):     # the end is decided: a late stop signal
+                signal.signal(sig, signal.SIG_IGN)          # changes neither it nor the exit code
             self.shutdown()
             os.close(rfd)
             os.close(wfd)
+        self.emit("end", exit=code, errno=errno_name(code))
         return code
 
     def loop(self, sigfd: int) -> int:
@@ -302,11 +331,29 @@ class Supervisor:
                 elif role == "front":
                     msg = self.front.recv()
                     if msg is None:
-                        return 0 if not self._rings_live() else errno.ECONNRESET
+                        return self.front_left()
                     self.handle(msg)
                 elif role == "exit":
                     self.on_exit(arg)
             self._restart_due()
+
+    def front_left(self, timeout: float = 10.0) -> int:
+        """The front-end closed the socket: each worker learns it the same way (its own channel closes)
+        and ends by the exit-code contract, 0 if its rings were stopped (GET_VRING_BASE) or 104 if they
+        ran; its exit event says which. Not restarted: the supervisor ends too, with 0 or 104 likewise."""
+        code = errno.ECONNRESET if self._rings_live() else 0
+        self.stopping = True
+        running = [p for p in self.pairs if p.chan is not None]
+        for pair in running:
+            pair.chan.close()
+        deadline = time.monotonic() + timeout
+        for pair in running:
+            try:
+                pair.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                continue            # shutdown() stops it with SIGTERM
+            self.on_exit(pair.index)
+        return code
 
     def _rings_live(self) -> bool:
         return any((Req.SET_VRING_KICK, j) in p.told for p in self.pairs for j in (0, 1))
@@ -350,6 +397,7 @@ class Supervisor:
             self.front.close()
         self.listener.close()
         self.ep.close()
+        shutil.rmtree(self.rundir, ignore_errors=True)
 
 
 def _read_json(path: str) -> dict:

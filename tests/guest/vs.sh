@@ -93,3 +93,14 @@ vs_counter() {
     awk -v sec="$2:" -v key="$3" '$1 == sec { if (!h) { for (i = 2; i <= NF; i++) c[$i] = i; h = 1 }
                                              else if (c[key]) print $c[key] }' "$1"
 }
+
+# vs_fwcfg_bin NAME: install the program QEMU hands over as fw_cfg file opt/t/NAME as /tmp/bin/NAME.
+vs_fwcfg_bin() {
+    mkdir -p /tmp/bin
+    cat "/sys/firmware/qemu_fw_cfg/by_name/opt/t/$1/raw" > "/tmp/bin/$1" && chmod 0755 "/tmp/bin/$1"
+}
+
+# vs_queues [DEV]: DEV's queue directories in sysfs (rx-N tx-N), on one line.
+vs_queues() {
+    echo $(ls "/sys/class/net/${1:-$VS_DEV}/queues")
+}

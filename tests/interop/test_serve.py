@@ -59,9 +59,10 @@ def test_each_pair_is_served_by_its_own_worker(served):
     sup, pmd, ev = served
     time.sleep(2)
     totals = pmd.stop()
-    sup.send_signal(signal.SIGTERM)
+    # the front-end stopped the rings and left: serve ends by itself, 0, after its workers (each 0 too)
     assert sup.wait(30) == 0
     log = events(ev)
+    assert [e for e in log if e["event"] == "end"] and log[-1]["event"] == "end" and log[-1]["exit"] == 0, log
     starts = [e for e in log if e["event"] == "start"]
     exits = {e["pair"]: e for e in log if e["event"] == "exit"}
     assert sorted(e["pair"] for e in starts) == [0, 1]

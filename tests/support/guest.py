@@ -314,11 +314,11 @@ class HostNet:
     The tap outlives workers, so a worker can be killed and another started on the same socket."""
 
     def __init__(self, workdir: str | Path, *, tap: str = TAP, host_ip: str = HOST_IP, prefix: int = PREFIX,
-                 multi_queue: bool = True):
+                 multi_queue: bool = True, ns_prefix: str = "vsg"):
         from vhostsplice.testing.netns import PrivateNetns
         self.workdir = Path(workdir)
         self.tap, self.host_ip = tap, host_ip
-        self.ns = PrivateNetns("vsg")
+        self.ns = PrivateNetns(ns_prefix)
         self._procs: list[subprocess.Popen] = []
         self.workers: list = []
         try:
@@ -405,3 +405,146 @@ def stop_worker(worker, timeout: float = 30.0) -> tuple[int, dict]:
     except subprocess.TimeoutExpired:
         pass
     return worker.stop(signal.SIGTERM, timeout)
+
+
+# -- multi-queue and supervised back-ends (tests/interop/test_qemu_mq.py, test_qemu_restart.py) -----------
+# The busybox image has no ethtool, and the 6.1 virtio_net driver enables only min(max_queue_pairs,
+# online CPUs) pairs at probe: a 1-vCPU guest starts with ONE pair even when the device offers four. This
+# tiny ethtool (ioctl SIOCETHTOOL) is compiled on the host and handed to the guest as fw_cfg file
+# opt/t/vs-ethtool (vs.sh: vs_fwcfg_bin); it links only libc, which the image carries (for iperf3).
+VS_ETHTOOL = "vs-ethtool"
+VS_ETHTOOL_C = r"""
+/* vs-ethtool: channels DEV | set-combined DEV N | stats DEV   (SIOCETHTOOL; prints KEY=VALUE / NAME VALUE) */
+#include <errno.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+static int sock;
+static struct ifreq ifr;
+
+static int eth(void *data, const char *what)
+{
+    ifr.ifr_data = data;
+    if (ioctl(sock, SIOCETHTOOL, &ifr) == 0)
+        return 0;
+    fprintf(stderr, "vs-ethtool: %s %s: %s\n", what, ifr.ifr_name, strerror(errno));
+    exit(1);
+}
+
+static void channels(void)
+{
+    struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
+    eth(&ch, "ETHTOOL_GCHANNELS");
+    printf("max_combined=%u combined=%u max_rx=%u rx=%u max_tx=%u tx=%u\n", ch.max_combined,
+           ch.combined_count, ch.max_rx, ch.rx_count, ch.max_tx, ch.tx_count);
+}
+
+static void stats(void)
+{
+    struct ethtool_sset_info *info = calloc(1, sizeof(*info) + sizeof(__u32));
+    info->cmd = ETHTOOL_GSSET_INFO;
+    info->sset_mask = 1ULL << ETH_SS_STATS;
+    eth(info, "ETHTOOL_GSSET_INFO");
+    __u32 n = info->sset_mask ? info->data[0] : 0;
+    struct ethtool_gstrings *names = calloc(1, sizeof(*names) + (size_t)n * ETH_GSTRING_LEN);
+    struct ethtool_stats *values = calloc(1, sizeof(*values) + (size_t)n * sizeof(__u64));
+    names->cmd = ETHTOOL_GSTRINGS;
+    names->string_set = ETH_SS_STATS;
+    names->len = n;
+    eth(names, "ETHTOOL_GSTRINGS");
+    values->cmd = ETHTOOL_GSTATS;
+    values->n_stats = n;
+    eth(values, "ETHTOOL_GSTATS");
+    for (__u32 i = 0; i < n; i++)
+        printf("%.*s %llu\n", ETH_GSTRING_LEN, (char *)names->data + (size_t)i * ETH_GSTRING_LEN,
+               (unsigned long long)values->data[i]);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3 || (strcmp(argv[1], "set-combined") == 0 && argc < 4)) {
+        fprintf(stderr, "usage: vs-ethtool channels DEV | set-combined DEV N | stats DEV\n");
+        return 2;
+    }
+    sock = socket(AF_INET, SOCK_DGRAM, 0);
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", argv[2]);
+    if (strcmp(argv[1], "channels") == 0) {
+        channels();
+    } else if (strcmp(argv[1], "set-combined") == 0) {
+        struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
+        eth(&ch, "ETHTOOL_GCHANNELS");
+        ch.cmd = ETHTOOL_SCHANNELS;
+        ch.combined_count = (__u32)strtoul(argv[3], NULL, 10);
+        eth(&ch, "ETHTOOL_SCHANNELS");
+        channels();
+    } else if (strcmp(argv[1], "stats") == 0) {
+        stats();
+    } else {
+        fprintf(stderr, "vs-ethtool: unknown command %s\n", argv[1]);
+        return 2;
+    }
+    return 0;
+}
+"""
+
+
+def build_vs_ethtool(workdir: str | Path) -> Path:
+    """Compile VS_ETHTOOL_C into WORKDIR/vs-ethtool (host cc, dynamic: the guest image has the host's libc)."""
+    workdir = Path(workdir)
+    src, out = workdir / "vs-ethtool.c", workdir / VS_ETHTOOL
+    src.write_text(VS_ETHTOOL_C)
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler (cc) to build the guest's vs-ethtool")
+    proc = subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(src)], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cc vs-ethtool.c exited {proc.returncode}:\n{proc.stderr}")
+    return out
+
+
+def fw_cfg_file(name: str, path: str | Path) -> list[str]:
+    """QEMU arguments handing PATH to the guest as fw_cfg opt/t/NAME (vs.sh: vs_fwcfg_bin NAME)."""
+    return ["-fw_cfg", f"name=opt/t/{name},file={path}"]
+
+
+def vhost_user_mq(socket_path: str | Path, queues: int) -> dict:
+    """Guest(...) keyword arguments for a multi-queue vhost-user device with `queues` pairs on socket_path:
+    `-chardev socket,...,reconnect=1 -netdev vhost-user,...,queues=N -device virtio-net-pci,...,mq=on`
+    (Guest keeps vectors=0; add qemu_extra / device_opts to these lists as needed)."""
+    return dict(netdev=f"vhost-user,id=n0,chardev=c0,queues={queues}",
+                qemu_extra=["-chardev", f"socket,id=c0,path={socket_path},reconnect=1"],
+                device_opts="mq=on")
+
+
+def parse_ethtool_stats(text: str) -> dict[str, int]:
+    """`vs-ethtool stats` output (NAME VALUE lines) as a dict; other lines are ignored."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def read_events(path: str | Path) -> list[dict]:
+    """The JSON event lines of a `vhostsplice serve --events FILE` (missing file: none yet)."""
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.startswith("{")]
+    except FileNotFoundError:
+        return []
+
+
+def pid_is(pid: int, word: str) -> bool:
+    """PID is alive and its command line mentions WORD (guards a kill against PID reuse)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return word.encode() in f.read()
+    except OSError:
+        return False
