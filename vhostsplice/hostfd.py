@@ -38,6 +38,9 @@ TUNSETOFFLOAD = _ioc(_IOC_WRITE, "T", 208, _INT)
 TUNGETIFF = _ioc(_IOC_READ, "T", 210, _INT)
 TUNGETVNETHDRSZ = _ioc(_IOC_READ, "T", 215, _INT)
 TUNSETVNETHDRSZ = _ioc(_IOC_WRITE, "T", 216, _INT)
+TUNSETQUEUE = _ioc(_IOC_WRITE, "T", 217, _INT)
+IFF_ATTACH_QUEUE = 0x0200
+IFF_DETACH_QUEUE = 0x0400
 
 IFF_UP = 0x0001       # net_device flags (struct ifinfomsg ifi_flags)
 IFF_TUN = 0x0001
@@ -98,6 +101,21 @@ class HostFd:
             fcntl.ioctl(self.fd, TUNSETOFFLOAD, tun_flags)
         except OSError as exc:
             raise from_oserror(exc, f"TUNSETOFFLOAD {tun_flags:#x} on {self.name}") from None
+
+    def set_queue_attached(self, attached: bool) -> bool:
+        """TUNSETQUEUE: attach or detach this queue of a multi-queue tap (the fd stays open). A detached
+        queue takes no share of the host's flows, which the kernel would otherwise steer to a queue no
+        ring reads. Returns False where there is no such knob (not a tap, a single-queue tap)."""
+        if self.kind != "tap" or self.fd < 0:
+            return False
+        flags = IFF_ATTACH_QUEUE if attached else IFF_DETACH_QUEUE
+        try:
+            fcntl.ioctl(self.fd, TUNSETQUEUE, _IFREQ.pack(b"", flags))
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return False            # not multi-queue, or already in that state
+            raise from_oserror(exc, f"TUNSETQUEUE {'attach' if attached else 'detach'} on {self.name}") from None
+        return True
 
     def socket_error(self) -> None:
         """A socket reported EPOLLERR: take its pending error (SO_ERROR, which clears it) and decide.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from . import datapath as dp
 from .backend import Backend, BackendConfig
 from .errors import FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name
+from .protocol import Req
 
 log = logging.getLogger("vhostsplice")
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
@@ -63,6 +64,8 @@ class Worker:
         self.reason = ""
         self.refused = {"busy": 0, "peer_uid": 0}     # connections closed unserved, by reason
         self.host_err_mask = ERR_ONLY
+        self.queue_attached = True      # a tap queue is attached when opened
+        self.pair_was_enabled = False
 
     # -- epoll bookkeeping -------------------------------------------------------------------------------
     def _watch(self, fd: int, role: str, events: int) -> None:
@@ -231,8 +234,26 @@ class Worker:
             return True
         log.debug("<- %s", msg.name)
         self.backend.handle(msg)
+        if msg.request == Req.SET_VRING_ENABLE or not self.queue_attached:
+            self._follow_enable()
         self.rx_starved = False        # a ring may have (re)started: look at everything again
         return False
+
+    def _follow_enable(self) -> None:
+        """A tap queue is attached while the front-end has a ring of this pair enabled. When it disables
+        both with SET_VRING_ENABLE 0 (a guest going from 4 pairs to 1), the queue is detached so the
+        kernel steers no host flow to it; it is attached again before a ring runs. A ring stopped by
+        GET_VRING_BASE alone leaves the queue attached (the front-end is leaving or resetting), and a
+        queue is attached from its opening on."""
+        enabled = any(ring.enabled for ring in self.backend.rings)
+        if enabled:
+            self.pair_was_enabled = True
+        if not self.pair_was_enabled or enabled == self.queue_attached:
+            return
+        if self.hostfd.set_queue_attached(enabled) or enabled:
+            self.queue_attached = enabled
+            log.info("tap queue %s (rings %s)", "attached" if enabled else "detached",
+                     "enabled" if enabled else "disabled")
 
     def _on_host(self, ev: int) -> None:
         if self.hostfd.is_socket:

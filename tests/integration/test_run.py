@@ -259,3 +259,61 @@ def test_a_lost_kick_heals_within_the_safety_poll(worker):
     assert collect(tap, 1, timeout=5) == [demo_frame(2, 100)]
     code, stats = finish(worker, fe)
     assert code == 0 and stats["lost_kicks"] == 1
+
+
+def _udp_flows(count: int, dst_port: int) -> list[bytes]:
+    """Ethernet/IPv4/UDP frames from `count` source ports: as many flows for the tap's queue steering."""
+    frames = []
+    for port in range(20000, 20000 + count):
+        udp = struct.pack("!HHHH", port, dst_port, 8 + 4, 0) + port.to_bytes(4, "big")
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                         socket.inet_aton(HOST_IP), socket.inet_aton(GUEST_IP))
+        frames.append(GUEST_MAC + b"\x02\0\0\0\0\x09" + b"\x08\x00" + ip + udp)
+    return frames
+
+
+def _drain(fd: int) -> int:
+    n = 0
+    while True:
+        try:
+            os.read(fd, 65536)
+        except BlockingIOError:
+            return n
+        n += 1
+
+
+def test_tap_queue_is_detached_while_the_frontend_disables_the_pair(worker):
+    """SET_VRING_ENABLE 0 on both rings (a guest going from 4 pairs to 1) detaches the worker's tap queue,
+    so the kernel steers no host flow to a queue no ring reads; enabling attaches it again. Seen with
+    QEMU: without it, host flows hashed to a disabled pair's queue were lost."""
+    from vhostsplice.hostfd import open_tap
+    from vhostsplice.protocol import Req, VringState, encode_vring_state
+
+    fe = start(worker)
+    other = open_tap(TAP, create=False)          # a second queue of the same tap, read by the test
+    tap = tap_socket(TAP)
+    try:
+        def enable(on: int) -> None:
+            for index in (0, 1):
+                fe.command(Req.SET_VRING_ENABLE, encode_vring_state(VringState(index, on)))
+            fe.request(Req.GET_FEATURES)         # a round trip: the worker has acted on both
+
+        enable(0)
+        _drain(other.fd)
+        for frame in _udp_flows(64, 9):
+            tap.send(frame)
+        time.sleep(0.3)
+        assert _drain(other.fd) == 64, "a flow went to the disabled pair's queue"
+        enable(1)
+        fe.post_rx(64, 2048)
+        fe.notify(0)
+        for frame in _udp_flows(64, 10):
+            tap.send(frame)
+        time.sleep(0.3)
+        mine = _drain(other.fd)
+        got = fe.receive(64 - mine) if mine < 64 else []
+        assert 0 < mine < 64 and len(got) == 64 - mine     # both queues take flows again
+    finally:
+        other.close()
+        tap.close()
+    assert finish(worker, fe)[0] == 0
