@@ -160,7 +160,9 @@ def _frontend_as(uid: int, gid: int, path: str, frame: bytes) -> int:
 
 def test_allow_uid_refuses_other_peers_keeps_listening_then_serves_an_allowed_one(ns, open_dir):
     """Root is not listed, so root is refused; nobody (listed) is then served; the socket is 0666 so
-    that the file mode is not what keeps anyone out."""
+    that the file mode is not what keeps anyone out. The tap is made persistent first: the worker ends
+    when its front-end leaves, and a tap it created would vanish (ENETDOWN) before the test reads it."""
+    subprocess.run(["ip", "tuntap", "add", "dev", TAP, "mode", "tap", "multi_queue", "vnet_hdr"], check=True)
     w = _worker(ns, None, "--allow-uid", "nobody", "--socket-mode", "0666", workdir=open_dir)
     try:
         assert _refused_unserved(w.sock)
@@ -168,9 +170,8 @@ def test_allow_uid_refuses_other_peers_keeps_listening_then_serves_an_allowed_on
         assert w.proc.poll() is None, "a refused peer must not end a listening worker"
         tap = tap_socket(TAP)
         assert _frontend_as(NOBODY.pw_uid, NOBODY.pw_gid, w.sock, demo_frame(7, 200)) == 0
+        code, stats = w.wait()              # the served front-end left cleanly: exit 0
         assert collect(tap, 1) == [demo_frame(7, 200)]
-        assert w.proc.poll() is None
-        code, stats = w.stop()
     finally:
         w.kill()
     assert code == 0, w.stderr
