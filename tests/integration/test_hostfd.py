@@ -216,3 +216,23 @@ def test_frames_sent_on_interface_are_read_from_fd_behind_vnet_header(netns):
     assert [g[1] for g in res["got"]] == res["sent"]
     # virtio_net_hdr: flags 0, gso_type NONE, no checksum offload for a plain AF_PACKET frame
     assert all(g[0] == "00" * 10 for g in res["got"]), res["got"]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("preexisting", [False, True])
+def test_open_tap_without_mtu_or_bridge_needs_no_netlink_library(netns, preexisting):
+    """The common case (no --mtu, no --bridge) sets the link up and reads its MTU with two ioctls:
+    importing pyroute2 alone adds ~20 MiB to a worker's RSS (benchmarks/results/dpdk_bench.md)."""
+    res = run_in(netns, f"""
+        if {preexisting}:
+            import subprocess
+            subprocess.run(["ip", "tuntap", "add", "dev", "{TAP}", "mode", "tap", "multi_queue", "vnet_hdr"],
+                           check=True)
+            subprocess.run(["ip", "link", "set", "{TAP}", "mtu", "1300"], check=True)
+        h = hostfd.open_tap("{TAP}")
+        out(pyroute2="pyroute2" in sys.modules, mtu=h.mtu, created=h.created, sys_mtu=int(sysnet("{TAP}", "mtu")),
+            up=bool(int(sysnet("{TAP}", "flags"), 16) & 1), hdr=hostfd.read_tap_info(h.fd)[2])
+    """)
+    assert res["pyroute2"] is False
+    assert res["up"] and res["mtu"] == res["sys_mtu"] == (1300 if preexisting else 1500)
+    assert res["created"] is not preexisting and res["hdr"] == 12
