@@ -255,6 +255,10 @@ def test_a_lost_kick_heals_within_the_safety_poll(worker):
     fe = start(worker)
     fe.send([demo_frame(1, 100)])
     assert collect(tap, 1) == [demo_frame(1, 100)]
+    fe.wait_used(fe.tx, 1)
+    # Lost means published while the worker sleeps in epoll: let it finish the batch and its re-check of
+    # the ring after re-enabling notifications (which would rightly take a chain published meanwhile).
+    time.sleep(0.3)
     fe.tx.add_out([demo_frame(2, 100)])                 # published, never kicked
     assert collect(tap, 1, timeout=5) == [demo_frame(2, 100)]
     code, stats = finish(worker, fe)
