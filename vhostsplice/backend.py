@@ -12,8 +12,8 @@ from typing import Callable
 
 from . import protocol as P
 from .errors import ConfigError, FeatureError, GuestFaultError, ProtocolError
-from .memory import GuestMemory
-from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, Feature as F, \
+from .memory import DirtyLog, GuestMemory
+from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, VRING_F_LOG, Feature as F, \
     ProtocolFeature as PF, Req, bit, mask
 from .vring import RingState, close_fd
 
@@ -23,6 +23,12 @@ BASE_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC, F
                      F.F_IN_ORDER, F.VHOST_USER_F_PROTOCOL_FEATURES)
 OFFLOAD_FEATURES = mask(*GUEST_OFFLOAD_TO_TUN, *HOST_OFFLOADS)
 PROTOCOL_FEATURES = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
+# Dirty logging for live migration (docs/migration.md): offered by this back-end (`run`) on top of the
+# shared sets above. `serve` builds its offer from BASE_FEATURES/PROTOCOL_FEATURES only, so it never
+# offers these (its supervisor does not forward SET_LOG_BASE to its workers).
+LOG_FEATURES = bit(F.VHOST_F_LOG_ALL)
+LOG_PROTOCOL_FEATURES = bit(PF.LOG_SHMFD)
+RUN_PROTOCOL_FEATURES = PROTOCOL_FEATURES | LOG_PROTOCOL_FEATURES
 GSO_MAX = 65550 + 4        # largest frame a tap hands over with guest TSO/UFO on (64 KiB + Ethernet + VLAN)
 
 
@@ -36,11 +42,12 @@ class BackendConfig:
 class Backend:
     def __init__(self, channel, datapath, hostfd, config: BackendConfig):
         self.channel, self.datapath, self.hostfd, self.config = channel, datapath, hostfd, config
-        self.offered = BASE_FEATURES | (OFFLOAD_FEATURES if config.offloads else 0)
+        self.offered = BASE_FEATURES | LOG_FEATURES | (OFFLOAD_FEATURES if config.offloads else 0)
         self.acked: int | None = None
         self.protocol_acked = 0
         self.status = 0
         self.memory: GuestMemory | None = None
+        self.log: DirtyLog | None = None        # SET_LOG_BASE's mapping, written while LOG_ALL is acked
         self.rings = [RingState(0), RingState(1)]
         self.messages = 0
 
@@ -78,12 +85,29 @@ class Backend:
             self.datapath.set_memory([])
             self.memory.close()
             self.memory = None
+        self._drop_log()
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _ring(self, index: int) -> RingState:
         if index not in (0, 1):
             raise ProtocolError(f"ring index {index}: this back-end serves one queue pair (rings 0 and 1)")
         return self.rings[index]
+
+    def _drop_log(self) -> None:
+        self.datapath.set_log_all(False)
+        if self.log is not None:
+            self.datapath.set_log(None)         # the core lets go of the buffer before it is unmapped
+            self.log.close()
+            self.log = None
+
+    def _check_log_coverage(self) -> None:
+        if self.log is None or self.memory is None or not self.memory.regions:
+            return
+        end = max(r.gpa + r.size for r in self.memory.regions)
+        if not self.log.covers(end):
+            log.warning("dirty log of %d bytes covers guest-physical addresses below %#x, memory reaches %#x:"
+                        " writes above are not logged (counted as log_overflow)",
+                        self.log.size, self.log.size * 8 * 4096, end)
 
     def _acked(self, feature: int) -> bool:
         return bool(self.acked is not None and self.acked & bit(feature))
@@ -149,9 +173,16 @@ def set_features_exec(b: Backend, msg: P.Message) -> None:
     extra = features & ~b.offered
     if extra:
         raise ProtocolError(f"SET_FEATURES acks bits never offered: {extra:#x}")
+    log_all = bool(features & bit(F.VHOST_F_LOG_ALL))
     if b.rings_running and features != b.acked:
-        raise ProtocolError("SET_FEATURES changed the features while rings were running")
+        if features ^ (b.acked or 0) != bit(F.VHOST_F_LOG_ALL):
+            raise ProtocolError("SET_FEATURES changed the features while rings were running")
+        b.acked = features      # migration starts or ends: only logging changes, the rings go on
+        b.datapath.set_log_all(log_all)
+        log.info("dirty logging %s while rings run", "on" if log_all else "off")
+        return
     b.acked = features
+    b.datapath.set_log_all(log_all)
     if not features & bit(F.F_VERSION_1):
         log.warning("the driver did not accept VIRTIO_F_VERSION_1 (features %#x)", features)
     else:
@@ -172,16 +203,17 @@ def reset_owner_exec(b: Backend, msg: P.Message) -> None:
         b._stop(ring)
         ring.reset()
     b.acked = None
+    b._drop_log()
 
 
 def get_protocol_features_exec(b: Backend, msg: P.Message) -> bytes:
-    return P.encode_u64(PROTOCOL_FEATURES)
+    return P.encode_u64(RUN_PROTOCOL_FEATURES)
 
 
 def set_protocol_features_exec(b: Backend, msg: P.Message) -> None:
     features = P.decode_u64(msg)
-    if features & ~PROTOCOL_FEATURES:
-        raise ProtocolError(f"SET_PROTOCOL_FEATURES acks bits never offered: {features & ~PROTOCOL_FEATURES:#x}")
+    if features & ~RUN_PROTOCOL_FEATURES:
+        raise ProtocolError(f"SET_PROTOCOL_FEATURES acks bits never offered: {features & ~RUN_PROTOCOL_FEATURES:#x}")
     b.protocol_acked = features
 
 
@@ -205,6 +237,7 @@ def set_mem_table_exec(b: Backend, msg: P.Message) -> None:
         memory.close()
         raise
     _close_memory(old)
+    b._check_log_coverage()
     for ring in b.rings:
         b._maybe_start(ring)
 
@@ -222,11 +255,20 @@ def set_vring_num_exec(b: Backend, msg: P.Message) -> None:
 def set_vring_addr_exec(b: Backend, msg: P.Message) -> None:
     addr = P.decode_vring_addr(msg)
     ring = b._ring(addr.index)
+    if addr.flags & ~bit(VRING_F_LOG):
+        raise ProtocolError(f"SET_VRING_ADDR: ring {addr.index} has unknown flags {addr.flags:#x}")
     if addr.desc % 16 or addr.avail % 2 or addr.used % 4:    # virtio 1.2, 2.7: the rings' alignment
         raise ProtocolError(f"SET_VRING_ADDR: ring {addr.index} misaligned (desc {addr.desc:#x} needs 16,"
                             f" avail {addr.avail:#x} 2, used {addr.used:#x} 4)")
+    log_used = bool(addr.flags & bit(VRING_F_LOG))
+    old = ring.addr
+    if ring.running and old is not None and (old.desc, old.used, old.avail) == (addr.desc, addr.used, addr.avail):
+        ring.addr = addr        # migration turns used-ring logging on or off: the ring keeps its position
+        b.datapath.set_ring_log(ring.index, log_used, addr.log)
+        return
     b._stop(ring)
     ring.addr = addr
+    b.datapath.set_ring_log(ring.index, log_used, addr.log)
     b._maybe_start(ring)
 
 
@@ -303,8 +345,41 @@ def get_status_exec(b: Backend, msg: P.Message) -> bytes:
     return P.encode_u64(b.status)
 
 
+def set_log_base_exec(b: Backend, msg: P.Message) -> bytes:
+    """Map the new log, switch the core to it, unmap the old one, and reply (always: QEMU waits for
+    one reply whenever LOG_SHMFD is negotiated, NEED_REPLY or not; a u64 0 also satisfies front-ends
+    that read it as an ack). After the reply nothing is written into the old log."""
+    try:
+        if not b.protocol_acked & bit(PF.LOG_SHMFD):
+            raise ProtocolError("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated")
+        new = DirtyLog(P.decode_log(msg), msg.fds[0])
+    finally:
+        _close_fds(msg.fds)     # the mapping stays valid without the fd
+    try:
+        b.datapath.set_log(new.view)
+    except BaseException:
+        new.close()
+        raise
+    old, b.log = b.log, new
+    if old is not None:
+        old.close()
+    log.info("dirty log: %d bytes at offset %d", new.size, new.offset)
+    b._check_log_coverage()
+    return P.encode_u64(0)
+
+
+def set_log_fd_exec(b: Backend, msg: P.Message) -> None:
+    """The eventfd a back-end may signal after log writes: QEMU 7.2 never sends it and never reads one
+    for vhost-user; accepted and closed (as DPDK does)."""
+    _close_fds(msg.fds)
+
+
 def _no_fds(b: Backend, msg: P.Message) -> int:
     return 0
+
+
+def _one_fd(b: Backend, msg: P.Message) -> int:
+    return 1
 
 
 def _region_fds(b: Backend, msg: P.Message) -> int:
@@ -334,4 +409,6 @@ HANDLERS: dict[int, tuple[Callable[[Backend, P.Message], bytes | None], Callable
     Req.SET_VRING_ENABLE: (set_vring_enable_exec, _no_fds),
     Req.SET_STATUS: (set_status_exec, _no_fds),
     Req.GET_STATUS: (get_status_exec, _no_fds),
+    Req.SET_LOG_BASE: (set_log_base_exec, _one_fd),
+    Req.SET_LOG_FD: (set_log_fd_exec, _one_fd),
 }

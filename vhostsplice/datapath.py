@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
 from .spec import MAX_QUEUE_SIZE, MAX_REGIONS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 3  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 4  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from ._vs_core import ffi, lib
@@ -92,6 +92,7 @@ class Datapath:
         p.scratch, p.scratch_len = self._scratch, SCRATCH_LEN
         for r in (p.rx, p.tx):
             r.call_fd = r.err_fd = -1
+        self._log: Any = None               # from_buffer cdata of the dirty log the core writes into
 
     # -- configuration ------------------------------------------------------------------------------
     def configure(self, *, mrg_rxbuf: bool, event_idx: bool, indirect: bool, rx_max: int,
@@ -135,12 +136,51 @@ class Datapath:
                                   _errno.EFAULT)
 
     def close(self) -> None:
-        """Stop both rings and let go of every guest buffer (so memory.py can unmap it)."""
+        """Stop both rings and let go of every guest buffer and the log (so they can be unmapped)."""
         for i in (RX_RING, TX_RING):
             self.stop_ring(i)
         self._pair.mem.n = 0
         self._release(self._keep)
         self._keep = []
+        self.set_log(None)
+
+    # -- dirty log (live migration) ---------------------------------------------------------------
+    def set_log(self, buf: Any) -> None:
+        """Log into this writable buffer from now on (None: no log; logging is then a no-op).
+
+        The old buffer is released here: after this returns the core never touches it again (the
+        worker is single-threaded, so no batch is in flight), which is what the SET_LOG_BASE reply
+        promises the front-end."""
+        new = None
+        if buf is not None:
+            new = ffi.from_buffer("uint8_t[]", buf, require_writable=True)
+            if len(new) == 0:
+                ffi.release(new)
+                raise ConfigError("the dirty log is empty")
+        p = self._pair
+        p.log_base, p.log_size = (ffi.cast("uint8_t *", new), len(new)) if new is not None else (ffi.NULL, 0)
+        old, self._log = self._log, new
+        if old is not None:
+            ffi.release(old)
+
+    def set_log_all(self, on: bool) -> None:
+        """VHOST_F_LOG_ALL acked: log every guest write (into the log set_log installed, if any)."""
+        self._pair.log_all = int(bool(on))
+
+    def set_ring_log(self, index: int, enabled: bool, log_addr: int) -> None:
+        """SET_VRING_ADDR's VHOST_VRING_F_LOG and log_guest_addr: log used-ring stores at log_addr + offset."""
+        r = self._ring(index)
+        r.log_addr = log_addr & 0xFFFF_FFFF_FFFF_FFFF
+        r.log_used = int(bool(enabled))
+
+    def log_write(self, gpa: int, length: int) -> int:
+        """Mark [gpa, gpa + length) in the log (as the core does after a write); -ERANGE past its end."""
+        return lib.vs_log_write(self._pair, gpa, length)
+
+    def log_stats(self) -> dict:
+        p = self._pair
+        return {"log_all": bool(p.log_all), "log_size": int(p.log_size), "log_writes": int(p.log_writes),
+                "log_overflow": int(p.log_overflow)}
 
     @staticmethod
     def _release(cdatas: list[Any]) -> None:

@@ -12,7 +12,8 @@ import stat
 from dataclasses import dataclass
 
 from .errors import ProtocolError
-from .protocol import MemTable
+from .protocol import LogArea, MemTable
+from .spec import LOG_PAGE, MAX_LOG_SIZE
 
 U64_MAX = (1 << 64) - 1
 
@@ -83,3 +84,41 @@ class GuestMemory:
             if r.uva <= uva < r.uva + r.size:
                 return r.gpa + (uva - r.uva)
         return None
+
+
+class DirtyLog:
+    """The dirty log of SET_LOG_BASE: `size` bytes at `offset` of a shared fd (a memfd from QEMU).
+
+    Refused with EPROTO before anything is mapped: size 0 or above MAX_LOG_SIZE, size + offset past
+    2^63, an fd that is not a regular file, or one smaller than offset + size (touching a mapping past
+    the end of its file would be SIGBUS). The fd itself is not kept: the caller closes it.
+    """
+
+    def __init__(self, area: LogArea, fd: int):
+        size, offset = area.size, area.offset
+        if not 0 < size <= MAX_LOG_SIZE:
+            raise ProtocolError(f"SET_LOG_BASE: log size {size:#x} is not 1..{MAX_LOG_SIZE:#x}")
+        if offset > (1 << 63) - 1 - size:
+            raise ProtocolError(f"SET_LOG_BASE: offset {offset:#x} + size {size:#x} overflows")
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise ProtocolError(f"SET_LOG_BASE: bad log fd ({exc})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ProtocolError("SET_LOG_BASE: the log fd is not a shared-memory file")
+        if st.st_size < offset + size:
+            raise ProtocolError(f"SET_LOG_BASE: log fd holds {st.st_size} bytes, the log needs {offset + size}")
+        try:
+            self._map = mmap.mmap(fd, offset + size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, ValueError, OverflowError) as exc:
+            raise ProtocolError(f"SET_LOG_BASE: cannot map the log ({exc})") from None
+        self.size, self.offset = size, offset
+        self.view = memoryview(self._map)[offset:offset + size]
+
+    def covers(self, gpa_end: int) -> bool:
+        """Does the log have a bit for every page below gpa_end?"""
+        return (gpa_end + LOG_PAGE - 1) // LOG_PAGE <= self.size * 8
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()

@@ -86,6 +86,14 @@ class MemTable:
     regions: tuple[MemRegion, ...]
 
 
+@dataclass(frozen=True)
+class LogArea:
+    """SET_LOG_BASE payload ("Log description"): the log is `size` bytes at `offset` of the fd."""
+
+    size: int
+    offset: int
+
+
 def request_name(code: int) -> str:
     try:
         return Req(code).name
@@ -147,6 +155,15 @@ def decode_mem_table(msg: Message) -> MemTable:
     regions = tuple(MemRegion(*MEM_REGION.unpack_from(msg.payload, MEM_HEADER.size + i * MEM_REGION.size))
                     for i in range(count))
     return MemTable(regions)
+
+
+def decode_log(msg: Message) -> LogArea:
+    """SET_LOG_BASE: u64 mmap_size, u64 mmap_offset (16 bytes, whatever the spec's table says)."""
+    return LogArea(*_exact(msg, LOG))
+
+
+def encode_log(area: LogArea) -> bytes:
+    return LOG.pack(area.size, area.offset)
 
 
 def encode_u64(value: int) -> bytes:

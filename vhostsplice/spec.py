@@ -80,6 +80,7 @@ class Feature(enum.IntEnum):
     NET_F_MQ = 22
     RING_F_INDIRECT_DESC = 28
     RING_F_EVENT_IDX = 29
+    VHOST_F_LOG_ALL = 26                 # vhost: log every guest write in the dirty log (live migration)
     VHOST_USER_F_PROTOCOL_FEATURES = 30  # vhost-user.rst: not a virtio bit; marks protocol-feature support
     F_VERSION_1 = 32
     F_ACCESS_PLATFORM = 33
@@ -144,3 +145,8 @@ NET_HDR_NUM_BUFFERS_OFFSET = 10
 
 RX_RING = 0
 TX_RING = 1
+
+# Dirty log (vhost-user.rst, "Migration"): one bit per 4 KiB guest-physical page.
+VRING_F_LOG = 0                 # bit of SET_VRING_ADDR's flags: log this ring's used-ring writes
+LOG_PAGE = 4096
+MAX_LOG_SIZE = 1 << 30          # log bytes: 32 TiB of guest-physical address; a larger log is refused

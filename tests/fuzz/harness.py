@@ -5,6 +5,9 @@ One input (bytes) decodes into a scenario: a region table over guard-paged guest
 - the driver adds well-formed or hostile chains (descriptors, indirect tables, avail ring entries,
   avail->idx jumps, flags, used_event), scribbles over memory, the tap delivers packets,
 - the device polls, rings stop and start, the memory table is replaced, features change.
+Dirty logging (live migration) is on in the core, into a log that ends at a PROT_NONE page: the
+reference does not model the log, so everything below must match as if it were off, and after each poll
+every byte the core changed in guest memory (under the default table) must lie in a marked page.
 Every operation runs on the real core (through datapath.Datapath) and on ref.Pair, and everything
 observable must match: the result or exception (class and errno), every counter, last_avail/used_idx,
 the broken reason, every byte of guest memory, the packets on the wire, call and err eventfd counts.
@@ -121,6 +124,23 @@ class GuardedMemory:
 
 
 _MEMORY: GuardedMemory | None = None
+LOG_BYTES = (GPA1 + AREA_SIZES[1]) // 4096 // 8 + 1     # the default table's areas 0 and 1 (area 2 is past it)
+
+
+class GuardedLog:
+    """The dirty log: its last byte right before a PROT_NONE page, so a write past its end faults."""
+
+    def __init__(self):
+        self.map = mmap.mmap(-1, 2 * PAGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._anchor = ctypes.c_char.from_buffer(self.map)
+        GuardedMemory._guard(ctypes.addressof(self._anchor), PAGE)
+        self.view = memoryview(self.map)[PAGE - LOG_BYTES:PAGE]
+
+    def pages(self) -> set[int]:
+        return {i * 8 + b for i, byte in enumerate(bytes(self.view)) if byte for b in range(8) if byte >> b & 1}
+
+
+_LOG: GuardedLog | None = None
 
 
 def memory() -> GuardedMemory:
@@ -154,6 +174,15 @@ class Scenario:
         self.call = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
         self.err = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
         self.dp = self._datapath(dp_cls)
+        self.log = None
+        self.used_uva = [0, 0]
+        if hasattr(self.dp, "set_log"):          # a core with dirty logging (API 4)
+            global _LOG
+            _LOG = _LOG or GuardedLog()
+            self.log = _LOG
+            self.log.view[:] = bytes(LOG_BYTES)
+            self.dp.set_log(self.log.view)
+            self.dp.set_log_all(True)
         self.layout: list[dict | None] = [None, None]
         self.rxbuf = _RXBUF
         self.features: set = set()
@@ -291,6 +320,7 @@ class Scenario:
         got = self.call_core(lambda: self.dp.start_ring(i, num=num, desc=desc, avail=avail, used=used,
                                                         call_fd=self.call[i], err_fd=self.err[i]))
         self.check(f"start {i}", got, self.ref.start(i, num, desc, avail, used))
+        self.used_uva[i] = used
 
     # -- operations -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -307,7 +337,27 @@ class Scenario:
         return n
 
     def op_poll(self) -> None:
+        before = [bytes(a) for a in self.gm.areas[:2]] if self.log is not None else None
+        if before is not None:
+            self.log.view[:] = bytes(LOG_BYTES)
+            for i, used in enumerate(self.used_uva):     # as QEMU does: the used ring's own GPA
+                gpa = next(((g + used - u) & ref.U64 for g, u, sz, *_ in self.ref.mem.table if u <= used < u + sz),
+                           used)
+                self.dp.set_ring_log(i, True, gpa)
         self.check("poll", self.call_core(self.dp.poll), self.ref.poll())
+        table = self.ref.mem.table
+        if before is not None and len(table) >= 2 and table == default_table()[:len(table)]:
+            self.check_logged(before)
+
+    def check_logged(self, before: list[bytes]) -> None:
+        """Every page of areas 0 and 1 (GPA0, GPA1 under the default table) the poll changed is marked."""
+        marked = self.log.pages()
+        for area, (gpa, old) in enumerate(zip((GPA0, GPA1), before)):
+            new = bytes(self.gm.areas[area])
+            for off in range(0, len(new), 4096):
+                if new[off:off + 4096] != old[off:off + 4096] and (gpa + off) // 4096 not in marked:
+                    raise Mismatch(f"poll: guest page at gpa {gpa + off:#x} (area {area}) written, not logged")
+        self.features.add(("logged", min(len(marked), 4)))
 
     def _ring_loc(self, i: int):
         lay = self.layout[i]

@@ -152,10 +152,12 @@ class Session:
             value = self.backend.offered & self.u64() if s.below(3) else self.u64()
             return struct.pack("<Q", value), 0
         if req == Req.SET_PROTOCOL_FEATURES:
-            from vhostsplice.backend import PROTOCOL_FEATURES
-            value = PROTOCOL_FEATURES & self.u64() if s.below(3) else self.u64()
+            from vhostsplice.backend import RUN_PROTOCOL_FEATURES
+            value = RUN_PROTOCOL_FEATURES & self.u64() if s.below(3) else self.u64()
             return struct.pack("<Q", value), 0
-        if req == Req.SET_LOG_BASE:
+        if req == Req.SET_LOG_BASE:     # a log in the guest memfd (1 MiB) often fits; any u64 otherwise
+            if s.below(2):
+                return struct.pack("<QQ", s.pick((1, 4096, 0x8200, MEM_SIZE)), s.pick((0, 0, 4096, MEM_SIZE - 4096))), 1
             return struct.pack("<QQ", self.u64(), self.u64()), 1
         return struct.pack("<Q", self.u64()), 0
 
@@ -206,7 +208,8 @@ class Session:
         from vhostsplice import protocol as P
         from vhostsplice.spec import Feature as F, Req, bit
         h = self.backend.handle
-        h(P.Message(Req.SET_FEATURES, 1, P.encode_u64(bit(F.F_VERSION_1) | bit(F.RING_F_EVENT_IDX))))
+        log_all = bit(F.VHOST_F_LOG_ALL) if self.src.below(2) else 0     # migration: log every write
+        h(P.Message(Req.SET_FEATURES, 1, P.encode_u64(bit(F.F_VERSION_1) | bit(F.RING_F_EVENT_IDX) | log_all)))
         table = P.MemTable((P.MemRegion(GPA, MEM_SIZE, UVA, 0),))
         h(P.Message(Req.SET_MEM_TABLE, 1, P.encode_mem_table(table), (os.dup(self.mem),)))
         for i in (0, 1):

@@ -141,3 +141,14 @@ def test_guest_memory_is_fenced_by_guard_pages():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "inside ok" in res.stdout
     assert res.returncode == -signal.SIGSEGV, (res.returncode, res.stderr)
+
+
+@needs_root
+def test_the_core_oracle_catches_unlogged_writes():
+    """A core whose ring logging points one page off (used-ring writes land unmarked): the dirty-log check
+    after each poll must expose it on the corpus as a Mismatch."""
+    class OffByAPage(Datapath):
+        def set_ring_log(self, index, enabled, log_addr):
+            super().set_ring_log(index, enabled, log_addr + 4096)
+    exc = _first_failure("core", lambda d: harness.run_one(d, OffByAPage))
+    assert isinstance(exc, harness.Mismatch) and "not logged" in str(exc), exc

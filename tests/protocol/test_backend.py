@@ -16,6 +16,22 @@ class RecordingDatapath:
     def __init__(self):
         self.calls = []
         self.running = set()
+        self.log_calls = []     # dirty-log calls, kept apart so the ring-order assertions stay exact
+        self.log_all = False
+        self.log_buf = None
+        self.ring_log = {}
+
+    def set_log_all(self, on):
+        self.log_calls.append(("log_all", on))
+        self.log_all = on
+
+    def set_log(self, buf):
+        self.log_calls.append(("log", None if buf is None else len(buf)))
+        self.log_buf = buf
+
+    def set_ring_log(self, index, enabled, log_addr):
+        self.log_calls.append(("ring_log", index, enabled, log_addr))
+        self.ring_log[index] = (enabled, log_addr)
 
     def configure(self, **kw):
         self.calls.append(("configure", kw))
@@ -199,3 +215,94 @@ def test_call_fd_replaced_while_running_reaches_datapath(env):
     assert ("call", 0) in dp.calls
     os.close(kick)
     os.close(call)
+
+
+# -- dirty logging (live migration) -----------------------------------------------------------------------
+def log_fd(size=4096):
+    fd = os.memfd_create("log")
+    os.ftruncate(fd, size)
+    return fd
+
+
+def test_run_offers_log_all_and_log_shmfd_but_serve_constants_do_not():
+    from vhostsplice import backend as B
+    assert B.LOG_FEATURES == bit(F.VHOST_F_LOG_ALL) == 1 << 26
+    assert B.RUN_PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
+    assert not BASE_FEATURES & bit(F.VHOST_F_LOG_ALL)            # `serve` builds its offer from these
+    assert not B.PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
+
+
+def test_offers_seen_by_a_front_end(env):
+    backend, fe, *_ = env
+    send(backend, Req.GET_FEATURES)
+    assert P.decode_u64(fe.recv()) & bit(F.VHOST_F_LOG_ALL)
+    send(backend, Req.GET_PROTOCOL_FEATURES)
+    assert P.decode_u64(fe.recv()) & bit(PF.LOG_SHMFD)
+
+
+@pytest.mark.parametrize("reply_ack,need_reply", [(False, False), (True, False), (True, True), (False, True)])
+def test_log_base_gets_exactly_one_reply(env, reply_ack, need_reply):
+    """QEMU 7.2 reads one reply (flags exactly 0x5) whenever LOG_SHMFD is negotiated; never a second ack."""
+    backend, fe, dp, _host, _memfd = env
+    send(backend, Req.SET_PROTOCOL_FEATURES,
+         P.encode_u64(bit(PF.LOG_SHMFD) | (bit(PF.REPLY_ACK) if reply_ack else 0)))
+    fd = log_fd()
+    send(backend, Req.SET_LOG_BASE, P.encode_log(P.LogArea(4096, 0)), fds=(fd,), need_reply=need_reply)
+    os.close(fd)
+    reply = fe.recv()
+    assert (reply.request, reply.flags, reply.payload) == (Req.SET_LOG_BASE, 5, P.encode_u64(0))
+    send(backend, Req.GET_STATUS)                                 # the next reply is GET_STATUS's
+    assert fe.recv().request == Req.GET_STATUS
+    assert dp.log_calls[-1] == ("log", 4096)
+
+
+def running_pair(backend, dp, memfd, kicks, features=bit(F.F_VERSION_1)):
+    send(backend, Req.SET_FEATURES, P.encode_u64(features))
+    send(backend, Req.SET_MEM_TABLE, *mem_table(memfd))
+    for i in (0, 1):
+        setup_ring(backend, i, kicks[i], enable=False)
+    assert dp.running == {0, 1}
+    dp.calls.clear()
+
+
+def test_migration_start_keeps_rings_running(env):
+    """QEMU's sequence on a running device: SET_LOG_BASE, SET_FEATURES + LOG_ALL, SET_VRING_ADDR flags=1
+    (same addresses) per ring: no stop, no start, no reconfiguration; the end reverses it."""
+    backend, fe, dp, host, memfd = env
+    kicks = [os.eventfd(0), os.eventfd(0)]
+    running_pair(backend, dp, memfd, kicks)
+    send(backend, Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.LOG_SHMFD)))
+    fd = log_fd()
+    send(backend, Req.SET_LOG_BASE, P.encode_log(P.LogArea(4096, 0)), fds=(fd,))
+    os.close(fd)
+    fe.recv()
+    send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1) | bit(F.VHOST_F_LOG_ALL)))
+    for i in (0, 1):
+        send(backend, Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(i, 1, 0x1000, 0x3000, 0x2000, 0x3000)))
+    assert dp.calls == [] and dp.running == {0, 1}
+    assert dp.log_all and dp.ring_log == {0: (True, 0x3000), 1: (True, 0x3000)}
+    send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+    send(backend, Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(0, 0, 0x1000, 0x3000, 0x2000, 0x3000)))
+    assert dp.calls == [] and not dp.log_all and dp.ring_log[0] == (False, 0x3000)
+    with pytest.raises(ProtocolError, match="while rings were running"):
+        send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1) | bit(F.NET_F_MRG_RXBUF)))
+    for k in kicks:
+        os.close(k)
+
+
+def test_vring_addr_with_new_addresses_restarts_the_ring(env):
+    backend, fe, dp, host, memfd = env
+    kicks = [os.eventfd(0), os.eventfd(0)]
+    running_pair(backend, dp, memfd, kicks)
+    send(backend, Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(1, 1, 0x5000, 0x7000, 0x6000, 0x7000)))
+    assert dp.calls == [("stop", 1), ("start", 1)] and dp.ring_log[1] == (True, 0x7000)
+    for k in kicks:
+        os.close(k)
+
+
+def test_log_base_without_log_shmfd_is_eproto(env):
+    backend, *_ = env
+    fd = log_fd()
+    with pytest.raises(ProtocolError, match="LOG_SHMFD"):
+        send(backend, Req.SET_LOG_BASE, P.encode_log(P.LogArea(4096, 0)), fds=(fd,))
+    os.close(fd)

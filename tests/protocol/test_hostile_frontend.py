@@ -20,7 +20,7 @@ from vhostsplice.backend import Backend, BackendConfig
 from vhostsplice.channel import Channel
 from vhostsplice.datapath import Datapath
 from vhostsplice.errors import GuestFaultError, ProtocolError
-from vhostsplice.spec import MAX_PAYLOAD, Feature as F, Req, bit
+from vhostsplice.spec import MAX_PAYLOAD, Feature as F, ProtocolFeature as PF, Req, bit
 
 MEM = 1 << 20
 GPA, UVA = 0x4000_0000, 0x7F00_0000_0000
@@ -146,10 +146,14 @@ def test_ring_address_outside_memory_is_efault(env, where):
     assert info.value.errno == errno.EFAULT and not env.dp.running(1)
 
 
-def test_vring_log_address_is_never_used(env):
-    """We offer no VHOST_F_LOG_ALL: a log address (even 2^64 - 1) in SET_VRING_ADDR is ignored."""
-    env.handle(Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+def test_vring_log_address_wrapping_is_counted_never_written(env):
+    """A used-ring log address of 2^64 - 1 (any u64 is legal in SET_VRING_ADDR): with logging on, the
+    used ring's stores wrap past 2^64 in log space: counted as log_overflow, nothing written, rings run."""
+    env.handle(Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.LOG_SHMFD)))
+    env.handle(Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1) | bit(F.VHOST_F_LOG_ALL)))
     env.table()
+    logfd = log_memfd(LOG_SIZE)
+    env.handle(Req.SET_LOG_BASE, P.encode_log(P.LogArea(LOG_SIZE, 0)), (logfd,))
     env.handle(Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(0, 256)))
     env.handle(Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(0, 1, UVA, UVA + 0x2000, UVA + 0x1000,
                                                                    (1 << 64) - 1)))
@@ -158,6 +162,9 @@ def test_vring_log_address_is_never_used(env):
     os.close(kick)
     assert env.dp.running(0)
     env.dp.poll()
+    assert env.dp.log_stats()["log_overflow"] >= 1
+    assert os.pread(logfd, LOG_SIZE, 0) == bytes(LOG_SIZE)
+    os.close(logfd)
 
 
 # -- memory tables ------------------------------------------------------------------------------------
@@ -299,16 +306,138 @@ def test_payload_size_off_by_some_bytes_is_eproto(env, req, delta):
 
 
 # -- dirty log ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("size,offset", [(4096, 0), (1 << 63, 1 << 63), ((1 << 64) - 1, 4096)])
-def test_log_base_is_refused_and_its_fd_closed(env, size, offset):
-    """CVE-2020-10722 (DPDK): SET_LOG_BASE's size + offset overflowed. We offer no dirty logging
-    (no VHOST_F_LOG_ALL, no LOG_SHMFD): the message is a protocol error whatever its range."""
-    eproto(env.handle, Req.SET_LOG_BASE, struct.pack("<QQ", size, offset), (env.memfd,), match="unsupported")
+LOG_SIZE = (GPA + MEM) // 4096 // 8          # one bit per page of guest memory, from GPA 0
 
 
-def test_log_fd_is_refused_and_closed(env):
-    fd = os.eventfd(0)
+def log_memfd(size: int) -> int:
+    fd = os.memfd_create("log")
+    os.ftruncate(fd, size)
+    return fd
+
+
+def log_reply(env):
+    """The one reply SET_LOG_BASE always gets: flags VERSION|REPLY (0x5), a u64 0."""
+    data = env.fe_sock.recv(64, socket.MSG_DONTWAIT)
+    assert struct.unpack("<IIIQ", data) == (Req.SET_LOG_BASE, 5, 8, 0)
+
+
+def log_maps() -> int:
+    with open("/proc/self/maps") as f:
+        return sum("memfd:log" in line for line in f)
+
+
+def test_log_base_maps_the_log_at_its_offset_and_the_core_writes_it(env):
+    """A valid log at a non-zero mmap_offset: QEMU's migration start (SET_LOG_BASE, SET_FEATURES + LOG_ALL
+    and SET_VRING_ADDR flags 1 on running rings) turns logging on without restarting the rings."""
+    env.handle(Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.LOG_SHMFD)))
+    env.running()
+    fd = log_memfd(4096 + LOG_SIZE)
     try:
-        eproto(env.handle, Req.SET_LOG_FD, b"", (fd,), match="unsupported")
+        env.handle(Req.SET_LOG_BASE, P.encode_log(P.LogArea(LOG_SIZE, 4096)), (fd,))
+        log_reply(env)
+        env.handle(Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1) | bit(F.VHOST_F_LOG_ALL)))
+        used_uva = UVA + 0x1000 * 4 + 0x1000                     # where env.ring() put ring 0's used ring
+        used_gpa = GPA + (used_uva - UVA)
+        env.handle(Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(0, 1, UVA, used_uva, UVA + 0x4000,
+                                                                       used_gpa)))
+        assert env.dp.running(0) and env.dp.running(1)
+        env.dp.poll()                                            # RX: no buffers, notifications re-armed
+        page = used_gpa // 4096
+        log = os.pread(fd, 4096 + LOG_SIZE, 0)
+        assert log[:4096] == bytes(4096)                          # the bytes before the offset: untouched
+        assert log[4096 + page // 8] == 1 << (page % 8)           # used->flags of ring 0 (offset 0)
+        assert sum(map(bool, log)) == 1
+        # used->flags set (notify off) then cleared (RX starved, notify on): two writes, one page
+        assert env.dp.log_stats() == {"log_all": True, "log_size": LOG_SIZE, "log_writes": 2, "log_overflow": 0}
+        assert log_maps() == 1
     finally:
         os.close(fd)
+
+
+def test_log_all_toggled_alone_on_running_rings(env):
+    env.handle(Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.LOG_SHMFD)))
+    env.running()
+    v1 = bit(F.F_VERSION_1)
+    env.handle(Req.SET_FEATURES, P.encode_u64(v1 | bit(F.VHOST_F_LOG_ALL)))
+    assert env.dp.log_stats()["log_all"] and env.dp.running(0)
+    env.handle(Req.SET_FEATURES, P.encode_u64(v1))
+    assert not env.dp.log_stats()["log_all"] and env.dp.running(0)
+    eproto(env.handle, Req.SET_FEATURES, P.encode_u64(v1 | bit(F.VHOST_F_LOG_ALL) | bit(F.RING_F_EVENT_IDX)),
+           match="while rings were running")
+
+
+def test_second_log_base_replaces_the_first(env):
+    env.handle(Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.LOG_SHMFD)))
+    before = log_maps()
+    for size in (LOG_SIZE, 2 * LOG_SIZE, LOG_SIZE):
+        fd = log_memfd(size)
+        env.handle(Req.SET_LOG_BASE, P.encode_log(P.LogArea(size, 0)), (fd,))
+        os.close(fd)
+        log_reply(env)
+        assert log_maps() == before + 1                          # the old mapping is gone
+    env.handle(Req.RESET_OWNER)
+    assert log_maps() == before and not env.dp.log_stats()["log_all"]
+
+
+@pytest.mark.parametrize("size,offset,fd_size", [
+    (0, 0, 4096),                                # empty log
+    ((1 << 30) + 1, 0, 4096),                    # above MAX_LOG_SIZE
+    (4096, 1 << 63, 4096),                       # offset + size past 2^63
+    (1 << 63, 1 << 63, 4096),                    # CVE-2020-10722: size + offset wraps
+    ((1 << 64) - 1, 4096, 4096),
+    (4096, (1 << 64) - 4096, 4096),              # wraps to 0
+    (4096, 0, 4095),                             # the fd is one byte short: SIGBUS if mapped
+    (4096, 4096, 4096),                          # offset past the fd's end
+])
+def test_bad_log_base_is_eproto_and_its_fd_closed(env, size, offset, fd_size):
+    """CVE-2020-10722 (DPDK): SET_LOG_BASE's size + offset overflowed. Every range is checked against the
+    fd before anything is mapped; the fd is closed (the env fixture checks no fd is left behind)."""
+    env.handle(Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.LOG_SHMFD)))
+    fd = log_memfd(fd_size)
+    try:
+        eproto(env.handle, Req.SET_LOG_BASE, struct.pack("<QQ", size, offset), (fd,))
+    finally:
+        os.close(fd)
+    assert env.backend.log is None and log_maps() == 0
+
+
+@pytest.mark.parametrize("case", ["no_shmfd", "eventfd", "no_fd", "two_fds", "u64_payload", "17_bytes"])
+def test_malformed_log_base_is_eproto_and_closes_its_fds(env, case):
+    if case != "no_shmfd":
+        env.handle(Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.LOG_SHMFD)))
+    good = log_memfd(4096)
+    fds, payload = (good,), struct.pack("<QQ", 4096, 0)
+    if case == "eventfd":
+        fds = (os.eventfd(0),)
+    elif case == "no_fd":
+        fds = ()
+    elif case == "two_fds":
+        fds = (good, good)
+    elif case == "u64_payload":
+        payload = struct.pack("<Q", 4096)
+    elif case == "17_bytes":
+        payload += b"\0"
+    try:
+        eproto(env.handle, Req.SET_LOG_BASE, payload, fds)
+    finally:
+        for fd in set(fds) | {good}:
+            os.close(fd)
+    assert env.backend.log is None
+
+
+def test_log_fd_is_accepted_and_closed(env):
+    """SET_LOG_FD (QEMU 7.2 never sends it): the eventfd is closed, never written; without an fd: EPROTO."""
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        env.handle(Req.SET_LOG_FD, b"", (fd,))
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(fd)
+        eproto(env.handle, Req.SET_LOG_FD, b"", ())
+    finally:
+        os.close(fd)
+
+
+def test_unknown_vring_addr_flags_are_eproto(env):
+    env.handle(Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+    eproto(env.handle, Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(0, 2, UVA, UVA + 0x2000, UVA + 0x1000, 0)),
+           match="unknown flags")

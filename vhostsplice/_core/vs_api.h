@@ -14,11 +14,12 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 3
+#define VS_API_VERSION 4
 #define VS_MAX_REGIONS 8
 #define VS_MAX_IOV 1024
 #define VS_MAX_QUEUE_SIZE 32768
 #define VS_NET_HDR_LEN 12
+#define VS_LOG_PAGE_SHIFT 12     /* dirty log: one bit per 4 KiB page of guest-physical address */
 
 /* struct vs_ring.flags: negotiated features that change the datapath */
 #define VS_RF_EVENT_IDX 1
@@ -73,6 +74,10 @@ struct vs_ring {
     uint8_t signalled_valid, running;
     int broken;                 /* 0 or VS_BROKEN_* */
     struct vs_ring_stats st;
+    /* Dirty logging of this ring's used ring (SET_VRING_ADDR flag VHOST_VRING_F_LOG): every used-ring
+     * store at offset off is logged at log_addr + off (log_addr is the front-end's, any value). */
+    uint64_t log_addr;
+    uint32_t log_used;
 };
 
 struct vs_pair {
@@ -94,6 +99,14 @@ struct vs_pair {
     uint32_t tx_stage_cap, tx_stage_len, tx_stage_off;
     uint8_t *rx_stage;
     uint32_t rx_stage_cap, rx_stage_len;
+    /* Dirty log for live migration (vhost-user "Migration"): bit p % 8 of byte p / 8 is page p of
+     * guest-physical address.  Python maps it (SET_LOG_BASE) and keeps it alive; log_size is in bytes.
+     * Every guest write is logged while log_all (VHOST_F_LOG_ALL acked) and log_base are set. */
+    uint8_t *log_base;
+    uint64_t log_size;
+    uint32_t log_all;
+    uint64_t log_overflow;      /* log calls that reached past the log's end (those pages not marked) */
+    uint64_t log_writes;        /* log calls that marked pages */
 };
 
 int vs_api_version(void);
@@ -101,6 +114,7 @@ int vs_ring_start(struct vs_pair *p, struct vs_ring *r);
 int vs_ring_remap(struct vs_pair *p, struct vs_ring *r);
 int vs_pair_poll(struct vs_pair *p);
 int vs_drain_eventfd(int fd);
+int vs_log_write(struct vs_pair *p, uint64_t gpa, uint64_t len);
 /* ---- cdef end ---- */
 
 /* ------------------------------------------------------------------ internal (C sources only) */
@@ -146,12 +160,13 @@ enum vs_chain_result {
 uint8_t *vs_uva_to_hva(const struct vs_mem *m, uint64_t uva, uint64_t len);
 uint8_t *vs_gpa_to_hva(const struct vs_mem *m, uint64_t gpa, uint64_t len);
 int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
-                  struct iovec *iov, uint32_t *niov, uint32_t max);
+                  struct iovec *iov, uint64_t *gpas, uint32_t *niov, uint32_t max);
 void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const void *src, size_t n);
 
 /* vs_split.c */
 struct vs_walk {
     struct iovec *iov;      /* where the chain's iovecs go */
+    uint64_t *gpa;          /* NULL, or where each iovec's guest-physical address goes (RX: dirty log) */
     uint32_t max;           /* room in iov */
     uint32_t niov;          /* out */
     uint64_t len;           /* out: total bytes */
@@ -162,9 +177,10 @@ int vs_avail_pending(struct vs_ring *r);
 int vs_ring_fail(struct vs_ring *r, int reason);
 int vs_pop_chain(const struct vs_pair *p, struct vs_ring *r, int writable, struct vs_walk *w);
 void vs_used_add(struct vs_ring *r, uint16_t head, uint32_t len);
-void vs_used_publish(struct vs_ring *r, uint16_t old_used);
-void vs_notify_disable(struct vs_ring *r);
-int vs_notify_enable(struct vs_ring *r, uint16_t seen);
+void vs_used_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used);
+void vs_notify_disable(struct vs_pair *p, struct vs_ring *r);
+int vs_notify_enable(struct vs_pair *p, struct vs_ring *r, uint16_t seen);
+void vs_log_iov(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t len);
 int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
 
 /* vs_net.c */

@@ -56,9 +56,10 @@ static const struct vs_region *gpa_region(const struct vs_mem *m, uint64_t gpa)
 }
 
 /* Append iovecs for [gpa, gpa + len) at iov[*niov], splitting where the range crosses from one
- * region into the next.  Returns 0, VS_CHAIN_FAULT (a byte outside memory) or VS_CHAIN_TOO_MANY. */
+ * region into the next; gpas (NULL or as long as iov) gets each piece's guest-physical address, which
+ * the dirty log needs.  Returns 0, VS_CHAIN_FAULT (a byte outside memory) or VS_CHAIN_TOO_MANY. */
 int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
-                  struct iovec *iov, uint32_t *niov, uint32_t max)
+                  struct iovec *iov, uint64_t *gpas, uint32_t *niov, uint32_t max)
 {
     while (len > 0) {
         const struct vs_region *r = gpa_region(m, gpa);
@@ -71,6 +72,8 @@ int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
         /* SAFETY: off < r->size and take <= r->size - off: the piece lies inside the region. */
         iov[*niov].iov_base = r->hva + off;
         iov[*niov].iov_len = (size_t)take;
+        if (gpas != NULL)
+            gpas[*niov] = gpa;  /* SAFETY: gpas has as many entries as iov, and *niov < max */
         (*niov)++;
         len -= take;
         if (len > 0 && gpa > UINT64_MAX - take)
@@ -95,5 +98,16 @@ void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const vo
         s += k;
         n -= k;
         off = 0;
+    }
+}
+
+/* Log the first len bytes of a guest iovec list whose pieces start at the guest-physical addresses
+ * gpa[i] (what vs_gpa_to_iov recorded): the bytes the device just wrote there. */
+void vs_log_iov(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t len)
+{
+    for (uint32_t i = 0; i < niov && len > 0; i++) {
+        uint64_t k = iov[i].iov_len < len ? iov[i].iov_len : len;
+        vs_log_write(p, gpa[i], k);
+        len -= k;
     }
 }

@@ -5,6 +5,12 @@
  * guest memory and the kernel.  Other host fds carry less of it (hdr_omit: the last 2 bytes for a
  * 10-byte vnet header, all of it for a socket without one): the iovecs then skip those bytes, and on
  * RX they are zeroed in the guest's buffer.  One call of vs_pair_poll does one TX and one RX batch.
+ *
+ * Dirty log: RX chains are walked with their guest-physical addresses kept next to the iovecs, and a
+ * delivered packet's bytes (frame, header, zeroed header bytes, num_buffers) are logged after the last
+ * of those stores and before its used entry (vs_log_iov).  A frame dropped as short or oversize is logged
+ * too, up to the buffers' length (readv did write there; more pages than needed is never wrong), so every
+ * byte the device changes is in a marked page.  TX writes only the used ring (vs_split.c).
  */
 #include <endian.h>
 #include <errno.h>
@@ -208,11 +214,11 @@ int vs_tx_batch(struct vs_pair *p)
             return rc;
         }
     }
-    vs_notify_disable(r);
+    vs_notify_disable(p, r);
     while (rc == 0) {
         int n = vs_avail_pending(r);
         if (n == 0)
-            n = vs_notify_enable(r, r->last_avail);
+            n = vs_notify_enable(p, r, r->last_avail);
         if (n <= 0) {
             rc = n;
             break;
@@ -223,7 +229,7 @@ int vs_tx_batch(struct vs_pair *p)
         }
         rc = tx_one(p, r, iov, cut);
     }
-    vs_used_publish(r, old);
+    vs_used_publish(p, r, old);
     r->st.batches++;
     return rc;
 }
@@ -288,6 +294,14 @@ static void zero_omitted(const struct vs_pair *p, const struct iovec *iov, uint3
         vs_iov_write(iov, niov, p->hdr_len - p->hdr_omit, zero, p->hdr_omit);
 }
 
+/* A frame dropped as short or oversize still landed in the guest's buffers (up to their length): log
+ * those bytes too, so that every byte the device changes is in a marked page. */
+static void rx_log_dropped(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov,
+                           uint64_t got, uint64_t cap)
+{
+    vs_log_iov(p, iov, gpa, niov, got < cap ? got : cap);
+}
+
 /* The frame did not fit the guest's buffers: count it; the caller gives the chains back. */
 static int rx_oversize(struct vs_ring *r)
 {
@@ -296,9 +310,9 @@ static int rx_oversize(struct vs_ring *r)
 }
 
 /* No (or too few) RX buffers: ask for a kick past `seen`; 0 if buffers raced in meanwhile. */
-static int rx_starved(struct vs_ring *r, uint16_t seen)
+static int rx_starved(struct vs_pair *p, struct vs_ring *r, uint16_t seen)
 {
-    int n = vs_notify_enable(r, seen);
+    int n = vs_notify_enable(p, r, seen);
     if (n != 0)
         return n < 0 ? n : 0;
     r->st.rx_starved++;
@@ -306,12 +320,13 @@ static int rx_starved(struct vs_ring *r, uint16_t seen)
 }
 
 /* Without MRG_RXBUF: one packet into one chain. */
-static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, struct iovec *cut)
+static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t *gpa,
+                     struct iovec *cut)
 {
-    struct vs_walk w = { .iov = iov, .max = VS_GUEST_IOV };
+    struct vs_walk w = { .iov = iov, .gpa = gpa, .max = VS_GUEST_IOV };
     int rc = vs_avail_pending(r);
     if (rc <= 0)
-        return rc < 0 ? rc : rx_starved(r, r->last_avail);
+        return rc < 0 ? rc : rx_starved(p, r, r->last_avail);
     rc = vs_pop_chain(p, r, 1, &w);
     if (rc < 0)
         return rc;
@@ -324,6 +339,8 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, st
         r->last_avail--; /* the chain stays for the next packet */
     if (got <= 0)
         return rx_error(p, r, got, errno);
+    if (p->log_all && ((size_t)got < p->hdr_len || (uint64_t)got > w.len))
+        rx_log_dropped(p, iov, gpa, w.niov, (uint64_t)got, w.len);
     if ((size_t)got < p->hdr_len) {
         r->st.drops_short++;
         return 0;
@@ -332,6 +349,8 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, st
         return rx_oversize(r);
     zero_omitted(p, iov, w.niov);
     put_num_buffers(p, iov, w.niov, 1);
+    if (p->log_all)
+        vs_log_iov(p, iov, gpa, w.niov, (uint64_t)got);   /* the frame, the header and its fix-ups */
     vs_used_add(r, w.head, (uint32_t)got);
     r->st.packets++;
     r->st.bytes += (uint64_t)got - p->hdr_len;
@@ -343,6 +362,7 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, st
 struct rx_merge {
     struct iovec iov[VS_MAX_IOV + 1];   /* + 1: the scratch iovec */
     struct iovec cut[VS_MAX_IOV + 2];   /* iov without the omitted header bytes (+ 1 split, + 1 scratch) */
+    uint64_t gpa[VS_MAX_IOV + 1];       /* guest-physical address of each iov (the dirty log's) */
     uint16_t heads[VS_MAX_IOV];
     uint64_t cap[VS_MAX_IOV];
     uint32_t n, niov, ndesc;
@@ -353,7 +373,7 @@ struct rx_merge {
 /* Add one chain to the merge: 1 taken, 0 skipped (a faulty first chain), 2 stop before it, < 0. */
 static int rx_take(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
 {
-    struct vs_walk w = { .iov = m->iov + m->niov, .max = VS_GUEST_IOV - m->niov };
+    struct vs_walk w = { .iov = m->iov + m->niov, .gpa = m->gpa + m->niov, .max = VS_GUEST_IOV - m->niov };
     int rc = vs_pop_chain(p, r, 1, &w);
     if (rc < 0)
         return rc;
@@ -410,6 +430,8 @@ static void rx_finish(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, 
     r->last_avail = (uint16_t)(m->start + used);
     zero_omitted(p, m->iov, m->niov);
     put_num_buffers(p, m->iov, m->niov, used);
+    if (p->log_all)
+        vs_log_iov(p, m->iov, m->gpa, m->niov, got);   /* every chain's bytes: their iovecs are contiguous */
     r->st.packets++;
     r->st.bytes += got - p->hdr_len;
     r->st.chains += used;
@@ -424,14 +446,16 @@ static int rx_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
     if (rc < 0)
         return rc;
     if (m->n == 0)
-        return rx_starved(r, seen);
+        return rx_starved(p, r, seen);
     if (rc == 0 && m->ndesc < r->num)
-        return rx_starved(r, seen); /* the driver can still post more: wait for it */
+        return rx_starved(p, r, seen); /* the driver can still post more: wait for it */
     ssize_t got = host_read(p, m->iov, m->niov, m->cut);
     if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > m->total)
         r->last_avail = m->start;
     if (got <= 0)
         return rx_error(p, r, got, errno);
+    if (p->log_all && ((size_t)got < p->hdr_len || (uint64_t)got > m->total))
+        rx_log_dropped(p, m->iov, m->gpa, m->niov, (uint64_t)got, m->total);
     if ((size_t)got < p->hdr_len) {
         r->st.drops_short++;
         return 0;
@@ -477,9 +501,10 @@ static void rx_consume(struct vs_pair *p, uint64_t flen)
 }
 
 /* Without MRG_RXBUF: the staged frame into one chain. */
-static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t flen)
+static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t *gpa,
+                            uint64_t flen)
 {
-    struct vs_walk w = { .iov = iov, .max = VS_MAX_IOV };
+    struct vs_walk w = { .iov = iov, .gpa = gpa, .max = VS_MAX_IOV };
     uint64_t total = flen + p->hdr_len;
     int rc = vs_pop_chain(p, r, 1, &w);
     if (rc < 0)
@@ -496,6 +521,8 @@ static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *
     vs_iov_write(w.iov, w.niov, p->hdr_len, p->rx_stage + 4, flen);
     zero_omitted(p, w.iov, w.niov);
     put_num_buffers(p, w.iov, w.niov, 1);
+    if (p->log_all)
+        vs_log_iov(p, w.iov, gpa, w.niov, total);
     vs_used_add(r, w.head, (uint32_t)total);
     r->st.packets++;
     r->st.bytes += flen;
@@ -516,7 +543,7 @@ static int rx_stream_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge
     if (rc < 0)
         return rc;
     if (m->n == 0 || wait)
-        return rx_starved(r, seen);
+        return rx_starved(p, r, seen);
     if (total > m->total) {
         r->last_avail = m->start;
         rx_consume(p, flen);
@@ -532,14 +559,14 @@ static int rx_stream(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
 {
     int rc = vs_avail_pending(r);
     if (rc <= 0)
-        return rc < 0 ? rc : rx_starved(r, r->last_avail); /* a staged frame waits for buffers */
+        return rc < 0 ? rc : rx_starved(p, r, r->last_avail); /* a staged frame waits for buffers */
     rc = rx_fill(p);
     if (rc != 1)
         return rc;
     uint32_t be;
     memcpy(&be, p->rx_stage, sizeof be);
     uint64_t flen = be32toh(be);
-    return (r->flags & VS_RF_MRG) ? rx_stream_merge(p, r, m, flen) : rx_stream_single(p, r, m->iov, flen);
+    return (r->flags & VS_RF_MRG) ? rx_stream_merge(p, r, m, flen) : rx_stream_single(p, r, m->iov, m->gpa, flen);
 }
 
 int vs_rx_batch(struct vs_pair *p)
@@ -549,7 +576,7 @@ int vs_rx_batch(struct vs_pair *p)
     uint16_t old = r->used_idx;
     uint32_t done = 0;
     int rc = 0;
-    vs_notify_disable(r);
+    vs_notify_disable(p, r);
     while (rc == 0) {
         if (done++ >= p->rx_budget) {
             rc = VS_MORE;
@@ -558,9 +585,9 @@ int vs_rx_batch(struct vs_pair *p)
         if (p->host_flags & VS_HOST_STREAM)
             rc = rx_stream(p, r, &m);
         else
-            rc = (r->flags & VS_RF_MRG) ? rx_merge(p, r, &m) : rx_single(p, r, m.iov, m.cut);
+            rc = (r->flags & VS_RF_MRG) ? rx_merge(p, r, &m) : rx_single(p, r, m.iov, m.gpa, m.cut);
     }
-    vs_used_publish(r, old);
+    vs_used_publish(p, r, old);
     r->st.batches++;
     return rc == VS_RX_IDLE ? 0 : rc;
 }

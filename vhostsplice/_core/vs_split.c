@@ -3,9 +3,18 @@
  * The ring pointers were translated once (vs_ring_start/vs_ring_remap) for the full ring sizes, so an
  * index taken modulo num is always in bounds.  Descriptors are copied out of guest memory once and
  * checked on the copy: the guest may rewrite them concurrently.
+ *
+ * Dirty log (live migration): while p->log_all is set, every store the device makes into guest memory
+ * is followed by marking its 4 KiB guest-physical pages in the log Python mapped (vs_log_write).  The
+ * order is always: guest-memory store -> release fence -> atomic OR of the log byte, so a reader that
+ * sees (and clears) the bit and then copies the page copies the new data.  Used-ring stores are logged
+ * at r->log_addr + their offset in the used ring when r->log_used (VHOST_VRING_F_LOG).  Every log index
+ * is bounds-checked against log_size with subtraction-only arithmetic: a page past the log's end is
+ * never written, only counted (log_overflow).  With logging off each site costs one branch.
  */
 #include <endian.h>
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -157,7 +166,7 @@ static int desc_to_iov(const struct vs_pair *p, int writable, const struct vs_de
     w->len += d->len;
     if (d->len == 0)
         return 0;
-    return vs_gpa_to_iov(&p->mem, d->addr, d->len, w->iov, &w->niov, w->max);
+    return vs_gpa_to_iov(&p->mem, d->addr, d->len, w->iov, w->gpa, &w->niov, w->max);
 }
 
 /* Walk the chain at w->head into iovecs: 0, a per-chain VS_CHAIN_* fault, or -EBADMSG.
@@ -261,14 +270,95 @@ static int need_call(struct vs_ring *r)
     return (uint16_t)(new - event - 1) < (uint16_t)(new - old);
 }
 
+/* ------------------------------------------------------------------------------------ dirty log */
+
+/* Mark the log pages of [gpa, gpa + len) (bit p % 8 of byte p / 8 for page p), after a release fence:
+ * the caller stored the data first.  No-op (0) unless log_all and a log are set.  Pages past the
+ * log's end (or a range wrapping past 2^64) are not written: the call counts one log_overflow, marks
+ * the pages that are inside, and returns -ERANGE.  Otherwise returns the number of pages marked
+ * (capped at INT_MAX). */
+int vs_log_write(struct vs_pair *p, uint64_t gpa, uint64_t len)
+{
+    if (!p->log_all || p->log_base == NULL || len == 0)
+        return 0;
+    uint64_t first = gpa >> VS_LOG_PAGE_SHIFT, last;
+    int over = 0;
+    if (len - 1 > UINT64_MAX - gpa) {
+        last = UINT64_MAX >> VS_LOG_PAGE_SHIFT;     /* wraps: mark up to the top, count it */
+        over = 1;
+    } else {
+        last = (gpa + (len - 1)) >> VS_LOG_PAGE_SHIFT;
+    }
+    if ((first >> 3) >= p->log_size) {
+        p->log_overflow++;
+        return -ERANGE;
+    }
+    if ((last >> 3) >= p->log_size) {
+        /* log_size <= last / 8 < 2^61 here, so the shift cannot overflow */
+        last = ((p->log_size - 1) << 3) | 7;
+        over = 1;
+    }
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    for (uint64_t page = first;;) {
+        uint64_t byte = page >> 3, stop = (byte << 3) | 7;
+        if (stop > last)
+            stop = last;
+        uint8_t bits = (uint8_t)((0xFFu << (page & 7)) & (0xFFu >> (7 - (stop & 7))));
+        /* SAFETY: byte <= last / 8 < log_size, the length of Python's log buffer. */
+        __atomic_fetch_or(&p->log_base[byte], bits, __ATOMIC_RELAXED);
+        if (stop == last)
+            break;
+        page = stop + 1;
+    }
+    if (over) {
+        p->log_overflow++;
+        return -ERANGE;
+    }
+    p->log_writes++;
+    uint64_t pages = last - first + 1;
+    return pages > INT_MAX ? INT_MAX : (int)pages;
+}
+
+/* Log a store at byte offset off of the used ring (callers check p->log_all first). */
+static void log_used(struct vs_pair *p, const struct vs_ring *r, uint64_t off, uint64_t len)
+{
+    if (!r->log_used)
+        return;
+    if (off > UINT64_MAX - r->log_addr) {   /* the front-end's log_addr wraps: never a real page */
+        if (p->log_base != NULL)
+            p->log_overflow++;
+        return;
+    }
+    vs_log_write(p, r->log_addr + off, len);
+}
+
+/* The used elements [old, used_idx) (one or two ranges: the ring wraps) and used->idx. */
+static void log_used_batch(struct vs_pair *p, const struct vs_ring *r, uint16_t old)
+{
+    uint64_t num = r->num, n = (uint16_t)(r->used_idx - old), start = old & (r->num - 1);
+    if (n >= num)
+        log_used(p, r, 4, 8 * num);
+    else if (start + n <= num)
+        log_used(p, r, 4 + 8 * start, 8 * n);
+    else {
+        log_used(p, r, 4 + 8 * start, 8 * (num - start));
+        log_used(p, r, 4, 8 * (start + n - num));
+    }
+    log_used(p, r, 2, 2);
+}
+
+/* ------------------------------------------------------------------------------- used ring, notify */
+
 /* Publish the batch's used entries with one release store, then call the driver if it wants. */
-void vs_used_publish(struct vs_ring *r, uint16_t old_used)
+void vs_used_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used)
 {
     struct vs_used *u = r->used;
     if (r->used_idx == old_used)
         return;
     /* SAFETY: used idx sits at offset 2 of the translated used ring. */
     __atomic_store_n(&u->idx, htole16(r->used_idx), __ATOMIC_RELEASE);
+    if (p->log_all)
+        log_used_batch(p, r, old_used);
     if (!need_call(r)) {
         r->st.notify_suppressed++;
         return;
@@ -281,33 +371,41 @@ void vs_used_publish(struct vs_ring *r, uint16_t old_used)
 }
 
 /* While we process, the driver need not kick (2.7.10). With EVENT_IDX avail_event stays behind. */
-void vs_notify_disable(struct vs_ring *r)
+void vs_notify_disable(struct vs_pair *p, struct vs_ring *r)
 {
     struct vs_used *u = r->used;
     if (r->flags & VS_RF_EVENT_IDX)
         return;
     /* SAFETY: used flags sit at offset 0 of the translated used ring. */
-    if (!(ld16(&u->flags) & VS_USED_F_NO_NOTIFY))
+    if (!(ld16(&u->flags) & VS_USED_F_NO_NOTIFY)) {
         st16(&u->flags, VS_USED_F_NO_NOTIFY);
+        if (p->log_all)
+            log_used(p, r, 0, 2);
+    }
 }
 
 /* Ask for a kick once avail->idx moves past `seen`, then re-check (the driver may have added
  * chains before it saw the request).  Returns chains pending (> 0: keep going), 0, or -EBADMSG. */
-int vs_notify_enable(struct vs_ring *r, uint16_t seen)
+int vs_notify_enable(struct vs_pair *p, struct vs_ring *r, uint16_t seen)
 {
     struct vs_used *u = r->used;
-    if (r->flags & VS_RF_EVENT_IDX)
+    if (r->flags & VS_RF_EVENT_IDX) {
         /* SAFETY: avail_event follows the num used elements, inside 6 + 8 * num bytes. */
         st16((uint16_t *)&u->ring[r->num], seen);
-    else
+        if (p->log_all)
+            log_used(p, r, 4 + 8 * (uint64_t)r->num, 2);
+    } else {
         /* SAFETY: used flags sit at offset 0 of the translated used ring. */
         st16(&u->flags, 0);
+        if (p->log_all)
+            log_used(p, r, 0, 2);
+    }
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     struct vs_avail *a = r->avail;
     /* SAFETY: avail idx sits at offset 2 of the translated avail ring. */
     uint16_t idx = le16toh(__atomic_load_n(&a->idx, __ATOMIC_ACQUIRE));
     if (idx == seen)
         return 0;
-    vs_notify_disable(r);
+    vs_notify_disable(p, r);
     return vs_avail_pending(r);
 }
