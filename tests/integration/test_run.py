@@ -70,6 +70,7 @@ def test_frames_both_ways_byte_exact(worker, size):
     assert code == 0 and stats["errno"] == "OK"
     assert stats["rings"]["tx"]["packets"] == 100 and stats["rings"]["rx"]["packets"] == 100
     assert stats["rings"]["tx"]["bytes"] == 100 * size
+    assert stats["dirty_log"] == {"log_all": False, "log_size": 0, "log_writes": 0, "log_overflow": 0}
 
 
 def test_mergeable_rx_spreads_a_large_frame_over_small_buffers(ns, tmp_path):
