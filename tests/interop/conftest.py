@@ -47,3 +47,26 @@ def needs_testpmd():
 @pytest.fixture
 def vhostsplice_cmd() -> list[str]:
     return vhostsplice_argv()
+
+
+# -- QEMU guests (tests/support/guest.py): one image and one vs-ethtool for the whole session -------------
+@pytest.fixture(scope="session")
+def image():
+    """The guest initramfs (tests/guest/build.sh, cached). Missing tools fail under CI, else skip."""
+    from support import guest as G
+    if os.geteuid() != 0:
+        pytest.skip("needs root (ip netns, /dev/net/tun)")
+    missing = G.missing_tools()
+    if missing:
+        msg = f"missing {', '.join(missing)} (apt-get install $(tests/guest/build.sh --deps))"
+        if os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("VHOSTSPLICE_REQUIRE_GUEST") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return G.build_image()
+
+
+@pytest.fixture(scope="session")
+def ethtool(image, tmp_path_factory):
+    """A tiny SIOCETHTOOL program for the guest (its image has no ethtool), handed over through fw_cfg."""
+    from support import guest as G
+    return G.build_vs_ethtool(tmp_path_factory.mktemp("vs-ethtool"))

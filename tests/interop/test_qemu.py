@@ -16,7 +16,6 @@ replaced on the same socket. The whole file takes about a minute here.
 """
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import time
@@ -36,19 +35,6 @@ OFFLOADS = ("CSUM", "GUEST_CSUM", "GUEST_TSO4", "GUEST_TSO6", "GUEST_ECN", "GUES
             "HOST_TSO6", "HOST_ECN", "HOST_UFO")
 FULL = ("VERSION_1", "MRG_RXBUF", "EVENT_IDX", "INDIRECT_DESC", *OFFLOADS)
 PINGS = 5
-
-
-@pytest.fixture(scope="module")
-def image():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (ip netns, /dev/net/tun)")
-    missing = G.missing_tools()
-    if missing:
-        msg = f"missing {', '.join(missing)} (apt-get install $(tests/guest/build.sh --deps))"
-        if os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("VHOSTSPLICE_REQUIRE_GUEST") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return G.build_image()
 
 
 def worker_features(stats: dict) -> int:

@@ -50,24 +50,6 @@ ETHTOOL = f"/tmp/bin/{G.VS_ETHTOOL}"
 SLACK = 64
 
 
-@pytest.fixture(scope="module")
-def image():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (ip netns, /dev/net/tun)")
-    missing = G.missing_tools()
-    if missing:
-        msg = f"missing {', '.join(missing)} (apt-get install $(tests/guest/build.sh --deps))"
-        if os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("VHOSTSPLICE_REQUIRE_GUEST") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return G.build_image()
-
-
-@pytest.fixture(scope="module")
-def ethtool(image, tmp_path_factory):
-    return G.build_vs_ethtool(tmp_path_factory.mktemp("vs-ethtool"))
-
-
 class Served:
     """`vhostsplice serve --queues 4 --cpus 0-1 --events FILE` inside a HostNet's namespace.
 

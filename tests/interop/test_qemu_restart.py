@@ -139,24 +139,6 @@ class Supervised:
         self.close()
 
 
-@pytest.fixture(scope="module")
-def image():
-    if os.geteuid() != 0:
-        pytest.skip("needs root (ip netns, /dev/net/tun)")
-    missing = G.missing_tools()
-    if missing:
-        msg = f"missing {', '.join(missing)} (apt-get install $(tests/guest/build.sh --deps))"
-        if os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("VHOSTSPLICE_REQUIRE_GUEST") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return G.build_image()
-
-
-@pytest.fixture(scope="module")
-def ethtool(image, tmp_path_factory):
-    return G.build_vs_ethtool(tmp_path_factory.mktemp("vs-ethtool"))
-
-
 # serve's guests enable every pair first (the 1-vCPU driver starts with one: see test_qemu_mq.py)
 ENABLE_ALL = f"""
 vs_fwcfg_bin {G.VS_ETHTOOL}

@@ -113,16 +113,12 @@ stop_by_signal() {
 @test "exit 77 EBADFD: the tap is deleted under a serving worker" {
     start_worker
     wait_listening
-    $VS drive --socket-path "$SOCK" --rx-buffers 8 --hold 30 --ready-file "$W/ready" \
-        >"$W/drive.json" 2>"$W/drive.err" 3>&- &
-    local dpid=$!
-    PIDS+=("$dpid")
-    wait_file "$W/ready"
+    drive_holding
     ip -n "$NS" link del "$TAP"
     worker_exit 10
     [ "$code" -eq 77 ]
     stat_is errno EBADFD
-    wait_exit "$dpid"
+    wait_exit "$DPID"
 }
 
 @test "exit 77 EBADFD: the tap is deleted under a worker whose RX ring has no buffers posted" {
@@ -144,29 +140,21 @@ stop_by_signal() {
 @test "exit 32 EPIPE: the peer of a --host-fd socketpair (SEQPACKET) leaves while rings run" {
     start_worker_on_pair seqpacket
     wait_listening
-    $VS drive --socket-path "$SOCK" --rx-buffers 8 --hold 30 --ready-file "$W/ready" \
-        >"$W/drive.json" 2>"$W/drive.err" 3>&- &
-    local dpid=$!
-    PIDS+=("$dpid")
-    wait_file "$W/ready"
+    drive_holding
     echo close >"$W/peer.go"
     worker_exit 10
     [ "$code" -eq 32 ]
     stat_is errno EPIPE
-    wait_exit "$dpid"
+    wait_exit "$DPID"
 }
 
 @test "exit 5 EIO: a --framing qemu stream peer sends a length no frame has (out of step)" {
     start_worker_on_pair stream --framing qemu
     wait_listening
-    $VS drive --socket-path "$SOCK" --rx-buffers 8 --hold 30 --ready-file "$W/ready" \
-        >"$W/drive.json" 2>"$W/drive.err" 3>&- &
-    local dpid=$!
-    PIDS+=("$dpid")
-    wait_file "$W/ready"
+    drive_holding
     echo garbage >"$W/peer.go"
     worker_exit 10
     [ "$code" -eq 5 ]
     stat_is errno EIO
-    wait_exit "$dpid"
+    wait_exit "$DPID"
 }

@@ -183,3 +183,13 @@ PYEOF
     WPID=$!
     PIDS+=("$WPID")
 }
+
+# drive_holding: a `drive` front-end in the background that brings both rings up with 8 RX buffers posted
+# and holds them (30 s at most) so the worker is serving; returns once it is ready. Sets DPID.
+drive_holding() {
+    $VS drive --socket-path "$SOCK" --rx-buffers 8 --hold 30 --ready-file "$W/ready" \
+        >"$W/drive.json" 2>"$W/drive.err" 3>&- &
+    DPID=$!
+    PIDS+=("$DPID")
+    wait_file "$W/ready"
+}
