@@ -85,6 +85,30 @@ def cli(verbose: int) -> None:
     log.propagate = False
 
 
+def ownership_options(command):
+    """--socket-mode, --socket-group, --allow-uid and --user, shared by `run` and `serve`."""
+    options = (
+        click.option("--socket-mode", metavar="OCTAL", default="0600", show_default=True,
+                     help="Permission bits of the --socket-path file (connecting needs w): 0660 lets "
+                          "--socket-group in."),
+        click.option("--socket-group", metavar="GROUP|GID",
+                     help="Group of the --socket-path file (with --socket-mode 0660)."),
+        click.option("--allow-uid", "allow_uid", metavar="UID[,UID...]", envvar="VHOSTSPLICE_ALLOW_UID",
+                     help="Serve only front-ends whose SO_PEERCRED uid (or user name) is listed; root too only "
+                          "if listed. Others are closed unserved and counted (refused.peer_uid; serve: a "
+                          "'refused' event); a listening worker keeps listening, a --connect/--fd one exits "
+                          "EACCES. Default: anyone the socket mode lets in."),
+        click.option("--user", "run_as", metavar="NAME[:GROUP]",
+                     help="After opening the host fd and the socket, drop to this user (and its primary group, "
+                          "or GROUP): no supplementary groups, no capabilities, no_new_privs. The socket file is "
+                          "given to the user. serve: every worker drops; the supervisor stays root to open tap "
+                          "queues for replacements."),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
 @click.option("--socket-path", metavar="PATH", envvar="VHOSTSPLICE_SOCKET",
               help="Listen on this unix socket (mode 0600) and serve the first front-end that connects.")
@@ -118,17 +142,7 @@ def cli(verbose: int) -> None:
 @click.option("--offloads/--no-offloads", default=True, show_default=True,
               help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header).")
 @click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
-@click.option("--socket-mode", metavar="OCTAL", default="0600", show_default=True,
-              help="Permission bits of the --socket-path file (connecting needs w): 0660 lets --socket-group in.")
-@click.option("--socket-group", metavar="GROUP|GID", help="Group of the --socket-path file (with --socket-mode 0660).")
-@click.option("--allow-uid", "allow_uid", metavar="UID[,UID...]", envvar="VHOSTSPLICE_ALLOW_UID",
-              help="Serve only front-ends whose SO_PEERCRED uid (or user name) is listed; root too only if listed. "
-                   "Others are closed unserved and counted (refused.peer_uid); a listening worker keeps "
-                   "listening, a --connect/--fd one exits EACCES. Default: anyone the socket mode lets in.")
-@click.option("--user", "run_as", metavar="NAME[:GROUP]",
-              help="After opening the host fd and the socket, drop to this user (and its primary group, or "
-                   "GROUP): no supplementary groups, no capabilities, no_new_privs. The socket file is given "
-                   "to the user.")
+@ownership_options
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
         offloads, stats_file, socket_mode, socket_group, allow_uid, run_as, print_capabilities):
@@ -201,7 +215,9 @@ def _source(param: str):
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Passed to every worker (see `run --help`).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True, help="Passed to every worker.")
-def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads):
+@ownership_options
+def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, socket_mode, socket_group,
+          allow_uid, run_as):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
 
     The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
@@ -209,16 +225,22 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     reported as a JSON event line (pair, pid, exit code, errno name, counters), its rings' VRING_ERR
     eventfds are signalled when it failed, and it is replaced per --restart with back-off (0.1 s doubling
     to 5 s); the replacement resumes from used->idx. SIGTERM/SIGINT stop every worker, exit 0.
+    Ownership as for `run`: one front-end, --socket-mode/--socket-group, --allow-uid (refused peers are
+    'refused' events), --user (every worker drops to it once its tap queue is open).
 
     \b
     Example:
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 4 --cpus 2-5
+      vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 2 --user qemu --allow-uid qemu
     """
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error] + ([] if offloads else ["--no-offloads"])
+    ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
+    if run_as is not None:
+        worker_args += ["--user", run_as]
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
-                         worker_args=worker_args)
+                         worker_args=worker_args, ownership=ownership)
     return run_supervisor(socket_path=socket_path, config=config)
 
 

@@ -31,6 +31,7 @@ from .backend import BASE_FEATURES, OFFLOAD_FEATURES, PROTOCOL_FEATURES
 from .channel import Channel, Listener
 from .errors import FrontendGone, ProtocolError, errno_name
 from .spec import Feature as F, ProtocolFeature as PF, Req, bit
+from .runner import Ownership
 from .selfexec import self_argv, self_env
 from .vring import close_fd
 
@@ -50,6 +51,7 @@ class ServeConfig:
     restart: str = "on-failure"
     events: str | None = None
     worker_args: list[str] = field(default_factory=list)
+    ownership: Ownership = field(default_factory=Ownership)     # run's --socket-mode/group, --allow-uid, --user
 
 
 @dataclass
@@ -103,6 +105,8 @@ class Supervisor:
         self.ep = select.epoll()
         self.roles: dict[int, tuple[str, int]] = {}
         self.rundir = tempfile.mkdtemp(prefix="vhostsplice-serve-")
+        if config.ownership.user is not None:
+            os.chown(self.rundir, *config.ownership.user)     # workers that dropped write their stats here
         self.events = open(config.events, "a") if config.events else sys.stderr
         self.stopping = False
 
@@ -370,8 +374,13 @@ class Supervisor:
 
     def on_listen(self) -> None:
         chan = self.listener.accept()
-        if self.front is not None:
-            chan.close()            # one front-end per device
+        allowed = self.config.ownership.allow_uids
+        pid, uid, _gid = chan.peer_cred()
+        why = "busy" if self.front is not None else (
+            "peer_uid" if allowed is not None and uid not in allowed else "")
+        if why:                     # one front-end per device, and only one --allow-uid admits
+            self.emit("refused", reason=why, pid=pid, uid=uid)
+            chan.close()
             return
         self.front = chan
         self._watch(chan.fileno(), "front")
@@ -458,5 +467,8 @@ def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
     from .hostfd import open_tap
     probe = open_tap(config.tap)          # create the tap (multi-queue) once, with the errors of `run`
     probe.close()
-    listener = Listener(socket_path)
+    own = config.ownership
+    owner = own.user[0] if own.user else -1
+    group = own.socket_group if own.socket_group != -1 else (own.user[1] if own.user else -1)
+    listener = Listener(socket_path, mode=own.socket_mode, owner=owner, group=group)
     return Supervisor(listener, config).run()
