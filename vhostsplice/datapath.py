@@ -109,6 +109,21 @@ class Datapath:
         p.rx_max, p.fault_exit = rx_max, int(bool(fault_exit))
         p.tx_budget, p.rx_budget = min(tx_budget, 0xFFFFFFFF), min(rx_budget, 0xFFFFFFFF)
 
+    def set_host_hdr_len(self, host_hdr_len: int) -> None:
+        """The host fd now carries host_hdr_len bytes of the header (a --packet socket whose vnet header
+        follows the negotiated offloads): 0 leaves the whole header out on TX and zeroes it on RX.
+        Call between batches only (the worker is single-threaded: never while poll() runs)."""
+        p = self._pair
+        if host_hdr_len not in HOST_HDR_LENS:
+            raise ConfigError(f"host header length {host_hdr_len}: one of {HOST_HDR_LENS}")
+        if p.host_flags & lib.VS_HOST_STREAM and host_hdr_len:
+            raise ConfigError("a stream host fd carries bare frames: host_hdr_len must be 0")
+        p.hdr_omit = p.hdr_len - host_hdr_len
+
+    @property
+    def host_hdr_len(self) -> int:
+        return int(self._pair.hdr_len - self._pair.hdr_omit)
+
     def set_memory(self, regions: Iterable[Any]) -> None:
         """Install a region table (objects with .gpa .uva .size .buf) and re-map running rings."""
         regions = list(regions)

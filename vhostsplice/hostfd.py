@@ -76,6 +76,7 @@ class HostFd:
     empty_ok: bool = False
     refused_drop: bool = False
     stream: bool = False        # a byte stream in QEMU's -netdev stream framing (4-byte length, frame)
+    vnet_hdr_switchable: bool = False   # --packet with a vnet header: it follows the negotiated offloads
 
     @property
     def offloads_ok(self) -> bool:
@@ -89,8 +90,9 @@ class HostFd:
     def set_offload(self, tun_flags: int) -> None:
         """TUNSETOFFLOAD with spec.TUN_F_* flags: the offloads the guest side can take.
 
-        Only tap/macvtap queues have the knob; a socket's vnet header (AF_PACKET) is fixed when it is
-        opened, and a socket without one is never offered offloads (flags 0 is all it can be asked)."""
+        Only tap/macvtap queues have the knob; an AF_PACKET socket's vnet header is all or nothing
+        (set_packet_vnet_hdr, which the worker calls after SET_FEATURES), and a socket without one is
+        never offered offloads (flags 0 is all it can be asked)."""
         if self.is_socket and (self.vnet_hdr_len or not tun_flags):
             return
         if self.is_socket:
@@ -101,6 +103,32 @@ class HostFd:
             fcntl.ioctl(self.fd, TUNSETOFFLOAD, tun_flags)
         except OSError as exc:
             raise from_oserror(exc, f"TUNSETOFFLOAD {tun_flags:#x} on {self.name}") from None
+
+    def set_packet_vnet_hdr(self, on: bool) -> int:
+        """--packet: carry the vnet header (vnet_hdr_len bytes) or not, from the next frame on; returns
+        the header length the socket now carries. The kernel allows changing PACKET_VNET_HDR(_SZ) on a
+        bound socket as long as it has no PACKET_MMAP ring (EBUSY then); a frame already queued gets the
+        header state of the recvmsg that takes it. Only a socket we opened is switched (an inherited one
+        may be shared)."""
+        if not self.vnet_hdr_switchable or self.fd < 0:
+            raise ConfigError(f"{self.kind} {self.name}: its vnet header cannot be switched")
+        with socket.socket(fileno=os.dup(self.fd)) as sock:
+            try:
+                if not on:
+                    sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 0)
+                elif self.vnet_hdr_len == NET_HDR_V1_LEN:
+                    sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR_SZ, NET_HDR_V1_LEN)
+                else:
+                    sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+                now = _sockopt(sock, SOL_PACKET, PACKET_VNET_HDR_SZ)
+                if now is None:       # kernels before 6.2: only the on/off option
+                    now = 10 if _sockopt(sock, SOL_PACKET, PACKET_VNET_HDR) else 0
+            except OSError as exc:
+                raise from_oserror(exc, f"PACKET_VNET_HDR {int(on)} on {self.name}") from None
+        if now != (self.vnet_hdr_len if on else 0):
+            raise SetupError(f"packet socket on {self.name}: vnet header is {now} bytes after asking for "
+                             f"{self.vnet_hdr_len if on else 0}", errno.EIO)
+        return now
 
     def set_queue_attached(self, attached: bool) -> bool:
         """TUNSETQUEUE: attach or detach this queue of a multi-queue tap (the fd stays open). A detached
@@ -464,7 +492,7 @@ def open_packet(name: str, *, vnet_hdr: bool, mtu: int | None = None) -> HostFd:
         raise
     fd = sock.detach()
     return HostFd(fd=fd, kind="packet", name=name, vnet_hdr_len=hdr_len, created=False,
-                  mtu=mtu or _link_mtu(name) or DEFAULT_MTU)
+                  mtu=mtu or _link_mtu(name) or DEFAULT_MTU, vnet_hdr_switchable=hdr_len > 0)
 
 
 def _packet_setup(sock: socket.socket, raw: bytes, name: str, vnet_hdr: bool) -> int:

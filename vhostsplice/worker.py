@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import datapath as dp
-from .backend import Backend, BackendConfig
+from .backend import OFFLOAD_FEATURES, Backend, BackendConfig
 from .errors import FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name
 from .protocol import Req
 
@@ -236,6 +236,8 @@ class Worker:
         self.backend.handle(msg)
         if msg.request == Req.SET_VRING_ENABLE or not self.queue_attached:
             self._follow_enable()
+        if msg.request == Req.SET_FEATURES and self.hostfd.vnet_hdr_switchable:
+            self._follow_offloads()
         self.rx_starved = False        # a ring may have (re)started: look at everything again
         return False
 
@@ -254,6 +256,20 @@ class Worker:
             self.queue_attached = enabled
             log.info("tap queue %s (rings %s)", "attached" if enabled else "detached",
                      "enabled" if enabled else "disabled")
+
+    def _follow_offloads(self) -> None:
+        """--packet: the socket carries a vnet header only while the driver acked an offload (checksum,
+        TSO, UFO, ECN, either direction); with none acked it carries bare frames, which spares the kernel
+        the header on every frame. A ring SET_FEATURES started runs its first batch only after this
+        returns to the loop, and SET_FEATURES cannot change offloads while rings run, so no frame is
+        read or written with the other header layout."""
+        want = bool((self.backend.acked or 0) & OFFLOAD_FEATURES)
+        if want == bool(self.datapath.host_hdr_len):
+            return
+        now = self.hostfd.set_packet_vnet_hdr(want)
+        self.datapath.set_host_hdr_len(now)
+        log.info("packet socket %s: vnet header %d bytes (offloads %s)", self.hostfd.name, now,
+                 "acked" if want else "not acked")
 
     def _on_host(self, ev: int) -> None:
         if self.hostfd.is_socket:
@@ -308,7 +324,7 @@ class Worker:
             "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
             "wakeups": self.wakeups, "lost_kicks": self.lost_kicks, "refused": dict(self.refused),
             "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
-            "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.hostfd.vnet_hdr_len},
+            "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.datapath.host_hdr_len},
         }
         if self.backend is not None:
             out["features"] = f"{self.backend.acked or 0:#x}"
