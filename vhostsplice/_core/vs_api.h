@@ -182,6 +182,7 @@ void vs_notify_disable(struct vs_pair *p, struct vs_ring *r);
 int vs_notify_enable(struct vs_pair *p, struct vs_ring *r, uint16_t seen);
 void vs_log_iov(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t len);
 int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
+void vs_prefetch_chain(const struct vs_pair *p, const struct vs_ring *r, uint16_t at);
 
 /* vs_net.c */
 int vs_tx_batch(struct vs_pair *p);
