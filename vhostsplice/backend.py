@@ -7,6 +7,7 @@ and drives the datapath. A handler raises a VhostspliceError for a fatal violati
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,7 +29,10 @@ PROTOCOL_FEATURES = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
 # offers these (its supervisor does not forward SET_LOG_BASE to its workers).
 LOG_FEATURES = bit(F.VHOST_F_LOG_ALL)
 LOG_PROTOCOL_FEATURES = bit(PF.LOG_SHMFD)
-RUN_PROTOCOL_FEATURES = PROTOCOL_FEATURES | LOG_PROTOCOL_FEATURES
+# SEND_RARP: after a move the front-end asks the back-end to announce the guest's MAC (a guest without
+# GUEST_ANNOUNCE cannot); `run` writes the RARP to its host fd. `serve` does not offer it either.
+RARP_PROTOCOL_FEATURES = bit(PF.RARP)
+RUN_PROTOCOL_FEATURES = PROTOCOL_FEATURES | LOG_PROTOCOL_FEATURES | RARP_PROTOCOL_FEATURES
 GSO_MAX = 65550 + 4        # largest frame a tap hands over with guest TSO/UFO on (64 KiB + Ethernet + VLAN)
 
 
@@ -50,6 +54,7 @@ class Backend:
         self.log: DirtyLog | None = None        # SET_LOG_BASE's mapping, written while LOG_ALL is acked
         self.rings = [RingState(0), RingState(1)]
         self.messages = 0
+        self.rarp = {"sent": 0, "dropped": 0, "skipped": 0}     # SEND_RARP outcomes
 
     # -- dispatch ---------------------------------------------------------------------------------------
     def handle(self, msg: P.Message) -> None:
@@ -374,6 +379,42 @@ def set_log_fd_exec(b: Backend, msg: P.Message) -> None:
     _close_fds(msg.fds)
 
 
+def send_rarp_exec(b: Backend, msg: P.Message) -> None:
+    """Announce the guest's MAC on the host side after a migration: one RARP broadcast (as QEMU's
+    self-announce builds it) written to the host fd, behind the fd's own vnet header (zeroed: no offload).
+    Best effort: a full or failing host fd, a stream host fd or a bogus MAC skip the frame with a log
+    line, never end the worker (the guest keeps running; only the switch's learning is delayed)."""
+    if not b.protocol_acked & bit(PF.RARP):
+        raise ProtocolError("SEND_RARP without VHOST_USER_PROTOCOL_F_RARP negotiated")
+    mac = P.decode_rarp_mac(msg)
+    host = b.hostfd
+    if mac[0] & 1 or not any(mac):
+        b.rarp["skipped"] += 1
+        log.warning("SEND_RARP: %s is not a unicast MAC: no announce sent", mac.hex(":"))
+        return
+    fd = getattr(host, "fd", -1)
+    if getattr(host, "stream", False) or fd < 0:
+        b.rarp["skipped"] += 1
+        log.info("SEND_RARP for %s: the host fd is %s, announce not sent", mac.hex(":"),
+                 "a stream" if fd >= 0 else "closed")
+        return
+    # the header the fd carries now: the datapath's view when it has one (a --packet socket can switch
+    # its vnet header off with the offloads), else the host fd's own
+    hdr = getattr(b.datapath, "host_hdr_len", None)
+    if not isinstance(hdr, int):
+        hdr = getattr(host, "vnet_hdr_len", 0)
+    frame = bytes(hdr) + P.rarp_frame(mac)
+    try:
+        os.write(fd, frame)
+    except OSError as exc:
+        b.rarp["dropped"] += 1
+        log.warning("SEND_RARP for %s: writing the announce to %s failed: %s", mac.hex(":"),
+                    getattr(host, "name", "the host fd"), exc)
+        return
+    b.rarp["sent"] += 1
+    log.info("SEND_RARP: announced %s on %s", mac.hex(":"), getattr(host, "name", "the host fd"))
+
+
 def _no_fds(b: Backend, msg: P.Message) -> int:
     return 0
 
@@ -411,4 +452,5 @@ HANDLERS: dict[int, tuple[Callable[[Backend, P.Message], bytes | None], Callable
     Req.GET_STATUS: (get_status_exec, _no_fds),
     Req.SET_LOG_BASE: (set_log_base_exec, _one_fd),
     Req.SET_LOG_FD: (set_log_fd_exec, _one_fd),
+    Req.SEND_RARP: (send_rarp_exec, _no_fds),
 }

@@ -127,6 +127,34 @@ def decode_u64(msg: Message) -> int:
     return _exact(msg, U64)[0]
 
 
+def decode_rarp_mac(msg: Message) -> bytes:
+    """SEND_RARP payload: a u64 whose first 6 bytes (in memory order) are the guest MAC (vhost-user.rst,
+    "VHOST_USER_SEND_RARP"; QEMU memcpy()s the MAC into a zeroed u64). The last 2 bytes carry nothing."""
+    _exact(msg, U64)
+    return msg.payload[:6]
+
+
+def encode_rarp_mac(mac: bytes) -> bytes:
+    if len(mac) != 6:
+        raise ValueError(f"a MAC is 6 bytes, not {len(mac)}")
+    return mac + bytes(2)
+
+
+ETH_P_RARP = 0x8035
+RARP_FRAME_LEN = 60         # the Ethernet minimum without FCS, as QEMU's announce frame
+
+
+def rarp_frame(mac: bytes) -> bytes:
+    """A "request reverse" RARP broadcast announcing `mac` (RFC 903 layout on Ethernet: htype 1, ptype
+    IPv4, hlen 6, plen 4, op 3; sender and target hardware address = mac, protocol addresses 0), padded
+    to 60 bytes - the frame QEMU's self-announce sends for a NIC after a migration."""
+    if len(mac) != 6:
+        raise ValueError(f"a MAC is 6 bytes, not {len(mac)}")
+    eth = b"\xff" * 6 + mac + struct.pack("!H", ETH_P_RARP)
+    rarp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 3) + mac + bytes(4) + mac + bytes(4)
+    return (eth + rarp).ljust(RARP_FRAME_LEN, b"\0")
+
+
 def decode_vring_state(msg: Message) -> VringState:
     return VringState(*_exact(msg, VRING_STATE))
 

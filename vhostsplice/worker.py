@@ -330,6 +330,7 @@ class Worker:
             out["features"] = f"{self.backend.acked or 0:#x}"
             out["protocol_features"] = f"{self.backend.protocol_acked:#x}"
             out["messages"] = self.backend.messages
+            out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped
         out["dirty_log"] = self.datapath.log_stats()    # live migration: log_all, log_size, writes, overflow
         return out
 

@@ -49,6 +49,7 @@ def open_fds() -> set[int]:
 
 class FakeHostFd:
     is_socket = False
+    fd, vnet_hdr_len, stream, name = -1, 0, False, "fuzz"     # SEND_RARP: a write to fd -1 is a counted drop
 
     def set_offload(self, flags: int) -> None:
         self.offload = flags

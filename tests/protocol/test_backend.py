@@ -306,3 +306,147 @@ def test_log_base_without_log_shmfd_is_eproto(env):
     with pytest.raises(ProtocolError, match="LOG_SHMFD"):
         send(backend, Req.SET_LOG_BASE, P.encode_log(P.LogArea(4096, 0)), fds=(fd,))
     os.close(fd)
+
+
+# -- SEND_RARP -----------------------------------------------------------------------------------------------
+GUEST_MAC = bytes.fromhex("525400a1b2c3")
+
+
+class RecordingHostFd:
+    """A host fd backed by a datagram socketpair: what the back-end writes is read from `peer`."""
+
+    def __init__(self, vnet_hdr_len=12, stream=False):
+        self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.peer.setblocking(False)
+        self.fd, self.vnet_hdr_len, self.stream, self.name, self.offload = \
+            self.sock.fileno(), vnet_hdr_len, stream, "rec0", None
+
+    def set_offload(self, flags):
+        self.offload = flags
+
+    def frames(self):
+        out = []
+        while True:
+            try:
+                out.append(self.peer.recv(65536))
+            except BlockingIOError:
+                return out
+
+    def close(self):
+        self.sock.close()
+        self.peer.close()
+
+
+@pytest.fixture
+def rarp_env(request):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    host = RecordingHostFd(**getattr(request, "param", {}))
+    backend = Backend(Channel(a), RecordingDatapath(), host, BackendConfig())
+    send(backend, Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.RARP) | bit(PF.REPLY_ACK)))
+    yield backend, Channel(b), host
+    backend.close()
+    host.close()
+    a.close()
+    b.close()
+
+
+def expected_rarp(mac):
+    """RFC 903 on Ethernet, as QEMU's qemu_announce_self sends it, built field by field."""
+    return (b"\xff" * 6 + mac + b"\x80\x35"            # broadcast, source = guest, ethertype RARP
+            + b"\x00\x01" + b"\x08\x00" + b"\x06" + b"\x04" + b"\x00\x03"   # Ethernet, IPv4, 6, 4, request-reverse
+            + mac + b"\x00" * 4 + mac + b"\x00" * 4    # sha, spa, tha, tpa
+            + b"\x00" * 18)                             # padding to 60 bytes
+
+
+def test_run_offers_rarp_and_serve_constants_do_not(env):
+    from vhostsplice import backend as B
+    from vhostsplice import supervisor
+    assert B.RUN_PROTOCOL_FEATURES & bit(PF.RARP)
+    assert not B.PROTOCOL_FEATURES & bit(PF.RARP)
+    assert supervisor.PROTOCOL_FEATURES is B.PROTOCOL_FEATURES      # what `serve` offers
+    backend, fe, *_ = env
+    send(backend, Req.GET_PROTOCOL_FEATURES)
+    assert P.decode_u64(fe.recv()) & bit(PF.RARP)
+
+
+@pytest.mark.parametrize("rarp_env", [{"vnet_hdr_len": 12}, {"vnet_hdr_len": 10}, {"vnet_hdr_len": 0}],
+                         indirect=True)
+def test_send_rarp_writes_one_announce_behind_the_host_vnet_header(rarp_env):
+    backend, fe, host = rarp_env
+    send(backend, Req.SEND_RARP, P.encode_rarp_mac(GUEST_MAC))
+    frames = host.frames()
+    assert frames == [bytes(host.vnet_hdr_len) + expected_rarp(GUEST_MAC)]
+    assert len(expected_rarp(GUEST_MAC)) == 60
+    assert backend.rarp == {"sent": 1, "dropped": 0, "skipped": 0}
+    fe.sock.setblocking(False)
+    with pytest.raises(BlockingIOError):                # no reply, no ack: SEND_RARP has none
+        fe.sock.recv(1)
+
+
+def test_send_rarp_uses_the_header_length_the_datapath_says_the_fd_carries_now(rarp_env):
+    backend, _fe, host = rarp_env
+    backend.datapath.host_hdr_len = 0                   # e.g. a --packet socket with its vnet header off
+    send(backend, Req.SEND_RARP, P.encode_rarp_mac(GUEST_MAC))
+    assert host.frames() == [expected_rarp(GUEST_MAC)]
+
+
+def test_send_rarp_ignores_the_two_bytes_after_the_mac_and_works_without_rings(rarp_env):
+    backend, _fe, host = rarp_env
+    assert not backend.rings_running
+    for _ in range(5):                                  # QEMU sends up to five rounds
+        send(backend, Req.SEND_RARP, GUEST_MAC + b"\xaa\xbb")
+    assert host.frames() == [bytes(12) + expected_rarp(GUEST_MAC)] * 5
+    assert backend.rarp["sent"] == 5
+
+
+@pytest.mark.parametrize("size", [0, 6, 7, 9, 16])
+def test_send_rarp_payload_other_than_8_bytes_is_eproto(rarp_env, size):
+    backend, _fe, host = rarp_env
+    with pytest.raises(ProtocolError, match="expected 8") as exc:
+        send(backend, Req.SEND_RARP, (GUEST_MAC * 3)[:size])
+    assert exc.value.errno == errno.EPROTO
+    assert host.frames() == []
+
+
+def test_send_rarp_without_the_protocol_feature_is_eproto(env):
+    backend, _fe, *_ = env
+    with pytest.raises(ProtocolError, match="RARP"):
+        send(backend, Req.SEND_RARP, P.encode_rarp_mac(GUEST_MAC))
+
+
+def test_send_rarp_with_an_fd_is_eproto_and_closes_it(rarp_env):
+    backend, _fe, host = rarp_env
+    fd = os.eventfd(0)
+    dup = os.dup(fd)
+    with pytest.raises(ProtocolError, match="file descriptors"):
+        backend.handle(P.Message(Req.SEND_RARP, 1, P.encode_rarp_mac(GUEST_MAC), (dup,)))
+    with pytest.raises(OSError):
+        os.fstat(dup)
+    os.close(fd)
+    assert host.frames() == []
+
+
+@pytest.mark.parametrize("mac", ["000000000000", "ffffffffffff", "01005e000001", "33330000000a"])
+def test_send_rarp_with_a_non_unicast_mac_sends_nothing_and_carries_on(rarp_env, mac):
+    backend, _fe, host = rarp_env
+    send(backend, Req.SEND_RARP, P.encode_rarp_mac(bytes.fromhex(mac)))
+    assert host.frames() == []
+    assert backend.rarp == {"sent": 0, "dropped": 0, "skipped": 1}
+    send(backend, Req.SEND_RARP, P.encode_rarp_mac(GUEST_MAC))           # the connection is still fine
+    assert len(host.frames()) == 1
+
+
+@pytest.mark.parametrize("rarp_env", [{"vnet_hdr_len": 0, "stream": True}], indirect=True)
+def test_send_rarp_on_a_stream_host_fd_is_skipped(rarp_env):
+    backend, _fe, host = rarp_env
+    send(backend, Req.SEND_RARP, P.encode_rarp_mac(GUEST_MAC))
+    assert host.frames() == []
+    assert backend.rarp == {"sent": 0, "dropped": 0, "skipped": 1}
+
+
+def test_send_rarp_to_a_failing_host_fd_is_a_counted_drop(rarp_env):
+    backend, _fe, host = rarp_env
+    host.peer.close()                                   # the write now fails (ECONNREFUSED)
+    send(backend, Req.SEND_RARP, P.encode_rarp_mac(GUEST_MAC))
+    assert backend.rarp == {"sent": 0, "dropped": 1, "skipped": 0}

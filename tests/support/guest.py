@@ -345,11 +345,12 @@ class HostNet:
         self._procs.append(proc)
         return proc
 
-    def start_worker(self, *extra: str, name: str = "w", wait: float = 30.0):
-        """A `vhostsplice run --socket-path DIR/NAME.sock --tap TAP --stats-file ...` inside the netns."""
+    def start_worker(self, *extra: str, name: str = "w", wait: float = 30.0, tap: str | None = None):
+        """A `vhostsplice run --socket-path DIR/NAME.sock --tap TAP --stats-file ...` inside the netns
+        (on this HostNet's tap, or on `tap`, another one the caller made in the netns)."""
         from vhostsplice.testing.harness import WorkerProcess
         with self.ns.entered():
-            worker = WorkerProcess(str(self.workdir), self.tap, *extra, name=name)
+            worker = WorkerProcess(str(self.workdir), tap or self.tap, *extra, name=name)
         self.workers.append(worker)
         worker.wait_listening(wait)
         return worker
