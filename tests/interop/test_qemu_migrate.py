@@ -3,7 +3,7 @@
 
 Topology, in a private netns `vsm-PID-N`: bridge br0 with HOST_IP; tap vsm0 (worker A, source QEMU) and
 tap vsm1 (worker B, destination QEMU started with `-incoming unix:...`) are its ports, like two hosts on
-one L2. The guest pings the host every 20 ms across the move. Asserted: QMP says `completed` and the
+one L2. The guest pings the host every 20 ms and streams TCP to it (iperf3, paced) across the move. Asserted: QMP says `completed` and the
 destination runs; worker B's rings run after the move (its counters are 0 before, and grow after);
 worker A logged dirty pages (dirty_log.log_writes > 0) and exits 0 when its QEMU quits (its rings were
 stopped by GET_VRING_BASE); B announced the guest MAC on vsm1 (SEND_RARP: the guest has no
@@ -31,11 +31,15 @@ GUEST_MAC = bytes.fromhex("525400123456")     # QEMU's default for the first NIC
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33                          # <asm-generic/socket.h>: root may exceed rmem_max
 PING_SECONDS = 16
+STREAM_MBITS = 50                            # a TCP stream across the move, paced so TCG's dirty rate converges
 SCRIPT = f"""
 vs_ping ping_before 5
 vs_mark PINGING
+iperf3 -c "$VS_PEER" -t {PING_SECONDS} -b {STREAM_MBITS}M -J -i 0 > /tmp/mig.iperf 2>&1 &
 ping -i 0.02 -w {PING_SECONDS} "$VS_PEER" > /tmp/mig.ping 2>&1
+wait
 vs_check mig_ping cat /tmp/mig.ping
+vs_check mig_stream cat /tmp/mig.iperf
 vs_ping ping_after 5
 """
 
@@ -119,6 +123,7 @@ def test_live_migration_keeps_the_guest_network(image, tmp_path):
             net.run(["ip", "link", "set", tap, "up"])
         net.run(["ip", "addr", "add", f"{G.HOST_IP}/{G.PREFIX}", "dev", "br0"])
         net.run(["ip", "link", "set", "br0", "up"])
+        server = net.iperf3_server()                                 # the guest streams to it across the move
         wa = net.start_worker(name="a", tap="vsm0")
         wb = net.start_worker(name="b", tap="vsm1")
         with net.ns.entered():
@@ -160,6 +165,7 @@ def test_live_migration_keeps_the_guest_network(image, tmp_path):
 
             rc = dst.wait_done(G.BOOT_TIMEOUT)                       # the guest finishes on the destination
             ping_text = dst.check("mig_ping").output
+            stream = G.iperf_summary(dst.iperf("mig_stream"))
             dst.check("ping_after")
             assert rc == 0, dst.describe()
             announces = []
@@ -176,10 +182,15 @@ def test_live_migration_keeps_the_guest_network(image, tmp_path):
         assert "taken from used->idx" not in wb.stderr, wb.stderr[-2000:]   # B started where A stopped
         assert announces and all(f[6:12] == GUEST_MAC and f[22:28] == GUEST_MAC for f in announces), announces
 
+        server.terminate()
+        server.wait(10)
+        # the TCP stream survived the move: no error, and it carried most of what its pace allowed
+        assert stream["error"] is None and stream["bytes_received"] > STREAM_MBITS * 1e6 / 8 * PING_SECONDS / 2, stream
         sent, lost = ping_losses(ping_text)
         window = [s for s in lost if s != sent - 1]                  # the last one may just be cut by -w
         print(f"\nmigration: status {info['status']}, QMP downtime {info.get('downtime')} ms, total "
-              f"{info.get('total-time')} ms, ram {info.get('ram', {}).get('transferred')} B; guest pings "
+              f"{info.get('total-time')} ms, ram {info.get('ram', {}).get('transferred')} B; TCP stream "
+              f"{stream['bytes_received']} B received ({stream.get('retransmits')} retransmits); guest pings "
               f"(every 20 ms) sent {sent}, lost {len(lost)} {lost}; RARP frames on vsm1 {len(announces)}; "
               f"worker A log_writes {stats_a['dirty_log']['log_writes']}; worker B rx/tx at the move "
               f"{after_move}, at the end {(rx, tx)}")

@@ -77,7 +77,10 @@ def test_each_pair_is_served_by_its_own_worker(served):
 
 def test_killed_worker_is_replaced_and_the_other_never_stops(served):
     sup, pmd, ev = served
-    first = {e["pair"]: e["pid"] for e in wait_for(lambda: [e for e in events(ev) if e["event"] == "start"])}
+    # workers start as the front-end enables their pairs: wait until both have
+    started = wait_for(lambda: {e["pair"] for e in events(ev) if e["event"] == "start"} >= {0, 1})
+    assert started, events(ev)
+    first = {e["pair"]: e["pid"] for e in events(ev) if e["event"] == "start"}
     os.kill(first[1], signal.SIGKILL)
     restarted = wait_for(lambda: [e for e in events(ev) if e["event"] == "start" and e["pair"] == 1
                                   and e["restarts"] == 1])
