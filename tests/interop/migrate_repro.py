@@ -1,4 +1,7 @@
-"""Live migration of a running guest between two QEMU 7.2 processes, each on its own `vhostsplice run`
+"""REPRODUCTION, not collected by default (docs/migration.md, "Open"): run it with
+`python3 -m pytest -q -s tests/interop/migrate_repro.py`.
+
+Live migration of a running guest between two QEMU 7.2 processes, each on its own `vhostsplice run`
 (issue 8; the protocol side is in docs/migration.md).
 
 Topology, in a private netns `vsm-PID-N`: bridge br0 with HOST_IP; tap vsm0 (worker A, source QEMU) and
