@@ -7,11 +7,11 @@ import re
 import shlex
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from support.waiting import wait_for
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.netns import PrivateNetns
 
@@ -40,13 +40,6 @@ def pids(log: Path) -> dict[int, list[int]]:
     for k, pid in re.findall(r"vmm: net(\d+) worker pid (\d+)", log.read_text()):
         out.setdefault(int(k), []).append(int(pid))
     return out
-
-
-def wait_for(fn, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not fn():
-        time.sleep(0.1)
-    return fn()
 
 
 def test_one_worker_per_pair_killed_one_is_restarted(ns, tmp_path):

@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from support import guest as G
+from support.waiting import terminate, wait_for
 from vhostsplice.selfexec import self_argv, self_env
 
 pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
@@ -85,13 +86,7 @@ class Served:
             return self.proc.wait(30)
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        terminate(self.proc)
         ended = {e["pid"] for e in self.events("exit")}
         for e in self.events("start"):
             if e["pid"] not in ended and G.pid_is(e["pid"], "vhostsplice"):
@@ -258,16 +253,6 @@ wait $bg
 vs_check background cat /tmp/bg.ping
 vs_check stats {ETHTOOL} stats eth0
 """
-
-
-def wait_for(fn, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    return fn()
 
 
 def test_mq_worker_killed_under_load_is_replaced_others_untouched(image, ethtool, tmp_path):

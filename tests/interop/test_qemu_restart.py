@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from support import guest as G
+from support.waiting import terminate
 from vhostsplice.selfexec import self_argv, self_env
 
 pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
@@ -116,13 +117,7 @@ class Supervised:
         return exits
 
     def close(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        terminate(self.proc)
         ended = {pid for pid, _ in self.exits()}
         leftovers = [p for p in self.started() if p not in ended]
         leftovers += [e["pid"] for e in self.events("start")

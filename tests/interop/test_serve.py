@@ -10,6 +10,7 @@ import time
 import pytest
 
 import support.testpmd as tp
+from support.waiting import wait_for
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.netns import PrivateNetns
 
@@ -20,16 +21,6 @@ TAP = "vss0"
 def events(path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.startswith("{")]
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
 
 
 @pytest.fixture
