@@ -24,13 +24,12 @@ BASE_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC, F
                      F.F_IN_ORDER, F.VHOST_USER_F_PROTOCOL_FEATURES)
 OFFLOAD_FEATURES = mask(*GUEST_OFFLOAD_TO_TUN, *HOST_OFFLOADS)
 PROTOCOL_FEATURES = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
-# Dirty logging for live migration (docs/migration.md): offered by this back-end (`run`) on top of the
-# shared sets above. `serve` builds its offer from BASE_FEATURES/PROTOCOL_FEATURES only, so it never
-# offers these (its supervisor does not forward SET_LOG_BASE to its workers).
+# Dirty logging for live migration (docs/migration.md), on top of the sets above. `serve` offers them
+# too: its supervisor hands SET_LOG_BASE to every worker and answers once (supervisor.py).
 LOG_FEATURES = bit(F.VHOST_F_LOG_ALL)
 LOG_PROTOCOL_FEATURES = bit(PF.LOG_SHMFD)
 # SEND_RARP: after a move the front-end asks the back-end to announce the guest's MAC (a guest without
-# GUEST_ANNOUNCE cannot); `run` writes the RARP to its host fd. `serve` does not offer it either.
+# GUEST_ANNOUNCE cannot); `run` writes the RARP to its host fd (`serve`: its first running worker).
 RARP_PROTOCOL_FEATURES = bit(PF.RARP)
 RUN_PROTOCOL_FEATURES = PROTOCOL_FEATURES | LOG_PROTOCOL_FEATURES | RARP_PROTOCOL_FEATURES
 GSO_MAX = 65550 + 4        # largest frame a tap hands over with guest TSO/UFO on (64 KiB + Ethernet + VLAN)

@@ -9,6 +9,8 @@ A pair's worker starts when the front-end first enables one of its rings (so the
 for pairs the driver uses). When the front-end leaves, every worker's channel is closed, so each ends
 by the exit-code contract (0 stopped rings, 104 running ones); serve then ends the same way and says so
 in a last `end` event. The next front-end gets a fresh `serve` from whatever supervises it.
+Live migration: SET_LOG_BASE goes to every worker (each logs into the one shared log), and the
+front-end gets one reply once all have taken it; SEND_RARP goes out through one worker.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import protocol as P
-from .backend import BASE_FEATURES, OFFLOAD_FEATURES, PROTOCOL_FEATURES
+from .backend import BASE_FEATURES, LOG_FEATURES, OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES
 from .channel import Channel, Listener
 from .errors import FrontendGone, ProtocolError, errno_name
 from .spec import Feature as F, ProtocolFeature as PF, Req, bit
@@ -41,6 +43,10 @@ RESTARTABLE_NEVER = {errno.EINVAL, errno.ENOTSUP, errno.EPERM, errno.EACCES, err
 RING_REQUESTS = {Req.SET_VRING_NUM, Req.SET_VRING_ADDR, Req.SET_VRING_BASE, Req.GET_VRING_BASE,
                  Req.SET_VRING_KICK, Req.SET_VRING_CALL, Req.SET_VRING_ERR, Req.SET_VRING_ENABLE}
 BROADCAST = {Req.SET_OWNER, Req.RESET_OWNER, Req.SET_MEM_TABLE}
+# serve offers what run offers, migration included: every worker logs into the one dirty log (atomic
+# ORs into shared memory), and the first running worker sends the RARP announce.
+PROTOCOL_FEATURES = RUN_PROTOCOL_FEATURES
+WORKER_PROTOCOL = bit(PF.LOG_SHMFD) | bit(PF.RARP)    # the protocol bits a worker must know were acked
 
 
 @dataclass
@@ -137,10 +143,15 @@ class Supervisor:
         for req in (Req.SET_OWNER,):
             if req in self.device:
                 self.send_worker(pair, req, *self.device[req])
+        if self.protocol_acked & WORKER_PROTOCOL:
+            self.send_worker(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(self.protocol_acked & WORKER_PROTOCOL))
         if self.features:
             self.send_worker(pair, Req.SET_FEATURES, P.encode_u64(self.features & ~DEVICE_ONLY))
         if Req.SET_MEM_TABLE in self.device:
             self.send_worker(pair, Req.SET_MEM_TABLE, *self.device[Req.SET_MEM_TABLE])
+        if Req.SET_LOG_BASE in self.device:
+            self.send_worker(pair, Req.SET_LOG_BASE, *self.device[Req.SET_LOG_BASE])
+            self.worker_reply(pair, Req.SET_LOG_BASE)
         order = (Req.SET_VRING_NUM, Req.SET_VRING_ADDR, Req.SET_VRING_BASE, Req.SET_VRING_CALL,
                  Req.SET_VRING_ERR, Req.SET_VRING_KICK, Req.SET_VRING_ENABLE)
         for j in (0, 1):
@@ -156,6 +167,19 @@ class Supervisor:
             pair.chan.send(request, payload, tuple(fds))
         except (FrontendGone, OSError):
             pass        # the worker died; its exit event restarts it and replays
+
+    def worker_reply(self, pair: Pair, request: int) -> P.Message | None:
+        """The worker's reply to `request` (workers speak only when asked); None if it went away."""
+        if pair.chan is None:
+            return None
+        try:
+            reply = pair.chan.recv()
+        except (ProtocolError, FrontendGone, OSError):
+            return None
+        if reply is not None and reply.request != request:
+            _close_fds(reply.fds)
+            raise ProtocolError(f"pair {pair.index}'s worker answered {reply.name} to {P.request_name(request)}")
+        return reply
 
     def on_exit(self, index: int) -> None:
         pair = self.pairs[index]
@@ -203,11 +227,28 @@ class Supervisor:
             self.forward_ring(msg)
         elif req in BROADCAST or req == Req.SET_FEATURES:
             self.broadcast(msg)
+        elif req == Req.SET_LOG_BASE:
+            self.set_log_base(msg)
+            return                              # its reply is the answer (no separate ack)
+        elif req == Req.SEND_RARP:
+            self.send_rarp(msg)
         else:
             _close_fds(msg.fds)
             raise ProtocolError(f"{msg.name}: unsupported request")
         if local is None or LOCAL_ACKS.get(req):
+            if local is None and msg.need_reply:
+                self.barrier()
             self.ack(msg)
+
+    def barrier(self) -> None:
+        """Return once every running worker has applied what it was sent: a worker answers requests in
+        order, so its reply to a GET_FEATURES means the messages before it took effect. An ack from
+        serve then means what it means from run (QEMU relies on it: LOG_ALL on, the used ring logged,
+        the new memory table in use, before it goes on)."""
+        for pair in self.pairs:
+            if pair.chan is not None:
+                self.send_worker(pair, Req.GET_FEATURES, b"")
+                self.worker_reply(pair, Req.GET_FEATURES)
 
     def ack(self, msg: P.Message) -> None:
         if msg.need_reply and self.protocol_acked & bit(PF.REPLY_ACK) and msg.request != Req.GET_VRING_BASE:
@@ -277,16 +318,59 @@ class Supervisor:
             close_fd(kick[1])
         if pair.chan is not None:
             self.send_worker(pair, Req.GET_VRING_BASE, payload)
+            reply = self.worker_reply(pair, Req.GET_VRING_BASE)
             try:
-                reply = pair.chan.recv()
                 base = P.decode_vring_state(reply).num if reply is not None else 0
-            except (ProtocolError, FrontendGone, OSError):
+            except ProtocolError:
                 base = 0
         pair.told[(Req.SET_VRING_BASE, j)] = (P.encode_vring_state(P.VringState(j, base)), None)
         self.front.send(Req.GET_VRING_BASE, P.encode_vring_state(P.VringState(ring, base)), reply=True)
 
     def offered(self) -> int:
-        return BASE_FEATURES | OFFLOAD_FEATURES | DEVICE_ONLY
+        return BASE_FEATURES | OFFLOAD_FEATURES | LOG_FEATURES | DEVICE_ONLY
+
+    # -- migration ---------------------------------------------------------------------------------------
+    def set_log_base(self, msg: P.Message) -> None:
+        """One dirty log for the device: every running worker maps it (a replacement gets it in replay),
+        and the front-end gets one reply once all have. QEMU 7.2 sends it once per queue pair, with the
+        same memfd each time: a repeat of the log the workers already have is only answered."""
+        try:
+            if not self.protocol_acked & bit(PF.LOG_SHMFD):
+                raise ProtocolError("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated")
+            if len(msg.fds) != 1:
+                raise ProtocolError(f"SET_LOG_BASE: {len(msg.fds)} file descriptors, expected 1")
+            P.decode_log(msg)
+        except BaseException:
+            _close_fds(msg.fds)
+            raise
+        old = self.device.get(Req.SET_LOG_BASE)
+        if old and old[0] == msg.payload and _same_file(old[1][0], msg.fds[0]):
+            _close_fds(msg.fds)
+        else:
+            if old:
+                _close_fds(old[1])
+            self.device[Req.SET_LOG_BASE] = (msg.payload, msg.fds)
+            for pair in self.pairs:
+                if pair.chan is not None:
+                    self.send_worker(pair, Req.SET_LOG_BASE, msg.payload, msg.fds)
+                    reply = self.worker_reply(pair, Req.SET_LOG_BASE)
+                    if reply is None and pair.proc.poll() is None:
+                        raise ProtocolError(f"SET_LOG_BASE: pair {pair.index}'s worker did not take the log")
+                    # a worker that died meanwhile gets the log when it is replaced (replay)
+        self.front.send(Req.SET_LOG_BASE, P.encode_u64(0), reply=True)
+
+    def send_rarp(self, msg: P.Message) -> None:
+        """The announce after a move goes out once, through the first pair with a worker."""
+        _close_fds(msg.fds)
+        if not self.protocol_acked & bit(PF.RARP):
+            raise ProtocolError("SEND_RARP without VHOST_USER_PROTOCOL_F_RARP negotiated")
+        if msg.fds or len(msg.payload) != 8:
+            raise ProtocolError(f"SEND_RARP: {len(msg.payload)} bytes and {len(msg.fds)} fds, expected 8 and none")
+        pair = next((p for p in self.pairs if p.chan is not None), None)
+        if pair is None:
+            log.info("SEND_RARP: no queue pair runs yet; announce not sent")
+            return
+        self.send_worker(pair, Req.SEND_RARP, msg.payload)
 
     # -- the loop --------------------------------------------------------------------------------------
     def _watch(self, fd: int, role: str, arg: int = 0) -> None:
@@ -424,6 +508,11 @@ def _signal_eventfd(fd: int) -> None:
         pass
 
 
+def _same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def _close_fds(fds) -> None:
     for fd in fds:
         close_fd(fd)
@@ -442,6 +531,15 @@ def _set_protocol_features(s: Supervisor, msg) -> None:
     if value & ~PROTOCOL_FEATURES:
         raise ProtocolError(f"SET_PROTOCOL_FEATURES acks bits never offered: {value & ~PROTOCOL_FEATURES:#x}")
     s.protocol_acked = value
+    for pair in s.pairs:
+        if pair.chan is not None and value & WORKER_PROTOCOL:
+            s.send_worker(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(value & WORKER_PROTOCOL))
+
+
+def _set_log_fd(s: Supervisor, msg) -> None:
+    """QEMU 7.2 never sends it for vhost-user; accepted (its fd is closed by handle), as run does."""
+    if len(msg.fds) != 1:
+        raise ProtocolError(f"SET_LOG_FD: {len(msg.fds)} file descriptors, expected 1")
 
 
 def _get_queue_num(s: Supervisor, msg) -> bytes:
@@ -458,8 +556,8 @@ def _get_status(s: Supervisor, msg) -> bytes:
 
 LOCAL = {Req.GET_FEATURES: _get_features, Req.GET_PROTOCOL_FEATURES: _get_protocol_features,
          Req.SET_PROTOCOL_FEATURES: _set_protocol_features, Req.GET_QUEUE_NUM: _get_queue_num,
-         Req.SET_STATUS: _set_status, Req.GET_STATUS: _get_status}
-LOCAL_ACKS = {Req.SET_PROTOCOL_FEATURES: True, Req.SET_STATUS: True}
+         Req.SET_STATUS: _set_status, Req.GET_STATUS: _get_status, Req.SET_LOG_FD: _set_log_fd}
+LOCAL_ACKS = {Req.SET_PROTOCOL_FEATURES: True, Req.SET_STATUS: True, Req.SET_LOG_FD: True}
 
 
 def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:

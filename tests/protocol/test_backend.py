@@ -224,12 +224,13 @@ def log_fd(size=4096):
     return fd
 
 
-def test_run_offers_log_all_and_log_shmfd_but_serve_constants_do_not():
+def test_run_and_serve_offer_log_all_and_log_shmfd():
     from vhostsplice import backend as B
+    from vhostsplice import supervisor
     assert B.LOG_FEATURES == bit(F.VHOST_F_LOG_ALL) == 1 << 26
     assert B.RUN_PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
-    assert not BASE_FEATURES & bit(F.VHOST_F_LOG_ALL)            # `serve` builds its offer from these
-    assert not B.PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
+    assert supervisor.PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
+    assert not BASE_FEATURES & bit(F.VHOST_F_LOG_ALL)            # only where logging is wired up
 
 
 def test_offers_seen_by_a_front_end(env):
@@ -359,12 +360,12 @@ def expected_rarp(mac):
             + b"\x00" * 18)                             # padding to 60 bytes
 
 
-def test_run_offers_rarp_and_serve_constants_do_not(env):
+def test_run_and_serve_offer_rarp(env):
     from vhostsplice import backend as B
     from vhostsplice import supervisor
     assert B.RUN_PROTOCOL_FEATURES & bit(PF.RARP)
     assert not B.PROTOCOL_FEATURES & bit(PF.RARP)
-    assert supervisor.PROTOCOL_FEATURES is B.PROTOCOL_FEATURES      # what `serve` offers
+    assert supervisor.PROTOCOL_FEATURES & bit(PF.RARP)              # what `serve` offers
     backend, fe, *_ = env
     send(backend, Req.GET_PROTOCOL_FEATURES)
     assert P.decode_u64(fe.recv()) & bit(PF.RARP)
