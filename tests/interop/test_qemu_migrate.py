@@ -1,0 +1,372 @@
+"""Live migration of a running guest between two QEMU 7.2 processes, each on its own vhostsplice back-end
+(issue 8; the protocol side is in docs/migration.md).
+
+Topology, in a private netns `vsm-PID-N`: bridge br0 with HOST_IP; taps vsm0 and vsm1 are its ports, like
+two hosts on one L2. The source QEMU's back-end serves one, the destination's (started with `-incoming
+unix:...`) the other. The guest pings the host every 20 ms and streams TCP to it (iperf3, paced) across
+every move.
+
+- `test_live_migration_keeps_the_guest_network` (`run`): QMP says `completed` and the destination runs;
+  worker B's rings run only after the move and start where A stopped; A logged dirty pages and exits 0
+  when its QEMU quits; B announced the guest MAC on vsm1 (SEND_RARP); lost pings form one window.
+- `test_migration_pingpong` (`run`): the guest moves back and forth (VS_MIG_ROUNDS, default 4); after
+  each move it keeps running, streaming and answering the host, and its console shows no oops.
+  VS_MIG_NETDEV=tap runs the same with QEMU's own virtio-net on the taps, as a control.
+- `test_serve_device_migrates` (`serve --queues 2` on both sides, both pairs in use).
+
+Guest memory is 512 MiB - 8 KiB on purpose (MIG_MEMORY below: a QEMU < 9.0 TCG bug otherwise corrupts
+the guest in about one move in three under load, with or without vhost-user).
+Needs root, QEMU; run under `flock /tmp/vs-heavy.lock` when other heavy work shares the machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from support import guest as G
+from support.serving import Served
+from support.waiting import wait_for
+
+pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
+
+GUEST_MAC = bytes.fromhex("525400123456")     # QEMU's default for the first NIC, the same on both sides
+ETH_P_ALL = 0x0003
+SO_RCVBUFFORCE = 33                          # <asm-generic/socket.h>: root may exceed rmem_max
+PING_SECONDS = 16
+STREAM_MBITS = 50                            # a TCP stream across the move, paced so TCG's dirty rate converges
+# QEMU < 9.0 with TCG loses guest stores during a migration when a RAM block's length is a multiple of
+# 64 pages: cpu_physical_memory_sync_dirty_bitmap()'s word-at-a-time fast path clears the dirty bits
+# without resetting the vCPU's TLB dirty state, so later stores through the TLB are never marked and the
+# destination gets stale pages (fixed upstream by 03bfc2188f, "physmem: Fix migration dirty bitmap
+# coherency with TCG memory access"; Debian's 7.2 does not carry it). 512 MiB - 8 KiB takes the per-page
+# path, which resets the TLB. Measured here under CPU load: with 512M, 3 of 10 `run` migrations and 3 of 5
+# QEMU-tap (no vhost-user) control runs left a corrupted destination guest (NULL dereferences in
+# hrtimer and scheduler code right at resume); with 524280K none of 10 + 12 + 12 moves did.
+# VS_MIG_MEMORY=512M brings the bug back (docs/migration.md).
+MIG_MEMORY = os.environ.get("VS_MIG_MEMORY", "524280K")
+SCRIPT = f"""
+vs_ping ping_before 5
+vs_mark PINGING
+iperf3 -c "$VS_PEER" -t {PING_SECONDS} -b {STREAM_MBITS}M -J -i 0 > /tmp/mig.iperf 2>&1 &
+ping -i 0.02 -w {PING_SECONDS} "$VS_PEER" > /tmp/mig.ping 2>&1
+wait
+vs_check mig_ping cat /tmp/mig.ping
+vs_check mig_stream cat /tmp/mig.iperf
+vs_ping ping_after 5
+"""
+
+
+class Qmp:
+    """A minimal QMP client over QEMU's `-qmp unix:PATH,server=on,wait=off` socket."""
+
+    def __init__(self, path: Path, timeout: float = 60.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.connect(str(path))
+                break
+            except OSError:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.sock.settimeout(timeout)
+        self.file = self.sock.makefile("rb")
+        self._read()                            # the greeting
+        self.cmd("qmp_capabilities")
+
+    def _read(self) -> dict:
+        line = self.file.readline()
+        if not line:
+            raise ConnectionError("QMP socket closed")
+        return json.loads(line)
+
+    def cmd(self, name: str, **arguments) -> object:
+        self.sock.sendall(json.dumps({"execute": name, **({"arguments": arguments} if arguments else {})}).encode())
+        while True:
+            msg = self._read()
+            if "return" in msg:
+                return msg["return"]
+            if "error" in msg:
+                raise AssertionError(f"QMP {name}: {msg['error']}")
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def snapshot(worker) -> dict:
+    """The running worker's statistics (SIGUSR1 makes it rewrite its --stats-file)."""
+    before = os.stat(worker.stats_file).st_mtime_ns if os.path.exists(worker.stats_file) else 0
+    worker.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if os.path.exists(worker.stats_file) and os.stat(worker.stats_file).st_mtime_ns != before:
+            try:
+                with open(worker.stats_file) as f:
+                    return json.load(f)
+            except ValueError:
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"no statistics from worker {worker.sock}")
+
+
+def packets(stats: dict) -> tuple[int, int]:
+    return stats["rings"]["rx"]["packets"], stats["rings"]["tx"]["packets"]
+
+
+def ping_losses(text: str) -> tuple[int, list[int]]:
+    """busybox ping output -> (transmitted, the lost sequence numbers)."""
+    m = re.search(r"(\d+) packets transmitted, (\d+) packets received", text)
+    assert m, f"no ping summary:\n{text[-2000:]}"
+    sent = int(m[1])
+    got = {int(s) for s in re.findall(r"seq=(\d+)", text)}
+    return sent, sorted(set(range(sent)) - got)
+
+
+def bridged(tmp_path, multi_queue: bool = True) -> G.HostNet:
+    """A HostNet whose tap vsm0 and a second tap vsm1 are ports of bridge br0, which holds HOST_IP."""
+    net = G.HostNet(tmp_path, tap="vsm0", ns_prefix="vsm", multi_queue=multi_queue)
+    try:
+        net.run(["ip", "addr", "del", f"{G.HOST_IP}/{G.PREFIX}", "dev", "vsm0"])
+        net.run(["ip", "tuntap", "add", "dev", "vsm1", "mode", "tap", "vnet_hdr", *(["multi_queue"] if multi_queue else [])])
+        net.run(["ip", "link", "add", "br0", "type", "bridge"])
+        for tap in ("vsm0", "vsm1"):
+            net.run(["ip", "link", "set", tap, "master", "br0"])
+            net.run(["ip", "link", "set", tap, "up"])
+        net.run(["ip", "addr", "add", f"{G.HOST_IP}/{G.PREFIX}", "dev", "br0"])
+        net.run(["ip", "link", "set", "br0", "up"])
+    except BaseException:
+        net.close()
+        raise
+    return net
+
+
+def migrate(qmp: Qmp, uri: str, timeout: float = 120) -> dict:
+    """Start a migration over QMP and wait for its end; returns the last query-migrate answer."""
+    qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 4 << 30})
+    qmp.cmd("migrate", uri=uri)
+    deadline = time.monotonic() + timeout
+    while True:
+        info = qmp.cmd("query-migrate")
+        if info.get("status") in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
+
+
+def test_live_migration_keeps_the_guest_network(image, tmp_path):
+    with bridged(tmp_path) as net:
+        server = net.iperf3_server()                                 # the guest streams to it across the move
+        wa = net.start_worker(name="a", tap="vsm0")
+        wb = net.start_worker(name="b", tap="vsm1")
+        with net.ns.entered():
+            # ETH_P_ALL: a bridge port hands its frames to the bridge before protocol-specific sockets
+            rarp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            rarp.bind(("vsm1", ETH_P_ALL))
+            rarp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+        mig = tmp_path / "mig.sock"
+        src = G.Guest(image, wa.sock, tmp_path, SCRIPT, name="src", memory=MIG_MEMORY,
+                      qemu_extra=["-qmp", f"unix:{tmp_path}/src.qmp,server=on,wait=off"])
+        dst = G.Guest(image, wb.sock, tmp_path, SCRIPT, name="dst", memory=MIG_MEMORY,
+                      qemu_extra=["-qmp", f"unix:{tmp_path}/dst.qmp,server=on,wait=off", "-incoming", f"unix:{mig}"])
+        with src, dst, rarp:
+            qs, qd = Qmp(tmp_path / "src.qmp"), Qmp(tmp_path / "dst.qmp")
+            src.wait_marker("PINGING", G.BOOT_TIMEOUT)
+            src.check("ping_before")
+            assert packets(snapshot(wb)) == (0, 0)                  # B's rings do not run before the move
+            time.sleep(2)                                             # pings flowing through worker A
+            info = migrate(qs, f"unix:{mig}")
+            assert info.get("status") == "completed", info
+            deadline = time.monotonic() + 30
+            while qd.cmd("query-status")["status"] != "running" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert qd.cmd("query-status")["status"] == "running"
+            after_move = packets(snapshot(wb))
+
+            qs.cmd("quit")                                            # the source QEMU goes away
+            code_a, stats_a = wa.wait(30)
+            assert code_a == 0 and stats_a["errno"] == "OK", (code_a, stats_a, wa.stderr[-2000:])
+            assert stats_a["dirty_log"]["log_writes"] > 0, stats_a["dirty_log"]
+            assert stats_a["dirty_log"]["log_overflow"] == 0, stats_a["dirty_log"]
+
+            rc = dst.wait_done(G.BOOT_TIMEOUT)                       # the guest finishes on the destination
+            ping_text = dst.check("mig_ping").output
+            stream = G.iperf_summary(dst.iperf("mig_stream"))
+            dst.check("ping_after")
+            assert rc == 0, dst.describe()
+            announces = []
+            while select.select([rarp], [], [], 0)[0]:
+                frame = rarp.recv(65536)
+                if frame[12:14] == b"\x80\x35":              # RARP
+                    announces.append(frame)
+        qs.close()
+        qd.close()
+        code_b, stats_b = G.stop_worker(wb)
+        assert code_b == 0 and stats_b["errno"] == "OK", (code_b, stats_b)
+        rx, tx = packets(stats_b)
+        assert rx > after_move[0] and tx > after_move[1], (after_move, (rx, tx))
+        assert "taken from used->idx" not in wb.stderr, wb.stderr[-2000:]   # B started where A stopped
+        assert announces and all(f[6:12] == GUEST_MAC and f[22:28] == GUEST_MAC for f in announces), announces
+
+        server.terminate()
+        server.wait(10)
+        # the TCP stream survived the move: no error, and it carried most of what its pace allowed
+        assert stream["error"] is None and stream["bytes_received"] > STREAM_MBITS * 1e6 / 8 * PING_SECONDS / 2, stream
+        sent, lost = ping_losses(ping_text)
+        window = [s for s in lost if s != sent - 1]                  # the last one may just be cut by -w
+        print(f"\nmigration: status {info['status']}, QMP downtime {info.get('downtime')} ms, total "
+              f"{info.get('total-time')} ms, ram {info.get('ram', {}).get('transferred')} B; TCP stream "
+              f"{stream['bytes_received']} B received ({stream.get('retransmits')} retransmits); guest pings "
+              f"(every 20 ms) sent {sent}, lost {len(lost)} {lost}; RARP frames on vsm1 {len(announces)}; "
+              f"worker A log_writes {stats_a['dirty_log']['log_writes']}; worker B rx/tx at the move "
+              f"{after_move}, at the end {(rx, tx)}")
+        assert sent > 0 and len(lost) < sent
+        if window:                                                     # loss only in one switch-over window
+            assert window == list(range(window[0], window[-1] + 1)), lost
+            assert window[-1] < sent - 2, lost                         # and answers again after it
+
+
+# -- ping-pong: one running guest moved back and forth -------------------------------------------------------
+# `VS_MIG_ROUNDS=30 [VS_MIG_NETDEV=tap] python3 -m pytest -q -s tests/interop/test_qemu_migrate.py -k pingpong`.
+# With `tap`, QEMU's own virtio-net on the taps (no vhost-user) is the control: the same guest, workload,
+# memory backend and TCG, so a failure rate that differs points at the back-end.
+ENDLESS_SCRIPT = f"""
+vs_ping ping_before 3
+iperf3 -c "$VS_PEER" -t 86400 -b {STREAM_MBITS}M > /dev/null 2>&1 &
+ping -i 0.02 "$VS_PEER" > /dev/null 2>&1 &
+vs_mark PINGING
+while true; do vs_mark BEAT "$(vs_uptime)"; sleep 0.5; done
+"""
+FAILURE_WORDS = ("Kernel panic", "BUG:", "Oops", "general protection", "Fatal exception", "WARNING:",
+                 "virtio_net", "rcu_sched self-detected", "soft lockup")
+
+
+def settled(guest: G.Guest, net: G.HostNet) -> str:
+    """After a move: the guest keeps running (new BEAT markers), answers 10 of 10 host pings and its
+    console has no oops. Returns the ping summary."""
+    beats = len([m for m in guest.markers() if m[0] == "BEAT"])
+    time.sleep(2.0)                                     # the guest runs on, streaming, on the new side
+    ping = net.ping(G.GUEST_IP, count=10, interval=0.05, timeout=20)
+    summary = next((line for line in ping.stdout.splitlines() if "packet loss" in line), ping.stdout[-200:])
+    bad = [line for line in guest.serial.splitlines() if any(w in line for w in FAILURE_WORDS)]
+    alive = guest.running() and len([m for m in guest.markers() if m[0] == "BEAT"]) > beats
+    assert alive and not bad, guest.describe(120)
+    assert " 0% packet loss" in summary, (summary, guest.describe(40))
+    return summary
+
+
+def test_migration_pingpong(image, tmp_path):
+    rounds = int(os.environ.get("VS_MIG_ROUNDS", "4"))
+    kind = os.environ.get("VS_MIG_NETDEV", "vhostsplice")
+    assert kind in ("vhostsplice", "tap"), kind
+    taps = ("vsm0", "vsm1")
+    with bridged(tmp_path, multi_queue=(kind == "vhostsplice")) as net:
+        server = net.iperf3_server()
+
+        def launch(i: int, incoming: bool):
+            name = f"g{i}"
+            extra = ["-qmp", f"unix:{tmp_path}/{name}.qmp,server=on,wait=off"]
+            if incoming:
+                extra += ["-incoming", f"unix:{tmp_path}/mig{i}.sock"]
+            worker = None
+            if kind == "tap":
+                guest = G.Guest(image, "", tmp_path, ENDLESS_SCRIPT, name=name, qemu_extra=extra, memory=MIG_MEMORY,
+                                netdev=f"tap,id=n0,ifname={taps[i % 2]},script=no,downscript=no,vhost=off")
+                guest.start(netns=net.ns)
+            else:
+                worker = net.start_worker(name=name, tap=taps[i % 2])
+                guest = G.Guest(image, worker.sock, tmp_path, ENDLESS_SCRIPT, name=name, qemu_extra=extra,
+                                memory=MIG_MEMORY).start()
+            return guest, worker, Qmp(tmp_path / f"{name}.qmp")
+
+        src, wsrc, qsrc = launch(0, False)
+        results = []
+        try:
+            src.wait_marker("PINGING", G.BOOT_TIMEOUT)
+            for i in range(1, rounds + 1):
+                time.sleep(1.5)
+                dst, wdst, qdst = launch(i, True)
+                info = migrate(qsrc, f"unix:{tmp_path}/mig{i}.sock")
+                assert info.get("status") == "completed", (i, info)
+                qsrc.cmd("quit")
+                qsrc.close()
+                src.proc.wait(30)
+                if wsrc is not None:                     # the source worker logged, and ends 0 (rings stopped)
+                    code, stats = wsrc.wait(30)
+                    assert code == 0 and stats["dirty_log"]["log_writes"] > 0, (i, code, stats, wsrc.stderr[-2000:])
+                    assert stats["dirty_log"]["log_overflow"] == 0, stats["dirty_log"]
+                    if i > 1:                            # it was the last move's destination: it resumed exactly
+                        assert "taken from used->idx" not in wsrc.stderr, wsrc.stderr[-2000:]
+                src, wsrc, qsrc = dst, wdst, qdst
+                summary = settled(src, net)
+                results.append((i, info.get("downtime"), summary))
+                print(f"move {i}: downtime {info.get('downtime')} ms, total {info.get('total-time')} ms, "
+                      f"host pings after it: {summary}", flush=True)
+        finally:
+            print(f"\n{kind}: {len(results)} of {rounds} moves checked")
+            qsrc.close()
+            src.kill()
+            server.terminate()
+            server.wait(10)
+        assert len(results) == rounds
+
+
+# -- serve: a multi-queue device moves -----------------------------------------------------------------------
+ETHTOOL = f"/tmp/bin/{G.VS_ETHTOOL}"
+SERVE_SCRIPT = f"""
+vs_fwcfg_bin {G.VS_ETHTOOL}
+vs_check set_combined {ETHTOOL} set-combined eth0 2
+""" + ENDLESS_SCRIPT
+
+
+def test_serve_device_migrates(image, ethtool, tmp_path):
+    """`serve --queues 2` on each side, both pairs enabled by the guest: QEMU 7.2 sends SET_LOG_BASE once
+    per pair, and every worker of the source logs into the one log; after the move both pairs' workers
+    run on the destination, the source's end 0 (rings stopped), and the guest keeps its network."""
+    with bridged(tmp_path) as net:
+        server = net.iperf3_server()
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        with Served(net, tmp_path / "a", queues=2, tap="vsm0") as sa, \
+                Served(net, tmp_path / "b", queues=2, tap="vsm1") as sb:
+            def guest(name: str, served: Served, incoming: bool) -> G.Guest:
+                kw = G.vhost_user_mq(served.sock, 2)
+                kw["qemu_extra"] += [*G.fw_cfg_file(G.VS_ETHTOOL, ethtool),
+                                     "-qmp", f"unix:{tmp_path}/{name}.qmp,server=on,wait=off",
+                                     *(["-incoming", f"unix:{tmp_path}/mig.sock"] if incoming else [])]
+                return G.Guest(image, served.sock, tmp_path, SERVE_SCRIPT, name=name, memory=MIG_MEMORY, **kw)
+
+            with guest("src", sa, False) as src, guest("dst", sb, True) as dst:
+                qs, qd = Qmp(tmp_path / "src.qmp"), Qmp(tmp_path / "dst.qmp")
+                src.wait_marker("PINGING", G.BOOT_TIMEOUT)
+                src.check("set_combined")
+                assert wait_for(lambda: len(sa.events("start")) == 2), sa.events()   # both pairs in use
+                assert not sb.events("start")
+                time.sleep(1.5)
+                info = migrate(qs, f"unix:{tmp_path}/mig.sock")
+                assert info.get("status") == "completed", info
+                assert wait_for(lambda: qd.cmd("query-status")["status"] == "running", 30)
+                qs.cmd("quit")
+                qs.close()
+                code_a = sa.wait_exit()
+                summary = settled(dst, net)
+                starts_b = sb.events("start")
+                qd.close()
+        server.terminate()
+        server.wait(10)
+    exits_a = sa.events("exit")
+    assert code_a == 0, (code_a, sa.stderr())
+    assert sorted(e["pair"] for e in exits_a) == [0, 1] and all(e["exit"] == 0 for e in exits_a), exits_a
+    assert sorted(e["pair"] for e in starts_b) == [0, 1], starts_b
+    assert not sa.events("error") and not sb.events("error"), (sa.events("error"), sb.events("error"))
+    print(f"\nserve migration: QMP downtime {info.get('downtime')} ms, total {info.get('total-time')} ms; "
+          f"host pings after the move: {summary}")
