@@ -27,6 +27,11 @@ PROTOCOL_FEATURES = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
 # Dirty logging for live migration (docs/migration.md), on top of the sets above. `serve` offers them
 # too: its supervisor hands SET_LOG_BASE to every worker and answers once (supervisor.py).
 LOG_FEATURES = bit(F.VHOST_F_LOG_ALL)
+# GUEST_ANNOUNCE: QEMU offers it to the guest only if the back-end does (it is in QEMU's vhost-net
+# user_feature_bits). A guest that acks it sends its own gratuitous ARP / unsolicited NA after a move
+# (through TX, like any frame; QEMU runs the control queue), which covers VLANs and IPv6; QEMU then sends
+# no SEND_RARP. Nothing in the data path changes.
+ANNOUNCE_FEATURES = bit(F.NET_F_GUEST_ANNOUNCE)
 LOG_PROTOCOL_FEATURES = bit(PF.LOG_SHMFD)
 # SEND_RARP: after a move the front-end asks the back-end to announce the guest's MAC (a guest without
 # GUEST_ANNOUNCE cannot); `run` writes the RARP to its host fd (`serve`: its first running worker).
@@ -45,7 +50,8 @@ class BackendConfig:
 class Backend:
     def __init__(self, channel, datapath, hostfd, config: BackendConfig):
         self.channel, self.datapath, self.hostfd, self.config = channel, datapath, hostfd, config
-        self.offered = BASE_FEATURES | LOG_FEATURES | (OFFLOAD_FEATURES if config.offloads else 0)
+        self.offered = (BASE_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES
+                        | (OFFLOAD_FEATURES if config.offloads else 0))
         self.acked: int | None = None
         self.protocol_acked = 0
         self.status = 0

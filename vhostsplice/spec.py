@@ -77,6 +77,7 @@ class Feature(enum.IntEnum):
     NET_F_MRG_RXBUF = 15
     NET_F_STATUS = 16
     NET_F_CTRL_VQ = 17
+    NET_F_GUEST_ANNOUNCE = 21            # the guest announces itself after a move (QEMU's control queue)
     NET_F_MQ = 22
     RING_F_INDIRECT_DESC = 28
     RING_F_EVENT_IDX = 29

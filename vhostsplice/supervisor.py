@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import protocol as P
-from .backend import BASE_FEATURES, LOG_FEATURES, OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES
+from .backend import ANNOUNCE_FEATURES, BASE_FEATURES, LOG_FEATURES, OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES
 from .channel import Channel, Listener
 from .errors import FrontendGone, ProtocolError, errno_name
 from .spec import Feature as F, ProtocolFeature as PF, Req, bit
@@ -327,7 +327,7 @@ class Supervisor:
         self.front.send(Req.GET_VRING_BASE, P.encode_vring_state(P.VringState(ring, base)), reply=True)
 
     def offered(self) -> int:
-        return BASE_FEATURES | OFFLOAD_FEATURES | LOG_FEATURES | DEVICE_ONLY
+        return BASE_FEATURES | OFFLOAD_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES | DEVICE_ONLY
 
     # -- migration ---------------------------------------------------------------------------------------
     def set_log_base(self, msg: P.Message) -> None:

@@ -117,7 +117,7 @@ def test_serve_logs_every_pair_into_one_log_and_announces_once(ns, tmp_path):
         with fe:
             fe.negotiate()
             with contextlib.closing(Pair1(fe)) as pair1:
-                assert fe.offered & bit(F.VHOST_F_LOG_ALL)
+                assert fe.offered & bit(F.VHOST_F_LOG_ALL) and fe.offered & bit(F.NET_F_GUEST_ANNOUNCE)
                 assert fe.protocol_acked & bit(PF.LOG_SHMFD) and fe.protocol_acked & bit(PF.RARP)
                 fe.share_memory()
                 fe.rx, fe.tx = fe.setup_ring(0), fe.setup_ring(1)

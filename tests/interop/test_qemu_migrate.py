@@ -26,6 +26,7 @@ import re
 import select
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -163,20 +164,52 @@ def migrate(qmp: Qmp, uri: str, timeout: float = 120) -> dict:
         time.sleep(0.05)
 
 
+GUEST_IP_BYTES = socket.inet_aton(G.GUEST_IP)
+
+
+def capture(net: G.HostNet, tap: str) -> socket.socket:
+    """Every frame on a bridge port (ETH_P_ALL: a bridge port's rx handler takes frames first)."""
+    with net.ns.entered():
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        sock.bind((tap, ETH_P_ALL))
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+    return sock
+
+
+def guest_announces(sock: socket.socket) -> list[bytes]:
+    """Gratuitous ARPs of the guest in what `sock` caught: from its MAC, sender IP == target IP == its IP
+    (what a guest with GUEST_ANNOUNCE sends after a move; an ordinary ARP request targets another IP)."""
+    out = []
+    while select.select([sock], [], [], 0)[0]:
+        f = sock.recv(65536)
+        if f[12:14] == b"\x08\x06" and f[6:12] == GUEST_MAC and f[28:32] == GUEST_IP_BYTES == f[38:42]:
+            out.append(f)
+    return out
+
+
+def host_ping_gap(text: str) -> tuple[int, list[int], float]:
+    """iputils `ping -D` output -> (transmitted, lost icmp_seq numbers, the longest time in ms between two
+    consecutive replies): the switch-over gap as the host sees it, on the host's clock."""
+    m = re.search(r"(\d+) packets transmitted", text)
+    assert m, f"no ping summary:\n{text[-2000:]}"
+    sent = int(m[1])
+    replies = sorted((int(seq), float(stamp)) for stamp, seq in re.findall(r"^\[(\d+\.\d+)\] .*icmp_seq=(\d+)", text, re.M))
+    got = {seq for seq, _ in replies}
+    gap = max((b[1] - a[1] for a, b in zip(replies, replies[1:])), default=0.0) * 1000
+    return sent, sorted(set(range(1, sent + 1)) - got), gap
+
+
 def test_live_migration_keeps_the_guest_network(image, tmp_path):
     with bridged(tmp_path) as net:
         server = net.iperf3_server()                                 # the guest streams to it across the move
         wa = net.start_worker(name="a", tap="vsm0")
         wb = net.start_worker(name="b", tap="vsm1")
-        with net.ns.entered():
-            # ETH_P_ALL: a bridge port hands its frames to the bridge before protocol-specific sockets
-            rarp = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            rarp.bind(("vsm1", ETH_P_ALL))
-            rarp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+        rarp = capture(net, "vsm1")
         mig = tmp_path / "mig.sock"
-        src = G.Guest(image, wa.sock, tmp_path, SCRIPT, name="src", memory=MIG_MEMORY,
+        # guest_announce=off: QEMU sends SEND_RARP only for a guest without GUEST_ANNOUNCE (the others test that)
+        src = G.Guest(image, wa.sock, tmp_path, SCRIPT, name="src", memory=MIG_MEMORY, device_opts="guest_announce=off",
                       qemu_extra=["-qmp", f"unix:{tmp_path}/src.qmp,server=on,wait=off"])
-        dst = G.Guest(image, wb.sock, tmp_path, SCRIPT, name="dst", memory=MIG_MEMORY,
+        dst = G.Guest(image, wb.sock, tmp_path, SCRIPT, name="dst", memory=MIG_MEMORY, device_opts="guest_announce=off",
                       qemu_extra=["-qmp", f"unix:{tmp_path}/dst.qmp,server=on,wait=off", "-incoming", f"unix:{mig}"])
         with src, dst, rarp:
             qs, qd = Qmp(tmp_path / "src.qmp"), Qmp(tmp_path / "dst.qmp")
@@ -184,6 +217,10 @@ def test_live_migration_keeps_the_guest_network(image, tmp_path):
             src.check("ping_before")
             assert packets(snapshot(wb)) == (0, 0)                  # B's rings do not run before the move
             time.sleep(2)                                             # pings flowing through worker A
+            with open(tmp_path / "host-ping.log", "wb") as out:     # the host's view: a ping every 10 ms
+                host_ping = net.popen(["ping", "-n", "-D", "-i", "0.01", "-W", "1", G.GUEST_IP], stdout=out,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            time.sleep(1)
             info = migrate(qs, f"unix:{mig}")
             assert info.get("status") == "completed", info
             deadline = time.monotonic() + 30
@@ -191,6 +228,9 @@ def test_live_migration_keeps_the_guest_network(image, tmp_path):
                 time.sleep(0.1)
             assert qd.cmd("query-status")["status"] == "running"
             after_move = packets(snapshot(wb))
+            time.sleep(2)
+            host_ping.send_signal(signal.SIGINT)                      # our own child, by PID
+            host_ping.wait(10)
 
             qs.cmd("quit")                                            # the source QEMU goes away
             code_a, stats_a = wa.wait(30)
@@ -223,16 +263,23 @@ def test_live_migration_keeps_the_guest_network(image, tmp_path):
         assert stream["error"] is None and stream["bytes_received"] > STREAM_MBITS * 1e6 / 8 * PING_SECONDS / 2, stream
         sent, lost = ping_losses(ping_text)
         window = [s for s in lost if s != sent - 1]                  # the last one may just be cut by -w
+        h_sent, h_lost, h_gap = host_ping_gap((tmp_path / "host-ping.log").read_text())
         print(f"\nmigration: status {info['status']}, QMP downtime {info.get('downtime')} ms, total "
               f"{info.get('total-time')} ms, ram {info.get('ram', {}).get('transferred')} B; TCP stream "
               f"{stream['bytes_received']} B received ({stream.get('retransmits')} retransmits); guest pings "
               f"(every 20 ms) sent {sent}, lost {len(lost)} {lost}; RARP frames on vsm1 {len(announces)}; "
               f"worker A log_writes {stats_a['dirty_log']['log_writes']}; worker B rx/tx at the move "
-              f"{after_move}, at the end {(rx, tx)}")
+              f"{after_move}, at the end {(rx, tx)}; host pings (every 10 ms) sent {h_sent}, lost "
+              f"{len(h_lost)}, longest gap between replies {h_gap:.0f} ms")
         assert sent > 0 and len(lost) < sent
         if window:                                                     # loss only in one switch-over window
             assert window == list(range(window[0], window[-1] + 1)), lost
             assert window[-1] < sent - 2, lost                         # and answers again after it
+        h_window = [q for q in h_lost if q != h_sent]                 # the last one may be cut by SIGINT
+        assert h_sent > 100 and len(h_lost) < h_sent / 2, (h_sent, h_lost)
+        if h_window:                                                   # the host, too, sees one window
+            assert h_window == list(range(h_window[0], h_window[-1] + 1)), h_lost
+            assert h_window[-1] < h_sent - 10, h_lost
 
 
 # -- ping-pong: one running guest moved back and forth -------------------------------------------------------
@@ -295,6 +342,7 @@ def test_migration_pingpong(image, tmp_path):
             for i in range(1, rounds + 1):
                 time.sleep(1.5)
                 dst, wdst, qdst = launch(i, True)
+                cap = capture(net, taps[i % 2])
                 info = migrate(qsrc, f"unix:{tmp_path}/mig{i}.sock")
                 assert info.get("status") == "completed", (i, info)
                 qsrc.cmd("quit")
@@ -306,11 +354,17 @@ def test_migration_pingpong(image, tmp_path):
                     assert stats["dirty_log"]["log_overflow"] == 0, stats["dirty_log"]
                     if i > 1:                            # it was the last move's destination: it resumed exactly
                         assert "taken from used->idx" not in wsrc.stderr, wsrc.stderr[-2000:]
+                        # the guest acked GUEST_ANNOUNCE, so QEMU asked for no RARP
+                        assert int(stats["features"], 16) & 1 << G.FEATURE_BITS["GUEST_ANNOUNCE"], stats
+                        assert stats["rarp"]["sent"] == 0, stats["rarp"]
                 src, wsrc, qsrc = dst, wdst, qdst
                 summary = settled(src, net)
+                with cap:                                # the guest announced itself through the new side
+                    garps = guest_announces(cap)
+                assert garps, f"move {i}: no gratuitous ARP from the guest on {taps[i % 2]}"
                 results.append((i, info.get("downtime"), summary))
                 print(f"move {i}: downtime {info.get('downtime')} ms, total {info.get('total-time')} ms, "
-                      f"host pings after it: {summary}", flush=True)
+                      f"gratuitous ARPs {len(garps)}, host pings after it: {summary}", flush=True)
         finally:
             print(f"\n{kind}: {len(results)} of {rounds} moves checked")
             qsrc.close()
@@ -352,6 +406,7 @@ def test_serve_device_migrates(image, ethtool, tmp_path):
                 assert wait_for(lambda: len(sa.events("start")) == 2), sa.events()   # both pairs in use
                 assert not sb.events("start")
                 time.sleep(1.5)
+                cap = capture(net, "vsm1")
                 info = migrate(qs, f"unix:{tmp_path}/mig.sock")
                 assert info.get("status") == "completed", info
                 assert wait_for(lambda: qd.cmd("query-status")["status"] == "running", 30)
@@ -359,6 +414,8 @@ def test_serve_device_migrates(image, ethtool, tmp_path):
                 qs.close()
                 code_a = sa.wait_exit()
                 summary = settled(dst, net)
+                with cap:
+                    garps = guest_announces(cap)
                 starts_b = sb.events("start")
                 qd.close()
         server.terminate()
@@ -368,5 +425,6 @@ def test_serve_device_migrates(image, ethtool, tmp_path):
     assert sorted(e["pair"] for e in exits_a) == [0, 1] and all(e["exit"] == 0 for e in exits_a), exits_a
     assert sorted(e["pair"] for e in starts_b) == [0, 1], starts_b
     assert not sa.events("error") and not sb.events("error"), (sa.events("error"), sb.events("error"))
+    assert garps, "no gratuitous ARP from the guest on the destination's port"
     print(f"\nserve migration: QMP downtime {info.get('downtime')} ms, total {info.get('total-time')} ms; "
-          f"host pings after the move: {summary}")
+          f"gratuitous ARPs {len(garps)}; host pings after the move: {summary}")

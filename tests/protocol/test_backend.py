@@ -241,6 +241,17 @@ def test_offers_seen_by_a_front_end(env):
     assert P.decode_u64(fe.recv()) & bit(PF.LOG_SHMFD)
 
 
+def test_guest_announce_is_offered_and_accepted_by_run_and_serve(env):
+    """QEMU offers GUEST_ANNOUNCE to the guest only if the back-end does; acking it changes nothing here."""
+    from vhostsplice import supervisor
+    backend, fe, *_ = env
+    send(backend, Req.GET_FEATURES)
+    assert P.decode_u64(fe.recv()) & bit(F.NET_F_GUEST_ANNOUNCE) == 1 << 21
+    send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1) | bit(F.NET_F_GUEST_ANNOUNCE)))
+    assert backend.acked & bit(F.NET_F_GUEST_ANNOUNCE)
+    assert supervisor.Supervisor.offered(None) & bit(F.NET_F_GUEST_ANNOUNCE)     # what serve offers
+
+
 @pytest.mark.parametrize("reply_ack,need_reply", [(False, False), (True, False), (True, True), (False, True)])
 def test_log_base_gets_exactly_one_reply(env, reply_ack, need_reply):
     """QEMU 7.2 reads one reply (flags exactly 0x5) whenever LOG_SHMFD is negotiated; never a second ack."""

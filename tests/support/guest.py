@@ -42,7 +42,7 @@ TAP = "vsg0"
 FEATURE_BITS = {
     "CSUM": 0, "GUEST_CSUM": 1, "MTU": 3, "MAC": 5, "GUEST_TSO4": 7, "GUEST_TSO6": 8, "GUEST_ECN": 9,
     "GUEST_UFO": 10, "HOST_TSO4": 11, "HOST_TSO6": 12, "HOST_ECN": 13, "HOST_UFO": 14, "MRG_RXBUF": 15,
-    "STATUS": 16, "CTRL_VQ": 17, "MQ": 22, "INDIRECT_DESC": 28, "EVENT_IDX": 29, "PROTOCOL_FEATURES": 30,
+    "STATUS": 16, "CTRL_VQ": 17, "GUEST_ANNOUNCE": 21, "MQ": 22, "INDIRECT_DESC": 28, "EVENT_IDX": 29, "PROTOCOL_FEATURES": 30,
     "VERSION_1": 32, "ACCESS_PLATFORM": 33, "RING_PACKED": 34, "IN_ORDER": 35,
 }
 # QEMU virtio-net-pci properties that cut the data-path features (all of them: minimal device).
