@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+from support.waiting import wait_for
 from vhostsplice import protocol as P
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, ProtocolFeature as PF, Req, bit
@@ -51,14 +52,6 @@ def events(path: str, kind: str) -> list[dict]:
         return []
 
 
-def wait_until(cond, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-    return value
-
-
 class Pair1:
     """Rings 2 and 3 (the second queue pair), driven by hand next to the Frontend's rings 0 and 1."""
 
@@ -85,7 +78,7 @@ class Pair1:
         q.add_out([frame])
         q.publish()
         os.eventfd_write(self.kick[3], 1)
-        wait_until(q.used, "pair 1's worker did not use the TX frame")
+        assert wait_for(q.used, 15), "pair 1's worker did not use the TX frame"
 
     def close(self) -> None:
         for fd in (*self.kick.values(), *self.call.values()):
@@ -111,7 +104,7 @@ def test_serve_logs_every_pair_into_one_log_and_announces_once(ns, tmp_path):
                              "--events", ev], env=self_env(), stdin=subprocess.DEVNULL)
     logfd = os.memfd_create("vhost-log", os.MFD_CLOEXEC)
     try:
-        wait_until(lambda: os.path.exists(sock) or proc.poll() is not None, "serve did not listen")
+        assert wait_for(lambda: os.path.exists(sock) or proc.poll() is not None, 15), "serve did not listen"
         assert proc.poll() is None
         fe = Frontend.connect(sock, protocol_features=DEFAULT_PROTOCOL | bit(PF.LOG_SHMFD) | bit(PF.RARP))
         with fe:
@@ -122,8 +115,8 @@ def test_serve_logs_every_pair_into_one_log_and_announces_once(ns, tmp_path):
                 fe.share_memory()
                 fe.rx, fe.tx = fe.setup_ring(0), fe.setup_ring(1)
                 pair1.setup()
-                starts = wait_until(lambda: len(events(ev, "start")) == 2 and events(ev, "start"),
-                                    "both pairs' workers start")
+                starts = wait_for(lambda: len(events(ev, "start")) == 2 and events(ev, "start"), 15)
+                assert starts, "both pairs' workers start"
                 pids = {e["pair"]: e["pid"] for e in starts}
 
                 size = len(fe.map) // PAGE // 8
@@ -142,16 +135,16 @@ def test_serve_logs_every_pair_into_one_log_and_announces_once(ns, tmp_path):
                 assert len(fe.wait_used(fe.tx, 1)) == 1
                 pair1.send(demo_frame(2, 64))
                 # a worker marks the log just after it publishes used->idx (the store first, then its mark)
-                wait_until(lambda: marked(log, fe.tx.used_gpa), "pair 0's worker did not log its used ring", 5)
-                wait_until(lambda: marked(log, pair1.q[3].used_gpa), "pair 1's worker did not log its used ring", 5)
+                assert wait_for(lambda: marked(log, fe.tx.used_gpa), 5), "pair 0's worker did not log its used ring"
+                assert wait_for(lambda: marked(log, pair1.q[3].used_gpa), 5), "pair 1's worker did not log its used ring"
 
                 # a worker replaced mid-migration is told the log again and logs into it
                 os.kill(pids[1], signal.SIGKILL)
-                wait_until(lambda: len([e for e in events(ev, "start") if e["pair"] == 1]) == 2,
-                           "pair 1's worker is replaced")
+                assert wait_for(lambda: len([e for e in events(ev, "start") if e["pair"] == 1]) == 2, 15), \
+                    "pair 1's worker is replaced"
                 log[:] = bytes(size)
                 pair1.send(demo_frame(3, 64))
-                wait_until(lambda: marked(log, pair1.q[3].used_gpa), "the replacement did not log", 5)
+                assert wait_for(lambda: marked(log, pair1.q[3].used_gpa), 5), "the replacement did not log"
 
                 # after the move the front-end asks for the announce: once, through one worker
                 with tap_socket(TAP) as cap:
