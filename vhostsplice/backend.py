@@ -25,7 +25,7 @@ BASE_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC, F
 OFFLOAD_FEATURES = mask(*GUEST_OFFLOAD_TO_TUN, *HOST_OFFLOADS)
 PROTOCOL_FEATURES = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
 # Dirty logging for live migration (docs/migration.md), on top of the sets above. `serve` offers them
-# too: its supervisor hands SET_LOG_BASE to every worker and answers once (supervisor.py).
+# too: its supervisor hands SET_LOG_BASE to every worker and answers once (serve_device.py).
 LOG_FEATURES = bit(F.VHOST_F_LOG_ALL)
 # GUEST_ANNOUNCE: QEMU offers it to the guest only if the back-end does (it is in QEMU's vhost-net
 # user_feature_bits). A guest that acks it sends its own gratuitous ARP / unsolicited NA after a move

@@ -1,16 +1,14 @@
 """`vhostsplice serve`: the multi-queue door. Terminates vhost-user, one worker process per queue pair.
 
 vhost-user carries every ring of a device over one socket. The supervisor answers the device-wide
-requests itself (features, protocol features, GET_QUEUE_NUM, status), and forwards the rest to the
-worker of the pair they concern over a socketpair, as a front-end would: ring 2k+j of the device is ring
-j of worker k (`vhostsplice run --fd N`). Everything a worker was told is kept (fds duplicated), so a
+requests itself and forwards the rest to the worker of the pair they concern over a socketpair, as a
+front-end would: ring 2k+j of the device is ring j of worker k (`vhostsplice run --fd N`); which request
+goes where is serve_device.py's business, this module runs the workers and the loop. Everything a worker was told is kept (fds duplicated), so a
 worker that dies is replaced and told again; it resumes from used->idx like any restarted back-end.
 A pair's worker starts when the front-end first enables one of its rings (so the tap has a queue only
 for pairs the driver uses). When the front-end leaves, every worker's channel is closed, so each ends
 by the exit-code contract (0 stopped rings, 104 running ones); serve then ends the same way and says so
 in a last `end` event. The next front-end gets a fresh `serve` from whatever supervises it.
-Live migration: SET_LOG_BASE goes to every worker (each logs into the one shared log), and the
-front-end gets one reply once all have taken it; SEND_RARP goes out through one worker.
 """
 from __future__ import annotations
 
@@ -29,24 +27,16 @@ import time
 from dataclasses import dataclass, field
 
 from . import protocol as P
-from .backend import ANNOUNCE_FEATURES, BASE_FEATURES, LOG_FEATURES, OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES
 from .channel import Channel, Listener
 from .errors import FrontendGone, ProtocolError, errno_name
-from .spec import Feature as F, ProtocolFeature as PF, Req, bit
 from .runner import Ownership
 from .selfexec import self_argv, self_env
+from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests
+from .spec import Req
 from .vring import close_fd
 
 log = logging.getLogger("vhostsplice")
-DEVICE_ONLY = bit(F.NET_F_MQ)                  # answered here; never shown to a worker
 RESTARTABLE_NEVER = {errno.EINVAL, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENODEV, errno.EADDRINUSE}
-RING_REQUESTS = {Req.SET_VRING_NUM, Req.SET_VRING_ADDR, Req.SET_VRING_BASE, Req.GET_VRING_BASE,
-                 Req.SET_VRING_KICK, Req.SET_VRING_CALL, Req.SET_VRING_ERR, Req.SET_VRING_ENABLE}
-BROADCAST = {Req.SET_OWNER, Req.RESET_OWNER, Req.SET_MEM_TABLE}
-# serve offers what run offers, migration included: every worker logs into the one dirty log (atomic
-# ORs into shared memory), and the first running worker sends the RARP announce.
-PROTOCOL_FEATURES = RUN_PROTOCOL_FEATURES
-WORKER_PROTOCOL = bit(PF.LOG_SHMFD) | bit(PF.RARP)    # the protocol bits a worker must know were acked
 
 
 @dataclass
@@ -81,25 +71,7 @@ def spread_cpus(cpus: list[int], queues: int) -> list[int | None]:
     return [cpus[k % len(cpus)] if cpus else None for k in range(queues)]
 
 
-def ring_index(msg: P.Message) -> int:
-    """The device ring a per-ring request names (vhost-user.rst: a vring state/address starts with it;
-    KICK/CALL/ERR carry it in the low byte of a u64)."""
-    if msg.request in (Req.SET_VRING_KICK, Req.SET_VRING_CALL, Req.SET_VRING_ERR):
-        return P.decode_vring_file(msg).index
-    if msg.request == Req.SET_VRING_ADDR:
-        return P.decode_vring_addr(msg).index
-    return P.decode_vring_state(msg).index
-
-
-def ring_payload(request: int, payload: bytes, index: int) -> bytes:
-    """The same request with the ring index rewritten (index is the first u32, or the low byte of a u64)."""
-    if request in (Req.SET_VRING_KICK, Req.SET_VRING_CALL, Req.SET_VRING_ERR):
-        value = int.from_bytes(payload, "little")
-        return ((value & ~0xFF) | index).to_bytes(8, "little")
-    return index.to_bytes(4, "little") + payload[4:]
-
-
-class Supervisor:
+class Supervisor(DeviceRequests):
     def __init__(self, listener: Listener, config: ServeConfig):
         self.listener, self.config = listener, config
         self.pairs = [Pair(k, cpu) for k, cpu in enumerate(spread_cpus(config.cpus, config.queues))]
@@ -213,164 +185,6 @@ class Supervisor:
         if policy == "always":
             return code not in RESTARTABLE_NEVER
         return code != 0 and code not in RESTARTABLE_NEVER
-
-    # -- front-end -------------------------------------------------------------------------------------
-    def handle(self, msg: P.Message) -> None:
-        req = msg.request
-        local = LOCAL.get(req)
-        if local is not None:
-            _close_fds(msg.fds)
-            reply = local(self, msg)
-            if reply is not None:
-                self.front.send(req, reply, reply=True)
-        elif req in RING_REQUESTS:
-            self.forward_ring(msg)
-        elif req in BROADCAST or req == Req.SET_FEATURES:
-            self.broadcast(msg)
-        elif req == Req.SET_LOG_BASE:
-            self.set_log_base(msg)
-            return                              # its reply is the answer (no separate ack)
-        elif req == Req.SEND_RARP:
-            self.send_rarp(msg)
-        else:
-            _close_fds(msg.fds)
-            raise ProtocolError(f"{msg.name}: unsupported request")
-        if local is None or LOCAL_ACKS.get(req):
-            if local is None and msg.need_reply:
-                self.barrier()
-            self.ack(msg)
-
-    def barrier(self) -> None:
-        """Return once every running worker has applied what it was sent: a worker answers requests in
-        order, so its reply to a GET_FEATURES means the messages before it took effect. An ack from
-        serve then means what it means from run (QEMU relies on it: LOG_ALL on, the used ring logged,
-        the new memory table in use, before it goes on)."""
-        for pair in self.pairs:
-            if pair.chan is not None:
-                self.send_worker(pair, Req.GET_FEATURES, b"")
-                self.worker_reply(pair, Req.GET_FEATURES)
-
-    def ack(self, msg: P.Message) -> None:
-        if msg.need_reply and self.protocol_acked & bit(PF.REPLY_ACK) and msg.request != Req.GET_VRING_BASE:
-            self.front.send(msg.request, P.encode_u64(0), reply=True)
-
-    def broadcast(self, msg: P.Message) -> None:
-        payload = msg.payload
-        if msg.request == Req.SET_FEATURES:
-            self.features = P.decode_u64(msg)
-            payload = P.encode_u64(self.features & ~DEVICE_ONLY)
-            if self.features & ~(self.offered()):
-                raise ProtocolError(f"SET_FEATURES acks bits never offered: {self.features & ~self.offered():#x}")
-        else:
-            old = self.device.get(msg.request)
-            if old:
-                _close_fds(old[1])
-            self.device[msg.request] = (payload, msg.fds)
-        for pair in self.pairs:
-            self.send_worker(pair, msg.request, payload, msg.fds)
-
-    def forward_ring(self, msg: P.Message) -> None:
-        try:
-            ring = ring_index(msg)
-        except ProtocolError:
-            _close_fds(msg.fds)
-            raise
-        if not 0 <= ring < 2 * self.config.queues or len(msg.fds) > 1:
-            _close_fds(msg.fds)
-            raise ProtocolError(f"{msg.name}: ring {ring} is not one of this device's {2 * self.config.queues}")
-        pair, j = self.pairs[ring // 2], ring % 2
-        payload = ring_payload(msg.request, msg.payload, j)
-        fd = msg.fds[0] if msg.fds else None
-        old = pair.told.pop((msg.request, j), None)
-        if old and old[1] is not None:
-            close_fd(old[1])
-        if msg.request == Req.GET_VRING_BASE:
-            self.get_vring_base(pair, j, ring, payload)
-            return
-        pair.told[(msg.request, j)] = (payload, fd)
-        if not pair.started:
-            if self._enabled(pair):
-                self.start_worker(pair)         # replays what it was told, this message included
-            return
-        self.send_worker(pair, msg.request, payload, (fd,) if fd is not None else ())
-
-    def _enabled(self, pair: Pair) -> bool:
-        """A ring of the pair is enabled: by SET_VRING_ENABLE 1, or (without VHOST_USER_F_PROTOCOL_FEATURES)
-        by starting it with SET_VRING_KICK (vhost-user.rst, "Ring states").
-
-        A pair's worker is started only then: it opens its own queue of the multi-queue tap, and the kernel
-        steers host flows over every attached queue. A driver enables only some pairs (Linux: as many as
-        it has CPUs, until `ethtool -L`); a queue attached for a pair it never enabled would swallow its
-        share of the host's flows."""
-        if not self.features & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
-            return any((Req.SET_VRING_KICK, j) in pair.told for j in (0, 1))
-        states = [pair.told.get((Req.SET_VRING_ENABLE, j)) for j in (0, 1)]
-        return any(st is not None and P.decode_vring_state(P.Message(Req.SET_VRING_ENABLE, 0, st[0])).num
-                   for st in states)
-
-    def get_vring_base(self, pair: Pair, j: int, ring: int, payload: bytes) -> None:
-        base = 0
-        if not pair.started:                    # never ran: the ring is where the front-end put it
-            told = pair.told.get((Req.SET_VRING_BASE, j))
-            base = P.decode_vring_state(P.Message(Req.SET_VRING_BASE, 0, told[0])).num if told else 0
-        kick = pair.told.pop((Req.SET_VRING_KICK, j), None)     # the ring is stopped: it starts on a new kick
-        if kick and kick[1] is not None:
-            close_fd(kick[1])
-        if pair.chan is not None:
-            self.send_worker(pair, Req.GET_VRING_BASE, payload)
-            reply = self.worker_reply(pair, Req.GET_VRING_BASE)
-            try:
-                base = P.decode_vring_state(reply).num if reply is not None else 0
-            except ProtocolError:
-                base = 0
-        pair.told[(Req.SET_VRING_BASE, j)] = (P.encode_vring_state(P.VringState(j, base)), None)
-        self.front.send(Req.GET_VRING_BASE, P.encode_vring_state(P.VringState(ring, base)), reply=True)
-
-    def offered(self) -> int:
-        return BASE_FEATURES | OFFLOAD_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES | DEVICE_ONLY
-
-    # -- migration ---------------------------------------------------------------------------------------
-    def set_log_base(self, msg: P.Message) -> None:
-        """One dirty log for the device: every running worker maps it (a replacement gets it in replay),
-        and the front-end gets one reply once all have. QEMU 7.2 sends it once per queue pair, with the
-        same memfd each time: a repeat of the log the workers already have is only answered."""
-        try:
-            if not self.protocol_acked & bit(PF.LOG_SHMFD):
-                raise ProtocolError("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated")
-            if len(msg.fds) != 1:
-                raise ProtocolError(f"SET_LOG_BASE: {len(msg.fds)} file descriptors, expected 1")
-            P.decode_log(msg)
-        except BaseException:
-            _close_fds(msg.fds)
-            raise
-        old = self.device.get(Req.SET_LOG_BASE)
-        if old and old[0] == msg.payload and _same_file(old[1][0], msg.fds[0]):
-            _close_fds(msg.fds)
-        else:
-            if old:
-                _close_fds(old[1])
-            self.device[Req.SET_LOG_BASE] = (msg.payload, msg.fds)
-            for pair in self.pairs:
-                if pair.chan is not None:
-                    self.send_worker(pair, Req.SET_LOG_BASE, msg.payload, msg.fds)
-                    reply = self.worker_reply(pair, Req.SET_LOG_BASE)
-                    if reply is None and pair.proc.poll() is None:
-                        raise ProtocolError(f"SET_LOG_BASE: pair {pair.index}'s worker did not take the log")
-                    # a worker that died meanwhile gets the log when it is replaced (replay)
-        self.front.send(Req.SET_LOG_BASE, P.encode_u64(0), reply=True)
-
-    def send_rarp(self, msg: P.Message) -> None:
-        """The announce after a move goes out once, through the first pair with a worker."""
-        _close_fds(msg.fds)
-        if not self.protocol_acked & bit(PF.RARP):
-            raise ProtocolError("SEND_RARP without VHOST_USER_PROTOCOL_F_RARP negotiated")
-        if msg.fds or len(msg.payload) != 8:
-            raise ProtocolError(f"SEND_RARP: {len(msg.payload)} bytes and {len(msg.fds)} fds, expected 8 and none")
-        pair = next((p for p in self.pairs if p.chan is not None), None)
-        if pair is None:
-            log.info("SEND_RARP: no queue pair runs yet; announce not sent")
-            return
-        self.send_worker(pair, Req.SEND_RARP, msg.payload)
 
     # -- the loop --------------------------------------------------------------------------------------
     def _watch(self, fd: int, role: str, arg: int = 0) -> None:
@@ -508,56 +322,9 @@ def _signal_eventfd(fd: int) -> None:
         pass
 
 
-def _same_file(a: int, b: int) -> bool:
-    sa, sb = os.fstat(a), os.fstat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
 def _close_fds(fds) -> None:
     for fd in fds:
         close_fd(fd)
-
-
-def _get_features(s: Supervisor, msg) -> bytes:
-    return P.encode_u64(s.offered())
-
-
-def _get_protocol_features(s: Supervisor, msg) -> bytes:
-    return P.encode_u64(PROTOCOL_FEATURES)
-
-
-def _set_protocol_features(s: Supervisor, msg) -> None:
-    value = P.decode_u64(msg)
-    if value & ~PROTOCOL_FEATURES:
-        raise ProtocolError(f"SET_PROTOCOL_FEATURES acks bits never offered: {value & ~PROTOCOL_FEATURES:#x}")
-    s.protocol_acked = value
-    for pair in s.pairs:
-        if pair.chan is not None and value & WORKER_PROTOCOL:
-            s.send_worker(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(value & WORKER_PROTOCOL))
-
-
-def _set_log_fd(s: Supervisor, msg) -> None:
-    """QEMU 7.2 never sends it for vhost-user; accepted (its fd is closed by handle), as run does."""
-    if len(msg.fds) != 1:
-        raise ProtocolError(f"SET_LOG_FD: {len(msg.fds)} file descriptors, expected 1")
-
-
-def _get_queue_num(s: Supervisor, msg) -> bytes:
-    return P.encode_u64(s.config.queues)
-
-
-def _set_status(s: Supervisor, msg) -> None:
-    s.status = P.decode_u64(msg) & 0xFF
-
-
-def _get_status(s: Supervisor, msg) -> bytes:
-    return P.encode_u64(s.status)
-
-
-LOCAL = {Req.GET_FEATURES: _get_features, Req.GET_PROTOCOL_FEATURES: _get_protocol_features,
-         Req.SET_PROTOCOL_FEATURES: _set_protocol_features, Req.GET_QUEUE_NUM: _get_queue_num,
-         Req.SET_STATUS: _set_status, Req.GET_STATUS: _get_status, Req.SET_LOG_FD: _set_log_fd}
-LOCAL_ACKS = {Req.SET_PROTOCOL_FEATURES: True, Req.SET_STATUS: True, Req.SET_LOG_FD: True}
 
 
 def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:

@@ -226,10 +226,10 @@ def log_fd(size=4096):
 
 def test_run_and_serve_offer_log_all_and_log_shmfd():
     from vhostsplice import backend as B
-    from vhostsplice import supervisor
+    from vhostsplice import serve_device
     assert B.LOG_FEATURES == bit(F.VHOST_F_LOG_ALL) == 1 << 26
     assert B.RUN_PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
-    assert supervisor.PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
+    assert serve_device.PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
     assert not BASE_FEATURES & bit(F.VHOST_F_LOG_ALL)            # only where logging is wired up
 
 
@@ -243,13 +243,13 @@ def test_offers_seen_by_a_front_end(env):
 
 def test_guest_announce_is_offered_and_accepted_by_run_and_serve(env):
     """QEMU offers GUEST_ANNOUNCE to the guest only if the back-end does; acking it changes nothing here."""
-    from vhostsplice import supervisor
+    from vhostsplice import serve_device
     backend, fe, *_ = env
     send(backend, Req.GET_FEATURES)
     assert P.decode_u64(fe.recv()) & bit(F.NET_F_GUEST_ANNOUNCE) == 1 << 21
     send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1) | bit(F.NET_F_GUEST_ANNOUNCE)))
     assert backend.acked & bit(F.NET_F_GUEST_ANNOUNCE)
-    assert supervisor.Supervisor.offered(None) & bit(F.NET_F_GUEST_ANNOUNCE)     # what serve offers
+    assert serve_device.DeviceRequests.offered(None) & bit(F.NET_F_GUEST_ANNOUNCE)     # what serve offers
 
 
 @pytest.mark.parametrize("reply_ack,need_reply", [(False, False), (True, False), (True, True), (False, True)])
@@ -373,10 +373,10 @@ def expected_rarp(mac):
 
 def test_run_and_serve_offer_rarp(env):
     from vhostsplice import backend as B
-    from vhostsplice import supervisor
+    from vhostsplice import serve_device
     assert B.RUN_PROTOCOL_FEATURES & bit(PF.RARP)
     assert not B.PROTOCOL_FEATURES & bit(PF.RARP)
-    assert supervisor.PROTOCOL_FEATURES & bit(PF.RARP)              # what `serve` offers
+    assert serve_device.PROTOCOL_FEATURES & bit(PF.RARP)            # what `serve` offers
     backend, fe, *_ = env
     send(backend, Req.GET_PROTOCOL_FEATURES)
     assert P.decode_u64(fe.recv()) & bit(PF.RARP)

@@ -5,7 +5,8 @@ import pytest
 from vhostsplice import protocol as P
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Req
-from vhostsplice.supervisor import ServeConfig, Supervisor, ring_index, ring_payload, spread_cpus
+from vhostsplice.serve_device import ring_index, ring_payload
+from vhostsplice.supervisor import ServeConfig, Supervisor, spread_cpus
 
 
 def test_pairs_spread_over_cpus_cycling():
