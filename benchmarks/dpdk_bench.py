@@ -211,6 +211,7 @@ class QuietGate:
 
 USE_INSTALLED = False               # --installed
 TREE = ROOT                         # --tree: the source tree whose vhostsplice the worker runs
+WORKER_OPTS: list[str] = []         # --no-offloads
 
 
 def vhostsplice_argv() -> list[str]:
@@ -278,7 +279,7 @@ class Vhostsplice(Backend):
         ns.run(["ip", "link", "set", TAP, "up"] + (["txqueuelen", str(txqlen)] if txqlen else []))
         self.stats_file = self.workdir / "stats.json"
         self.argv = [*vhostsplice_argv(), "run", "--socket-path", str(self.sock), "--tap", TAP,
-                     "--cpu", str(BE_CPU), "--stats-file", str(self.stats_file)]
+                     "--cpu", str(BE_CPU), "--stats-file", str(self.stats_file), *WORKER_OPTS]
         self._logf = open(self.log, "wb")
         t0 = time.monotonic()
         self.proc = ns.popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT,
@@ -1154,6 +1155,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="source tree (with its built core) whose vhostsplice is measured; default this "
                         "checkout. A frozen copy keeps other people's edits out of a long run: "
                         "git archive HEAD | tar -x -C DIR; cd DIR; python3 setup.py build_ext --inplace")
+    p.add_argument("--no-offloads", action="store_true",
+                   help="run the vhostsplice worker with --no-offloads: its tap then carries no vnet header, "
+                        "as DPDK's net_tap's does not (testpmd's virtio-user acks no offload either way)")
     p.add_argument("--combine", nargs="+", metavar="JSON",
                    help="run nothing: medians over the samples of these earlier dpdk_bench.json files")
     p.add_argument("--workdir", help="where logs go (default /tmp/vsbench-PID, deleted unless --keep)")
@@ -1215,8 +1219,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_fill"]:
         return fill_main(argv[1], int(argv[2]), int(argv[3]))
     args = parse_args(argv)
-    global USE_INSTALLED, TREE
+    global USE_INSTALLED, TREE, WORKER_OPTS
     USE_INSTALLED, TREE = args.installed, Path(args.tree).resolve()
+    WORKER_OPTS = ["--no-offloads"] if args.no_offloads else []
     if args.combine:
         pass
     elif os.geteuid() != 0:

@@ -140,7 +140,9 @@ def ownership_options(command):
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Per-chain guest faults (bad address, bad descriptor) are counted, or end the worker (EFAULT).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True,
-              help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header).")
+              help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header). With "
+                   "--no-offloads a tap opened by --tap carries no vnet header (unless other queues of it "
+                   "already do): the kernel then builds none per frame.")
 @click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
 @ownership_options
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')

@@ -151,7 +151,7 @@ def open_host(*, tap=None, host_fd=None, packet=None, mtu=None, bridge=None, off
     if bridge is not None and tap is None:
         raise ConfigError("--bridge applies to --tap only (attach an inherited fd's interface yourself)")
     if tap is not None:
-        return open_tap(tap, mtu=mtu, bridge=bridge)
+        return open_tap(tap, mtu=mtu, bridge=bridge, vnet_hdr_len=12 if offloads else 0)
     if packet is not None:
         return open_packet(packet, vnet_hdr=offloads, mtu=mtu)
     return inspect_fd(host_fd, mtu=mtu, control_fd=control_fd, framing=framing)

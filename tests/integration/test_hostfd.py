@@ -132,6 +132,44 @@ def test_second_queue_attaches_to_existing_tap(netns):
 
 
 @pytest.mark.root
+def test_queue_without_vnet_hdr_reads_bare_frames(netns):
+    res = run_in(netns, f"""
+        import subprocess
+        subprocess.run(["ip", "tuntap", "add", "dev", "{TAP}", "mode", "tap", "multi_queue", "vnet_hdr"],
+                       check=True)                                     # as the benchmark makes its tap
+        h = hostfd.open_tap("{TAP}", vnet_hdr_len=0)
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_TEST))
+        s.bind(("{TAP}", ETH_TEST))
+        f = frame(1, 100)
+        s.send(f)
+        got = None
+        while got is None and wait_readable(h.fd, 5.0):
+            data = os.read(h.fd, 65536)
+            if data[12:14] == struct.pack("!H", ETH_TEST):
+                got = data.hex()
+        out(hdr=h.vnet_hdr_len, flags=hostfd.read_tap_info(h.fd)[1], sent=f.hex(), got=got)
+        h.close()
+    """)
+    assert res["hdr"] == 0 and not res["flags"] & IFF_VNET_HDR
+    assert res["got"] == res["sent"]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("first,second", [(12, 0), (0, 12)])
+def test_later_queue_follows_the_vnet_header_of_the_first(netns, first, second):
+    """The tap's flags are set by the first queue attached: a later one gets them as they are, and
+    open_tap reports the header the queue really carries, not the one asked for."""
+    res = run_in(netns, f"""
+        a = hostfd.open_tap("{TAP}", vnet_hdr_len={first})
+        b = hostfd.open_tap("{TAP}", create=False, vnet_hdr_len={second})
+        out(a=a.vnet_hdr_len, b=b.vnet_hdr_len, flags=hostfd.read_tap_info(b.fd)[1])
+        b.close(); a.close()
+    """)
+    assert res["a"] == res["b"] == first
+    assert bool(res["flags"] & IFF_VNET_HDR) == bool(first)
+
+
+@pytest.mark.root
 def test_create_false_on_missing_tap_is_enodev(netns):
     res = run_in(netns, f"""
         out(e=err_of(hostfd.open_tap, "{TAP}", create=False),

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from vhostsplice.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.selfexec import self_argv, self_env
@@ -144,6 +145,36 @@ def test_rx_offload_header_follows_what_the_driver_acked(worker, guest_csum):
     else:
         assert flags == 0
     assert finish(worker, fe)[0] == 0
+
+
+def test_no_offloads_tap_carries_no_vnet_header(ns, tmp_path):
+    """--no-offloads: the tap is attached without IFF_VNET_HDR (the kernel builds no header per frame),
+    frames still pass byte-exact both ways, and the guest's RX header is zero but for num_buffers."""
+    w = WorkerProcess(str(tmp_path), TAP, "--no-offloads")
+    try:
+        w.wait_listening()
+        probe = open_tap(TAP, create=False)              # a later queue gets the tap's flags as they are
+        assert probe.vnet_hdr_len == 0 and not read_tap_info(probe.fd)[1] & IFF_VNET_HDR
+        probe.close()                                    # before traffic: no flow may be steered to it
+        tap = tap_socket(TAP)
+        fe = start(w, DEFAULT_FEATURES | OFFLOADS)       # asked, not offered: no offload acked
+        assert not fe.acked & OFFLOADS
+        sent = [demo_frame(i, 1514) for i in range(20)]
+        fe.send(sent)
+        assert len(fe.wait_used(fe.tx, 20)) == 20
+        assert collect(tap, 20) == sent
+        back = [demo_frame(i, size, src=b"\x02\0\0\0\0\x09") for i, size in enumerate((60, 1514) * 5)]
+        fe.post_rx(10, 2048)
+        for frame in back:
+            tap.send(frame)
+        got = fe.receive(10, header=True)
+        assert [g[12:] for g in got] == back
+        assert all(g[:10] == bytes(10) and g[10:12] == b"\x01\x00" for g in got)
+        code, stats = finish(w, fe)
+        assert code == 0 and stats["host"]["vnet_hdr_len"] == 0
+        assert stats["rings"]["rx"]["packets"] == 10 and stats["rings"]["tx"]["packets"] == 20
+    finally:
+        w.kill()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
