@@ -20,7 +20,8 @@ from . import channel
 from .backend import BackendConfig
 from .cli import apply_placement
 from .errors import ConfigError, SetupError, VhostspliceError, errno_name, from_oserror
-from .hostfd import inspect_fd, open_packet, open_tap
+from .hostfd import open_tap
+from .hostfd_inspect import inspect_fd, open_packet
 from .worker import Worker, WorkerConfig
 
 log = logging.getLogger("vhostsplice")

@@ -1,4 +1,4 @@
-"""hostfd.inspect_fd on fds any user can make: what each kind becomes, and what is refused (no root)."""
+"""hostfd_inspect.inspect_fd on fds any user can make: what each kind becomes, and what is refused (no root)."""
 from __future__ import annotations
 
 import errno
@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from vhostsplice import hostfd
+from vhostsplice import hostfd, hostfd_inspect
 from vhostsplice.errors import ConfigError, VhostspliceError
 
 
@@ -21,7 +21,7 @@ def closing():
 
 def inspect(sock, **kw) -> hostfd.HostFd:
     """inspect_fd on a dup (the HostFd owns and closes it)."""
-    host = hostfd.inspect_fd(os.dup(sock.fileno()), **kw)
+    host = hostfd_inspect.inspect_fd(os.dup(sock.fileno()), **kw)
     return host
 
 
@@ -81,7 +81,7 @@ def test_refused(closing, make, code):
     fd = os.dup(obj.fileno())
     try:
         with pytest.raises(VhostspliceError) as info:
-            hostfd.inspect_fd(fd, framing="qemu" if isinstance(obj, socket.socket) and
+            hostfd_inspect.inspect_fd(fd, framing="qemu" if isinstance(obj, socket.socket) and
                               obj.type == socket.SOCK_STREAM else "none")
         assert info.value.errno == code
     finally:
@@ -92,20 +92,20 @@ def test_not_open_is_ebadf_and_control_socket_is_einval(closing):
     r, w = os.pipe()
     os.close(r), os.close(w)
     with pytest.raises(VhostspliceError) as info:
-        hostfd.inspect_fd(r)
+        hostfd_inspect.inspect_fd(r)
     assert info.value.errno == errno.EBADF
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     closing(a), closing(b)
     with pytest.raises(ConfigError, match="control socket"):
-        hostfd.inspect_fd(a.fileno(), control_fd=a.fileno())
+        hostfd_inspect.inspect_fd(a.fileno(), control_fd=a.fileno())
 
 
 @pytest.mark.parametrize("bad", [-1, "3", None])
 def test_not_a_number_is_einval(bad):
     with pytest.raises(ConfigError):
-        hostfd.inspect_fd(bad)
+        hostfd_inspect.inspect_fd(bad)
 
 
 def test_unknown_framing_is_einval():
     with pytest.raises(ConfigError):
-        hostfd.inspect_fd(0, framing="tcp")
+        hostfd_inspect.inspect_fd(0, framing="tcp")
