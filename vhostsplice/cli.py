@@ -242,7 +242,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     if run_as is not None:
         worker_args += ["--user", run_as]
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
-                         worker_args=worker_args, ownership=ownership)
+                         worker_args=worker_args, ownership=ownership, offloads=offloads)
     return run_supervisor(socket_path=socket_path, config=config)
 
 

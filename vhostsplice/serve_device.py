@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from . import protocol as P
 from .backend import ANNOUNCE_FEATURES, BASE_FEATURES, LOG_FEATURES, OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES
 from .errors import ProtocolError
+from .memory import DirtyLog
 from .spec import Feature as F, ProtocolFeature as PF, Req, bit
 from .vring import close_fd
 
@@ -85,7 +86,8 @@ class DeviceRequests:
         """Return once every running worker has applied what it was sent: a worker answers requests in
         order, so its reply to a GET_FEATURES means the messages before it took effect. An ack from
         serve then means what it means from run (QEMU relies on it: LOG_ALL on, the used ring logged,
-        the new memory table in use, before it goes on)."""
+        the new memory table in use, before it goes on). A worker that went away instead is not waited
+        for: its replacement is told everything (replay) before any of its rings runs."""
         for pair in self.pairs:
             if pair.chan is not None:
                 self.send_worker(pair, Req.GET_FEATURES, b"")
@@ -107,6 +109,11 @@ class DeviceRequests:
             if old:
                 _close_fds(old[1])
             self.device[msg.request] = (payload, msg.fds)
+            if msg.request == Req.RESET_OWNER:      # workers drop their log and features: so does serve
+                self.features = 0
+                log_base = self.device.pop(Req.SET_LOG_BASE, None)
+                if log_base:
+                    _close_fds(log_base[1])
         for pair in self.pairs:
             self.send_worker(pair, msg.request, payload, msg.fds)
 
@@ -168,7 +175,9 @@ class DeviceRequests:
         self.front.send(Req.GET_VRING_BASE, P.encode_vring_state(P.VringState(ring, base)), reply=True)
 
     def offered(self) -> int:
-        return BASE_FEATURES | OFFLOAD_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES | DEVICE_ONLY
+        """What the workers offer (offloads only while the tap carries a vnet header), plus MQ."""
+        offloads = OFFLOAD_FEATURES if self.config.offloads else 0
+        return BASE_FEATURES | offloads | LOG_FEATURES | ANNOUNCE_FEATURES | DEVICE_ONLY
 
     # -- migration ---------------------------------------------------------------------------------------
     def set_log_base(self, msg: P.Message) -> None:
@@ -180,8 +189,8 @@ class DeviceRequests:
                 raise ProtocolError("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated")
             if len(msg.fds) != 1:
                 raise ProtocolError(f"SET_LOG_BASE: {len(msg.fds)} file descriptors, expected 1")
-            P.decode_log(msg)
-        except BaseException:
+            DirtyLog(P.decode_log(msg), msg.fds[0]).close()   # the checks run does, here: a log every
+        except BaseException:                                  # worker would refuse is never kept
             _close_fds(msg.fds)
             raise
         old = self.device.get(Req.SET_LOG_BASE)
@@ -194,10 +203,9 @@ class DeviceRequests:
             for pair in self.pairs:
                 if pair.chan is not None:
                     self.send_worker(pair, Req.SET_LOG_BASE, msg.payload, msg.fds)
-                    reply = self.worker_reply(pair, Req.SET_LOG_BASE)
-                    if reply is None and pair.proc.poll() is None:
-                        raise ProtocolError(f"SET_LOG_BASE: pair {pair.index}'s worker did not take the log")
-                    # a worker that died meanwhile gets the log when it is replaced (replay)
+                    self.worker_reply(pair, Req.SET_LOG_BASE)
+                    # no reply: the worker went away; its replacement gets the log in replay, before
+                    # any of its rings runs, so no write of that pair goes unlogged
         self.front.send(Req.SET_LOG_BASE, P.encode_u64(0), reply=True)
 
     def send_rarp(self, msg: P.Message) -> None:

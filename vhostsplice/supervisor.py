@@ -3,10 +3,10 @@
 vhost-user carries every ring of a device over one socket. The supervisor answers the device-wide
 requests itself and forwards the rest to the worker of the pair they concern over a socketpair, as a
 front-end would: ring 2k+j of the device is ring j of worker k (`vhostsplice run --fd N`); which request
-goes where is serve_device.py's business, this module runs the workers and the loop. Everything a worker was told is kept (fds duplicated), so a
-worker that dies is replaced and told again; it resumes from used->idx like any restarted back-end.
-A pair's worker starts when the front-end first enables one of its rings (so the tap has a queue only
-for pairs the driver uses). When the front-end leaves, every worker's channel is closed, so each ends
+goes where is serve_device.py's business, this module runs the workers and the loop. Everything a
+worker was told is kept (fds duplicated), so a worker that dies is replaced and told again; it resumes
+from used->idx like any restarted back-end. A pair's worker starts when the front-end first enables one
+of its rings (so the tap has a queue only for pairs the driver uses). When the front-end leaves, every worker's channel is closed, so each ends
 by the exit-code contract (0 stopped rings, 104 running ones); serve then ends the same way and says so
 in a last `end` event. The next front-end gets a fresh `serve` from whatever supervises it.
 """
@@ -36,6 +36,7 @@ from .spec import Req
 from .vring import close_fd
 
 log = logging.getLogger("vhostsplice")
+WORKER_REPLY_TIMEOUT = 10.0       # seconds a worker may take to answer the supervisor
 RESTARTABLE_NEVER = {errno.EINVAL, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENODEV, errno.EADDRINUSE}
 
 
@@ -48,6 +49,7 @@ class ServeConfig:
     events: str | None = None
     worker_args: list[str] = field(default_factory=list)
     ownership: Ownership = field(default_factory=Ownership)     # run's --socket-mode/group, --allow-uid, --user
+    offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
 
 
 @dataclass
@@ -141,8 +143,15 @@ class Supervisor(DeviceRequests):
             pass        # the worker died; its exit event restarts it and replays
 
     def worker_reply(self, pair: Pair, request: int) -> P.Message | None:
-        """The worker's reply to `request` (workers speak only when asked); None if it went away."""
+        """The worker's reply to `request` (workers speak only when asked); None if it went away. A worker
+        that has not answered within WORKER_REPLY_TIMEOUT is wedged: it is killed (our child, by PID)
+        and replaced like any worker that died, so one stuck pair cannot stall the device."""
         if pair.chan is None:
+            return None
+        if not select.select([pair.chan.fileno()], [], [], WORKER_REPLY_TIMEOUT)[0]:
+            log.error("pair %d's worker (pid %d) did not answer %s within %.0f s: killed", pair.index,
+                      pair.proc.pid, P.request_name(request), WORKER_REPLY_TIMEOUT)
+            pair.proc.kill()
             return None
         try:
             reply = pair.chan.recv()
@@ -163,7 +172,7 @@ class Supervisor(DeviceRequests):
         pair.chan, pair.pidfd = None, -1
         counters = _read_json(pair.stats_file)
         self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code),
-                  counters=counters.get("rings"))
+                  counters=counters.get("rings"), dirty_log=counters.get("dirty_log"))
         if self.stopping:
             return
         if code != 0:
@@ -330,7 +339,11 @@ def _close_fds(fds) -> None:
 def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
     """Listen, serve one multi-queue front-end with a worker per pair; returns the exit code."""
     from .hostfd import open_tap
-    probe = open_tap(config.tap)          # create the tap (multi-queue) once, with the errors of `run`
+    # create the tap (multi-queue) once, with the errors of `run`, and the header the workers will get
+    probe = open_tap(config.tap, vnet_hdr_len=12 if config.offloads else 0)
+    if config.offloads and not probe.vnet_hdr_len:
+        log.info("tap %s carries no vnet header: offloads are not offered", config.tap)
+        config.offloads = False
     probe.close()
     own = config.ownership
     owner = own.user[0] if own.user else -1

@@ -412,7 +412,7 @@ def test_serve_device_migrates(image, ethtool, tmp_path):
                 assert wait_for(lambda: qd.cmd("query-status")["status"] == "running", 30)
                 qs.cmd("quit")
                 qs.close()
-                code_a = sa.wait_exit()
+                code_a = sa.proc.wait(15)        # by itself: a SIGTERM fallback would also exit 0
                 summary = settled(dst, net)
                 with cap:
                     garps = guest_announces(cap)
@@ -423,6 +423,8 @@ def test_serve_device_migrates(image, ethtool, tmp_path):
     exits_a = sa.events("exit")
     assert code_a == 0, (code_a, sa.stderr())
     assert sorted(e["pair"] for e in exits_a) == [0, 1] and all(e["exit"] == 0 for e in exits_a), exits_a
+    # every source worker logged into the one log (serve handed SET_LOG_BASE to each)
+    assert all(e["dirty_log"]["log_writes"] > 0 and e["dirty_log"]["log_overflow"] == 0 for e in exits_a), exits_a
     assert sorted(e["pair"] for e in starts_b) == [0, 1], starts_b
     assert not sa.events("error") and not sb.events("error"), (sa.events("error"), sb.events("error"))
     assert garps, "no gratuitous ARP from the guest on the destination's port"

@@ -96,3 +96,136 @@ def test_without_protocol_features_a_kick_enables_the_ring():
     sup.forward_ring(_ring_msg(Req.SET_VRING_KICK, 3))
     assert started == [1]
     sup.shutdown()
+
+
+# -- migration requests (serve_device.DeviceRequests) with a stand-in worker on a socketpair -------------
+def _memfd(size: int) -> int:
+    import os
+    fd = os.memfd_create("log")
+    os.ftruncate(fd, size)
+    return fd
+
+
+class _StandIn:
+    """Pair k's worker: a real child process to kill (`sleep`), and our end of its channel, which a
+    thread answers like a worker (one reply per request) unless told to stay silent or to hang up."""
+
+    def __init__(self, sup, k: int, mode: str = "answer"):
+        import socket
+        import subprocess
+        import threading
+        from vhostsplice.channel import Channel
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.pair = sup.pairs[k]
+        self.pair.chan, self.pair.started = Channel(ours), True
+        self.pair.proc = subprocess.Popen(["sleep", "60"])
+        self.peer, self.got = Channel(theirs), []
+        if mode == "hang-up":
+            self.peer.close()
+        elif mode == "answer":
+            threading.Thread(target=self._answer, daemon=True).start()
+
+    def _answer(self) -> None:
+        import os
+        while (msg := self.peer.recv()) is not None:
+            self.got.append(msg.request)
+            for fd in msg.fds:
+                os.close(fd)
+            self.peer.send(msg.request, P.encode_u64(0), reply=True)
+
+    def close(self) -> None:
+        self.pair.chan.close()
+        self.pair.chan = None
+        self.pair.proc.kill()
+        self.pair.proc.wait()
+
+
+def _migrating_supervisor():
+    from vhostsplice.spec import ProtocolFeature as PF, bit
+    sup, _started, pf = _lazy_supervisor(features=0)
+    sup.protocol_acked = bit(PF.LOG_SHMFD) | bit(PF.RARP)
+    return sup
+
+
+def _log_msg(fd: int, size: int = 512) -> P.Message:
+    return P.Message(Req.SET_LOG_BASE, 1, P.encode_log(P.LogArea(size, 0)), (fd,))
+
+
+@pytest.mark.parametrize("size, fd_kind", [(0, "memfd"), (4096, "short"), (512, "pipe")])
+def test_a_log_any_worker_would_refuse_is_refused_and_never_kept(size, fd_kind):
+    """Checked here, not only in the workers: kept, it would be replayed to every new worker, each of
+    which would refuse it (71) and be restarted, forever."""
+    import os
+    sup = _migrating_supervisor()
+    r = w = None
+    if fd_kind == "pipe":
+        r, w = os.pipe()
+        fd = r
+    else:
+        fd = _memfd(100 if fd_kind == "short" else 4096)
+    with pytest.raises(ProtocolError):
+        sup.set_log_base(_log_msg(fd, size))
+    with pytest.raises(OSError):
+        os.fstat(fd)                                          # closed
+    assert Req.SET_LOG_BASE not in sup.device and sup.front.sent == []
+    if w is not None:
+        os.close(w)
+    sup.shutdown()
+
+
+def test_log_goes_to_every_running_worker_and_the_front_end_gets_one_reply():
+    sup = _migrating_supervisor()
+    workers = [_StandIn(sup, 0), _StandIn(sup, 1)]
+    sup.set_log_base(_log_msg(_memfd(4096)))
+    assert sup.front.sent == [(Req.SET_LOG_BASE, P.encode_u64(0))]
+    assert [w.got for w in workers] == [[Req.SET_LOG_BASE], [Req.SET_LOG_BASE]]
+    sup.barrier()                                             # the replies stayed in step
+    assert [w.got[-1] for w in workers] == [Req.GET_FEATURES, Req.GET_FEATURES]
+    for w in workers:
+        w.close()
+    sup.shutdown()
+
+
+def test_a_worker_gone_during_set_log_base_does_not_end_the_device():
+    sup = _migrating_supervisor()
+    alive, gone = _StandIn(sup, 0), _StandIn(sup, 1, mode="hang-up")
+    sup.set_log_base(_log_msg(_memfd(4096)))                  # no ProtocolError: pair 1 gets it in replay
+    assert sup.front.sent == [(Req.SET_LOG_BASE, P.encode_u64(0))] and alive.got == [Req.SET_LOG_BASE]
+    assert Req.SET_LOG_BASE in sup.device
+    alive.close()
+    gone.close()
+    sup.shutdown()
+
+
+def test_a_worker_that_does_not_answer_is_killed_not_waited_for(monkeypatch):
+    from vhostsplice import supervisor as S
+    monkeypatch.setattr(S, "WORKER_REPLY_TIMEOUT", 0.2)
+    sup = _migrating_supervisor()
+    silent = _StandIn(sup, 0, mode="silent")
+    sup.barrier()
+    assert silent.pair.proc.wait(5) == -9                     # SIGKILLed, by its PID
+    silent.close()
+    sup.shutdown()
+
+
+def test_reset_owner_forgets_the_log_and_the_features():
+    import os
+    sup = _migrating_supervisor()
+    sup.features = 1 << 26
+    fd = _memfd(4096)
+    sup.set_log_base(_log_msg(fd))
+    kept = sup.device[Req.SET_LOG_BASE][1][0]
+    sup.broadcast(P.Message(Req.RESET_OWNER, 1, b""))
+    assert Req.SET_LOG_BASE not in sup.device and sup.features == 0
+    with pytest.raises(OSError):
+        os.fstat(kept)
+    sup.shutdown()
+
+
+def test_serve_offers_offloads_only_when_its_workers_do():
+    from vhostsplice.backend import OFFLOAD_FEATURES
+    sup = _migrating_supervisor()
+    assert sup.offered() & OFFLOAD_FEATURES == OFFLOAD_FEATURES
+    sup.config.offloads = False
+    assert sup.offered() & OFFLOAD_FEATURES == 0
+    sup.shutdown()
