@@ -228,7 +228,9 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     eventfds are signalled when it failed, and it is replaced per --restart with back-off (0.1 s doubling
     to 5 s); the replacement resumes from used->idx. SIGTERM/SIGINT stop every worker, exit 0.
     Ownership as for `run`: one front-end, --socket-mode/--socket-group, --allow-uid (refused peers are
-    'refused' events), --user (every worker drops to it once its tap queue is open).
+    'refused' events), --user (every worker drops to it once its tap queue is open). Live migration as
+    for `run`: every worker logs into the one dirty log (exit events carry each worker's dirty_log), and
+    the guest's announce goes out once (docs/migration.md).
 
     \b
     Example:
