@@ -10,11 +10,11 @@ import time
 
 import pytest
 
+from support.netns import entered_netns
 from vhostsplice.drive import read_pcap
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing import faults
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
-from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = pytest.mark.root
 TAP = "vsd0"
@@ -22,9 +22,7 @@ TAP = "vsd0"
 
 @pytest.fixture
 def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vsd") as ns, ns.entered():
+    with entered_netns("vsd") as ns:
         yield ns
 
 

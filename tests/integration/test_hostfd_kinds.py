@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import socket
 import struct
@@ -16,11 +15,11 @@ import subprocess
 
 import pytest
 
+from support.netns import entered_netns
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
-from vhostsplice.testing.netns import PrivateNetns
 
 OFFLOADS = (F.NET_F_CSUM, F.NET_F_GUEST_CSUM, F.NET_F_HOST_TSO4, F.NET_F_GUEST_TSO4)
 
@@ -246,9 +245,7 @@ TAP = "vsh0"
 
 @pytest.fixture
 def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vsh") as ns, ns.entered():
+    with entered_netns("vsh") as ns:
         yield ns
 
 

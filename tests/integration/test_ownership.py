@@ -17,12 +17,12 @@ import time
 
 import pytest
 
+from support.netns import entered_netns
 from vhostsplice import protocol as P
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
-from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = pytest.mark.root
 TAP = "vso0"
@@ -43,9 +43,7 @@ def open_dir():
 
 @pytest.fixture
 def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vso") as ns, ns.entered():
+    with entered_netns("vso") as ns:
         yield ns
 
 

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
+from support.netns import entered_netns
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
-from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = pytest.mark.root
 DEV, PEER = "vshA", "vshB"
@@ -41,9 +41,7 @@ def ip(*args: str) -> None:
 
 @pytest.fixture
 def veth():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vsh") as ns, ns.entered():
+    with entered_netns("vsh") as ns:
         ip("link", "add", DEV, "type", "veth", "peer", "name", PEER)
         ip("link", "set", DEV, "up")
         ip("link", "set", PEER, "up")

@@ -1,17 +1,16 @@
 """SEND_RARP end to end, as root: `vhostsplice run` on a real tap announces the guest MAC on the host side."""
 from __future__ import annotations
 
-import os
 import select
 import socket
 
 import pytest
 
+from support.netns import entered_netns
 from vhostsplice import protocol as P
 from vhostsplice.spec import ProtocolFeature as PF, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_PROTOCOL, Frontend
 from vhostsplice.testing.harness import WorkerProcess
-from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = pytest.mark.root
 TAP = "vsm0"
@@ -21,9 +20,7 @@ GUEST_MAC = bytes.fromhex("525400c0ffee")
 
 @pytest.fixture
 def worker(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vsm") as ns, ns.entered():
+    with entered_netns("vsm") as ns:
         w = WorkerProcess(str(tmp_path), TAP)
         try:
             w.wait_listening()

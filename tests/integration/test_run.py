@@ -12,12 +12,12 @@ import time
 
 import pytest
 
+from support.netns import entered_netns
 from vhostsplice.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
-from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = pytest.mark.root
 TAP = "vst0"
@@ -28,9 +28,7 @@ OFFLOADS = bit(F.NET_F_CSUM) | bit(F.NET_F_GUEST_CSUM)
 
 @pytest.fixture
 def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vsr") as ns, ns.entered():
+    with entered_netns("vsr") as ns:
         yield ns
 
 

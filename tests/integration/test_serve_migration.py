@@ -21,13 +21,13 @@ import time
 
 import pytest
 
+from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice import protocol as P
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, ProtocolFeature as PF, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_PROTOCOL, Frontend
 from vhostsplice.testing.harness import demo_frame, tap_socket
-from vhostsplice.testing.netns import PrivateNetns
 from vhostsplice.testing.virtq import DriverQueue
 
 pytestmark = pytest.mark.root
@@ -38,9 +38,7 @@ GUEST_MAC = bytes.fromhex("525400abcdef")
 
 @pytest.fixture
 def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vsl") as ns, ns.entered():
+    with entered_netns("vsl") as ns:
         yield ns
 
 

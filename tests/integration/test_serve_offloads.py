@@ -13,13 +13,13 @@ import subprocess
 
 import pytest
 
+from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import collect, demo_frame, tap_socket
-from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = pytest.mark.root
 TAP = "vsn0"
@@ -28,9 +28,7 @@ OFFLOADS = bit(F.NET_F_CSUM) | bit(F.NET_F_GUEST_CSUM) | bit(F.NET_F_HOST_TSO4)
 
 @pytest.fixture
 def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vsn") as ns, ns.entered():
+    with entered_netns("vsn") as ns:
         yield ns
 
 

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
+from support.netns import entered_netns
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import collect, demo_frame, tap_socket
-from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = pytest.mark.root
 TAP = "vsu0"
@@ -26,9 +26,7 @@ NOBODY = pwd.getpwnam("nobody")
 
 @pytest.fixture
 def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vsu") as ns, ns.entered():
+    with entered_netns("vsu") as ns:
         yield ns
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice.selfexec import self_argv, self_env
-from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = pytest.mark.root
 SCRIPT = Path(__file__).resolve().parents[2] / "bin" / "vhostsplice-vmm-example"
@@ -21,9 +21,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bin" / "vhostsplice-vmm-example"
 
 @pytest.fixture
 def ns():
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    with PrivateNetns("vsv") as ns, ns.entered():
+    with entered_netns("vsv") as ns:
         yield ns
 
 

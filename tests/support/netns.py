@@ -111,3 +111,15 @@ def private_netns(prefix: str = "vst") -> Iterator[NetNs]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@contextlib.contextmanager
+def entered_netns(prefix: str):
+    """vhostsplice.testing.netns.PrivateNetns(prefix), entered by this thread until the block ends, then
+    removed; skips the test when not root (CI runs as root, so nothing is skipped there)."""
+    import pytest
+    from vhostsplice.testing.netns import PrivateNetns
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with PrivateNetns(prefix) as ns, ns.entered():
+        yield ns
