@@ -38,7 +38,6 @@ Needs root (ip netns, /dev/net/tun, AF_PACKET), dpdk-testpmd, 2 CPUs. Never used
 from __future__ import annotations
 
 import argparse
-import ctypes
 import datetime
 import hashlib
 import json
@@ -47,7 +46,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -675,51 +673,15 @@ def sample_idle(backend: str, workdir: Path, args) -> dict:
 # ------------------------------------------------------------------------------------------ the sender
 
 def fill_main(tap: str, size: int, count: int) -> int:
-    """(In the namespace) queue COUNT frames into TAP's tx queue with sendmmsg on an AF_PACKET socket.
-
-    PACKET_QDISC_BYPASS hands each frame straight to tun's queue; a full queue answers ENOBUFS, so
-    'queued' is exactly what waits there for the back-end."""
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    class IoVec(ctypes.Structure):
-        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-    class MsgHdr(ctypes.Structure):
-        _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(IoVec)),
-                    ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                    ("flags", ctypes.c_int)]
-
-    class MMsgHdr(ctypes.Structure):
-        _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
-
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    s.setsockopt(263, 20, 1)            # SOL_PACKET, PACKET_QDISC_BYPASS
-    s.bind((tap, 0))
+    """(In the namespace) queue COUNT UDP frames of SIZE bytes into TAP's tx queue (mmsg_sender)."""
+    from mmsg_sender import send_frames
     # Ethernet to a unicast MAC nobody owns, IPv4/UDP 198.18.0.1 -> 198.18.0.2, zero payload.
     ip = (bytearray.fromhex("4500") + (size - 14).to_bytes(2, "big")
           + bytes.fromhex("0000" "4000" "4011" "0000" "c6120001" "c6120002"))   # checksum left 0: nobody checks
     udp = (1024).to_bytes(2, "big") + (1025).to_bytes(2, "big") + (size - 34).to_bytes(2, "big") + bytes(2)
     frame = bytes.fromhex("02aabbccdd02" "02aabbccdd01" "0800") + bytes(ip) + udp
     frame += bytes(size - len(frame))
-    buf = ctypes.create_string_buffer(frame, len(frame))
-    iov = IoVec(ctypes.addressof(buf), len(frame))
-    burst = 1024
-    msgs = (MMsgHdr * burst)()
-    for m in msgs:
-        m.hdr.iov = ctypes.pointer(iov)
-        m.hdr.iovlen = 1
-    queued = refused = 0
-    t0 = time.monotonic()
-    while queued + refused < count:
-        n = libc.sendmmsg(s.fileno(), msgs, min(burst, count - queued - refused), 0)
-        if n < 0:
-            err = ctypes.get_errno()
-            if err != 105:              # ENOBUFS: the queue is full; that frame is not queued
-                raise OSError(err, os.strerror(err))
-            refused += 1
-            continue
-        queued += n
-    dt = time.monotonic() - t0
+    queued, refused, dt = send_frames(tap, frame, count, burst=1024)
     print(json.dumps({"queued": queued, "refused": refused, "mpps": round(queued / dt / 1e6, 3)}))
     return 0
 

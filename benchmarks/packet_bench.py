@@ -235,40 +235,11 @@ def _figures(c0: dict, c1: dict, u0: tuple, u1: tuple, ring: str) -> dict:
 
 
 def fill_main(ifname: str, size: int, count: int) -> int:
-    """(In the namespace) COUNT frames of SIZE bytes sent with sendmmsg on an AF_PACKET socket on IFNAME
-    (PACKET_QDISC_BYPASS): into the tap's queue, or through the veth into the worker's packet socket."""
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    class IoVec(ctypes.Structure):
-        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-    class MsgHdr(ctypes.Structure):
-        _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(IoVec)),
-                    ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
-                    ("flags", ctypes.c_int)]
-
-    class MMsgHdr(ctypes.Structure):
-        _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
-
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    s.setsockopt(263, 20, 1)            # SOL_PACKET, PACKET_QDISC_BYPASS
-    s.bind((ifname, 0))
+    """(In the namespace) COUNT frames of SIZE bytes on IFNAME (mmsg_sender): into the tap's queue, or
+    through the veth into the worker's packet socket."""
+    from mmsg_sender import send_frames
     frame = bytes.fromhex("02aabbccdd02" "02aabbccdd01" "88b5") + bytes(size - 14)
-    buf = ctypes.create_string_buffer(frame, len(frame))
-    iov = IoVec(ctypes.addressof(buf), len(frame))
-    msgs = (MMsgHdr * 256)()
-    for m in msgs:
-        m.hdr.iov = ctypes.pointer(iov)
-        m.hdr.iovlen = 1
-    queued = refused = 0
-    while queued + refused < count:
-        n = libc.sendmmsg(s.fileno(), msgs, min(256, count - queued - refused), 0)
-        if n < 0:
-            if ctypes.get_errno() != 105:      # ENOBUFS: the queue is full; that frame is not queued
-                raise OSError(ctypes.get_errno(), "sendmmsg")
-            refused += 1
-            continue
-        queued += n
+    queued, refused, _seconds = send_frames(ifname, frame, count, burst=256)
     print(json.dumps({"queued": queued, "refused": refused}))
     return 0
 
