@@ -26,13 +26,10 @@ SRC_IP, PEER_IP = "10.77.0.1", "10.77.0.2"
 
 
 class PacketWorker(WorkerProcess):
+    """`vhostsplice run --packet DEV`."""
+
     def __init__(self, workdir: str, *extra: str, name: str = "w"):
-        self.sock = os.path.join(workdir, f"{name}.sock")
-        self.stats_file = os.path.join(workdir, f"{name}.stats.json")
-        self.argv = [*self_argv(), "run", "--socket-path", self.sock, "--packet", DEV,
-                     "--stats-file", self.stats_file, *extra]
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=self_env())
+        super().__init__(workdir, "", *extra, name=name, host=("--packet", DEV))
 
 
 def ip(*args: str) -> None:

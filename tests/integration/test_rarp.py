@@ -20,13 +20,8 @@ GUEST_MAC = bytes.fromhex("525400c0ffee")
 
 @pytest.fixture
 def worker(tmp_path):
-    with entered_netns("vsm") as ns:
-        w = WorkerProcess(str(tmp_path), TAP)
-        try:
-            w.wait_listening()
-            yield w
-        finally:
-            w.kill()
+    with entered_netns("vsm"), WorkerProcess(str(tmp_path), TAP) as w:
+        yield w
 
 
 def rarp_socket() -> socket.socket:

@@ -34,12 +34,8 @@ def ns():
 
 @pytest.fixture
 def worker(ns, tmp_path):
-    w = WorkerProcess(str(tmp_path), TAP)
-    try:
-        w.wait_listening()
+    with WorkerProcess(str(tmp_path), TAP) as w:
         yield w
-    finally:
-        w.kill()
 
 
 def start(worker, features=DEFAULT_FEATURES) -> Frontend:

@@ -78,19 +78,6 @@ def assert_iperf(guest: G.Guest, name: str, protocol: str) -> dict:
     return s
 
 
-def host_pings_guest(net: G.HostNet, guest: G.Guest, count: int = PINGS) -> str:
-    """Wait until the guest waits to be pinged, then ping it; every reply must come back."""
-    guest.wait_marker("READY-FOR-PING", 60)
-    p = net.ping(G.GUEST_IP, count)
-    assert p.returncode == 0 and f"{count} received, 0% packet loss" in p.stdout, \
-        f"host -> guest ping:\n{p.stdout}{p.stderr}\n{guest.describe()}"
-    return p.stdout
-
-
-def report(name: str, **facts) -> None:
-    print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in facts.items()))
-
-
 # -- one boot, everything on the full feature set -----------------------------------------------------------
 FULL_SCRIPT = f"""
 vs_ping ping_out {PINGS}
@@ -111,7 +98,7 @@ def test_guest_ping_iperf_full_features(image, tmp_path):
         with G.Guest(image, worker.sock, tmp_path, FULL_SCRIPT) as guest:
             guest.wait_marker("BOOT", BOOT)
             guest.wait_marker("NET", 60)
-            host_pings_guest(net, guest)
+            G.host_pings_guest(net, guest, PINGS)
             rc = guest.wait_done(180)
         code, stats = G.stop_worker(worker)
         tap = net.tap_counters()
@@ -123,7 +110,7 @@ def test_guest_ping_iperf_full_features(image, tmp_path):
     assert_worker_clean(code, stats, worker)
     acked, _ = assert_features_agree(guest, stats)
     assert acked & bits(*FULL) == bits(*FULL), f"missing {set(FULL) - set(G.feature_names(acked))}"
-    report("full", boot_s=round(guest.boot_seconds(), 2), wall_s=round(time.monotonic() - t0, 1),
+    G.report("full", boot_s=round(guest.boot_seconds(), 2), wall_s=round(time.monotonic() - t0, 1),
            features=G.feature_names(acked),
            **{f"{n}_gbps": round(r["gbps"], 3) for n, r in results.items()},
            udp_rx_lost_pct=results["udp_rx"]["lost_percent"], tap=tap,
@@ -159,7 +146,7 @@ def test_guest_feature_matrix(image, tmp_path, point):
         net.iperf3_server()
         with G.Guest(image, worker.sock, tmp_path, MATRIX_SCRIPT, device_opts=cfg["device"]) as guest:
             guest.wait_marker("BOOT", BOOT)
-            host_pings_guest(net, guest)
+            G.host_pings_guest(net, guest, PINGS)
             rc = guest.wait_done(120)
         code, stats = G.stop_worker(worker)
     assert rc == 0, guest.describe()
@@ -171,7 +158,7 @@ def test_guest_feature_matrix(image, tmp_path, point):
     names = set(G.feature_names(acked))
     assert set(cfg["present"]) <= names, f"{point}: missing {set(cfg['present']) - names}"
     assert not set(cfg["absent"]) & names, f"{point}: unexpected {set(cfg['absent']) & names}"
-    report(point, boot_s=round(guest.boot_seconds(), 2), wall_s=round(time.monotonic() - t0, 1),
+    G.report(point, boot_s=round(guest.boot_seconds(), 2), wall_s=round(time.monotonic() - t0, 1),
            features=sorted(names), **{f"{n}_gbps": round(r["gbps"], 3) for n, r in results.items()})
 
 
@@ -214,10 +201,10 @@ def test_guest_oversize_frames_dropped_not_truncated(image, tmp_path, case):
             if cfg["raise_mtu"]:
                 net.run(["ip", "link", "set", net.tap, "mtu", "9000"])
             net.run([sys.executable, "-c", send])
-            host_pings_guest(net, guest)
+            G.host_pings_guest(net, guest, PINGS)
             rc = guest.wait_done(120)
         code, stats = G.stop_worker(worker)
-    report(f"oversize {case}", counters=guest.checks().get("counters", G.Check("", False, 0, "")).output.split(),
+    G.report(f"oversize {case}", counters=guest.checks().get("counters", G.Check("", False, 0, "")).output.split(),
            features=G.feature_names(worker_features(stats)),
            worker_rx={k: stats["rings"]["rx"][k] for k in ("packets", "bytes", "drops_short", "drops_hostfd",
                                                            "drops_oversize")})
@@ -266,12 +253,12 @@ def test_guest_survives_worker_restart(image, tmp_path):
             first.proc.send_signal(signal.SIGKILL)     # our own child, by PID
             first.proc.wait(30)
             second = net.start_worker()                # same name: same socket path (stale file replaced)
-            host_pings_guest(net, guest)
+            G.host_pings_guest(net, guest, PINGS)
             rc = guest.wait_done(180)
         code, stats = G.stop_worker(second)
     checks = guest.checks()
     during = G.iperf_summary(guest.iperf("during")) if checks.get("during", G.Check("", False, 1, "")).ok else None
-    report("restart", first_exit=first.proc.returncode,
+    G.report("restart", first_exit=first.proc.returncode,
            checks={n: (c.ok, c.output.strip().splitlines()[-1:]) for n, c in checks.items()
                    if n not in ("during", "tcp_rx")},
            during=during, second_stats={k: stats.get(k) for k in ("exit", "reason", "features")},

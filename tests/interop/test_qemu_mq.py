@@ -109,18 +109,6 @@ def assert_iperf_tcp(guest: G.Guest, name: str) -> dict:
     return s
 
 
-def host_pings_guest(net: G.HostNet, guest: G.Guest, count: int = PINGS, after: int = 0) -> str:
-    guest.wait_marker("READY-FOR-PING", 60, after=after)
-    p = net.ping(G.GUEST_IP, count)
-    assert p.returncode == 0 and f"{count} received, 0% packet loss" in p.stdout, \
-        f"host -> guest ping:\n{p.stdout}{p.stderr}\n{guest.describe()}"
-    return p.stdout
-
-
-def report(name: str, **facts) -> None:
-    print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in facts.items()))
-
-
 # -- every pair carries traffic, each in its own worker process -------------------------------------------
 ALL_PAIRS_SCRIPT = SETUP + f"""
 vs_ping ping_out {PINGS}
@@ -138,7 +126,7 @@ def test_mq_every_pair_moves_packets_in_its_own_worker(image, ethtool, tmp_path)
         net.iperf3_server()
         with mq_guest(image, served, tmp_path, ALL_PAIRS_SCRIPT, ethtool) as guest:
             guest.wait_marker("BOOT", BOOT)
-            host_pings_guest(net, guest)
+            G.host_pings_guest(net, guest, PINGS)
             rc = guest.wait_done(180)
         code = served.wait_exit()
         starts, exits = served.events("start"), served.events("exit")
@@ -169,7 +157,7 @@ def test_mq_every_pair_moves_packets_in_its_own_worker(image, ethtool, tmp_path)
             # the guest's driver counts the same packets on its queue k (read before poweroff)
             assert seen <= c[ring]["packets"] <= seen + SLACK, (k, ring, seen, c[ring]["packets"])
         moved[k] = {r: (c[r]["packets"], c[r]["bytes"]) for r in ("rx", "tx")}
-    report("mq all pairs", wall_s=round(time.monotonic() - t0, 1), boot_s=round(guest.boot_seconds(), 2),
+    G.report("mq all pairs", wall_s=round(time.monotonic() - t0, 1), boot_s=round(guest.boot_seconds(), 2),
            serve_exit=code, pids=pids, **setup, top_up=guest.check("top_up").output.strip(),
            worker_packets_bytes=moved, **{f"{n}_gbps": round(s["gbps"], 2) for n, s in iperf.items()},
            features=G.feature_names(guest.features()))
@@ -226,7 +214,7 @@ def test_mq_worker_killed_under_load_is_replaced_others_untouched(image, ethtool
             restarted = wait_for(lambda: [e for e in served.events("start")
                                           if e["pair"] == victim and e["restarts"] == 1], 30)
             assert restarted, f"pair {victim} was not restarted: {served.events()}\n{served.stderr()}"
-            host_pings_guest(net, guest)
+            G.host_pings_guest(net, guest, PINGS)
             rc = guest.wait_done(180)
         code = served.wait_exit()
         starts, exits = served.events("start"), served.events("exit")
@@ -235,7 +223,7 @@ def test_mq_worker_killed_under_load_is_replaced_others_untouched(image, ethtool
     bg = re.search(r"(\d+) packets transmitted, (\d+) packets received", background)
     during = G.iperf_summary(guest.iperf("during")) if checks.get("during") and checks["during"].ok else None
     replacement = restarted[0]
-    report("mq kill", wall_s=round(time.monotonic() - t0, 1), victim=victim, first_pids=first,
+    G.report("mq kill", wall_s=round(time.monotonic() - t0, 1), victim=victim, first_pids=first,
            replacement_pid=replacement["pid"], restart_s=round(replacement["time"] - killed_at, 2),
            serve_exit=code, background_ping=bg.groups() if bg else None,
            carrier=checks["carrier_stayed_up"].output.strip() if "carrier_stayed_up" in checks else None,
@@ -329,7 +317,7 @@ def test_mq_host_flows_reach_guest_with_one_pair_enabled(image, ethtool, tmp_pat
             rc = guest.wait_done(120)
         served.wait_exit()
         exits = served.events("exit")
-    report("mq one pair enabled", channels=guest.check("channels_default").output.strip(),
+    G.report("mq one pair enabled", channels=guest.check("channels_default").output.strip(),
            udp_one_pair=guest.checks().get("udp_one_pair", G.Check("", False, 0, "")).output.strip(),
            udp_after_enable=guest.checks().get("udp_after_enable", G.Check("", False, 0, "")).output.strip(),
            tap_tx_packets_1s_after=tap["tx_packets"], tap_flags=",".join(flags), tap_tx_dropped=tap["tx_dropped"], qdisc=qdisc[:400],

@@ -151,10 +151,7 @@ def boot(image, sup: Supervised, workdir: Path, script: str, name: str, ethtool:
 
 def traffic_both_ways(net: G.HostNet, guest: G.Guest) -> None:
     guest.wait_marker("BOOT", BOOT)
-    guest.wait_marker("READY-FOR-PING", 60)
-    p = net.ping(G.GUEST_IP, PINGS)
-    assert p.returncode == 0 and f"{PINGS} received, 0% packet loss" in p.stdout, \
-        f"{guest.name}: host -> guest ping:\n{p.stdout}{p.stderr}\n{guest.describe()}"
+    G.host_pings_guest(net, guest, PINGS)
 
 
 def assert_tcp(guest: G.Guest, name: str) -> float:

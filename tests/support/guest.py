@@ -285,6 +285,21 @@ class Guest:
         return sum(1 << i for i, ch in enumerate(m[1]) if ch == "1") if m else 0
 
 
+def host_pings_guest(net: "HostNet", guest: Guest, count: int) -> str:
+    """Wait until the guest waits to be pinged (its READY-FOR-PING marker), then ping it COUNT times
+    from the host; every reply must come back. Returns ping's output."""
+    guest.wait_marker("READY-FOR-PING", 60)
+    p = net.ping(GUEST_IP, count)
+    assert p.returncode == 0 and f"{count} received, 0% packet loss" in p.stdout, \
+        f"{guest.name}: host -> guest ping:\n{p.stdout}{p.stderr}\n{guest.describe()}"
+    return p.stdout
+
+
+def report(name: str, **facts) -> None:
+    """One line of figures for the test log (pytest -s)."""
+    print(f"\n[{name}] " + ", ".join(f"{k}={v}" for k, v in facts.items()))
+
+
 def iperf_summary(doc: dict) -> dict:
     """The few numbers of an iperf3 -J document a test asserts on or a benchmark prints."""
     end = doc.get("end", {})

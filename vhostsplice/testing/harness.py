@@ -20,12 +20,14 @@ DEMO_ETHERTYPE = 0x88B5          # IEEE local experimental: never confused with 
 
 
 class WorkerProcess:
-    """`vhostsplice run --socket-path SOCK --tap TAP --stats-file ...` as a child process."""
+    """`vhostsplice run --socket-path SOCK --tap TAP --stats-file ...` as a child process (`host`
+    replaces `--tap TAP`, e.g. ("--packet", IFNAME)). As a context manager: listening on entry, killed
+    (our own child, by PID) on exit."""
 
-    def __init__(self, workdir: str, tap: str, *extra: str, name: str = "w"):
+    def __init__(self, workdir: str, tap: str, *extra: str, name: str = "w", host: tuple[str, ...] = ()):
         self.sock = os.path.join(workdir, f"{name}.sock")
         self.stats_file = os.path.join(workdir, f"{name}.stats.json")
-        self.argv = [*self_argv(), "run", "--socket-path", self.sock, "--tap", tap,
+        self.argv = [*self_argv(), "run", "--socket-path", self.sock, *(host or ("--tap", tap)),
                      "--stats-file", self.stats_file, *extra]
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=self_env())
@@ -64,6 +66,17 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def __enter__(self) -> "WorkerProcess":
+        try:
+            self.wait_listening()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
 
 
 def tap_socket(ifname: str) -> socket.socket:
