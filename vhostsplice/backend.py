@@ -16,7 +16,7 @@ from .errors import ConfigError, FeatureError, GuestFaultError, ProtocolError
 from .memory import DirtyLog, GuestMemory
 from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, VRING_F_LOG, Feature as F, \
     ProtocolFeature as PF, Req, bit, mask
-from .vring import RingState, close_fd
+from .vring import RingState, close_fds
 
 log = logging.getLogger("vhostsplice")
 
@@ -65,17 +65,17 @@ class Backend:
     def handle(self, msg: P.Message) -> None:
         entry = HANDLERS.get(msg.request)
         if entry is None:
-            _close_fds(msg.fds)
+            close_fds(msg.fds)
             raise ProtocolError(f"{msg.name}: unsupported request")
         handler, want_fds = entry
         self.messages += 1
         try:
             expected = want_fds(self, msg)
         except BaseException:
-            _close_fds(msg.fds)
+            close_fds(msg.fds)
             raise
         if len(msg.fds) != expected:
-            _close_fds(msg.fds)
+            close_fds(msg.fds)
             raise ProtocolError(f"{msg.name}: {len(msg.fds)} file descriptors, expected {expected}")
         reply = handler(self, msg)    # a handler owns msg.fds from here: it keeps or closes each
         if reply is not None:
@@ -168,11 +168,6 @@ def _close_memory(memory: GuestMemory | None) -> None:
         memory.close()
 
 
-def _close_fds(fds) -> None:
-    for fd in fds:
-        close_fd(fd)
-
-
 # -- handlers: one per request ----------------------------------------------------------------------------
 def get_features_exec(b: Backend, msg: P.Message) -> bytes:
     return P.encode_u64(b.offered)
@@ -235,7 +230,7 @@ def set_mem_table_exec(b: Backend, msg: P.Message) -> None:
     try:
         memory = GuestMemory(P.decode_mem_table(msg), msg.fds)
     finally:
-        _close_fds(msg.fds)    # the mappings stay valid without the fds
+        close_fds(msg.fds)    # the mappings stay valid without the fds
     old, b.memory = b.memory, memory
     try:
         b.datapath.set_memory(memory.regions)  # re-maps running rings onto the new table
@@ -305,7 +300,7 @@ def _vring_file(b: Backend, msg: P.Message, attr: str) -> RingState:
     try:
         ring = b._ring(vf.index)
     except ProtocolError:
-        _close_fds(msg.fds)
+        close_fds(msg.fds)
         raise
     ring.replace_fd(attr, None if vf.nofd else msg.fds[0])
     return ring
@@ -364,7 +359,7 @@ def set_log_base_exec(b: Backend, msg: P.Message) -> bytes:
             raise ProtocolError("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD negotiated")
         new = DirtyLog(P.decode_log(msg), msg.fds[0])
     finally:
-        _close_fds(msg.fds)     # the mapping stays valid without the fd
+        close_fds(msg.fds)     # the mapping stays valid without the fd
     try:
         b.datapath.set_log(new.view)
     except BaseException:
@@ -381,7 +376,7 @@ def set_log_base_exec(b: Backend, msg: P.Message) -> bytes:
 def set_log_fd_exec(b: Backend, msg: P.Message) -> None:
     """The eventfd a back-end may signal after log writes: QEMU 7.2 never sends it and never reads one
     for vhost-user; accepted and closed (as DPDK does)."""
-    _close_fds(msg.fds)
+    close_fds(msg.fds)
 
 
 def send_rarp_exec(b: Backend, msg: P.Message) -> None:

@@ -15,6 +15,7 @@ import struct
 from .errors import ConfigError, FrontendGone, ProtocolError, SetupError, from_oserror
 from .protocol import HEADER, Message, decode_header, encode
 from .spec import MAX_FDS
+from .vring import close_fds
 
 RECV_TIMEOUT = 5.0   # a front-end that starts a message must finish it; a stalled one is a violation
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNABORTED)
@@ -56,7 +57,7 @@ class Channel:
             data, anc, flags, _ = self.sock.recvmsg(HEADER.size, socket.CMSG_SPACE(MAX_FDS * 4))
             fds = _collect_fds(anc)
             if not data:
-                _close_all(fds)
+                close_fds(fds)
                 return None
             if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
                 raise ProtocolError("too many file descriptors in one message")
@@ -67,7 +68,7 @@ class Channel:
             self._check_fds(fds, hdr.request)
             return Message(hdr.request, hdr.flags, payload, tuple(fds))
         except BaseException:
-            _close_all(fds)
+            close_fds(fds)
             raise
 
     def _check_fds(self, fds: list[int], request: int) -> None:
@@ -111,14 +112,6 @@ def _collect_fds(anc) -> list[int]:
             arr.frombytes(data[: len(data) - len(data) % arr.itemsize])
             fds.extend(arr)
     return fds
-
-
-def _close_all(fds) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 class Listener:

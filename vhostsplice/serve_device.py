@@ -18,7 +18,7 @@ from .backend import ANNOUNCE_FEATURES, BASE_FEATURES, LOG_FEATURES, OFFLOAD_FEA
 from .errors import ProtocolError
 from .memory import DirtyLog
 from .spec import Feature as F, ProtocolFeature as PF, Req, bit
-from .vring import close_fd
+from .vring import close_fd, close_fds
 
 if TYPE_CHECKING:
     from .supervisor import Pair
@@ -32,7 +32,6 @@ BROADCAST = {Req.SET_OWNER, Req.RESET_OWNER, Req.SET_MEM_TABLE}
 # ORs into shared memory), and the first running worker sends the RARP announce.
 PROTOCOL_FEATURES = RUN_PROTOCOL_FEATURES
 WORKER_PROTOCOL = bit(PF.LOG_SHMFD) | bit(PF.RARP)    # the protocol bits a worker must know were acked
-
 
 
 def ring_index(msg: P.Message) -> int:
@@ -61,7 +60,7 @@ class DeviceRequests:
         req = msg.request
         local = LOCAL.get(req)
         if local is not None:
-            _close_fds(msg.fds)
+            close_fds(msg.fds)
             reply = local(self, msg)
             if reply is not None:
                 self.front.send(req, reply, reply=True)
@@ -75,7 +74,7 @@ class DeviceRequests:
         elif req == Req.SEND_RARP:
             self.send_rarp(msg)
         else:
-            _close_fds(msg.fds)
+            close_fds(msg.fds)
             raise ProtocolError(f"{msg.name}: unsupported request")
         if local is None or LOCAL_ACKS.get(req):
             if local is None and msg.need_reply:
@@ -107,13 +106,13 @@ class DeviceRequests:
         else:
             old = self.device.get(msg.request)
             if old:
-                _close_fds(old[1])
+                close_fds(old[1])
             self.device[msg.request] = (payload, msg.fds)
             if msg.request == Req.RESET_OWNER:      # workers drop their log and features: so does serve
                 self.features = 0
                 log_base = self.device.pop(Req.SET_LOG_BASE, None)
                 if log_base:
-                    _close_fds(log_base[1])
+                    close_fds(log_base[1])
         for pair in self.pairs:
             self.send_worker(pair, msg.request, payload, msg.fds)
 
@@ -121,10 +120,10 @@ class DeviceRequests:
         try:
             ring = ring_index(msg)
         except ProtocolError:
-            _close_fds(msg.fds)
+            close_fds(msg.fds)
             raise
         if not 0 <= ring < 2 * self.config.queues or len(msg.fds) > 1:
-            _close_fds(msg.fds)
+            close_fds(msg.fds)
             raise ProtocolError(f"{msg.name}: ring {ring} is not one of this device's {2 * self.config.queues}")
         pair, j = self.pairs[ring // 2], ring % 2
         payload = ring_payload(msg.request, msg.payload, j)
@@ -191,14 +190,14 @@ class DeviceRequests:
                 raise ProtocolError(f"SET_LOG_BASE: {len(msg.fds)} file descriptors, expected 1")
             DirtyLog(P.decode_log(msg), msg.fds[0]).close()   # the checks run does, here: a log every
         except BaseException:                                  # worker would refuse is never kept
-            _close_fds(msg.fds)
+            close_fds(msg.fds)
             raise
         old = self.device.get(Req.SET_LOG_BASE)
         if old and old[0] == msg.payload and _same_file(old[1][0], msg.fds[0]):
-            _close_fds(msg.fds)
+            close_fds(msg.fds)
         else:
             if old:
-                _close_fds(old[1])
+                close_fds(old[1])
             self.device[Req.SET_LOG_BASE] = (msg.payload, msg.fds)
             for pair in self.pairs:
                 if pair.chan is not None:
@@ -210,7 +209,7 @@ class DeviceRequests:
 
     def send_rarp(self, msg: P.Message) -> None:
         """The announce after a move goes out once, through the first pair with a worker."""
-        _close_fds(msg.fds)
+        close_fds(msg.fds)
         if not self.protocol_acked & bit(PF.RARP):
             raise ProtocolError("SEND_RARP without VHOST_USER_PROTOCOL_F_RARP negotiated")
         if msg.fds or len(msg.payload) != 8:
@@ -269,6 +268,3 @@ LOCAL = {Req.GET_FEATURES: _get_features, Req.GET_PROTOCOL_FEATURES: _get_protoc
 LOCAL_ACKS = {Req.SET_PROTOCOL_FEATURES: True, Req.SET_STATUS: True, Req.SET_LOG_FD: True}
 
 
-def _close_fds(fds) -> None:
-    for fd in fds:
-        close_fd(fd)

@@ -33,7 +33,7 @@ from .runner import Ownership
 from .selfexec import self_argv, self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests
 from .spec import Req
-from .vring import close_fd
+from .vring import close_fd, close_fds
 
 log = logging.getLogger("vhostsplice")
 WORKER_REPLY_TIMEOUT = 10.0       # seconds a worker may take to answer the supervisor
@@ -158,7 +158,7 @@ class Supervisor(DeviceRequests):
         except (ProtocolError, FrontendGone, OSError):
             return None
         if reply is not None and reply.request != request:
-            _close_fds(reply.fds)
+            close_fds(reply.fds)
             raise ProtocolError(f"pair {pair.index}'s worker answered {reply.name} to {P.request_name(request)}")
         return reply
 
@@ -308,7 +308,7 @@ class Supervisor(DeviceRequests):
             for _payload, fd in pair.told.values():
                 close_fd(fd)
         for _payload, fds in self.device.values():
-            _close_fds(fds)
+            close_fds(fds)
         if self.front is not None:
             self.front.close()
         self.listener.close()
@@ -329,11 +329,6 @@ def _signal_eventfd(fd: int) -> None:
         os.eventfd_write(fd, 1)
     except OSError:
         pass
-
-
-def _close_fds(fds) -> None:
-    for fd in fds:
-        close_fd(fd)
 
 
 def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:

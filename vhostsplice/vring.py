@@ -20,6 +20,12 @@ def close_fd(fd: int | None) -> None:
             pass
 
 
+def close_fds(fds) -> None:
+    """Close every fd of a message (or any iterable of fds); errors are ignored, as for close_fd."""
+    for fd in fds:
+        close_fd(fd)
+
+
 @dataclass
 class RingState:
     index: int

@@ -116,7 +116,7 @@ def test_the_core_oracle_catches_planted_bugs(monkeypatch, plant):
 
 def test_the_protocol_oracle_catches_an_fd_leak(monkeypatch):
     from vhostsplice import backend
-    monkeypatch.setattr(backend, "_close_fds", lambda fds: None)
+    monkeypatch.setattr(backend, "close_fds", lambda fds: None)
     exc = _first_failure("protocol", proto.run_one)
     assert isinstance(exc, proto.FdLeak), exc
 
