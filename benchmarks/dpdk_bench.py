@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]   # the checkout's vhostsplice, and the test harness
 from support import testpmd as T  # noqa: E402  (the interop harness: testpmd front-end, log parsing)
 from support.netns import NetNs  # noqa: E402
+from vhostsplice.testing.harness import live_stats  # noqa: E402
 
 NS_PREFIX = "vsk"                 # netns vsk-PID-N, tap vsk0 (the bats suite uses vsb)
 TAP = "vsk0"
@@ -286,17 +287,7 @@ class Vhostsplice(Backend):
 
     def counters(self) -> dict | None:
         """The worker's live counters (SIGUSR1 rewrites --stats-file; the signal costs it one wake-up)."""
-        old = self.stats_file.stat().st_ino if self.stats_file.exists() else None
-        self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:
-            try:
-                if self.stats_file.stat().st_ino != old:
-                    return json.loads(self.stats_file.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.002)
-        return None
+        return live_stats(self.proc, self.stats_file, timeout=2)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support import guest as G  # noqa: E402
 from support import testpmd as T  # noqa: E402
+from vhostsplice.testing.harness import live_stats  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 BACKENDS = {
@@ -139,26 +140,8 @@ def machine_cpu() -> dict[str, float]:
 
 
 def worker_stats_now(worker, timeout: float = 2.0) -> dict | None:
-    """The running worker's counters: SIGUSR1 makes it rewrite its --stats-file (atomically)."""
-    path = Path(worker.stats_file)
-
-    def read():
-        try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-
-    before = read()
-    if worker.proc.poll() is not None:
-        return None
-    worker.proc.send_signal(signal.SIGUSR1)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        now = read()
-        if now is not None and (before is None or now.get("uptime_s") != before.get("uptime_s")):
-            return now
-        time.sleep(0.005)
-    return None
+    """The running worker's counters (SIGUSR1 makes it rewrite its --stats-file), or None."""
+    return live_stats(worker.proc, worker.stats_file, timeout)
 
 
 _NIC_BLOCK = re.compile(r"NIC statistics for port (\d+)[^\n]*\n\s*RX-packets:\s*(\d+)\s+RX-missed:\s*(\d+)"

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support import testpmd as T  # noqa: E402
 from support.netns import NetNs  # noqa: E402
+from vhostsplice.testing.harness import live_stats  # noqa: E402
 
 FE_CPU, BE_CPU = 0, 1
 TAP, VETH, PEER = "vshT0", "vshP0", "vshP1"
@@ -80,17 +81,10 @@ class Worker:
             time.sleep(0.01)
 
     def counters(self) -> dict:
-        old = self.stats_file.stat().st_ino if self.stats_file.exists() else None
-        self.proc.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                if self.stats_file.stat().st_ino != old:
-                    return json.loads(self.stats_file.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                pass
-            time.sleep(0.002)
-        raise RuntimeError("worker wrote no stats")
+        stats = live_stats(self.proc, self.stats_file, timeout=5)
+        if stats is None:
+            raise RuntimeError("worker wrote no stats")
+        return stats
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -17,7 +17,7 @@ from vhostsplice.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.selfexec import self_argv, self_env
-from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
+from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, tap_socket
 
 pytestmark = pytest.mark.root
 TAP = "vst0"
@@ -221,12 +221,8 @@ def test_sigusr1_writes_counters_while_running(worker):
     fe = start(worker)
     fe.send([demo_frame(1, 100)] * 3)
     fe.wait_used(fe.tx, 3)
-    worker.proc.send_signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 5
-    while not os.path.exists(worker.stats_file) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with open(worker.stats_file) as f:
-        live = json.load(f)
+    live = live_stats(worker.proc, worker.stats_file)
+    assert live is not None
     assert worker.proc.poll() is None                      # still serving
     assert live["rings"]["tx"]["packets"] == 3 and live["reason"] == ""
     assert finish(worker, fe)[0] == 0

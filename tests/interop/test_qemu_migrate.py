@@ -35,6 +35,7 @@ import pytest
 from support import guest as G
 from support.serving import Served
 from support.waiting import wait_for
+from vhostsplice.testing.harness import live_stats
 
 pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
 
@@ -107,18 +108,9 @@ class Qmp:
 
 def snapshot(worker) -> dict:
     """The running worker's statistics (SIGUSR1 makes it rewrite its --stats-file)."""
-    before = os.stat(worker.stats_file).st_mtime_ns if os.path.exists(worker.stats_file) else 0
-    worker.proc.send_signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if os.path.exists(worker.stats_file) and os.stat(worker.stats_file).st_mtime_ns != before:
-            try:
-                with open(worker.stats_file) as f:
-                    return json.load(f)
-            except ValueError:
-                pass
-        time.sleep(0.05)
-    raise AssertionError(f"no statistics from worker {worker.sock}")
+    stats = live_stats(worker.proc, worker.stats_file, timeout=10)
+    assert stats is not None, f"no statistics from worker {worker.sock}"
+    return stats
 
 
 def packets(stats: dict) -> tuple[int, int]:

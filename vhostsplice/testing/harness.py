@@ -10,7 +10,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 from ..selfexec import self_argv, self_env
@@ -77,6 +76,31 @@ class WorkerProcess:
 
     def __exit__(self, *exc) -> None:
         self.kill()
+
+
+def live_stats(proc, stats_file, timeout: float = 5.0) -> dict | None:
+    """A running worker's counters, now: SIGUSR1 makes it write its --stats-file anew (a new file renamed
+    into place, so the inode changes). None if the worker has exited or wrote nothing within `timeout`."""
+    def inode():
+        try:
+            return os.stat(stats_file).st_ino
+        except FileNotFoundError:
+            return None
+
+    old = inode()
+    if proc.poll() is not None:
+        return None
+    proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if inode() not in (None, old):
+            try:
+                with open(stats_file) as f:
+                    return json.load(f)
+            except (FileNotFoundError, ValueError):
+                pass
+        time.sleep(0.002)
+    return None
 
 
 def tap_socket(ifname: str) -> socket.socket:
