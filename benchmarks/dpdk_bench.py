@@ -45,7 +45,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]   # the checkout's vhostsplice, and the test harness
 from support import testpmd as T  # noqa: E402  (the interop harness: testpmd front-end, log parsing)
 from support.netns import NetNs  # noqa: E402
+from support.waiting import terminate  # noqa: E402
 from vhostsplice.testing.harness import live_stats  # noqa: E402
 
 NS_PREFIX = "vsk"                 # netns vsk-PID-N, tap vsk0 (the bats suite uses vsb)
@@ -290,12 +290,7 @@ class Vhostsplice(Backend):
         return live_stats(self.proc, self.stats_file, timeout=2)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        terminate(self.proc, 30)
         self._logf.close()
 
 

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from support import testpmd as T  # noqa: E402
 from support.netns import NetNs  # noqa: E402
+from support.waiting import terminate  # noqa: E402
 from vhostsplice.testing.harness import live_stats  # noqa: E402
 
 FE_CPU, BE_CPU = 0, 1
@@ -87,13 +88,7 @@ class Worker:
         return stats
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        terminate(self.proc, 30)
         self.log.close()
 
 
