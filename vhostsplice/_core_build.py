@@ -13,7 +13,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORE = os.path.join(HERE, "_core")
-SOURCES = ("vs_mem.c", "vs_split.c", "vs_net.c")
+SOURCES = ("vs_mem.c", "vs_log.c", "vs_split.c", "vs_net.c", "vs_pair.c")
 BEGIN, END = "/* ---- cdef begin ---- */", "/* ---- cdef end ---- */"
 
 

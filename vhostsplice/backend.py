@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import protocol as P
+from .datapath import ring_size_ok
 from .errors import ConfigError, FeatureError, GuestFaultError, ProtocolError
 from .memory import DirtyLog, GuestMemory
 from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, VRING_F_LOG, Feature as F, \
@@ -251,7 +252,7 @@ def set_vring_num_exec(b: Backend, msg: P.Message) -> None:
     state = P.decode_vring_state(msg)
     ring = b._ring(state.index)
     num = state.num     # virtio 1.2, 2.7: a power of 2, at most 32768 (0 would mean no ring at all)
-    if not 0 < num <= MAX_QUEUE_SIZE or num & (num - 1):
+    if not ring_size_ok(num):
         raise ProtocolError(f"SET_VRING_NUM: ring {state.index} size {num} is not a power of 2 in 1..{MAX_QUEUE_SIZE}")
     b._stop(ring)
     ring.num = num

@@ -172,11 +172,11 @@ class Pair:
     def start(self, i: int, num: int, desc: int, avail: int, used: int):
         """Datapath.start_ring: ("ok", pos) or ("ConfigError"/"GuestFaultError", errno)."""
         r = self.ring(i)
-        if not 0 < num <= MAX_QUEUE:
+        if not 0 < num <= MAX_QUEUE or num & (num - 1):    # refused before the ring is touched
             return ("ConfigError", errno.EINVAL)
         r.num, r.desc_uva, r.avail_uva, r.used_uva = num, desc, avail, used
         rc = 0
-        if num & (num - 1) or desc & 15 or avail & 1 or used & 3:
+        if desc & 15 or avail & 1 or used & 3:
             rc = -errno.EINVAL
         if rc == 0:
             rc = self._map(r)

@@ -100,14 +100,3 @@ void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const vo
         off = 0;
     }
 }
-
-/* Log the first len bytes of a guest iovec list whose pieces start at the guest-physical addresses
- * gpa[i] (what vs_gpa_to_iov recorded): the bytes the device just wrote there. */
-void vs_log_iov(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t len)
-{
-    for (uint32_t i = 0; i < niov && len > 0; i++) {
-        uint64_t k = iov[i].iov_len < len ? iov[i].iov_len : len;
-        vs_log_write(p, gpa[i], k);
-        len -= k;
-    }
-}

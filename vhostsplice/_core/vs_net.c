@@ -4,17 +4,19 @@
  * virtio_net_hdr_v1) in front of every frame, so chains move to and from it whole, straight between
  * guest memory and the kernel.  Other host fds carry less of it (hdr_omit: the last 2 bytes for a
  * 10-byte vnet header, all of it for a socket without one): the iovecs then skip those bytes, and on
- * RX they are zeroed in the guest's buffer.  One call of vs_pair_poll does one TX and one RX batch.
+ * RX they are zeroed in the guest's buffer.  vs_pair_poll (vs_pair.c) calls one TX and one RX batch.
  *
  * Dirty log: RX chains are walked with their guest-physical addresses kept next to the iovecs, and a
  * delivered packet's bytes (frame, header, zeroed header bytes, num_buffers) are logged after the last
  * of those stores and before its used entry (vs_log_iov).  A frame dropped as short or oversize is logged
  * too, up to the buffers' length (readv did write there; more pages than needed is never wrong), so every
  * byte the device changes is in a marked page.  TX writes only the used ring (vs_split.c).
+ *
+ * The ring itself is reached only through the ring layout interface (vs_api.h): this file never
+ * reads a descriptor or a ring index in guest memory.
  */
 #include <endian.h>
 #include <errno.h>
-#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -90,6 +92,26 @@ static void prefetch_iov(const struct iovec *iov, uint32_t niov)
     /* SAFETY: iov[0] was built by vs_gpa_to_iov inside one region; only its first byte's line. */
     if (niov > 0 && iov[0].iov_len > 0)
         __builtin_prefetch(iov[0].iov_base, 0, 3);
+}
+
+/* Count a per-chain fault and give the chain back with used length 0; the pair's policy
+ * (--on-guest-error) decides whether the poll goes on (0) or ends with -EFAULT. */
+static int chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault)
+{
+    switch (fault) {
+    case VS_CHAIN_FAULT:
+        r->st.drops_fault++;
+        break;
+    case VS_CHAIN_SHORT:
+        r->st.drops_short++;
+        break;
+    default:
+        r->st.drops_bad_desc++;
+        break;
+    }
+    r->st.chains++;
+    vs_used_add(r, head, 0);
+    return p->fault_exit ? -EFAULT : 0;
 }
 
 static int tx_error(struct vs_pair *p, struct vs_ring *r, uint16_t head, int err)
@@ -182,7 +204,7 @@ static int tx_stream(struct vs_pair *p, struct vs_ring *r, struct vs_walk *w, st
 static int tx_one(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, struct iovec *cut)
 {
     struct vs_walk w = { .iov = iov, .max = VS_GUEST_IOV };
-    int rc = vs_pop_chain(p, r, 0, &w);
+    int rc = vs_pop_chain(&p->mem, r, 0, &w);
     if (rc < 0)
         return rc;
     if (rc == 0 && w.len < p->hdr_len)
@@ -190,13 +212,13 @@ static int tx_one(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, struc
     if (rc == 0 && w.len == p->hdr_omit)
         rc = VS_CHAIN_SHORT; /* a header and no frame: nothing to send (a 0-byte write sends nothing) */
     if (rc > 0)
-        return vs_chain_fault(p, r, w.head, rc);
+        return chain_fault(p, r, w.head, rc);
     if (p->host_flags & VS_HOST_STREAM)
         return tx_stream(p, r, &w, cut);
     uint32_t niov = w.niov;
     struct iovec *out = host_iov(p, iov, &niov, cut);
     prefetch_iov(iov, w.niov);
-    vs_prefetch_chain(p, r, r->last_avail); /* the next chain: in cache by the time it is sent */
+    vs_prefetch_chain(&p->mem, r, r->last_avail); /* the next chain: in cache by the time it is sent */
     /* SAFETY: every iovec was built by vs_gpa_to_iov inside one region (iov_cut only narrows them);
      * niov <= VS_GUEST_IOV + 1 <= UIO_MAXIOV. */
     ssize_t n = writev(p->host_fd, out, (int)niov);
@@ -224,11 +246,11 @@ int vs_tx_batch(struct vs_pair *p)
             return rc;
         }
     }
-    vs_notify_disable(p, r);
+    vs_notify_disable(&p->mem, r);
     while (rc == 0) {
         int n = vs_avail_pending(r);
         if (n == 0)
-            n = vs_notify_enable(p, r, r->last_avail);
+            n = vs_notify_enable(&p->mem, r, r->last_avail);
         if (n <= 0) {
             rc = n;
             break;
@@ -239,7 +261,7 @@ int vs_tx_batch(struct vs_pair *p)
         }
         rc = tx_one(p, r, iov, cut);
     }
-    vs_used_publish(p, r, old);
+    vs_used_publish(&p->mem, r, old);
     r->st.batches++;
     return rc;
 }
@@ -309,7 +331,7 @@ static void zero_omitted(const struct vs_pair *p, const struct iovec *iov, uint3
 static void rx_log_dropped(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov,
                            uint64_t got, uint64_t cap)
 {
-    vs_log_iov(p, iov, gpa, niov, got < cap ? got : cap);
+    vs_log_iov(p->mem.log, iov, gpa, niov, got < cap ? got : cap);
 }
 
 /* The frame did not fit the guest's buffers: count it; the caller gives the chains back. */
@@ -322,7 +344,7 @@ static int rx_oversize(struct vs_ring *r)
 /* No (or too few) RX buffers: ask for a kick past `seen`; 0 if buffers raced in meanwhile. */
 static int rx_starved(struct vs_pair *p, struct vs_ring *r, uint16_t seen)
 {
-    int n = vs_notify_enable(p, r, seen);
+    int n = vs_notify_enable(&p->mem, r, seen);
     if (n != 0)
         return n < 0 ? n : 0;
     r->st.rx_starved++;
@@ -337,19 +359,19 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, ui
     int rc = vs_avail_pending(r);
     if (rc <= 0)
         return rc < 0 ? rc : rx_starved(p, r, r->last_avail);
-    rc = vs_pop_chain(p, r, 1, &w);
+    rc = vs_pop_chain(&p->mem, r, 1, &w);
     if (rc < 0)
         return rc;
     if (rc == 0 && w.len < p->hdr_len)
         rc = VS_CHAIN_SHORT;
     if (rc > 0)
-        return vs_chain_fault(p, r, w.head, rc);
+        return chain_fault(p, r, w.head, rc);
     ssize_t got = host_read(p, iov, w.niov, cut);
     if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > w.len)
         r->last_avail--; /* the chain stays for the next packet */
     if (got <= 0)
         return rx_error(p, r, got, errno);
-    if (p->log_all && ((size_t)got < p->hdr_len || (uint64_t)got > w.len))
+    if (vs_logging(p->mem.log) && ((size_t)got < p->hdr_len || (uint64_t)got > w.len))
         rx_log_dropped(p, iov, gpa, w.niov, (uint64_t)got, w.len);
     if ((size_t)got < p->hdr_len) {
         r->st.drops_short++;
@@ -359,8 +381,8 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, ui
         return rx_oversize(r);
     zero_omitted(p, iov, w.niov);
     put_num_buffers(p, iov, w.niov, 1);
-    if (p->log_all)
-        vs_log_iov(p, iov, gpa, w.niov, (uint64_t)got);   /* the frame, the header and its fix-ups */
+    if (vs_logging(p->mem.log))
+        vs_log_iov(p->mem.log, iov, gpa, w.niov, (uint64_t)got);   /* the frame, the header and its fix-ups */
     vs_used_add(r, w.head, (uint32_t)got);
     r->st.packets++;
     r->st.bytes += (uint64_t)got - p->hdr_len;
@@ -380,22 +402,30 @@ struct rx_merge {
     uint16_t start;         /* last_avail before the first collected chain */
 };
 
-/* Add one chain to the merge: 1 taken, 0 skipped (a faulty first chain), 2 stop before it, < 0. */
+/* What rx_take did with the next chain (or < 0: -errno). */
+enum rx_take_result {
+    RX_TAKE_SKIPPED = 0,    /* a faulty first chain, completed with length 0 */
+    RX_TAKE_TAKEN,          /* added to the merge */
+    RX_TAKE_STOP,           /* a faulty chain after the first: left to start the next packet */
+};
+
+/* Add one chain to the merge: an rx_take_result, or < 0. */
 static int rx_take(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
 {
     struct vs_walk w = { .iov = m->iov + m->niov, .gpa = m->gpa + m->niov, .max = VS_GUEST_IOV - m->niov };
-    int rc = vs_pop_chain(p, r, 1, &w);
+    int rc = vs_pop_chain(&p->mem, r, 1, &w);
     if (rc < 0)
         return rc;
     if (rc == 0 && w.len < p->hdr_len)
         rc = VS_CHAIN_SHORT; /* 5.1.6.3.1: each buffer holds at least the header */
     if (rc > 0 && m->n > 0) {
         r->last_avail--; /* leave it to start the next packet */
-        return 2;
+        return RX_TAKE_STOP;
     }
     if (rc > 0) {
         m->start = r->last_avail; /* the faulty chain is completed: never rewind over it */
-        return vs_chain_fault(p, r, w.head, rc);
+        rc = chain_fault(p, r, w.head, rc);
+        return rc < 0 ? rc : RX_TAKE_SKIPPED;
     }
     if (m->n == 0)
         m->start = (uint16_t)(r->last_avail - 1);
@@ -404,7 +434,7 @@ static int rx_take(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
     m->niov += w.niov;
     m->ndesc += w.ndesc;
     m->total += w.len;
-    return 1;
+    return RX_TAKE_TAKEN;
 }
 
 /* Collect chains until they hold rx_max bytes: 1 enough, 0 the driver has no more, < 0 fatal. */
@@ -421,8 +451,10 @@ static int rx_collect(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
         if (m->niov >= VS_GUEST_IOV)
             return 1;
         rc = rx_take(p, r, m);
-        if (rc < 0 || rc == 2)
-            return rc < 0 ? rc : 1;
+        if (rc < 0)
+            return rc;
+        if (rc == RX_TAKE_STOP)
+            return 1;
     }
     return 1;
 }
@@ -440,8 +472,8 @@ static void rx_finish(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, 
     r->last_avail = (uint16_t)(m->start + used);
     zero_omitted(p, m->iov, m->niov);
     put_num_buffers(p, m->iov, m->niov, used);
-    if (p->log_all)
-        vs_log_iov(p, m->iov, m->gpa, m->niov, got);   /* every chain's bytes: their iovecs are contiguous */
+    if (vs_logging(p->mem.log))
+        vs_log_iov(p->mem.log, m->iov, m->gpa, m->niov, got);   /* every chain's bytes: their iovecs are contiguous */
     r->st.packets++;
     r->st.bytes += got - p->hdr_len;
     r->st.chains += used;
@@ -464,7 +496,7 @@ static int rx_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
         r->last_avail = m->start;
     if (got <= 0)
         return rx_error(p, r, got, errno);
-    if (p->log_all && ((size_t)got < p->hdr_len || (uint64_t)got > m->total))
+    if (vs_logging(p->mem.log) && ((size_t)got < p->hdr_len || (uint64_t)got > m->total))
         rx_log_dropped(p, m->iov, m->gpa, m->niov, (uint64_t)got, m->total);
     if ((size_t)got < p->hdr_len) {
         r->st.drops_short++;
@@ -516,13 +548,13 @@ static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *
 {
     struct vs_walk w = { .iov = iov, .gpa = gpa, .max = VS_MAX_IOV };
     uint64_t total = flen + p->hdr_len;
-    int rc = vs_pop_chain(p, r, 1, &w);
+    int rc = vs_pop_chain(&p->mem, r, 1, &w);
     if (rc < 0)
         return rc;
     if (rc == 0 && w.len < p->hdr_len)
         rc = VS_CHAIN_SHORT;
     if (rc > 0)
-        return vs_chain_fault(p, r, w.head, rc); /* the frame waits for the next chain */
+        return chain_fault(p, r, w.head, rc); /* the frame waits for the next chain */
     if (total > w.len) {
         r->last_avail--;
         rx_consume(p, flen);
@@ -531,8 +563,8 @@ static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *
     vs_iov_write(w.iov, w.niov, p->hdr_len, p->rx_stage + 4, flen);
     zero_omitted(p, w.iov, w.niov);
     put_num_buffers(p, w.iov, w.niov, 1);
-    if (p->log_all)
-        vs_log_iov(p, w.iov, gpa, w.niov, total);
+    if (vs_logging(p->mem.log))
+        vs_log_iov(p->mem.log, w.iov, gpa, w.niov, total);
     vs_used_add(r, w.head, (uint32_t)total);
     r->st.packets++;
     r->st.bytes += flen;
@@ -586,7 +618,7 @@ int vs_rx_batch(struct vs_pair *p)
     uint16_t old = r->used_idx;
     uint32_t done = 0;
     int rc = 0;
-    vs_notify_disable(p, r);
+    vs_notify_disable(&p->mem, r);
     while (rc == 0) {
         if (done++ >= p->rx_budget) {
             rc = VS_MORE;
@@ -597,47 +629,7 @@ int vs_rx_batch(struct vs_pair *p)
         else
             rc = (r->flags & VS_RF_MRG) ? rx_merge(p, r, &m) : rx_single(p, r, m.iov, m.gpa, m.cut);
     }
-    vs_used_publish(p, r, old);
+    vs_used_publish(&p->mem, r, old);
     r->st.batches++;
     return rc == VS_RX_IDLE ? 0 : rc;
-}
-
-/* ------------------------------------------------------------------------------------ exported */
-
-int vs_pair_poll(struct vs_pair *p)
-{
-    int out = 0, rc;
-    if (p->tx.broken || p->rx.broken)
-        return -EBADMSG;
-    if (p->hdr_len > VS_NET_HDR_LEN || p->hdr_omit > p->hdr_len)
-        return -EINVAL;
-    if ((p->host_flags & VS_HOST_STREAM) && (p->hdr_omit != p->hdr_len || p->tx_stage == NULL
-                                             || p->rx_stage == NULL || p->tx_stage_cap < 4
-                                             || p->rx_stage_cap < 4 || p->rx_stage_len > p->rx_stage_cap
-                                             || p->tx_stage_len > p->tx_stage_cap))
-        return -EINVAL;
-    if (p->tx.running) {
-        rc = vs_tx_batch(p);
-        if (rc < 0)
-            return rc;
-        out |= rc;
-    }
-    if (p->rx.running) {
-        rc = vs_rx_batch(p);
-        if (rc < 0)
-            return rc;
-        out |= rc;
-    }
-    return out;
-}
-
-int vs_drain_eventfd(int fd)
-{
-    uint64_t v = 0;
-    ssize_t n = read(fd, &v, sizeof v);
-    if (n < 0)
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
-    if (n != sizeof v)
-        return -EIO;
-    return v > INT_MAX ? INT_MAX : (int)v;
 }
