@@ -21,6 +21,7 @@ from vhostsplice.channel import Channel
 from vhostsplice.datapath import Datapath
 from vhostsplice.errors import GuestFaultError, ProtocolError
 from vhostsplice.spec import MAX_PAYLOAD, Feature as F, ProtocolFeature as PF, Req, bit
+from vhostsplice.testing.hostfd import FakeHostFd
 
 MEM = 1 << 20
 GPA, UVA = 0x4000_0000, 0x7F00_0000_0000
@@ -28,13 +29,6 @@ GPA, UVA = 0x4000_0000, 0x7F00_0000_0000
 
 def open_fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
-
-
-class FakeHostFd:
-    is_socket = False
-
-    def set_offload(self, flags: int) -> None:
-        self.offload = flags
 
 
 class Env:
