@@ -1,4 +1,4 @@
-"""A slow pure-Python reference of the C core's split ring (vs_split.c, vs_mem.c, vs_net.c).
+"""A slow pure-Python reference of the C core's split ring (vs_split.c, vs_mem.c, vs_log.c, vs_net*.c).
 
 It is the oracle of the differential fuzzer (harness.py): it keeps its own copy of guest memory and
 its own ring state, does what the C core is specified to do for each operation, step by step in the
@@ -15,7 +15,7 @@ import struct
 
 NET_HDR = 12
 MAX_IOV = 1024          # VS_MAX_IOV, and the kernel's UIO_MAXIOV for readv/writev
-GUEST_IOV = MAX_IOV - 2  # iovecs one walk may fill (vs_net.c VS_GUEST_IOV): room for a header split + scratch
+GUEST_IOV = MAX_IOV - 2  # iovecs one walk may fill (vs_api.h VS_GUEST_IOV): room for a header split + scratch
 MAX_QUEUE = 32768
 SCRATCH = 1 << 17       # datapath.SCRATCH_LEN: the buffer behind the guest's RX iovecs
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4

@@ -10,8 +10,8 @@
  *
  * Layers (docs/architecture.md): vs_mem.c translates guest addresses; vs_log.c marks the dirty log;
  * vs_split.c is the split ring layout and knows nothing of the net device (its functions take the
- * memory table and their ring); vs_net.c moves packets between a ring and the host fd; vs_pair.c is the
- * exported poll of one RX/TX pair.
+ * memory table and their ring); vs_net.c, vs_net_tx.c and vs_net_rx.c move packets between a ring
+ * and the host fd; vs_pair.c is the exported poll of one RX/TX pair.
  */
 #ifndef VS_API_H
 #define VS_API_H
@@ -184,7 +184,16 @@ void vs_used_publish(const struct vs_mem *m, struct vs_ring *r, uint16_t old_use
 void vs_notify_disable(const struct vs_mem *m, struct vs_ring *r);
 int vs_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t seen);
 
-/* vs_net.c: the net device over one ring and the host fd */
+/* vs_net.c: what the net device's TX and RX share (host fd errors, the header bytes it carries) */
+/* Iovecs one walk may fill with guest pieces: readv/writev take at most UIO_MAXIOV (1024), and a header
+ * split (vs_iov_cut) and the RX scratch iovec may each add one. */
+#define VS_GUEST_IOV (VS_MAX_IOV - 2)
+int vs_host_fatal(int err);
+int vs_host_drops(const struct vs_pair *p, int err);
+uint32_t vs_iov_cut(const struct iovec *in, uint32_t n, uint64_t from, uint64_t len, struct iovec *out);
+struct iovec *vs_host_iov(const struct vs_pair *p, struct iovec *iov, uint32_t *niov, struct iovec *cut);
+int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
+/* vs_net_tx.c, vs_net_rx.c: one batch of each direction */
 int vs_tx_batch(struct vs_pair *p);
 int vs_rx_batch(struct vs_pair *p);
 
