@@ -173,9 +173,13 @@ struct vs_walk {
     uint64_t len;           /* out: total bytes */
     uint32_t ndesc;         /* out: ring descriptors the chain holds (an indirect table counts 1) */
     uint16_t head;          /* out */
+    uint16_t at;            /* out: the chain's avail position (vs_avail_rewind(r, at) gives it back) */
 };
 /* vs_ring_num_ok, vs_ring_start, vs_ring_remap: declared in the cdef section above */
 int vs_avail_pending(struct vs_ring *r);
+uint16_t vs_avail_pos(const struct vs_ring *r);
+void vs_avail_rewind(struct vs_ring *r, uint16_t pos);
+uint16_t vs_used_pos(const struct vs_ring *r);
 int vs_ring_fail(struct vs_ring *r, int reason);
 int vs_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w);
 void vs_prefetch_chain(const struct vs_mem *m, const struct vs_ring *r, uint16_t at);

@@ -106,7 +106,7 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, ui
     struct vs_walk w = { .iov = iov, .gpa = gpa, .max = VS_GUEST_IOV };
     int rc = vs_avail_pending(r);
     if (rc <= 0)
-        return rc < 0 ? rc : rx_starved(p, r, r->last_avail);
+        return rc < 0 ? rc : rx_starved(p, r, vs_avail_pos(r));
     rc = vs_pop_chain(&p->mem, r, 1, &w);
     if (rc < 0)
         return rc;
@@ -116,7 +116,7 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, ui
         return vs_chain_fault(p, r, w.head, rc);
     ssize_t got = host_read(p, iov, w.niov, cut);
     if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > w.len)
-        r->last_avail--; /* the chain stays for the next packet */
+        vs_avail_rewind(r, w.at); /* the chain stays for the next packet */
     if (got <= 0)
         return rx_error(p, r, got, errno);
     if (vs_logging(p->mem.log) && ((size_t)got < p->hdr_len || (uint64_t)got > w.len))
@@ -147,7 +147,8 @@ struct rx_merge {
     uint64_t cap[VS_MAX_IOV];
     uint32_t n, niov, ndesc;
     uint64_t total;
-    uint16_t start;         /* last_avail before the first collected chain */
+    uint16_t ends[VS_MAX_IOV];          /* the avail position after each collected chain */
+    uint16_t start;         /* the avail position before the first collected chain */
 };
 
 /* What rx_take did with the next chain (or < 0: -errno). */
@@ -167,17 +168,18 @@ static int rx_take(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
     if (rc == 0 && w.len < p->hdr_len)
         rc = VS_CHAIN_SHORT; /* 5.1.6.3.1: each buffer holds at least the header */
     if (rc > 0 && m->n > 0) {
-        r->last_avail--; /* leave it to start the next packet */
+        vs_avail_rewind(r, w.at); /* leave it to start the next packet */
         return RX_TAKE_STOP;
     }
     if (rc > 0) {
-        m->start = r->last_avail; /* the faulty chain is completed: never rewind over it */
+        m->start = vs_avail_pos(r); /* the faulty chain is completed: never rewind over it */
         rc = vs_chain_fault(p, r, w.head, rc);
         return rc < 0 ? rc : RX_TAKE_SKIPPED;
     }
     if (m->n == 0)
-        m->start = (uint16_t)(r->last_avail - 1);
+        m->start = w.at;
     m->heads[m->n] = w.head;
+    m->ends[m->n] = vs_avail_pos(r);
     m->cap[m->n++] = w.len;
     m->niov += w.niov;
     m->ndesc += w.ndesc;
@@ -191,7 +193,7 @@ static int rx_collect(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
     uint64_t want = p->rx_max > p->hdr_len ? p->rx_max : p->hdr_len;
     m->n = m->niov = m->ndesc = 0;
     m->total = 0;
-    m->start = r->last_avail;
+    m->start = vs_avail_pos(r);
     while (m->total < want) {
         int rc = vs_avail_pending(r);
         if (rc <= 0)
@@ -217,7 +219,7 @@ static void rx_finish(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, 
         vs_used_add(r, m->heads[i], (uint32_t)len);
         left -= len;
     }
-    r->last_avail = (uint16_t)(m->start + used);
+    vs_avail_rewind(r, used ? m->ends[used - 1] : m->start);
     zero_omitted(p, m->iov, m->niov);
     put_num_buffers(p, m->iov, m->niov, used);
     if (vs_logging(p->mem.log))
@@ -230,9 +232,9 @@ static void rx_finish(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, 
 static int rx_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
 {
     int rc = rx_collect(p, r, m);
-    uint16_t seen = r->last_avail;
+    uint16_t seen = vs_avail_pos(r);
     if (rc < 0 || m->n == 0 || (rc == 0 && m->ndesc < r->num))
-        r->last_avail = m->start; /* nothing consumed */
+        vs_avail_rewind(r, m->start); /* nothing consumed */
     if (rc < 0)
         return rc;
     if (m->n == 0)
@@ -241,7 +243,7 @@ static int rx_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
         return rx_starved(p, r, seen); /* the driver can still post more: wait for it */
     ssize_t got = host_read(p, m->iov, m->niov, m->cut);
     if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > m->total)
-        r->last_avail = m->start;
+        vs_avail_rewind(r, m->start);
     if (got <= 0)
         return rx_error(p, r, got, errno);
     if (vs_logging(p->mem.log) && ((size_t)got < p->hdr_len || (uint64_t)got > m->total))
@@ -304,7 +306,7 @@ static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *
     if (rc > 0)
         return vs_chain_fault(p, r, w.head, rc); /* the frame waits for the next chain */
     if (total > w.len) {
-        r->last_avail--;
+        vs_avail_rewind(r, w.at);
         rx_consume(p, flen);
         return rx_oversize(r);
     }
@@ -326,16 +328,16 @@ static int rx_stream_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge
 {
     uint64_t total = flen + p->hdr_len;
     int rc = rx_collect(p, r, m);
-    uint16_t seen = r->last_avail;
+    uint16_t seen = vs_avail_pos(r);
     int wait = rc == 0 && m->total < total && m->ndesc < r->num; /* the driver can still post more */
     if (rc < 0 || m->n == 0 || wait)
-        r->last_avail = m->start;
+        vs_avail_rewind(r, m->start);
     if (rc < 0)
         return rc;
     if (m->n == 0 || wait)
         return rx_starved(p, r, seen);
     if (total > m->total) {
-        r->last_avail = m->start;
+        vs_avail_rewind(r, m->start);
         rx_consume(p, flen);
         return rx_oversize(r);
     }
@@ -349,7 +351,7 @@ static int rx_stream(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
 {
     int rc = vs_avail_pending(r);
     if (rc <= 0)
-        return rc < 0 ? rc : rx_starved(p, r, r->last_avail); /* a staged frame waits for buffers */
+        return rc < 0 ? rc : rx_starved(p, r, vs_avail_pos(r)); /* a staged frame waits for buffers */
     rc = rx_fill(p);
     if (rc != 1)
         return rc;
@@ -363,7 +365,7 @@ int vs_rx_batch(struct vs_pair *p)
 {
     struct vs_ring *r = &p->rx;
     struct rx_merge m;
-    uint16_t old = r->used_idx;
+    uint16_t old = vs_used_pos(r);
     uint32_t done = 0;
     int rc = 0;
     vs_notify_disable(&p->mem, r);

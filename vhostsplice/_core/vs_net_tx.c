@@ -17,21 +17,21 @@ static void prefetch_iov(const struct iovec *iov, uint32_t niov)
         __builtin_prefetch(iov[0].iov_base, 0, 3);
 }
 
-static int tx_error(struct vs_pair *p, struct vs_ring *r, uint16_t head, int err)
+static int tx_error(struct vs_pair *p, struct vs_ring *r, const struct vs_walk *w, int err)
 {
     if (err == EAGAIN || err == EWOULDBLOCK) {
-        r->last_avail--; /* not consumed: it goes out when the fd is writable */
+        vs_avail_rewind(r, w->at); /* not consumed: it goes out when the fd is writable */
         return VS_TX_BLOCKED;
     }
     if (err == EINTR) {
-        r->last_avail--;
+        vs_avail_rewind(r, w->at);
         return VS_MORE;
     }
     if (!vs_host_drops(p, err))
         return vs_host_fatal(err);
     r->st.drops_hostfd++;
     r->st.chains++;
-    vs_used_add(r, head, 0);
+    vs_used_add(r, w->head, 0);
     return 0;
 }
 
@@ -90,7 +90,7 @@ static int tx_stream(struct vs_pair *p, struct vs_ring *r, struct vs_walk *w, st
     /* SAFETY: guest iovecs narrowed by vs_iov_cut plus the local prefix; n <= VS_MAX_IOV + 2. */
     ssize_t sent = writev(p->host_fd, cut, (int)n);
     if (sent < 0)
-        return tx_error(p, r, w->head, errno);
+        return tx_error(p, r, w, errno);
     uint64_t total = flen + sizeof be;
     if ((uint64_t)sent < total) {
         p->tx_stage_len = (uint32_t)iov_gather(cut, n, (uint64_t)sent, p->tx_stage, p->tx_stage_cap);
@@ -121,12 +121,12 @@ static int tx_one(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, struc
     uint32_t niov = w.niov;
     struct iovec *out = vs_host_iov(p, iov, &niov, cut);
     prefetch_iov(iov, w.niov);
-    vs_prefetch_chain(&p->mem, r, r->last_avail); /* the next chain: in cache by the time it is sent */
+    vs_prefetch_chain(&p->mem, r, vs_avail_pos(r)); /* the next chain: in cache by the time it is sent */
     /* SAFETY: every iovec was built by vs_gpa_to_iov inside one region (vs_iov_cut only narrows them);
      * niov <= VS_GUEST_IOV + 1 <= UIO_MAXIOV. */
     ssize_t n = writev(p->host_fd, out, (int)niov);
     if (n < 0)
-        return tx_error(p, r, w.head, errno);
+        return tx_error(p, r, &w, errno);
     r->st.packets++;
     r->st.bytes += w.len - p->hdr_len;
     r->st.chains++;
@@ -139,7 +139,7 @@ int vs_tx_batch(struct vs_pair *p)
     struct vs_ring *r = &p->tx;
     struct iovec iov[VS_MAX_IOV];
     struct iovec cut[VS_MAX_IOV + 2];
-    uint16_t old = r->used_idx;
+    uint16_t old = vs_used_pos(r);
     uint32_t done = 0;
     int rc = 0;
     if (p->host_flags & VS_HOST_STREAM) {
@@ -153,7 +153,7 @@ int vs_tx_batch(struct vs_pair *p)
     while (rc == 0) {
         int n = vs_avail_pending(r);
         if (n == 0)
-            n = vs_notify_enable(&p->mem, r, r->last_avail);
+            n = vs_notify_enable(&p->mem, r, vs_avail_pos(r));
         if (n <= 0) {
             rc = n;
             break;

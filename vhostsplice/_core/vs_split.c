@@ -230,10 +230,30 @@ static int walk(const struct vs_mem *m, struct vs_ring *r, int writable, struct 
     }
 }
 
+/* Ring positions, opaque to the net device: the next chain the device takes, and the next used entry.
+ * Split: last_avail and used_idx (a packed layout encodes its wrap counter in them too). */
+uint16_t vs_avail_pos(const struct vs_ring *r)
+{
+    return r->last_avail;
+}
+
+uint16_t vs_used_pos(const struct vs_ring *r)
+{
+    return r->used_idx;
+}
+
+/* Give back every chain taken since pos (taken, not completed: none of them has a used entry); the next
+ * vs_pop_chain takes the chain at pos again. */
+void vs_avail_rewind(struct vs_ring *r, uint16_t pos)
+{
+    r->last_avail = pos;
+}
+
 /* Take the next available chain (the caller saw vs_avail_pending() > 0). */
 int vs_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w)
 {
     struct vs_avail *a = r->avail;
+    w->at = r->last_avail;
     /* SAFETY: last_avail % num indexes one of the num ring entries translated with avail. */
     uint16_t head = ld16(&a->ring[r->last_avail & (r->num - 1)]);
     w->head = head;
