@@ -6,10 +6,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 
 from vhostsplice.sandbox import allowlist, describe, seccomp
 from vhostsplice.sandbox.allowlist import Facts
+from vhostsplice.selfexec import self_argv, self_env
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "security.md")
 
@@ -37,8 +37,8 @@ def test_openat_is_allowed_in_the_stats_directory_only():
 
 
 def test_print_sandbox_lists_the_table():
-    out = subprocess.run([sys.executable, "-m", "vhostsplice", "run", "--print-sandbox"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([*self_argv(), "run", "--print-sandbox"], capture_output=True, text=True, check=True,
+                         env=self_env())
     doc = json.loads(out.stdout)
     assert [(r["syscall"], r["args"], r["why"]) for r in doc["allow"]] == list(allowlist.ALLOW)
     assert doc["kernel"]["landlock_abi"] == describe()["kernel"]["landlock_abi"]

@@ -14,7 +14,7 @@ import mmap
 from dataclasses import dataclass
 from typing import Callable
 
-from ..hostfd import TUNSETOFFLOAD, TUNSETQUEUE
+from ..hostfd import SIOCGIFMTU, TUNSETOFFLOAD, TUNSETQUEUE
 from .seccomp import ACT_ALLOW, CMP_EQ, CMP_MASKED_EQ, CMP_NE, Cmp, Rule, act_errno
 
 TCGETS, FIONBIO, FIOCLEX = 0x5401, 0x5421, 0x5451
@@ -33,8 +33,11 @@ class Facts:
     socket_dir_fd: int = -1     # --socket-path's directory: the socket file is removed on exit
 
 
+IOCTLS = (TUNSETOFFLOAD, TUNSETQUEUE, SIOCGIFMTU, FIONBIO, FIOCLEX, TCGETS)
+
+
 def _ioctl_requests(_f: Facts) -> list[tuple[Cmp, ...]]:
-    return [(Cmp(1, CMP_MASKED_EQ, req, U32),) for req in (TUNSETOFFLOAD, TUNSETQUEUE, FIONBIO, FIOCLEX, TCGETS)]
+    return [(Cmp(1, CMP_MASKED_EQ, req, U32),) for req in IOCTLS]
 
 
 def _no_exec(_f: Facts) -> list[tuple[Cmp, ...]]:
@@ -52,7 +55,7 @@ def _in_dir(attr: str) -> ArgRule:
 ANY: ArgRule | None = None
 ARG_RULES: dict[str, ArgRule | None] = {
     "any": ANY,
-    "TUNSETOFFLOAD, TUNSETQUEUE, FIONBIO, FIOCLEX, TCGETS only": _ioctl_requests,
+    "TUNSETOFFLOAD, TUNSETQUEUE, SIOCGIFMTU, FIONBIO, FIOCLEX, TCGETS only": _ioctl_requests,
     "no PROT_EXEC": _no_exec,
     "dirfd is the stats directory": _in_dir("stats_dir_fd"),
     "dirfd is the socket's directory": _in_dir("socket_dir_fd"),
@@ -77,8 +80,9 @@ ALLOW: tuple[tuple[str, str, str], ...] = (
     ("accept4", "any", "--socket-path: a front-end connects (a second one is accepted and closed)"),
     ("getsockopt", "any", "SO_PEERCRED of a front-end; SO_ERROR of a socket host fd; socket(fileno=)"),
     ("setsockopt", "any", "--packet: PACKET_VNET_HDR on or off after SET_FEATURES"),
-    ("ioctl", "TUNSETOFFLOAD, TUNSETQUEUE, FIONBIO, FIOCLEX, TCGETS only",
-     "TUNSETOFFLOAD after SET_FEATURES, TUNSETQUEUE attach/detach; socket.setblocking, set_inheritable; "
+    ("ioctl", "TUNSETOFFLOAD, TUNSETQUEUE, SIOCGIFMTU, FIONBIO, FIOCLEX, TCGETS only",
+     "TUNSETOFFLOAD after SET_FEATURES, TUNSETQUEUE attach/detach; --packet on ENETDOWN: is the "
+     "interface still there (SIOCGIFMTU through the packet socket); socket.setblocking, set_inheritable; "
      "isatty (TCGETS) on stderr before the exit line is printed"),
     ("fcntl", "any", "O_NONBLOCK on received fds; os.dup (F_DUPFD_CLOEXEC); fd flags"),
     ("close", "any", "every fd the front-end sends is closed once used or refused"),
