@@ -21,13 +21,28 @@ import sys
 MAX_FD_PROBE = 4096
 
 
-def _recv_fds(sock: socket.socket) -> list[int]:
-    _data, anc, _flags, _ = sock.recvmsg(64, socket.CMSG_SPACE(2 * 4))
+def _fds_of(anc) -> list[int]:
     fds = array.array("i")
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % 4])
     return list(fds)
+
+
+def _recv_fds(sock: socket.socket) -> list[int]:
+    return _fds_of(sock.recvmsg(64, socket.CMSG_SPACE(2 * 4))[1])
+
+
+def _shutdown(fd: int, how: int) -> None:
+    with socket.socket(fileno=fd) as peer:
+        peer.shutdown(how)
+
+
+# What the parent does to an fd the child sends it (then closes its copy): the child's act done outside.
+ON_SENT_FD = {
+    "truncate": lambda fd, size: (os.ftruncate(fd, size), os.close(fd)),   # a memfd the child holds
+    "shutdown": _shutdown,      # the front-end's end of the channel stops writing (acts on the socket)
+}
 
 
 def _make(request: list[str]) -> list[int]:
@@ -54,20 +69,8 @@ def serve_fds(sock: socket.socket, on_line) -> None:
         if not data:
             return
         words = data.decode().split()
-        if words[0] == "truncate":              # ftruncate of a memfd the child holds (it sends it back)
-            fds = array.array("i")
-            for _level, _kind, raw in anc:
-                fds.frombytes(raw[: len(raw) - len(raw) % 4])
-            os.ftruncate(fds[0], int(words[1]))
-            os.close(fds[0])
-            sock.sendmsg([b"ok"])
-            continue
-        if words[0] == "shutdown":              # the front-end's end of the channel stops writing
-            fds = array.array("i")
-            for _level, _kind, raw in anc:
-                fds.frombytes(raw[: len(raw) - len(raw) % 4])
-            with socket.socket(fileno=fds[0]) as peer:
-                peer.shutdown(int(words[1]))
+        if words[0] in ON_SENT_FD:
+            ON_SENT_FD[words[0]](_fds_of(anc)[0], int(words[1]))
             sock.sendmsg([b"ok"])
             continue
         if words[0] == "say":
@@ -94,13 +97,9 @@ class Factory:
     def say(self, text: str) -> None:
         self.sock.sendmsg([f"say {text}".encode()])
 
-    def truncate(self, fd: int, size: int) -> None:
-        self.sock.sendmsg([f"truncate {size}".encode()],
-                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
-        self.sock.recv(8)
-
-    def shutdown(self, fd: int, how: int) -> None:
-        self.sock.sendmsg([f"shutdown {how}".encode()],
+    def outside(self, act: str, fd: int, arg: int) -> None:
+        """ON_SENT_FD[act](fd, arg), done by the parent on a copy of fd."""
+        self.sock.sendmsg([f"{act} {arg}".encode()],
                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())])
         self.sock.recv(8)
 
@@ -108,7 +107,7 @@ class Factory:
         """Route the fd-making calls of tests/fuzz/proto.py here (only this child process is patched)."""
         real_open = os.open
         os.memfd_create = lambda name, flags=0: self.ask("memfd")[0]
-        os.ftruncate = self.truncate
+        os.ftruncate = lambda fd, size: self.outside("truncate", fd, size)
         os.eventfd = lambda initval=0, flags=0: self.ask("eventfd", initval, flags)[0]
         os.pipe = lambda: tuple(self.ask("pipe"))
         os.open = lambda path, flags, *a, **kw: (self.ask("devnull")[0] if path == "/dev/null"
@@ -131,7 +130,7 @@ class FrontEnd:
         self._sock, self._factory = sock, factory
 
     def shutdown(self, how: int) -> None:
-        self._factory.shutdown(self._sock.fileno(), how)
+        self._factory.outside("shutdown", self._sock.fileno(), how)
 
     def __getattr__(self, name):
         return getattr(self._sock, name)

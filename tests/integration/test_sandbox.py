@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -18,7 +17,7 @@ from support.confined import status, unconfined
 from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice.errors import SIGSYS_EXIT, errno_name
-from vhostsplice.sandbox import kernel
+from vhostsplice.sandbox import audit, kernel
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, tap_socket
@@ -120,22 +119,27 @@ CHILD = textwrap.dedent("""
     }[sys.argv[1]]
     os.write(1, f"survived {attempt()}\\n".encode())
 """)
-KILLED = ("execve", "socket_inet", "socket_unix", "ptrace", "mmap_exec", "ioctl_other")
+KILLED = {"execve": "execve", "socket_inet": "socket", "socket_unix": "socket", "ptrace": "ptrace",
+          "mmap_exec": "mmap", "ioctl_other": "ioctl"}     # attempt -> the syscall the kernel's record names
 
 
 def _confined_child(what: str, tmp_path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, what, str(tmp_path)], env=self_env(),
-                          capture_output=True, text=True, timeout=60)
+    python = self_argv()[:-2]       # the interpreter (and -P: the installed package, not the source tree)
+    proc = subprocess.Popen([*python, "-c", CHILD, what, str(tmp_path)], env=self_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), proc.pid
 
 
 @pytest.mark.parametrize("what", KILLED)
 def test_the_filter_kills_a_forbidden_call(what, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root (the bounding set is emptied with CAP_SETPCAP)")
-    out = _confined_child(what, tmp_path)
+    out, pid = _confined_child(what, tmp_path)
     assert out.stdout.startswith("confined\n"), out.stderr
     assert out.returncode == -signal.SIGSYS, (out.returncode, out.stdout, out.stderr)
     assert errno_name(128 + signal.SIGSYS) == "SIGSYS" and SIGSYS_EXIT == 159
+    assert audit.killed_by(pid) == KILLED[what]         # what serve's exit event names
 
 
 @pytest.mark.parametrize("what, expect", [
@@ -148,7 +152,7 @@ def test_file_access_is_the_stats_directory_only(what, expect, tmp_path):
         pytest.skip("needs root (the bounding set is emptied with CAP_SETPCAP)")
     if what == "open_escape" and not kernel.landlock_abi():
         pytest.skip("this kernel has no Landlock: an absolute path through the stats directory fd is open")
-    out = _confined_child(what, tmp_path)
+    out, _pid = _confined_child(what, tmp_path)
     assert out.returncode == 0 and out.stdout == f"confined\n{expect}\n", (out.returncode, out.stdout, out.stderr)
     assert not os.path.exists("/tmp/vhostsplice-sandbox-must-not-exist")
 

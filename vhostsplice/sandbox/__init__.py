@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..errors import SetupError
+from ..errors import ConfigError, SetupError
 from . import allowlist, kernel, seccomp
 from .allowlist import Facts
 
@@ -36,7 +36,7 @@ class Sandbox:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise SetupError(f"--sandbox {self.mode!r}: expected one of {', '.join(MODES)}", errno.EINVAL)
+            raise ConfigError(f"--sandbox {self.mode!r}: expected one of {', '.join(MODES)}")
         self.report["mode"] = self.mode
 
     def prepare(self) -> None:

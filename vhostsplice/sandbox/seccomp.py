@@ -1,5 +1,5 @@
-"""libseccomp through cffi in ABI mode: the library is opened at run time (libseccomp.so.2), nothing is
-compiled at `pip install` (docs/security.md, "Why libseccomp through cffi ABI mode").
+"""libseccomp through cffi in out-of-line ABI mode: the library is opened at run time (libseccomp.so.2),
+nothing is compiled at `pip install` (docs/security.md, "Choices"); the declarations are _seccomp_build.py's.
 
 This is the only module that holds libseccomp's cffi objects, and it holds them only while it builds and
 loads one filter: the filter context is released before `load` returns (C owns no lifetime here either).
@@ -14,19 +14,6 @@ from dataclasses import dataclass
 
 from ..errors import SetupError
 
-CDEF = """
-typedef void *scmp_filter_ctx;
-struct scmp_version { unsigned int major; unsigned int minor; unsigned int micro; };
-struct scmp_arg_cmp { unsigned int arg; int op; uint64_t datum_a; uint64_t datum_b; };
-const struct scmp_version *seccomp_version(void);
-scmp_filter_ctx seccomp_init(uint32_t def_action);
-void seccomp_release(scmp_filter_ctx ctx);
-int seccomp_attr_set(scmp_filter_ctx ctx, int attr, uint32_t value);
-int seccomp_syscall_resolve_name(const char *name);
-int seccomp_rule_add_array(scmp_filter_ctx ctx, uint32_t action, int syscall, unsigned int arg_cnt,
-                           const struct scmp_arg_cmp *arg_array);
-int seccomp_load(const scmp_filter_ctx ctx);
-"""
 LIBRARY = "libseccomp.so.2"
 
 ACT_KILL_PROCESS = 0x80000000
@@ -72,9 +59,7 @@ def library():
     """(ffi, lib) of libseccomp, opened once; None when it is not installed."""
     global _lib
     if _lib is None:
-        from cffi import FFI
-        ffi = FFI()
-        ffi.cdef(CDEF)
+        from ._seccomp_abi import ffi       # made at install from _seccomp_build.py's declarations
         try:
             _lib = (ffi, ffi.dlopen(LIBRARY))
         except OSError:
@@ -93,6 +78,21 @@ def version() -> str | None:
 def resolve(name: str) -> int:
     found = library()
     return NR_UNKNOWN if found is None else found[1].seccomp_syscall_resolve_name(name.encode())
+
+
+def name_of(nr: int) -> str | None:
+    """The native architecture's name of syscall NR (libseccomp allocates it; freed here at once)."""
+    found = library()
+    if found is None:
+        return None
+    ffi, lib = found
+    raw = lib.seccomp_syscall_resolve_num_arch(0, nr)
+    if raw == ffi.NULL:
+        return None
+    try:
+        return ffi.string(raw).decode()
+    finally:
+        lib.free(raw)
 
 
 def load(default: int, rules: list[Rule]) -> None:
