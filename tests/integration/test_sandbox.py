@@ -53,17 +53,22 @@ def test_a_connected_run_worker_is_confined_and_still_serves(ns, tmp_path):
     assert not os.path.exists(w.sock), "the confined worker removes its socket file on exit"
 
 
-def test_sandbox_off_leaves_the_worker_as_it_was(ns, tmp_path):
-    with WorkerProcess(str(tmp_path), TAP, "--sandbox", "off") as w:
+@pytest.mark.parametrize("mode", ["off", "log"])
+def test_sandbox_off_leaves_the_worker_as_it_was_and_log_filters_without_killing(ns, tmp_path, mode):
+    with WorkerProcess(str(tmp_path), TAP, "--sandbox", mode) as w:
         fe = Frontend.connect(w.sock).start()
         fe.send([demo_frame(1, 100)])
         assert fe.wait_used(fe.tx, 1)
         st = status(w.proc.pid)
-        assert st["Seccomp"] == "0" and int(st["CapEff"], 16) != 0
+        if mode == "off":
+            assert st["Seccomp"] == "0" and int(st["CapEff"], 16) != 0
+        else:
+            assert unconfined(w.proc.pid) == []
         fe.stop()
         fe.close()
         code, stats = w.wait()
-    assert code == 0 and stats["sandbox"] == {"mode": "off"}
+    assert code == 0 and stats["sandbox"]["mode"] == mode
+    assert stats["sandbox"] == {"mode": "off"} if mode == "off" else stats["sandbox"]["seccomp"] == "log"
 
 
 def test_every_serve_worker_is_confined(ns, tmp_path):
