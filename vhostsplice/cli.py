@@ -109,6 +109,17 @@ def ownership_options(command):
     return command
 
 
+def sandbox_option(command):
+    """--sandbox, shared by `run` and `serve` (which passes it to every worker)."""
+    return click.option(
+        "--sandbox", type=click.Choice(["strict", "log", "off"]), default="strict", show_default=True,
+        envvar="VHOSTSPLICE_SANDBOX",
+        help="Confine the worker before its first message (docs/security.md): no capabilities, no_new_privs, "
+             "Landlock (no file system but the stats and socket directories), a seccomp allow-list; a syscall "
+             "outside it kills the worker with SIGSYS (exit 159). 'log' lets such calls through and the "
+             "kernel logs them (audit type=1326); 'off' confines nothing.")(command)
+
+
 @cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
 @click.option("--socket-path", metavar="PATH", envvar="VHOSTSPLICE_SOCKET",
               help="Listen on this unix socket (mode 0600) and serve the first front-end that connects.")
@@ -145,9 +156,12 @@ def ownership_options(command):
                    "already do): the kernel then builds none per frame.")
 @click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
 @ownership_options
+@sandbox_option
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
+@click.option("--print-sandbox", is_flag=True, help="Print the syscall allow-list of --sandbox strict and what this "
+                                                    "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
-        offloads, stats_file, socket_mode, socket_group, allow_uid, run_as, print_capabilities):
+        offloads, stats_file, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -170,6 +184,10 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     if print_capabilities:
         click.echo(json.dumps({"type": "net"}))
         return 0
+    if print_sandbox:
+        from .sandbox import describe
+        click.echo(json.dumps(describe(), indent=1))
+        return 0
     doors = [d for d in (socket_path, connect_path, inherited_fd) if d is not None]
     if len(doors) != 1:
         raise ConfigError("give exactly one of --socket-path, --connect, --fd")
@@ -182,7 +200,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
                       fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file,
-                      ownership=ownership)
+                      ownership=ownership, sandbox=sandbox)
 
 
 def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):
@@ -218,8 +236,9 @@ def _source(param: str):
               help="Passed to every worker (see `run --help`).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True, help="Passed to every worker.")
 @ownership_options
+@sandbox_option
 def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, socket_mode, socket_group,
-          allow_uid, run_as):
+          allow_uid, run_as, sandbox):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
 
     The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
@@ -239,7 +258,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     """
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
-    worker_args = ["--on-guest-error", on_guest_error] + ([] if offloads else ["--no-offloads"])
+    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox] + ([] if offloads else ["--no-offloads"])
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     if run_as is not None:
         worker_args += ["--user", run_as]

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import signal as _signal
+
+# A process killed by signal N exits 128 + N for a shell and a supervisor (serve's exit events too).
+SIGSYS_EXIT = 128 + _signal.SIGSYS
 
 # (exit code, short name, meaning) in the order the README documents them.
 EXIT_TABLE: tuple[tuple[int, str, str], ...] = (
@@ -22,6 +26,8 @@ EXIT_TABLE: tuple[tuple[int, str, str], ...] = (
     (_errno.EBADFD, "EBADFD", "the host packet fd went bad (tap detached or deleted)"),
     (_errno.EIO, "EIO", "host packet fd I/O failure"),
     (_errno.EPIPE, "EPIPE", "the host packet fd's peer closed"),
+    (SIGSYS_EXIT, "SIGSYS", "killed by the sandbox (--sandbox strict): a syscall outside the allow-list; the kernel "
+                            "log names it (audit type=1326 ... syscall=N)"),
 )
 
 
@@ -87,7 +93,15 @@ class HostFdError(VhostspliceError):
 
 
 def errno_name(code: int) -> str:
-    return "OK" if code == 0 else _errno.errorcode.get(code, str(code))
+    """'OK', the errno's name, else for 128 + N the signal's (159: SIGSYS, the sandbox killed it)."""
+    if code == 0:
+        return "OK"
+    if code in _errno.errorcode:
+        return _errno.errorcode[code]
+    try:
+        return _signal.Signals(code - 128).name
+    except ValueError:
+        return str(code)
 
 
 def from_oserror(exc: OSError, what: str, cls: type[VhostspliceError] = SetupError) -> VhostspliceError:

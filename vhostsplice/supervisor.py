@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 
 from . import protocol as P
 from .channel import Channel, Listener
-from .errors import FrontendGone, ProtocolError, errno_name
+from .errors import SIGSYS_EXIT, FrontendGone, ProtocolError, errno_name
 from .runner import Ownership
+from .sandbox.audit import killed_by
 from .selfexec import self_argv, self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests
 from .spec import Req
@@ -171,8 +172,9 @@ class Supervisor(DeviceRequests):
         pair.chan.close()
         pair.chan, pair.pidfd = None, -1
         counters = _read_json(pair.stats_file)
+        killed = {"syscall": killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
         self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code),
-                  counters=counters.get("rings"), dirty_log=counters.get("dirty_log"))
+                  counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), **killed)
         if self.stopping:
             return
         if code != 0:

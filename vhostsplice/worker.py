@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 
 from . import datapath as dp
 from .backend import OFFLOAD_FEATURES, Backend, BackendConfig
-from .errors import FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name
+from .errors import FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name, from_oserror
 from .protocol import Req
+from .sandbox import Facts, Sandbox
 
 log = logging.getLogger("vhostsplice")
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
@@ -35,6 +36,7 @@ class WorkerConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     stats_file: str | None = None
     allow_uids: frozenset[int] | None = None    # --allow-uid: peers (SO_PEERCRED uid) served; None: any
+    sandbox: Sandbox | None = None              # --sandbox: confined before the first message (None: off)
 
 
 def _quietly(fn, *args) -> None:
@@ -66,6 +68,14 @@ class Worker:
         self.host_err_mask = ERR_ONLY
         self.queue_attached = True      # a tap queue is attached when opened
         self.pair_was_enabled = False
+        # --stats-file is written through its directory, opened now: a confined worker opens nothing else
+        self.stats_dir_fd = -1
+        if config.stats_file:
+            folder = os.path.dirname(os.path.abspath(config.stats_file))
+            try:
+                self.stats_dir_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise from_oserror(exc, f"--stats-file {config.stats_file}") from None
 
     # -- epoll bookkeeping -------------------------------------------------------------------------------
     def _watch(self, fd: int, role: str, events: int) -> None:
@@ -114,6 +124,8 @@ class Worker:
             signal.signal(sig, lambda *_: None)
         self._watch(rfd, "signal", IN)
         try:
+            if self.config.sandbox is not None:
+                self.config.sandbox.confine(Facts(self.stats_dir_fd, getattr(self.door, "dir_fd", -1)))
             self._attach_door()
             self._loop(rfd)
         except VhostspliceError as exc:
@@ -332,6 +344,7 @@ class Worker:
             out["messages"] = self.backend.messages
             out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped
         out["dirty_log"] = self.datapath.log_stats()    # live migration: log_all, log_size, writes, overflow
+        out["sandbox"] = dict(self.config.sandbox.report) if self.config.sandbox else {"mode": "off"}
         return out
 
     def report(self, final: bool = True) -> None:
@@ -339,9 +352,20 @@ class Worker:
         data = dict(data or self.stats(), exit=self.exit_code, errno=errno_name(self.exit_code), reason=self.reason)
         text = json.dumps(data, sort_keys=True)
         if self.config.stats_file:
-            tmp = f"{self.config.stats_file}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, self.config.stats_file)
-        else:
-            print(text, file=sys.stderr, flush=True)
+            try:
+                self._write_stats(text)
+                return
+            except OSError as exc:
+                log.warning("--stats-file %s: %s; the statistics follow on stderr", self.config.stats_file, exc)
+        print(text, file=sys.stderr, flush=True)
+
+    def _write_stats(self, text: str) -> None:
+        """A temporary file in the stats directory (held open since start), renamed over the stats file."""
+        name = os.path.basename(self.config.stats_file)
+        fd = os.open(f"{name}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
+                     dir_fd=self.stats_dir_fd)
+        try:
+            os.write(fd, (text + "\n").encode())
+        finally:
+            os.close(fd)
+        os.replace(f"{name}.tmp", name, src_dir_fd=self.stats_dir_fd, dst_dir_fd=self.stats_dir_fd)
