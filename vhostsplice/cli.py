@@ -155,13 +155,21 @@ def sandbox_option(command):
                    "--no-offloads a tap opened by --tap carries no vnet header (unless other queues of it "
                    "already do): the kernel then builds none per frame.")
 @click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
+@click.option("--stats-format", type=click.Choice(["json", "prometheus"]), default="json", show_default=True,
+              envvar="VHOSTSPLICE_STATS_FORMAT",
+              help="How the statistics are written: one JSON object, or Prometheus text (one metric family "
+                   "per counter, labels worker (the file's name), ring, reason) for node_exporter's "
+                   "textfile collector: name the file *.prom in its directory.")
+@click.option("--stats-interval", type=click.FloatRange(min=0.1), metavar="SECONDS", envvar="VHOSTSPLICE_STATS_INTERVAL",
+              help="Also rewrite --stats-file every SECONDS while running (atomically: a reader never sees "
+                   "half a file). Without it the file is written on SIGUSR1 and at exit only.")
 @ownership_options
 @sandbox_option
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
 @click.option("--print-sandbox", is_flag=True, help="Print the syscall allow-list of --sandbox strict and what this "
                                                     "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
-        offloads, stats_file, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
+        offloads, stats_file, stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -195,11 +203,14 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
         tap = None      # VHOSTSPLICE_TAP is a default; an explicit --host-fd/--packet on the command line wins
     if not tap and host_fd is None and not packet:
         raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
+    if stats_interval is not None and not stats_file:
+        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
     from .runner import run_worker
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
                       fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file,
+                      stats_format=stats_format, stats_interval=stats_interval,
                       ownership=ownership, sandbox=sandbox)
 
 

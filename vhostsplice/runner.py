@@ -161,7 +161,7 @@ def open_host(*, tap=None, host_fd=None, packet=None, mtu=None, bridge=None, off
 
 def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, placement, fault_exit, offloads,
                stats_file, host_fd=None, packet=None, framing="none", ownership: Ownership = Ownership(),
-               sandbox: str = "strict") -> int:
+               sandbox: str = "strict", stats_format: str = "json", stats_interval: float | None = None) -> int:
     """Set up, serve until stopped, report the counters; returns the exit code. The worker confines
     itself (--sandbox, vhostsplice/sandbox) after all of this and before its first message."""
     confinement = Sandbox(sandbox)
@@ -180,7 +180,8 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
             log.info("serving as uid %d gid %d", *ownership.user)
         backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, fault_exit=fault_exit, mtu=hostfd.mtu)
         config = WorkerConfig(backend, stats_file, allow_uids=ownership.allow_uids,
-                              sandbox=confinement if sandbox != "off" else None)
+                              sandbox=confinement if sandbox != "off" else None,
+                              stats_format=stats_format, stats_interval=stats_interval)
         worker = Worker(door, hostfd, config)
         door = None           # the worker owns it now
         code = worker.run()
