@@ -455,6 +455,27 @@ def tap_show(name, netns):
     return 0
 
 
+ENVVAR_PREFIX = "VHOSTSPLICE_"
+
+
+def option_envvar(option: click.Option) -> str:
+    """VHOSTSPLICE_ + the option's long name: --socket-mode -> VHOSTSPLICE_SOCKET_MODE."""
+    longest = max(option.opts, key=len).lstrip("-")
+    return ENVVAR_PREFIX + longest.upper().replace("-", "_")
+
+
+def give_every_option_an_envvar(command: click.Command) -> None:
+    """Every option of every command can come from the environment (a systemd EnvironmentFile, a VMM's
+    wrapper), and --help shows which variable: the explicit envvar= names stay, the others are derived
+    (option_envvar). A value on the command line always wins."""
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.hidden and param.name not in ("help", "version"):
+            param.envvar = param.envvar or option_envvar(param)
+            param.show_envvar = True
+    for sub in getattr(command, "commands", {}).values():
+        give_every_option_an_envvar(sub)
+
+
 def main(argv=None) -> int:
     """Entry point: every outcome becomes one exit code here."""
     try:
@@ -471,6 +492,8 @@ def main(argv=None) -> int:
         return exc.errno
     return rv if isinstance(rv, int) else 0
 
+
+give_every_option_an_envvar(cli)
 
 if __name__ == "__main__":
     sys.exit(main())
