@@ -62,14 +62,6 @@ class GuestError(AssertionError):
 
 
 # -- the image --------------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    if os.environ.get("VHOSTSPLICE_GUEST_CACHE"):
-        return Path(os.environ["VHOSTSPLICE_GUEST_CACHE"])
-    if os.geteuid() == 0:
-        return Path("/var/cache/vhostsplice-guest")
-    return Path.home() / ".cache" / "vhostsplice-guest"
-
-
 def missing_tools() -> list[str]:
     """Host programs the guest tests need and do not find (install: tests/guest/build.sh --deps)."""
     return [t for t in (QEMU, "iperf3", "cpio", "modinfo", "ping", "ip") if shutil.which(t) is None]
@@ -77,21 +69,25 @@ def missing_tools() -> list[str]:
 
 @dataclass(frozen=True)
 class GuestImage:
+    """A guest kernel + initramfs and the QEMU command that boots it (one column of the peer matrix,
+    tests/support/peers.py; build_image gives the system QEMU, the interop fixtures replace `qemu`)."""
     kernel: Path
     initrd: Path
     kver: str
     modules: tuple[str, ...]
     build_seconds: float
+    qemu: tuple[str, ...] = (QEMU,)
+    migration_memory: str | None = None   # peers.Column.migration_memory of the column it belongs to
 
 
-def build_image(cache_dir: Path | None = None, timeout: float = 900) -> GuestImage:
-    """Run tests/guest/build.sh (cached: fast when nothing changed) and return what it built."""
-    cache_dir = Path(cache_dir or default_cache_dir())
+def build_image(cache_dir: Path | None = None, timeout: float = 900, kernel: str = "6.1") -> GuestImage:
+    """Run tests/guest/build.sh --kernel KERNEL [CACHE_DIR] (cached: fast when nothing changed); CACHE_DIR
+    defaults as tests/guest/cache.sh says."""
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT), str(cache_dir)], capture_output=True, text=True,
-                          timeout=timeout)
+    argv = ["bash", str(BUILD_SCRIPT), "--kernel", kernel, *([str(cache_dir)] if cache_dir else [])]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"{BUILD_SCRIPT} {cache_dir} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     kv = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     return GuestImage(Path(kv["kernel"]), Path(kv["initrd"]), kv["kver"], tuple(kv.get("modules", "").split()),
                       time.monotonic() - t0)
@@ -158,7 +154,7 @@ class Guest:
         else:
             net = ["-netdev", self.netdev]
         device = "virtio-net-pci,netdev=n0,vectors=0" + (f",{self.device_opts}" if self.device_opts else "")
-        return [QEMU, "-accel", "tcg", "-m", mem, "-smp", self.smp, "-nodefaults", "-no-reboot",
+        return [*self.image.qemu, "-accel", "tcg", "-m", mem, "-smp", self.smp, "-nodefaults", "-no-reboot",
                 "-display", "none", "-monitor", "none",
                 "-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-machine", "memory-backend=mem",
                 *net, "-device", device,
