@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import WorkerProcess, demo_frame
 
@@ -55,21 +54,12 @@ def qemu_wire(qemu_peer, tmp_path):
         ours.close()
 
 
-class StreamWorker(WorkerProcess):
-    def __init__(self, workdir: str, fd: int):
-        self.sock = os.path.join(workdir, "w.sock")
-        self.stats_file = os.path.join(workdir, "w.stats.json")
-        self.argv = [*self_argv(), "run", "--socket-path", self.sock, "--host-fd", str(fd), "--framing", "qemu",
-                     "--stats-file", self.stats_file]
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=self_env(), pass_fds=(fd,))
-
-
 def test_frames_cross_a_real_qemu_netdev_stream(qemu_wire, tmp_path):
     path, udp, qport = qemu_wire
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(path)
-    w = StreamWorker(str(tmp_path), conn.fileno())
+    w = WorkerProcess(str(tmp_path), "", "--framing", "qemu", host=("--host-fd", str(conn.fileno())),
+                      pass_fds=(conn.fileno(),))
     conn.close()
     try:
         w.wait_listening()
