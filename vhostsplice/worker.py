@@ -244,7 +244,7 @@ class Worker:
                 raise FrontendGone("front-end closed the connection while rings were running")
             self.reason = "front-end closed the connection"
             return True
-        log.debug("<- %s", msg.name)
+        log.debug("<- %s %s", msg.name, msg.payload[:32].hex())     # -vv: every request, payload head
         self.backend.handle(msg)
         if msg.request == Req.SET_VRING_ENABLE or not self.queue_attached:
             self._follow_enable()

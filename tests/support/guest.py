@@ -426,7 +426,8 @@ def stop_worker(worker, timeout: float = 30.0) -> tuple[int, dict]:
 # opt/t/vs-ethtool (vs.sh: vs_fwcfg_bin); it links only libc, which the image carries (for iperf3).
 VS_ETHTOOL = "vs-ethtool"
 VS_ETHTOOL_C = r"""
-/* vs-ethtool: channels DEV | set-combined DEV N | stats DEV   (SIOCETHTOOL; prints KEY=VALUE / NAME VALUE) */
+/* vs-ethtool: channels DEV | set-combined DEV N | stats DEV   (SIOCETHTOOL; prints KEY=VALUE / NAME VALUE;
+   per-queue names in Linux 6.1's form on every kernel) */
 #include <errno.h>
 #include <linux/ethtool.h>
 #include <linux/sockios.h>
@@ -473,9 +474,15 @@ static void stats(void)
     values->cmd = ETHTOOL_GSTATS;
     values->n_stats = n;
     eth(values, "ETHTOOL_GSTATS");
-    for (__u32 i = 0; i < n; i++)
-        printf("%.*s %llu\n", ETH_GSTRING_LEN, (char *)names->data + (size_t)i * ETH_GSTRING_LEN,
-               (unsigned long long)values->data[i]);
+    for (__u32 i = 0; i < n; i++) {
+        char name[ETH_GSTRING_LEN + 1], dir[3], rest[ETH_GSTRING_LEN + 1];
+        unsigned q;
+        snprintf(name, sizeof name, "%.*s", ETH_GSTRING_LEN, (char *)names->data + (size_t)i * ETH_GSTRING_LEN);
+        /* Linux 6.10+ virtio_net says rx0_packets where 6.1 says rx_queue_0_packets: print 6.1's names */
+        if (sscanf(name, "%2[rxt]%u_%s", dir, &q, rest) == 3 && (!strcmp(dir, "rx") || !strcmp(dir, "tx")))
+            snprintf(name, sizeof name, "%s_queue_%u_%s", dir, q, rest);
+        printf("%s %llu\n", name, (unsigned long long)values->data[i]);
+    }
 }
 
 int main(int argc, char **argv)
