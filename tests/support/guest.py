@@ -422,95 +422,11 @@ def stop_worker(worker, timeout: float = 30.0) -> tuple[int, dict]:
 # -- multi-queue and supervised back-ends (tests/interop/test_qemu_mq.py, test_qemu_restart.py) -----------
 # The busybox image has no ethtool, and the 6.1 virtio_net driver enables only min(max_queue_pairs,
 # online CPUs) pairs at probe: a 1-vCPU guest starts with ONE pair even when the device offers four. This
-# tiny ethtool (ioctl SIOCETHTOOL) is compiled on the host and handed to the guest as fw_cfg file
+# tiny ethtool (tests/guest/vs-ethtool.c: SIOCETHTOOL, and the netdev netlink family's per-queue stats) is
+# compiled on the host and handed to the guest as fw_cfg file
 # opt/t/vs-ethtool (vs.sh: vs_fwcfg_bin); it links only libc, which the image carries (for iperf3).
 VS_ETHTOOL = "vs-ethtool"
-VS_ETHTOOL_C = r"""
-/* vs-ethtool: channels DEV | set-combined DEV N | stats DEV   (SIOCETHTOOL; prints KEY=VALUE / NAME VALUE;
-   per-queue names in Linux 6.1's form on every kernel) */
-#include <errno.h>
-#include <linux/ethtool.h>
-#include <linux/sockios.h>
-#include <net/if.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
-
-static int sock;
-static struct ifreq ifr;
-
-static int eth(void *data, const char *what)
-{
-    ifr.ifr_data = data;
-    if (ioctl(sock, SIOCETHTOOL, &ifr) == 0)
-        return 0;
-    fprintf(stderr, "vs-ethtool: %s %s: %s\n", what, ifr.ifr_name, strerror(errno));
-    exit(1);
-}
-
-static void channels(void)
-{
-    struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
-    eth(&ch, "ETHTOOL_GCHANNELS");
-    printf("max_combined=%u combined=%u max_rx=%u rx=%u max_tx=%u tx=%u\n", ch.max_combined,
-           ch.combined_count, ch.max_rx, ch.rx_count, ch.max_tx, ch.tx_count);
-}
-
-static void stats(void)
-{
-    struct ethtool_sset_info *info = calloc(1, sizeof(*info) + sizeof(__u32));
-    info->cmd = ETHTOOL_GSSET_INFO;
-    info->sset_mask = 1ULL << ETH_SS_STATS;
-    eth(info, "ETHTOOL_GSSET_INFO");
-    __u32 n = info->sset_mask ? info->data[0] : 0;
-    struct ethtool_gstrings *names = calloc(1, sizeof(*names) + (size_t)n * ETH_GSTRING_LEN);
-    struct ethtool_stats *values = calloc(1, sizeof(*values) + (size_t)n * sizeof(__u64));
-    names->cmd = ETHTOOL_GSTRINGS;
-    names->string_set = ETH_SS_STATS;
-    names->len = n;
-    eth(names, "ETHTOOL_GSTRINGS");
-    values->cmd = ETHTOOL_GSTATS;
-    values->n_stats = n;
-    eth(values, "ETHTOOL_GSTATS");
-    for (__u32 i = 0; i < n; i++) {
-        char name[ETH_GSTRING_LEN + 1], dir[3], rest[ETH_GSTRING_LEN + 1];
-        unsigned q;
-        snprintf(name, sizeof name, "%.*s", ETH_GSTRING_LEN, (char *)names->data + (size_t)i * ETH_GSTRING_LEN);
-        /* Linux 6.10+ virtio_net says rx0_packets where 6.1 says rx_queue_0_packets: print 6.1's names */
-        if (sscanf(name, "%2[rxt]%u_%s", dir, &q, rest) == 3 && (!strcmp(dir, "rx") || !strcmp(dir, "tx")))
-            snprintf(name, sizeof name, "%s_queue_%u_%s", dir, q, rest);
-        printf("%s %llu\n", name, (unsigned long long)values->data[i]);
-    }
-}
-
-int main(int argc, char **argv)
-{
-    if (argc < 3 || (strcmp(argv[1], "set-combined") == 0 && argc < 4)) {
-        fprintf(stderr, "usage: vs-ethtool channels DEV | set-combined DEV N | stats DEV\n");
-        return 2;
-    }
-    sock = socket(AF_INET, SOCK_DGRAM, 0);
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", argv[2]);
-    if (strcmp(argv[1], "channels") == 0) {
-        channels();
-    } else if (strcmp(argv[1], "set-combined") == 0) {
-        struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
-        eth(&ch, "ETHTOOL_GCHANNELS");
-        ch.cmd = ETHTOOL_SCHANNELS;
-        ch.combined_count = (__u32)strtoul(argv[3], NULL, 10);
-        eth(&ch, "ETHTOOL_SCHANNELS");
-        channels();
-    } else if (strcmp(argv[1], "stats") == 0) {
-        stats();
-    } else {
-        fprintf(stderr, "vs-ethtool: unknown command %s\n", argv[1]);
-        return 2;
-    }
-    return 0;
-}
-"""
+VS_ETHTOOL_C = (GUEST_DIR / "vs-ethtool.c").read_text()
 
 
 def build_vs_ethtool(workdir: str | Path) -> Path:
