@@ -69,7 +69,7 @@ def image(column, qemu_peer):
     from support import guest as G
     require_peer(None if os.geteuid() == 0 else "needs root (ip netns, /dev/net/tun)")
     missing = G.missing_tools()
-    require_peer(f"missing {', '.join(missing)} (apt-get install $(tests/guest/build.sh --deps))" if missing else None)
+    require_peer(missing and f"missing {', '.join(missing)} (apt-get install $(tests/guest/build.sh --deps))")
     built = G.build_image(kernel=column.kernel)
     assert built.kver.startswith(column.kernel + "."), (column, built.kver)
     return dataclasses.replace(built, qemu=qemu_peer.argv, migration_memory=column.migration_memory)
