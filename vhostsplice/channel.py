@@ -40,9 +40,6 @@ class Channel:
         pid, uid, gid = struct.unpack("iII", self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         return pid, uid, gid
 
-    def peer_uid(self) -> int:
-        return self.peer_cred()[1]
-
     def refuse_file_of(self, fd: int) -> None:
         """Refuse (EPROTO) any later message carrying an fd that is the same file as fd (by st_dev/st_ino):
         the front-end must never hand the worker its own host packet fd as a kick, call, err or memory fd.

@@ -339,6 +339,30 @@ def drive(socket_path, connect, connect_timeout, features_text, queue_size, send
     return drv.run_drive(opts)
 
 
+@cli.command("stats", context_settings=CONTEXT, epilog=_exit_table_help())
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--watch", "interval", type=click.FloatRange(min=0.1), metavar="SECONDS", is_flag=False,
+              flag_value=1.0, default=None, envvar="VHOSTSPLICE_STATS_WATCH",
+              help="Refresh the table in place every SECONDS (1 if given alone); rates are then since the "
+                   "last refresh. Ctrl-C ends it (exit 0).")
+def stats(files, interval):
+    """Print the counters of workers' stats files as a table: per ring, packets, Mpps and MB/s (averaged
+    since the worker started, or since the last refresh with --watch), drops by reason, kicks, calls and
+    whether the guest broke the ring. Reads both --stats-format json and prometheus files. A file that
+    cannot be read is listed under the table and makes the exit code its errno (EINVAL: not a stats file).
+
+    \b
+    Example:
+      vhostsplice stats /run/vhostsplice/*.stats.json --watch 2
+    """
+    from .counters import watch
+    try:
+        errors = watch(list(files), interval, lambda text: click.echo(text, nl=False))
+    except KeyboardInterrupt:
+        return 0
+    return next((getattr(e, "errno", None) or errno.EINVAL for e in errors), 0)
+
+
 @cli.group(context_settings=CONTEXT, epilog=_exit_table_help())
 def tap() -> None:
     """Create, delete and show persistent taps for workers (pyroute2; needs CAP_NET_ADMIN).
