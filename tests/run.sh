@@ -55,9 +55,38 @@ install_python() {
     fi
 }
 
+# -- the peer matrix (tests/support/peers.py): QEMU 10.0 and Linux 6.12 come from bookworm-backports -------
+# The backports suite is added beside the system's sources (same archive URI as debian.sources' bookworm
+# entry; priority 100, so nothing is taken from it unless asked). QEMU 10 is unpacked into the guest cache
+# by tests/guest/qemu.sh (never installed: the system's QEMU 7.2 stays), the 6.12 kernel by build.sh.
+BACKPORTS_LIST=/etc/apt/sources.list.d/vhostsplice-bookworm-backports.sources
+add_backports_source() {
+    if apt-cache policy 2>/dev/null | grep -q 'bookworm-backports'; then log "bookworm-backports known to apt"; return; fi
+    if [[ $(id -u) -ne 0 ]]; then log "not root: not adding bookworm-backports"; return; fi
+    local uri
+    uri=$(awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' \
+              /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+    [[ -n $uri ]] || { log "FAILED: no bookworm URI in /etc/apt/sources.list.d/debian.sources"; return 1; }
+    log "adding bookworm-backports ($uri) as $BACKPORTS_LIST"
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+        "$uri" /usr/share/keyrings/debian-archive-keyring.gpg >"$BACKPORTS_LIST"
+    apt-get update -q
+}
+
+fetch_peers() {       # QEMU 10 unpacked, both guest images built (cached: fast when present)
+    [[ $(id -u) -eq 0 ]] || { log "not root: the peer matrix is not fetched"; return; }
+    log "peers: $(bash tests/guest/qemu.sh | tr '\n' ' ')"
+    local series
+    for series in $(bash tests/guest/build.sh --kernels); do
+        log "guest image for Linux $series: $(bash tests/guest/build.sh --kernel "$series" | tr '\n' ' ')"
+    done
+}
+
 if [[ ${VHOSTSPLICE_NO_INSTALL:-0} != 1 ]]; then
     install_apt
+    add_backports_source
     install_python
+    fetch_peers
 fi
 
 # -P: do not put the current directory first on sys.path, so the tests import the INSTALLED

@@ -317,9 +317,28 @@ def set_vring_kick_exec(b: Backend, msg: P.Message) -> None:
 
 
 def set_vring_call_exec(b: Backend, msg: P.Message) -> None:
+    """A new call fd for a running ring (a front-end reconnecting, or switching its interrupt) is
+    signalled once: used entries published before it came would otherwise wait, unannounced, for the
+    next batch (libvhost-user does the same against an I/O hang after a reconnect)."""
     ring = _vring_file(b, msg, "call_fd")
     if ring.running:
         b.datapath.set_call_fd(ring.index, _fd(ring.call_fd))
+        _signal_once(ring)
+
+
+def _signal_once(ring: RingState) -> None:
+    """Write 1 to the ring's call fd if it is an eventfd (never block on a pipe or socket a hostile
+    front-end passed instead: those are left alone with a warning); a failing write is logged."""
+    fd = ring.call_fd
+    if fd is None:
+        return
+    try:
+        if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[eventfd]":
+            log.warning("ring %d: the call fd is not an eventfd: not signalled", ring.index)
+            return
+        os.eventfd_write(fd, 1)
+    except OSError as exc:
+        log.warning("ring %d: signalling the new call fd failed: %s", ring.index, exc)
 
 
 def set_vring_err_exec(b: Backend, msg: P.Message) -> None:

@@ -251,6 +251,10 @@ class Datapath:
     def running(self, index: int) -> bool:
         return bool(self._ring(index).running)
 
+    def used_positions(self) -> tuple[int, int]:
+        """(RX, TX) used->idx as published: cheap, for telling whether a poll published (and signalled)."""
+        return int(self._pair.rx.used_idx), int(self._pair.tx.used_idx)
+
     # -- the work ---------------------------------------------------------------------------------
     def poll(self) -> int:
         """One wake-up's work: a TX batch and an RX batch. Returns MORE | TX_BLOCKED | RX_STARVED."""

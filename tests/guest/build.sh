@@ -2,21 +2,27 @@
 # Builds the test guest: Debian's cloud kernel (unmodified) and a busybox initramfs that loads the virtio
 # network driver, configures eth0, runs the test script QEMU hands it through fw_cfg and powers off.
 #
-#   tests/guest/build.sh CACHE_DIR        build (or reuse) CACHE_DIR/vmlinuz and CACHE_DIR/initramfs.cpio.gz
+#   tests/guest/build.sh [--kernel SERIES] [CACHE_DIR]   build (or reuse) CACHE_DIR/linux-SERIES/{vmlinuz,initramfs.cpio.gz}
+#   tests/guest/build.sh --kernels        print the kernel series it can build (KERNEL_SUITE below), one line
 #   tests/guest/build.sh --deps           print the Debian packages the guest tests need installed, one line
 #
-# Idempotent and cached: .debs are kept in CACHE_DIR/debs, and when the inputs (this folder's files, the
-# kernel package name, the iperf3 binary) have not changed the script only prints the result (well under
-# a second). It never installs the kernel: the .deb is fetched with `apt-get download` and unpacked with
-# `dpkg -x`. The kernel is the one Debian's `linux-image-cloud-amd64` currently depends on (apt-cache);
-# VS_GUEST_KERNEL_PKG=linux-image-X-cloud-amd64 picks another. busybox-static is downloaded the same way.
-# iperf3 comes from the host (it must be installed: the host side of the tests runs it too) with the
-# libraries ldd names.
+# SERIES (default 6.1) picks the suite whose linux-image-cloud-amd64 names the kernel: 6.1 from bookworm,
+# 6.12 from bookworm-backports (tests/run.sh adds that apt source). CACHE_DIR defaults as cache.sh says.
+# Idempotent and cached: .debs are kept in CACHE_DIR/linux-SERIES/debs, and when the inputs (this folder's
+# files, the kernel package name, the iperf3 binary) have not changed the script only prints the result
+# (well under a second). It never installs the kernel: the .deb is fetched with `apt-get download` and
+# unpacked with `dpkg -x`. VS_GUEST_KERNEL_PKG=linux-image-X-cloud-amd64 picks another package.
+# busybox-static is downloaded the same way. iperf3 comes from the host (it must be installed: the host side
+# of the tests runs it too) with the libraries ldd names.
 #
-# Output (stdout, last lines, KEY=VALUE): kernel=PATH initrd=PATH kver=VERSION; the same in CACHE_DIR/image.env.
+# Output (stdout, last lines, KEY=VALUE): kernel=PATH initrd=PATH kver=VERSION; the same in image.env.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=cache.sh
+. "$HERE/cache.sh"
+# Kernel series -> the suite whose linux-image-cloud-amd64 depends on it (the peer matrix's guest kernels).
+declare -A KERNEL_SUITE=([6.1]=bookworm [6.12]=bookworm-backports)
 # Modules the guest loads (the closure over modinfo's depends= is taken, then ordered dependencies first).
 WANTED_MODULES=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover
                 virtio_net qemu_fw_cfg)
@@ -27,13 +33,23 @@ DOWNLOADED=(busybox-static "linux-image-*-cloud-amd64 (via linux-image-cloud-amd
 log() { printf 'guest/build.sh: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-if [[ ${1:-} == --deps ]]; then
-    echo "${HOST_PACKAGES[*]}"
-    exit 0
+usage() { echo "usage: $0 [--kernel SERIES] [CACHE_DIR] | --kernels | --deps" >&2; exit 2; }
+case ${1:-} in
+    --deps) echo "${HOST_PACKAGES[*]}"; exit 0 ;;
+    --kernels) printf '%s\n' "${!KERNEL_SUITE[@]}" | sort -V | tr '\n' ' ' | sed 's/ $/\n/'; exit 0 ;;
+esac
+SERIES=6.1
+if [[ ${1:-} == --kernel ]]; then
+    [[ $# -ge 2 ]] || usage
+    SERIES=$2
+    shift 2
 fi
-[[ $# -eq 1 && -n $1 ]] || { echo "usage: $0 CACHE_DIR | --deps" >&2; exit 2; }
+[[ $# -le 1 ]] || usage
+[[ -n ${KERNEL_SUITE[$SERIES]:-} ]] || die "unknown kernel series $SERIES (known: ${!KERNEL_SUITE[*]})"
+SUITE=${KERNEL_SUITE[$SERIES]}
 
-CACHE=$(mkdir -p "$1" && cd "$1" && pwd)
+CACHE=$(guest_cache_dir "${1:-}")/linux-$SERIES
+mkdir -p "$CACHE"
 OUT_KERNEL=$CACHE/vmlinuz
 OUT_INITRD=$CACHE/initramfs.cpio.gz
 STAMP=$CACHE/image.env
@@ -44,7 +60,7 @@ flock 9
 
 IPERF3=$(command -v iperf3 || true)
 [[ -n $IPERF3 ]] || die "iperf3 is not installed (apt-get install ${HOST_PACKAGES[*]})"
-INPUTS_KEY=$( { cat "$HERE/build.sh" "$HERE/init" "$HERE/vs.sh"; echo "${VS_GUEST_KERNEL_PKG:-}";
+INPUTS_KEY=$( { cat "$HERE/build.sh" "$HERE/init" "$HERE/vs.sh"; echo "$SERIES ${VS_GUEST_KERNEL_PKG:-}";
                 sha256sum "$IPERF3"; } | sha256sum | cut -d' ' -f1)
 
 if [[ -s $OUT_KERNEL && -s $OUT_INITRD && -s $STAMP ]] && grep -qx "key=$INPUTS_KEY" "$STAMP"; then
@@ -61,7 +77,7 @@ done
 # --- which kernel -----------------------------------------------------------------------------------------
 kernel_package() {
     if [[ -n ${VS_GUEST_KERNEL_PKG:-} ]]; then echo "$VS_GUEST_KERNEL_PKG"; return; fi
-    apt-cache depends linux-image-cloud-amd64 2>/dev/null \
+    apt-cache depends "linux-image-cloud-amd64/$SUITE" 2>/dev/null \
         | sed -n 's/^ *Depends: \(linux-image-[^ ]*-cloud-amd64\)$/\1/p' | head -n1
 }
 KPKG=$(kernel_package)
@@ -70,8 +86,10 @@ if [[ -z $KPKG ]]; then
     apt-get update -q >&2 || die "apt-get update failed"
     KPKG=$(kernel_package)
 fi
-[[ -n $KPKG ]] || die "cannot resolve the cloud kernel package (apt-cache depends linux-image-cloud-amd64)"
+[[ -n $KPKG ]] || die "cannot resolve the cloud kernel package (apt-cache depends linux-image-cloud-amd64/$SUITE)"
 KVER=${KPKG#linux-image-}
+[[ -n ${VS_GUEST_KERNEL_PKG:-} || $KVER == "$SERIES".* ]] \
+    || die "$SUITE's linux-image-cloud-amd64 is $KPKG, not Linux $SERIES (add the suite: tests/run.sh does it)"
 log "kernel package $KPKG"
 
 # --- downloads (cached) -----------------------------------------------------------------------------------
@@ -178,6 +196,7 @@ mv -f "$WORK/initrd" "$OUT_INITRD"
     echo "kernel=$OUT_KERNEL"
     echo "initrd=$OUT_INITRD"
     echo "kver=$KVER"
+    echo "series=$SERIES"
     echo "modules=${ORDER[*]}"
     echo "iperf3=$IPERF_VERSION"
     echo "key=$INPUTS_KEY"

@@ -1,6 +1,7 @@
-"""Interop tests: real peers (DPDK testpmd) against the `vhostsplice run` worker, as root, in a netns."""
+"""Interop tests: real peers (DPDK testpmd, QEMU on every column of tests/support/peers.py) against the `vhostsplice run` worker, as root, in a netns."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import shutil
@@ -10,6 +11,7 @@ import pytest
 
 from support import testpmd
 from support.netns import NetNs, is_root
+from support.peers import COLUMNS, Column, Qemu, find_qemu, require_peer
 
 
 def vhostsplice_argv() -> list[str]:
@@ -34,14 +36,10 @@ def netns():
 
 @pytest.fixture
 def needs_testpmd():
-    """Skip unless root and dpdk-testpmd is installed (tests/run.sh installs it)."""
-    if not is_root():
-        pytest.skip("needs root (ip netns, /dev/net/tun)")
-    if not testpmd.available():
-        msg = f"{testpmd.TESTPMD} not found (apt-get install dpdk-dev; tests/run.sh does it)"
-        if os.environ.get("CI") == "true":  # CI must not pass by skipping the interop tests
-            pytest.fail(msg)
-        pytest.skip(msg)
+    """Root and dpdk-testpmd (tests/run.sh installs it); else skip, or fail under CI (peers.require_peer)."""
+    require_peer(None if is_root() else "needs root (ip netns, /dev/net/tun)")
+    require_peer(None if testpmd.available() else
+                 f"{testpmd.TESTPMD} not found (apt-get install dpdk-dev; tests/run.sh does it)")
 
 
 @pytest.fixture
@@ -49,24 +47,36 @@ def vhostsplice_cmd() -> list[str]:
     return vhostsplice_argv()
 
 
-# -- QEMU guests (tests/support/guest.py): one image and one vs-ethtool for the whole session -------------
+# -- QEMU guests (tests/support/guest.py) on every column of the peer matrix (tests/support/peers.py) ------
+@pytest.fixture(scope="session", params=COLUMNS, ids=[c.id for c in COLUMNS])
+def column(request) -> Column:
+    """One column of the peer matrix: every test using it (or qemu_peer, image) runs once per column."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def image():
-    """The guest initramfs (tests/guest/build.sh, cached). Missing tools fail under CI, else skip."""
+def qemu_peer(column) -> Qemu:
+    """The column's QEMU (7.2 installed; 10.0 unpacked by tests/guest/qemu.sh, once per session)."""
+    qemu, missing = find_qemu(column)
+    require_peer(missing)
+    return qemu
+
+
+@pytest.fixture(scope="session")
+def image(column, qemu_peer):
+    """The column's guest image (tests/guest/build.sh --kernel SERIES, cached; built once per session)
+    booted by the column's QEMU. Missing root or tools: skip, or fail under CI."""
     from support import guest as G
-    if os.geteuid() != 0:
-        pytest.skip("needs root (ip netns, /dev/net/tun)")
+    require_peer(None if os.geteuid() == 0 else "needs root (ip netns, /dev/net/tun)")
     missing = G.missing_tools()
-    if missing:
-        msg = f"missing {', '.join(missing)} (apt-get install $(tests/guest/build.sh --deps))"
-        if os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("VHOSTSPLICE_REQUIRE_GUEST") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return G.build_image()
+    require_peer(missing and f"missing {', '.join(missing)} (apt-get install $(tests/guest/build.sh --deps))")
+    built = G.build_image(kernel=column.kernel)
+    assert built.kver.startswith(column.kernel + "."), (column, built.kver)
+    return dataclasses.replace(built, qemu=qemu_peer.argv, migration_memory=column.migration_memory)
 
 
 @pytest.fixture(scope="session")
-def ethtool(image, tmp_path_factory):
+def ethtool(tmp_path_factory):
     """A tiny SIOCETHTOOL program for the guest (its image has no ethtool), handed over through fw_cfg."""
     from support import guest as G
     return G.build_vs_ethtool(tmp_path_factory.mktemp("vs-ethtool"))

@@ -6,9 +6,10 @@ the serial console; the host reads them (tests/support/guest.py). The worker run
 persistent tap with HOST_IP; QEMU connects to its socket (`reconnect=1`).
 
 Needs root, qemu-system-x86_64 and iperf3 (apt: `tests/guest/build.sh --deps`) and, once, Debian's
-archive to download the kernel and busybox into the cache (VHOSTSPLICE_GUEST_CACHE, default
-/var/cache/vhostsplice-guest). Without QEMU the tests skip, except where CI=true or
-VHOSTSPLICE_REQUIRE_GUEST=1: there a missing tool is a failure, so CI cannot pass by skipping them.
+archive to download the kernels, busybox and QEMU 10 into the cache (VHOSTSPLICE_GUEST_CACHE, default
+/var/cache/vhostsplice-guest). Every test runs on each column of the peer matrix (tests/support/peers.py:
+QEMU 7.2 + Linux 6.1, QEMU 10.0 + Linux 6.12). A missing peer skips, except where CI=true or
+VHOSTSPLICE_REQUIRE_PEERS=1: there it is a failure (peers.require_peer), so CI cannot pass by skipping.
 
 Tests: everything on the full feature set (one boot); a 3-point feature matrix; frames too large for the
 guest's buffers (dropped and counted, never cut short); the worker SIGKILLed under traffic and

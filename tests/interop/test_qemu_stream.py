@@ -3,23 +3,21 @@
 QEMU runs machine `none` as a wire: its `-netdev stream` server and a `-netdev dgram` (UDP to this test)
 are joined by a hub. Frames from the front-end go worker -> QEMU stream -> hub -> UDP datagrams here, and
 datagrams sent here come back the other way. QEMU only forwards while the VM runs (no -S).
+Runs on each QEMU of the peer matrix (the `qemu_peer` fixture: a missing QEMU fails under CI).
 """
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import time
 
 import pytest
 
-from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import WorkerProcess, demo_frame
 
-QEMU = shutil.which("qemu-system-x86_64")
-pytestmark = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+pytestmark = [pytest.mark.interop]
 
 
 def free_udp_port() -> int:
@@ -29,13 +27,13 @@ def free_udp_port() -> int:
 
 
 @pytest.fixture
-def qemu_wire(tmp_path):
+def qemu_wire(qemu_peer, tmp_path):
     """(stream socket path, our UDP socket, QEMU's UDP port) with QEMU running as the wire."""
     ours = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     ours.bind(("127.0.0.1", 0))
     qport = free_udp_port()
     path = str(tmp_path / "q.sock")
-    argv = [QEMU, "-M", "none", "-nodefaults", "-display", "none",
+    argv = [*qemu_peer.argv, "-M", "none", "-nodefaults", "-display", "none",
             "-netdev", f"stream,id=s0,server=on,addr.type=unix,addr.path={path}",
             "-netdev", "hubport,id=p0,hubid=0,netdev=s0",
             "-netdev", f"dgram,id=g0,local.type=inet,local.host=127.0.0.1,local.port={qport},"
@@ -56,21 +54,12 @@ def qemu_wire(tmp_path):
         ours.close()
 
 
-class StreamWorker(WorkerProcess):
-    def __init__(self, workdir: str, fd: int):
-        self.sock = os.path.join(workdir, "w.sock")
-        self.stats_file = os.path.join(workdir, "w.stats.json")
-        self.argv = [*self_argv(), "run", "--socket-path", self.sock, "--host-fd", str(fd), "--framing", "qemu",
-                     "--stats-file", self.stats_file]
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=self_env(), pass_fds=(fd,))
-
-
 def test_frames_cross_a_real_qemu_netdev_stream(qemu_wire, tmp_path):
     path, udp, qport = qemu_wire
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(path)
-    w = StreamWorker(str(tmp_path), conn.fileno())
+    w = WorkerProcess(str(tmp_path), "", "--framing", "qemu", host=("--host-fd", str(conn.fileno())),
+                      pass_fds=(conn.fileno(),))
     conn.close()
     try:
         w.wait_listening()

@@ -11,6 +11,7 @@ import pytest
 
 import support.testpmd as tp
 from support.confined import unconfined
+from support.peers import require_peer
 from support.waiting import wait_for
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.netns import PrivateNetns
@@ -26,10 +27,7 @@ def events(path) -> list[dict]:
 
 @pytest.fixture
 def served(tmp_path):
-    if os.geteuid() != 0 or not tp.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI must have root and dpdk-testpmd")
-        pytest.skip("needs root and dpdk-testpmd")
+    require_peer(None if os.geteuid() == 0 and tp.available() else "needs root and dpdk-testpmd")
     sock, ev = tmp_path / "dev.sock", tmp_path / "events.jsonl"
     with PrivateNetns("vss") as ns, ns.entered():
         sup = subprocess.Popen([*self_argv(), "serve", "--socket-path", str(sock), "--tap", TAP, "--queues", "2",

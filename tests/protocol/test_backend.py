@@ -212,6 +212,53 @@ def test_call_fd_replaced_while_running_reaches_datapath(env):
     os.close(call)
 
 
+def _running_ring(backend, memfd):
+    send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1)))
+    send(backend, Req.SET_MEM_TABLE, *mem_table(memfd))
+    kick = os.eventfd(0)
+    setup_ring(backend, 0, kick)
+    os.close(kick)
+    assert backend.rings[0].running
+
+
+def test_set_vring_call_on_a_running_ring_signals_the_new_fd_once(env):
+    """After a reconnect the front-end may have missed a call: the new call fd is signalled once."""
+    backend, fe, dp, host, memfd = env
+    _running_ring(backend, memfd)
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    send(backend, Req.SET_VRING_CALL, P.encode_vring_file(0), fds=(call,))
+    assert os.eventfd_read(call) == 1
+    with pytest.raises(BlockingIOError):       # once, not per message handled after it
+        os.eventfd_read(call)
+    send(backend, Req.GET_FEATURES)
+    fe.recv()
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(call)
+    os.close(call)
+
+
+def test_set_vring_call_before_the_ring_runs_signals_nothing(env):
+    backend, fe, dp, host, memfd = env
+    call = os.eventfd(0, os.EFD_NONBLOCK)
+    send(backend, Req.SET_VRING_CALL, P.encode_vring_file(0), fds=(call,))
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(call)
+    os.close(call)
+
+
+def test_set_vring_call_with_a_pipe_never_blocks_or_writes(env):
+    """A hostile front-end's full pipe as call fd: no write (it would block the worker), no crash."""
+    backend, fe, dp, host, memfd = env
+    _running_ring(backend, memfd)
+    r, w = os.pipe()
+    send(backend, Req.SET_VRING_CALL, P.encode_vring_file(0), fds=(w,))
+    os.set_blocking(r, False)
+    with pytest.raises(BlockingIOError):
+        os.read(r, 8)
+    os.close(r)
+    os.close(w)
+
+
 # -- dirty logging (live migration) -----------------------------------------------------------------------
 def log_fd(size=4096):
     fd = os.memfd_create("log")

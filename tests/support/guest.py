@@ -62,14 +62,6 @@ class GuestError(AssertionError):
 
 
 # -- the image --------------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    if os.environ.get("VHOSTSPLICE_GUEST_CACHE"):
-        return Path(os.environ["VHOSTSPLICE_GUEST_CACHE"])
-    if os.geteuid() == 0:
-        return Path("/var/cache/vhostsplice-guest")
-    return Path.home() / ".cache" / "vhostsplice-guest"
-
-
 def missing_tools() -> list[str]:
     """Host programs the guest tests need and do not find (install: tests/guest/build.sh --deps)."""
     return [t for t in (QEMU, "iperf3", "cpio", "modinfo", "ping", "ip") if shutil.which(t) is None]
@@ -77,21 +69,25 @@ def missing_tools() -> list[str]:
 
 @dataclass(frozen=True)
 class GuestImage:
+    """A guest kernel + initramfs and the QEMU command that boots it (one column of the peer matrix,
+    tests/support/peers.py; build_image gives the system QEMU, the interop fixtures replace `qemu`)."""
     kernel: Path
     initrd: Path
     kver: str
     modules: tuple[str, ...]
     build_seconds: float
+    qemu: tuple[str, ...] = (QEMU,)
+    migration_memory: str | None = None   # peers.Column.migration_memory of the column it belongs to
 
 
-def build_image(cache_dir: Path | None = None, timeout: float = 900) -> GuestImage:
-    """Run tests/guest/build.sh (cached: fast when nothing changed) and return what it built."""
-    cache_dir = Path(cache_dir or default_cache_dir())
+def build_image(cache_dir: Path | None = None, timeout: float = 900, kernel: str = "6.1") -> GuestImage:
+    """Run tests/guest/build.sh --kernel KERNEL [CACHE_DIR] (cached: fast when nothing changed); CACHE_DIR
+    defaults as tests/guest/cache.sh says."""
     t0 = time.monotonic()
-    proc = subprocess.run(["bash", str(BUILD_SCRIPT), str(cache_dir)], capture_output=True, text=True,
-                          timeout=timeout)
+    argv = ["bash", str(BUILD_SCRIPT), "--kernel", kernel, *([str(cache_dir)] if cache_dir else [])]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"{BUILD_SCRIPT} {cache_dir} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     kv = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     return GuestImage(Path(kv["kernel"]), Path(kv["initrd"]), kv["kver"], tuple(kv.get("modules", "").split()),
                       time.monotonic() - t0)
@@ -158,7 +154,7 @@ class Guest:
         else:
             net = ["-netdev", self.netdev]
         device = "virtio-net-pci,netdev=n0,vectors=0" + (f",{self.device_opts}" if self.device_opts else "")
-        return [QEMU, "-accel", "tcg", "-m", mem, "-smp", self.smp, "-nodefaults", "-no-reboot",
+        return [*self.image.qemu, "-accel", "tcg", "-m", mem, "-smp", self.smp, "-nodefaults", "-no-reboot",
                 "-display", "none", "-monitor", "none",
                 "-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-machine", "memory-backend=mem",
                 *net, "-device", device,
@@ -426,88 +422,11 @@ def stop_worker(worker, timeout: float = 30.0) -> tuple[int, dict]:
 # -- multi-queue and supervised back-ends (tests/interop/test_qemu_mq.py, test_qemu_restart.py) -----------
 # The busybox image has no ethtool, and the 6.1 virtio_net driver enables only min(max_queue_pairs,
 # online CPUs) pairs at probe: a 1-vCPU guest starts with ONE pair even when the device offers four. This
-# tiny ethtool (ioctl SIOCETHTOOL) is compiled on the host and handed to the guest as fw_cfg file
+# tiny ethtool (tests/guest/vs-ethtool.c: SIOCETHTOOL, and the netdev netlink family's per-queue stats) is
+# compiled on the host and handed to the guest as fw_cfg file
 # opt/t/vs-ethtool (vs.sh: vs_fwcfg_bin); it links only libc, which the image carries (for iperf3).
 VS_ETHTOOL = "vs-ethtool"
-VS_ETHTOOL_C = r"""
-/* vs-ethtool: channels DEV | set-combined DEV N | stats DEV   (SIOCETHTOOL; prints KEY=VALUE / NAME VALUE) */
-#include <errno.h>
-#include <linux/ethtool.h>
-#include <linux/sockios.h>
-#include <net/if.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/socket.h>
-
-static int sock;
-static struct ifreq ifr;
-
-static int eth(void *data, const char *what)
-{
-    ifr.ifr_data = data;
-    if (ioctl(sock, SIOCETHTOOL, &ifr) == 0)
-        return 0;
-    fprintf(stderr, "vs-ethtool: %s %s: %s\n", what, ifr.ifr_name, strerror(errno));
-    exit(1);
-}
-
-static void channels(void)
-{
-    struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
-    eth(&ch, "ETHTOOL_GCHANNELS");
-    printf("max_combined=%u combined=%u max_rx=%u rx=%u max_tx=%u tx=%u\n", ch.max_combined,
-           ch.combined_count, ch.max_rx, ch.rx_count, ch.max_tx, ch.tx_count);
-}
-
-static void stats(void)
-{
-    struct ethtool_sset_info *info = calloc(1, sizeof(*info) + sizeof(__u32));
-    info->cmd = ETHTOOL_GSSET_INFO;
-    info->sset_mask = 1ULL << ETH_SS_STATS;
-    eth(info, "ETHTOOL_GSSET_INFO");
-    __u32 n = info->sset_mask ? info->data[0] : 0;
-    struct ethtool_gstrings *names = calloc(1, sizeof(*names) + (size_t)n * ETH_GSTRING_LEN);
-    struct ethtool_stats *values = calloc(1, sizeof(*values) + (size_t)n * sizeof(__u64));
-    names->cmd = ETHTOOL_GSTRINGS;
-    names->string_set = ETH_SS_STATS;
-    names->len = n;
-    eth(names, "ETHTOOL_GSTRINGS");
-    values->cmd = ETHTOOL_GSTATS;
-    values->n_stats = n;
-    eth(values, "ETHTOOL_GSTATS");
-    for (__u32 i = 0; i < n; i++)
-        printf("%.*s %llu\n", ETH_GSTRING_LEN, (char *)names->data + (size_t)i * ETH_GSTRING_LEN,
-               (unsigned long long)values->data[i]);
-}
-
-int main(int argc, char **argv)
-{
-    if (argc < 3 || (strcmp(argv[1], "set-combined") == 0 && argc < 4)) {
-        fprintf(stderr, "usage: vs-ethtool channels DEV | set-combined DEV N | stats DEV\n");
-        return 2;
-    }
-    sock = socket(AF_INET, SOCK_DGRAM, 0);
-    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", argv[2]);
-    if (strcmp(argv[1], "channels") == 0) {
-        channels();
-    } else if (strcmp(argv[1], "set-combined") == 0) {
-        struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
-        eth(&ch, "ETHTOOL_GCHANNELS");
-        ch.cmd = ETHTOOL_SCHANNELS;
-        ch.combined_count = (__u32)strtoul(argv[3], NULL, 10);
-        eth(&ch, "ETHTOOL_SCHANNELS");
-        channels();
-    } else if (strcmp(argv[1], "stats") == 0) {
-        stats();
-    } else {
-        fprintf(stderr, "vs-ethtool: unknown command %s\n", argv[1]);
-        return 2;
-    }
-    return 0;
-}
-"""
+VS_ETHTOOL_C = (GUEST_DIR / "vs-ethtool.c").read_text()
 
 
 def build_vs_ethtool(workdir: str | Path) -> Path:

@@ -25,6 +25,21 @@ DEFAULT_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC
 DEFAULT_PROTOCOL = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
 
 
+def _connect(path: str, timeout: float) -> socket.socket:
+    """A unix stream socket connected to PATH, retried until a back-end listens there (or timeout)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class FrontendError(RuntimeError):
     pass
 
@@ -54,17 +69,7 @@ class Frontend:
     # -- connection --------------------------------------------------------------------------------------
     @classmethod
     def connect(cls, path: str, timeout: float = 10.0, **kw) -> "Frontend":
-        deadline = time.monotonic() + timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                sock.connect(path)
-                return cls(sock, **kw)
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        return cls(_connect(path, timeout), **kw)
 
     @classmethod
     def listen(cls, path: str, timeout: float = 10.0, **kw) -> "Frontend":
@@ -162,8 +167,9 @@ class Frontend:
         region = P.MemRegion(gpa=0, size=len(self.map), uva=UVA_BASE, mmap_offset=0)
         self.command(Req.SET_MEM_TABLE, P.encode_mem_table(P.MemTable((region,))), fds=(self.memfd,))
 
-    def setup_ring(self, index: int, base: int = 0) -> DriverQueue:
-        q = DriverQueue(self.mem, self.queue_size, event_idx=bool(self.acked & bit(F.RING_F_EVENT_IDX)))
+    def setup_ring(self, index: int, base: int = 0, queue: DriverQueue | None = None) -> DriverQueue:
+        """Hand ring INDEX to the back-end: a new queue, or QUEUE as it stands (a reconnect)."""
+        q = queue or DriverQueue(self.mem, self.queue_size, event_idx=bool(self.acked & bit(F.RING_F_EVENT_IDX)))
         self.command(Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(index, self.queue_size)))
         self.command(Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(index, 0, q.desc_uva, q.used_uva,
                                                                             q.avail_uva, 0)))
@@ -181,6 +187,18 @@ class Frontend:
         self.share_memory()
         self.rx = self.setup_ring(0)
         self.tx = self.setup_ring(1)
+        return self
+
+    def reconnect(self, path: str, timeout: float = 10.0) -> "Frontend":
+        """A new back-end on PATH takes over this driver's memory and rings as they are (buffers posted,
+        chains in flight), set up the way QEMU does after a reconnect: SET_VRING_BASE 0, no kick."""
+        self.chan.close()
+        self.chan = Channel(_connect(path, timeout))
+        self.protocol_acked = 0             # a new session: nothing negotiated with this back-end yet
+        self.negotiate()
+        self.share_memory()
+        self.setup_ring(0, queue=self.rx)
+        self.setup_ring(1, queue=self.tx)
         return self
 
     def stop(self) -> tuple[int, int]:

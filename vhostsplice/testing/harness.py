@@ -21,16 +21,17 @@ DEMO_ETHERTYPE = 0x88B5          # IEEE local experimental: never confused with 
 
 class WorkerProcess:
     """`vhostsplice run --socket-path SOCK --tap TAP --stats-file ...` as a child process (`host`
-    replaces `--tap TAP`, e.g. ("--packet", IFNAME)). As a context manager: listening on entry, killed
-    (our own child, by PID) on exit."""
+    replaces `--tap TAP`, e.g. ("--packet", IFNAME) or ("--host-fd", N) with N in `pass_fds`). As a context
+    manager: listening on entry, killed (our own child, by PID) on exit."""
 
-    def __init__(self, workdir: str, tap: str, *extra: str, name: str = "w", host: tuple[str, ...] = ()):
+    def __init__(self, workdir: str, tap: str, *extra: str, name: str = "w", host: tuple[str, ...] = (),
+                 pass_fds: tuple[int, ...] = ()):
         self.sock = os.path.join(workdir, f"{name}.sock")
         self.stats_file = os.path.join(workdir, f"{name}.stats.json")
         self.argv = [*self_argv(), "run", "--socket-path", self.sock, *(host or ("--tap", tap)),
                      "--stats-file", self.stats_file, *extra]
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=self_env())
+                                     env=self_env(), pass_fds=pass_fds)
 
     def wait_listening(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
