@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import Callable
 
@@ -328,12 +329,15 @@ def set_vring_call_exec(b: Backend, msg: P.Message) -> None:
 
 def _signal_once(ring: RingState) -> None:
     """Write 1 to the ring's call fd if it is an eventfd (never block on a pipe or socket a hostile
-    front-end passed instead: those are left alone with a warning); a failing write is logged."""
+    front-end passed instead: those are left alone with a warning); a failing write is logged.
+    An eventfd is an anonymous inode: fstat shows no file type (a pipe, socket or file has one). fstat,
+    not /proc/self/fd: a confined worker has no file system (and no readlink). Another anonymous inode
+    (a timerfd, signalfd) refuses the write with EINVAL, which is logged."""
     fd = ring.call_fd
     if fd is None:
         return
     try:
-        if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[eventfd]":
+        if stat.S_IFMT(os.fstat(fd).st_mode) != 0:
             log.warning("ring %d: the call fd is not an eventfd: not signalled", ring.index)
             return
         os.eventfd_write(fd, 1)
