@@ -83,3 +83,19 @@ def test_an_option_from_the_environment_is_used_and_the_command_line_wins(capsys
     monkeypatch.setenv("VHOSTSPLICE_SOCKET_MODE", "nonsense")
     assert main(["run", "--socket-path", "/nonexistent-dir/x.sock", "--host-fd", "0"]) == errno.EINVAL
     assert "nonsense" in capsys.readouterr().err
+
+
+def test_readme_names_every_feature_and_protocol_feature_the_worker_offers():
+    """README "What it negotiates" drifts from backend's tables: every offered bit is named there."""
+    import re
+    from pathlib import Path
+    from vhostsplice import backend as B
+    from vhostsplice.spec import Feature, ProtocolFeature
+    text = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+    words = set(re.findall(r"[A-Z][A-Z0-9_]+", text.split("### What it negotiates", 1)[1].split("\n## ", 1)[0]))
+    offered = B.BASE_FEATURES | B.LOG_FEATURES | B.ANNOUNCE_FEATURES | B.OFFLOAD_FEATURES
+    for f in (f for f in Feature if offered >> f & 1):
+        spelled = {f.name, f.name.split("_F_", 1)[-1], "VIRTIO_" + f.name, f.name.removeprefix("F_")}
+        assert spelled & words, f"README does not name the offered feature {f.name}"
+    for pf in (pf for pf in ProtocolFeature if B.RUN_PROTOCOL_FEATURES >> pf & 1):
+        assert pf.name in words, f"README does not name the offered protocol feature {pf.name}"
