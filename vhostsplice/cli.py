@@ -14,7 +14,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import EXIT_TABLE, ConfigError, VhostspliceError, errno_name, from_oserror
+from .errors import EXIT_TABLE, ConfigError, VhostspliceError, defer_stop_signals, errno_name, from_oserror
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("vhostsplice")
@@ -170,6 +170,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     if print_capabilities:
         click.echo(json.dumps({"type": "net"}))
         return 0
+    defer_stop_signals()        # until the worker's loop has its handlers: a stop in set-up exits 0
     doors = [d for d in (socket_path, connect_path, inherited_fd) if d is not None]
     if len(doors) != 1:
         raise ConfigError("give exactly one of --socket-path, --connect, --fd")
@@ -237,6 +238,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 4 --cpus 2-5
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 2 --user qemu --allow-uid qemu
     """
+    defer_stop_signals()        # until the supervisor's loop has its handlers (a stop in set-up exits 0)
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error] + ([] if offloads else ["--no-offloads"])
@@ -246,6 +248,40 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
                          worker_args=worker_args, ownership=ownership, offloads=offloads)
     return run_supervisor(socket_path=socket_path, config=config)
+
+
+@cli.command("exit-codes", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, envvar="VHOSTSPLICE_EXIT_CODES_JSON",
+              help="As one JSON object: the exit-code table, the restart policy and the back-off policy.")
+@click.option("--shell", "as_shell", is_flag=True, envvar="VHOSTSPLICE_EXIT_CODES_SHELL",
+              help="As 'KEY VALUE...' lines for shell scripts (bin/vhostsplice-supervise reads it).")
+def exit_codes(as_json, as_shell):
+    """Print the exit codes and what a supervisor does with each (errors.py: one table for all).
+
+    Each worker exit code is clean (0: restart at once, when a next front-end is to be served), restart
+    (with back-off) or give-up; codes not listed give up. Back-off: the first restart waits
+    backoff_first seconds, each further one twice as long up to backoff_cap, shortened by up to
+    backoff_jitter of itself; a worker that served backoff_stable_after seconds resets it. Used by
+    `serve`, bin/vhostsplice-supervise, bin/vhostsplice-vmm-example and contrib/systemd.
+
+    \b
+    Examples:
+      vhostsplice exit-codes
+      vhostsplice exit-codes --json | jq '.restart[] | select(.action == "give-up") | .code'
+    """
+    from . import errors
+    if as_json and as_shell:
+        raise ConfigError("--json and --shell exclude each other")
+    if as_json:
+        click.echo(json.dumps(errors.policy_document(), indent=1))
+    elif as_shell:
+        click.echo(errors.policy_shell())
+    else:
+        click.echo(_exit_table_help().replace("\b\n", ""))
+        rows = [f"  {str(k):>6}  {a:<8} {w}" for k, a, w in errors.RESTART_POLICY]
+        click.echo("\nRestart policy (other codes: give-up):\n" + "\n".join(rows))
+        click.echo(f"\nBack-off: {errors.BACKOFF}")
+    return 0
 
 
 @cli.command(context_settings=CONTEXT)
@@ -398,6 +434,28 @@ def tap_show(name, netns):
     from . import tapctl
     tapctl.enter_netns(netns)
     click.echo(json.dumps(tapctl.show(name), sort_keys=True))
+    return 0
+
+
+@tap.command("hold", context_settings=CONTEXT, epilog=_exit_table_help())
+@click.argument("name")
+@_NETNS_OPTION
+def tap_hold(name, netns):
+    """Keep tap NAME alive while this runs, so it outlives the worker that created it.
+
+    Waits until NAME exists, then holds a detached queue of it (it takes no traffic): a tap that is not
+    persistent is deleted by the kernel only when its last queue closes, so its index, addresses, MTU,
+    qdisc, bridge and counters survive any number of worker restarts. A deleted tap is waited for
+    again. Ends with 0 on SIGTERM/SIGINT or when its parent exits. bin/vhostsplice-supervise runs it
+    beside a `run --tap NAME` worker; `serve` holds its tap itself.
+
+    \b
+    Example:
+      vhostsplice tap hold vm1net0 &
+    """
+    from . import tapctl
+    tapctl.enter_netns(netns)
+    tapctl.hold(name, lambda text: click.echo(f"vhostsplice tap hold[{os.getpid()}]: {text}", err=True))
     return 0
 
 

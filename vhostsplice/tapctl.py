@@ -10,6 +10,7 @@ import errno
 import os
 import pwd
 import grp
+import socket
 from dataclasses import dataclass
 
 from .errors import ConfigError, SetupError
@@ -192,3 +193,66 @@ def delete(name: str) -> None:
             ipr.link("del", index=index)
         except _netlink_errors() as exc:
             raise _kernel_error(exc, f"delete tap {name}") from None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def hold(name: str, report, interval: float = 0.1) -> None:
+    """`vhostsplice tap hold NAME`: keep tap NAME in existence until a stop signal or our parent's death.
+
+    Waits until NAME exists (a worker creates it), then holds a detached queue of it (hostfd.hold_queue:
+    no traffic), so the tap outlives the worker that created it; if the tap is deleted, waits for the next
+    one. A persistent or single-queue tap is only watched (the first needs no holder, the second admits one
+    queue only). report(text) is told each change. The stop signals are taken synchronously."""
+    import ctypes
+    import signal
+    from .errors import STOP_SIGNALS, defer_stop_signals
+    defer_stop_signals()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    held: tuple[int, int] | None = None          # (queue fd or -1, ifindex)
+    try:
+        while True:
+            if held is not None and _ifindex(name) != held[1]:
+                report(f"tap {name} (index {held[1]}) is gone: waiting for it again")
+                held = _release(held)
+            if held is None:
+                held = _acquire(name, report)
+            if signal.sigtimedwait(STOP_SIGNALS, interval if held is None else 1.0) is not None:
+                return
+    finally:
+        _release(held)
+
+
+def _ifindex(name: str) -> int | None:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+def _release(held: tuple[int, int] | None) -> None:
+    if held is not None and held[0] >= 0:
+        os.close(held[0])
+    return None
+
+
+def _acquire(name: str, report) -> tuple[int, int] | None:
+    """Hold tap NAME if it exists: (queue fd, or -1 if it needs or admits no holder; ifindex)."""
+    from .hostfd import hold_queue
+    try:
+        info = show(name)
+    except SetupError as exc:
+        if exc.errno == errno.ENODEV:
+            return None
+        raise
+    if info["persist"] or not info["multi_queue"]:
+        report(f"tap {name} (index {info['index']}) is {'persistent' if info['persist'] else 'single-queue'}: "
+               "not held")
+        return -1, info["index"]
+    fd = hold_queue(name, vnet_hdr=info["vnet_hdr"])
+    if _ifindex(name) != info["index"]:      # deleted in between: TUNSETIFF made a new one; let it go
+        os.close(fd)
+        return None
+    report(f"holding tap {name} (index {info['index']}) with a detached queue")
+    return fd, info["index"]
