@@ -143,7 +143,7 @@ RESTART_POLICY: tuple[tuple[int | str, str, str], ...] = (
     (_errno.ENOENT, GIVE_UP, "a set-up file or namespace is missing"),
     (_errno.ENODEV, GIVE_UP, "no such tap or bridge (create=False, --bridge)"),
     (_errno.EBUSY, GIVE_UP, "a set-up resource is busy (a single-queue tap taken)"),
-    (_errno.EEXIST, GIVE_UP, "a set-up name exists"),
+    (_errno.EEXIST, GIVE_UP, "a set-up name exists already (a tap or socket name taken)"),
 )
 UNLISTED = GIVE_UP          # any other exit code: a set-up failure the kernel reported; a restart repeats it
 

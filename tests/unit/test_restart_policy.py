@@ -1,0 +1,116 @@
+"""One restart policy (errors.RESTART_POLICY) and one back-off policy (errors.BACKOFF), and every consumer
+follows them: `serve`, bin/vhostsplice-supervise, bin/vhostsplice-vmm-example, contrib/systemd's unit.
+Each consumer is asked about every row, so a consumer that drifts from the table fails here."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vhostsplice import errors as E
+from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.supervisor import ServeConfig, Supervisor
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "contrib" / "systemd" / "vhostsplice@.service"
+# one exit code per row (a death by SIGKILL for the "signal" row), and one no row lists
+ROW_CODES = [(128 + signal.SIGKILL if key == E.SIGNALED else key, action) for key, action, _why in E.RESTART_POLICY]
+CASES = ROW_CODES + [(123, E.UNLISTED)]
+
+
+def test_every_row_has_an_action_and_a_reason_and_no_code_twice():
+    keys = [key for key, _a, _w in E.RESTART_POLICY]
+    assert len(keys) == len(set(keys))
+    assert all(a in (E.CLEAN, E.RESTART, E.GIVE_UP) and len(w) > 20 for _k, a, w in E.RESTART_POLICY)
+    documented = {code for code, _n, _m in E.EXIT_TABLE if code >= 0}
+    assert documented <= set(keys), "every documented exit code has a restart decision"
+    assert E.restart_action(0) == E.CLEAN and E.restart_action(137) == E.RESTART
+
+
+def test_backoff_doubles_to_its_cap_jitter_only_shortens_and_a_stable_run_resets():
+    p = E.BACKOFF
+    assert [p.delay(n) for n in (1, 2, 3)] == [p.first, 2 * p.first, 4 * p.first]
+    assert p.delay(60) == p.cap
+    assert all(p.cap * (1 - p.jitter) <= p.delay(60, r) <= p.cap for r in (0.0, 0.5, 0.999))
+    b = E.Backoff(rand=lambda: 0.0)
+    delays = [b.next_delay() for _ in range(8)]
+    assert delays == sorted(delays) and delays[-1] == p.cap
+    assert not b.after_run(p.stable_after / 2) and b.next_delay() == p.cap      # a short run: still capped
+    assert b.after_run(p.stable_after) and b.next_delay() == p.first           # a stable run: reset
+
+
+@pytest.mark.parametrize("code, action", CASES)
+def test_serve_follows_the_table(code, action):
+    sup = Supervisor.__new__(Supervisor)
+    for restart, expect in (("on-failure", action == E.RESTART), ("always", action != E.GIVE_UP),
+                            ("never", False)):
+        sup.config = ServeConfig(tap="t", queues=1, cpus=[], restart=restart)
+        assert sup._should_restart(code) is expect, (restart, code)
+
+
+def test_systemd_unit_prevents_exactly_the_give_up_codes():
+    line = re.search(r"^RestartPreventExitStatus=(.*)$", UNIT.read_text(), re.M)
+    assert line, "the unit has no RestartPreventExitStatus"
+    give_up = {k for k, a, _w in E.RESTART_POLICY if a == E.GIVE_UP}
+    assert {int(c) for c in line[1].split()} == give_up
+    assert re.search(r"^Restart=on-failure$", UNIT.read_text(), re.M)     # restarts every other failure
+
+
+def test_exit_codes_command_prints_the_tables():
+    out = subprocess.run([*self_argv(), "exit-codes", "--json"], env=self_env(), capture_output=True, text=True,
+                         check=True).stdout
+    doc = json.loads(out)
+    assert doc == json.loads(json.dumps(E.policy_document()))
+    shell = subprocess.run([*self_argv(), "exit-codes", "--shell"], env=self_env(), capture_output=True,
+                           text=True, check=True).stdout
+    assert shell.strip() == E.policy_shell()
+    both = subprocess.run([*self_argv(), "exit-codes", "--json", "--shell"], env=self_env(), capture_output=True)
+    assert both.returncode == 22
+
+
+def _fake(tmp_path: Path, codes: list[int]) -> Path:
+    """A stand-in worker: each run exits with the next code of $dir/codes; `exit-codes` goes to the real one."""
+    (tmp_path / "codes").write_text(" ".join(map(str, codes)) + "\n")
+    script = tmp_path / "fake-vhostsplice"
+    script.write_text(f"""#!/usr/bin/env bash
+[[ ${{1:-}} == exit-codes ]] && exec {shlex.join(self_argv())} "$@"
+read -r first rest <"{tmp_path}/codes"; echo "$rest" >"{tmp_path}/codes"
+if ((first > 128)); then kill -$((first - 128)) $$; fi
+exit "$first"
+""")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("code, action", CASES)
+def test_supervise_follows_the_table(tmp_path, code, action):
+    fake = _fake(tmp_path, [code, 22])
+    proc = subprocess.run(["bash", str(ROOT / "bin" / "vhostsplice-supervise"), "--backoff", "0.01", "--",
+                           str(fake), "run"], env=dict(self_env(), VHOSTSPLICE=str(fake)), capture_output=True,
+                          text=True, timeout=60)
+    log = proc.stderr
+    if action == E.GIVE_UP:
+        assert proc.returncode == code and "giving up" in log and log.count("started worker") == 1, log
+    else:
+        assert proc.returncode == 22 and log.count("started worker") == 2, log
+        assert ("restart now" if action == E.CLEAN else "restart 1 in") in log, log
+
+
+@pytest.mark.parametrize("code, action", CASES)
+def test_vmm_example_follows_the_table(tmp_path, code, action):
+    fake = _fake(tmp_path, [code, 22])
+    proc = subprocess.run(["bash", str(ROOT / "bin" / "vhostsplice-vmm-example"), "vmx", "1", "0"],
+                          env=dict(self_env(), VHOSTSPLICE=str(fake), RUNDIR=str(tmp_path)), capture_output=True,
+                          text=True, timeout=60)
+    log = proc.stderr
+    if action == E.GIVE_UP:
+        assert proc.returncode == code and "not restartable" in log and log.count("worker pid") == 1, log
+    else:
+        assert proc.returncode == 22 and log.count("worker pid") == 2, log
+        assert ("starting a fresh one" if action == E.CLEAN else "restart in") in log, log
