@@ -114,3 +114,54 @@ def test_vmm_example_follows_the_table(tmp_path, code, action):
     else:
         assert proc.returncode == 22 and log.count("worker pid") == 2, log
         assert ("starting a fresh one" if action == E.CLEAN else "restart in") in log, log
+
+
+class _Proc:
+    def __init__(self, pid: int, status: int):
+        self.pid, self.status = pid, status
+
+    def wait(self, timeout=None):
+        return self.status
+
+
+class _Chan:
+    def close(self):
+        pass
+
+
+def _serve_with_one_pair(events: Path) -> Supervisor:
+    """A Supervisor whose pair 0 'ran' a worker (no process, no front-end): enough for on_exit."""
+    import select
+    from vhostsplice.supervisor import Pair
+    sup = Supervisor.__new__(Supervisor)
+    sup.config = ServeConfig(tap="t", queues=1, cpus=[])
+    sup.pairs, sup.stopping, sup.roles = [Pair(0, None)], False, {}
+    sup.pairs[0].backoff = E.Backoff(rand=lambda: 0.5)      # the jitter halfway (it only shortens)
+    sup.ep, sup.events = select.epoll(), open(events, "a")
+    return sup
+
+
+def _kill_once(sup: Supervisor, served_s: float) -> float:
+    """Pair 0's worker dies of SIGKILL after serving served_s seconds; the back-off serve chose."""
+    import time
+    pair = sup.pairs[0]
+    pair.proc, pair.chan, pair.pidfd = _Proc(4242, -signal.SIGKILL), _Chan(), os.open(os.devnull, os.O_RDONLY)
+    pair.started_at, pair.stats_file = time.monotonic() - served_s, "/nonexistent"
+    before = time.monotonic()
+    sup.on_exit(0)
+    return pair.next_start - before
+
+
+def test_serve_backoff_resets_after_a_stable_run(tmp_path):
+    """issue 20, fault 1: after six quick failures every later one cost the 5 s cap for serve's life."""
+    sup = _serve_with_one_pair(tmp_path / "events")
+    quick = [_kill_once(sup, 0.01) for _ in range(8)]
+    p = E.BACKOFF
+    assert quick[0] < p.first + 0.05 and quick[-1] >= p.cap * (1 - p.jitter / 2), quick
+    after_stable = _kill_once(sup, p.stable_after + 1)
+    assert after_stable < p.first + 0.05, (quick, after_stable)      # was the 5 s cap for good
+    sup.events.close()
+    exits = [json.loads(line) for line in (tmp_path / "events").read_text().splitlines()]
+    assert [e["stable"] for e in exits] == [False] * 8 + [True]
+    assert [e["failures"] for e in exits] == [1, 2, 3, 4, 5, 6, 7, 8, 1]
+    assert all(0 < e["backoff"] <= p.cap for e in exits) and exits[-1]["backoff"] <= p.first
