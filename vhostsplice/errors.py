@@ -12,19 +12,21 @@ import random
 import signal
 from dataclasses import dataclass
 
-# The stop signals: each ends a command with 0. From the first line of `run`/`serve` they are held blocked
-# until the loop's handlers are in (a stop during set-up is a clean stop, not a death by the signal), and a
-# supervisor starts its workers with them blocked, which covers the interpreter's start-up too.
+# The stop signals: each ends a command with 0. From the first line of `run`/`serve` they (and SIGUSR1, the
+# counters, whose default action would end the process) are held blocked until the loop's handlers are in:
+# a stop during set-up is a clean stop, not a death by the signal. A supervisor starts its workers with
+# them blocked, which covers the interpreter's start-up too (bin/ scripts: env --block-signal=TERM,INT,USR1).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HELD_AT_START = (*STOP_SIGNALS, signal.SIGUSR1)
 
 
 def defer_stop_signals() -> None:
-    """Hold the stop signals pending until release_stop_signals() (once the loop's handlers are in)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Hold HELD_AT_START pending until release_stop_signals() (once the loop's handlers are in)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
 
 
 def release_stop_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_START)
 
 
 # (exit code, short name, meaning) in the order the README documents them.
