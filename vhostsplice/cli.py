@@ -213,7 +213,8 @@ def _source(param: str):
 @click.option("--cpus", metavar="LIST", envvar="VHOSTSPLICE_CPUS",
               help="CPUs to spread the workers over: pair k runs on the k-th CPU of the list (cycling).")
 @click.option("--restart", type=click.Choice(["on-failure", "always", "never"]), default="on-failure",
-              show_default=True, help="Replace a worker that exits (set-up errors such as EINVAL are never retried).")
+              show_default=True, help="Replace a worker that exits, by the restart policy (`vhostsplice exit-codes`): "
+                                      "on-failure what a restart can cure, always also a clean exit, never none.")
 @click.option("--events", metavar="FILE", help="Append the JSON event lines here instead of stderr.")
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Passed to every worker (see `run --help`).")
@@ -226,8 +227,11 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
     device rings 2k and 2k+1 to worker k over a socketpair, as rings 0 and 1. A worker that exits is
     reported as a JSON event line (pair, pid, exit code, errno name, counters), its rings' VRING_ERR
-    eventfds are signalled when it failed, and it is replaced per --restart with back-off (0.1 s doubling
-    to 5 s); the replacement resumes from used->idx. SIGTERM/SIGINT stop every worker, exit 0.
+    eventfds are signalled when it failed, and it is replaced per --restart with the policy's back-off
+    (`vhostsplice exit-codes`: doubling to a cap, jittered, reset by a stable run; each exit event carries
+    it); the replacement resumes from used->idx. The tap is held by a detached queue for serve's lifetime,
+    so it and what the host set on it outlive the workers. SIGTERM/SIGINT stop every worker, exit 0 (from
+    serve's start: held until its loop runs; workers start with them blocked).
     Ownership as for `run`: one front-end, --socket-mode/--socket-group, --allow-uid (refused peers are
     'refused' events), --user (every worker drops to it once its tap queue is open). Live migration as
     for `run`: every worker logs into the one dirty log (exit events carry each worker's dirty_log), and

@@ -289,27 +289,6 @@ def _attach_queue(raw_name: bytes, name: str, vnet_hdr_len: int) -> tuple[int, i
     return fd, hdr_len
 
 
-def hold_queue(name: str, *, vnet_hdr: bool) -> int:
-    """A detached queue of multi-queue tap NAME (TUNSETIFF, then TUNSETQUEUE IFF_DETACH_QUEUE): it takes no
-    share of the traffic, but the kernel deletes a non-persistent tap only when its last queue closes,
-    attached or not, so the interface (index, addresses, MTU, qdisc, bridge, counters) outlives every
-    worker while this fd is open. Nothing else is set on the tap (no TUNSETOFFLOAD: the offloads are the
-    running worker's). vnet_hdr must be the tap's own flag (it is set by the first queue only)."""
-    raw = validate_ifname(name)
-    flags = TAP_FLAGS if vnet_hdr else TAP_FLAGS & ~IFF_VNET_HDR
-    try:
-        fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise from_oserror(exc, f"open {TUN_PATH}") from None
-    try:
-        _ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, flags), f"TUNSETIFF {name} (a queue to hold the tap)")
-        _ioctl(fd, TUNSETQUEUE, _IFREQ.pack(b"", IFF_DETACH_QUEUE), f"TUNSETQUEUE detach on {name}")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
 def _ioctl(fd: int, request: int, arg: bytes | int, what: str) -> None:
     try:
         fcntl.ioctl(fd, request, arg)

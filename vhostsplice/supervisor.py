@@ -361,7 +361,7 @@ def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
         log.info("tap %s carries no vnet header: offloads are not offered", config.tap)
         config.offloads = False
     # The probe stays open, detached, for serve's lifetime: the tap outlives its workers (all pairs down
-    # at once included), and whatever the host set on it survives every restart (hostfd.hold_queue).
+    # at once included), and whatever the host set on it survives every restart (tapctl.hold_queue).
     if not probe.set_queue_attached(False):
         log.info("tap %s is single-queue: not held between workers", config.tap)
         probe.close()

@@ -13,7 +13,7 @@ import grp
 import socket
 from dataclasses import dataclass
 
-from .errors import ConfigError, SetupError
+from .errors import ConfigError, SetupError, from_oserror
 from .hostfd import validate_ifname
 
 TUN_TYPES = {1: "tun", 2: "tap"}
@@ -237,9 +237,30 @@ def _release(held: tuple[int, int] | None) -> None:
     return None
 
 
+def hold_queue(name: str, *, vnet_hdr: bool) -> int:
+    """A detached queue of multi-queue tap NAME (TUNSETIFF, then TUNSETQUEUE IFF_DETACH_QUEUE): it takes no
+    share of the traffic, but the kernel deletes a non-persistent tap only when its last queue closes,
+    attached or not, so the interface (index, addresses, MTU, qdisc, bridge, counters) outlives every
+    worker while this fd is open. Nothing else is set on the tap (no TUNSETOFFLOAD: the offloads are the
+    running worker's). vnet_hdr must be the tap's own flag (it is set by the first queue only)."""
+    from .hostfd import _IFREQ, IFF_DETACH_QUEUE, IFF_VNET_HDR, TAP_FLAGS, TUN_PATH, TUNSETIFF, TUNSETQUEUE, _ioctl
+    raw = validate_ifname(name)
+    flags = TAP_FLAGS if vnet_hdr else TAP_FLAGS & ~IFF_VNET_HDR
+    try:
+        fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise from_oserror(exc, f"open {TUN_PATH}") from None
+    try:
+        _ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, flags), f"TUNSETIFF {name} (a queue to hold the tap)")
+        _ioctl(fd, TUNSETQUEUE, _IFREQ.pack(b"", IFF_DETACH_QUEUE), f"TUNSETQUEUE detach on {name}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _acquire(name: str, report) -> tuple[int, int] | None:
     """Hold tap NAME if it exists: (queue fd, or -1 if it needs or admits no holder; ifindex)."""
-    from .hostfd import hold_queue
     try:
         info = show(name)
     except SetupError as exc:

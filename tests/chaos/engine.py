@@ -141,11 +141,13 @@ def _more(n: int, count: int, until: float | None) -> bool:
     return n < count if until is None else time.time() < until
 
 
-def run(workdir: Path, *, serve_kills: int = 0, front_kills: int = 0, minutes: float | None = None) -> Chaos:
+def run(workdir: Path, *, serve_kills: int = 0, front_kills: int = 0, minutes: float | None = None,
+        chaos: Chaos | None = None) -> Chaos:
     """One chaos run: serve's phase, then supervise's, each ended by a stop mid-start-up. Counted kills, or
     with `minutes`, two thirds of the time killing serve's workers (with a stable pause now and then, after
-    which the back-off starts over) and one third killing supervise's front-end."""
-    chaos, until = Chaos(), None
+    which the back-off starts over) and one third killing supervise's front-end (pausing for a stable run
+    every 5 kills: supervise gives up after --max-restarts restarts in a row without one, as it should)."""
+    chaos, until = chaos or Chaos(), None
     with PrivateNetns("vsc") as ns:
         rig, sup = ServeRig(ns, workdir), None
         try:
@@ -166,6 +168,8 @@ def run(workdir: Path, *, serve_kills: int = 0, front_kills: int = 0, minutes: f
             n = 0
             while _more(n, front_kills, until):
                 kill_front_end(chaos, sup, first)
+                if minutes is not None and n % 5 == 4:
+                    time.sleep(BACKOFF.stable_after + 1)
                 n += 1
             stop_supervise_mid_start(chaos, sup)
         finally:
@@ -182,8 +186,12 @@ def main(argv=None) -> int:
                    help="directory for chaos.json, chaos.md and chaos.svg")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    chaos = Chaos()
     with tempfile.TemporaryDirectory(prefix="vs-chaos-") as tmp:
-        chaos = run(Path(tmp), minutes=args.minutes)
+        try:
+            run(Path(tmp), minutes=args.minutes, chaos=chaos)
+        except Exception as exc:                    # the report still tells what happened until then
+            chaos.failures.append(f"the run stopped: {exc!r}"[:3000])
     summary = write_report(chaos, args.out, minutes=args.minutes, command=" ".join(sys.argv))
     print(json.dumps(summary, indent=1))
     return 0 if not chaos.failures else 1

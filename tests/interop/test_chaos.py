@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
 
 
 def test_chaos_bounded(needs_testpmd, tmp_path):
-    chaos = run(tmp_path, serve_kills=8, front_kills=3)
+    chaos = run(tmp_path, serve_kills=12, front_kills=4)
     summary = summarize(chaos, None)
     assert not chaos.failures, "\n".join(chaos.failures)
-    assert summary["worker_kills"] >= 8 + 2 and summary["front_end_kills"] == 3     # two rounds kill both pairs
-    assert summary["both_pairs_down"] == 2 and summary["tap_ifindex_changes"] == 0
+    assert summary["worker_kills"] == 12 + 3 and summary["front_end_kills"] == 4     # three rounds kill both pairs
+    assert summary["both_pairs_down"] == 3 and summary["tap_ifindex_changes"] == 0

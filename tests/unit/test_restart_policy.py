@@ -165,3 +165,12 @@ def test_serve_backoff_resets_after_a_stable_run(tmp_path):
     assert [e["stable"] for e in exits] == [False] * 8 + [True]
     assert [e["failures"] for e in exits] == [1, 2, 3, 4, 5, 6, 7, 8, 1]
     assert all(0 < e["backoff"] <= p.cap for e in exits) and exits[-1]["backoff"] <= p.first
+
+
+def test_readme_lists_the_policy_as_the_table_has_it():
+    text = (ROOT / "README.md").read_text()
+    for action in (E.RESTART, E.GIVE_UP):
+        listed = re.search(rf"- \*\*{action}\*\* \(([^)]*)", text)
+        assert listed, f"README: no '- **{action}** (...' bullet"
+        codes = {int(c) for c in re.findall(r"\b(\d+)\b", listed[1])}
+        assert codes == {k for k, a, _w in E.RESTART_POLICY if a == action and isinstance(k, int)}, action
