@@ -33,8 +33,8 @@ START_SLACK_S = 5.0     # a replacement's start beyond its back-off: exec, impor
 class Chaos:
     """The record of one run: rounds (one per kill), samples (RSS, fds, tap frames) and failures."""
 
-    def __init__(self):
-        self.t0 = time.time()
+    def __init__(self, fail_fast: bool = False):
+        self.t0, self.fail_fast = time.time(), fail_fast
         self.rounds: list[dict] = []
         self.samples: list[dict] = []
         self.failures: list[str] = []
@@ -42,6 +42,8 @@ class Chaos:
     def check(self, ok: bool, what: str) -> None:
         if not ok:
             self.failures.append(what)
+            if self.fail_fast:
+                raise AssertionError(what)
 
     def sample(self, rig_name: str, rig) -> None:
         rows = {pid: footprint(pid) for pid in rig.pids()}

@@ -16,12 +16,20 @@ def _footprints(samples: list[dict], rig: str, pid_of) -> list[tuple[int, int]]:
     return rows
 
 
+def _first_last(rows: list[tuple[int, int]], i: int) -> list[int] | None:
+    return [rows[0][i], rows[-1][i]] if rows else None
+
+
 def summarize(chaos, minutes: float | None) -> dict:
+    """The figures: kills, gaps, back-off; the long-lived processes' RSS and fds first and last (serve and
+    supervise: a leak shows there); the range over the workers sampled (each replacement is a new process,
+    its RSS mostly the guest memory it touched)."""
     serve = [r for r in chaos.rounds if r["rig"] == "serve"]
     front = [r for r in chaos.rounds if r["rig"] == "supervise"]
-    sup_pid = next((min(s["procs"], key=int) for s in chaos.samples if s["rig"] == "serve"), None)
-    serve_fp = _footprints(chaos.samples, "serve", lambda s: sup_pid)
-    workers = _footprints(chaos.samples, "serve", lambda s: max(s["procs"], key=int) if s["procs"] else None)
+    oldest = {rig: next((min(s["procs"], key=int) for s in chaos.samples if s["rig"] == rig and s["procs"]), None)
+              for rig in ("serve", "supervise")}
+    longlived = {rig: _footprints(chaos.samples, rig, lambda s, p=pid: p) for rig, pid in oldest.items()}
+    workers = [v for s in chaos.samples for p, v in s["procs"].items() if p != oldest[s["rig"]]]
     return {
         "minutes": minutes, "worker_kills": len(serve), "front_end_kills": len(front),
         "both_pairs_down": sum(1 for r in serve if r["pairs_down"] == 2) // 2,
@@ -29,10 +37,13 @@ def summarize(chaos, minutes: float | None) -> dict:
         "longest_restart_gap_s": max((r["restart_gap_s"] for r in chaos.rounds), default=None),
         "longest_backoff_s": max((r["backoff_s"] for r in serve), default=None),
         "backoff_resets": sum(1 for r in serve if r["stable"]),
-        "serve_rss_kib_first_last": [serve_fp[0][0], serve_fp[-1][0]] if serve_fp else None,
-        "serve_fds_first_last": [serve_fp[0][1], serve_fp[-1][1]] if serve_fp else None,
-        "worker_rss_kib_first_last": [workers[0][0], workers[-1][0]] if workers else None,
-        "worker_fds_first_last": [workers[0][1], workers[-1][1]] if workers else None,
+        "serve_rss_kib_first_last": _first_last(longlived["serve"], 0),
+        "serve_fds_first_last": _first_last(longlived["serve"], 1),
+        "supervise_rss_kib_first_last": _first_last(longlived["supervise"], 0),
+        "supervise_fds_first_last": _first_last(longlived["supervise"], 1),
+        "worker_rss_kib_min_max": [min(w["rss_kib"] for w in workers), max(w["rss_kib"] for w in workers)]
+        if workers else None,
+        "worker_fds_min_max": [min(w["fds"] for w in workers), max(w["fds"] for w in workers)] if workers else None,
         "tap_ifindex_changes": len(set((s["rig"], s["tap"]["ifindex"]) for s in chaos.samples))
         - len({s["rig"] for s in chaos.samples}),
         "failures": chaos.failures,

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.engine import run
+from chaos.engine import Chaos, run
 from chaos.report import summarize
 
 pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
 
 
 def test_chaos_bounded(needs_testpmd, tmp_path):
-    chaos = run(tmp_path, serve_kills=12, front_kills=4)
+    chaos = run(tmp_path, serve_kills=12, front_kills=4, chaos=Chaos(fail_fast=True))
     summary = summarize(chaos, None)
     assert not chaos.failures, "\n".join(chaos.failures)
     assert summary["worker_kills"] == 12 + 3 and summary["front_end_kills"] == 4     # three rounds kill both pairs

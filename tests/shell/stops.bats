@@ -13,6 +13,17 @@ teardown() {
     vs_teardown
 }
 
+# supervise_worker: bin/vhostsplice-supervise over `vhostsplice run --tap $TAP` in the namespace, until
+# its worker listens; sets SPID (its log in $W/log).
+supervise_worker() {
+    # shellcheck disable=SC2086
+    "$SUPERVISE" --backoff 0.05 -- ip netns exec "$NS" $VS run --socket-path "$SOCK" --tap "$TAP" \
+        --stats-file "$STATS" </dev/null 2>"$W/log" 3>&- &
+    SPID=$!
+    PIDS+=("$SPID")
+    wait_file "$SOCK" 20
+}
+
 # stop_blocked PID: SIGTERM is blocked in PID (the worker's code runs and holds stop signals pending).
 stop_blocked() {
     local hex
@@ -40,11 +51,7 @@ stop_blocked() {
 }
 
 @test "stops: SIGTERM to supervise just after it relaunched a worker ends both with 0 (the worker stops cleanly)" {
-    "$SUPERVISE" --backoff 0.05 -- ip netns exec "$NS" $VS run --socket-path "$SOCK" --tap "$TAP" \
-        --stats-file "$STATS" </dev/null 2>"$W/log" 3>&- &
-    SPID=$!
-    PIDS+=("$SPID")
-    wait_file "$SOCK" 20
+    supervise_worker
     drive --send 1 --fault vanish --fault-after 1            # the worker exits 104: relaunched
     wait_file_content "$W/log" "exited 104 ECONNRESET"
     rm -f "$STATS"
@@ -59,11 +66,7 @@ stop_blocked() {
 }
 
 @test "stops: the tap a supervised worker created keeps its index, address and MTU across restarts, and goes with supervise" {
-    "$SUPERVISE" --backoff 0.05 -- ip netns exec "$NS" $VS run --socket-path "$SOCK" --tap "$TAP" \
-        --stats-file "$STATS" </dev/null 2>"$W/log" 3>&- &
-    SPID=$!
-    PIDS+=("$SPID")
-    wait_file "$SOCK" 20
+    supervise_worker
     wait_file_content "$W/log" "holding tap $TAP (index"       # the holder's own word: it holds a queue
     local index
     index=$(ip netns exec "$NS" cat "/sys/class/net/$TAP/ifindex")

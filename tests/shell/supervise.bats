@@ -91,6 +91,14 @@ runs() { wc -l <"$W/runs"; }
     grep -q "4 restarts in a row without a stable run: giving up" "$W/log"
 }
 
+@test "supervise: --jitter shortens each doubled delay by at most that part of it" {
+    supervise_fake 74 74 74 22 -- --backoff 0.1 --jitter 0.5
+    [ "$code" -eq 22 ]
+    grep -o 'restart [0-9] in [0-9.]* s' "$W/log" | awk '{print $2, $4}' >"$W/delays"
+    [ "$(wc -l <"$W/delays")" -eq 3 ]
+    awk '{ d = 0.1 * 2 ^ ($1 - 1); if ($2 > d + 1e-9 || $2 < d / 2 - 0.001) exit 1 }' "$W/delays"
+}
+
 @test "supervise: a worker killed by a signal (exit 137) is restarted" {
     supervise_fake kill 22
     [ "$code" -eq 22 ]

@@ -88,32 +88,32 @@ exit "$first"
     return script
 
 
-@pytest.mark.parametrize("code, action", CASES)
-def test_supervise_follows_the_table(tmp_path, code, action):
-    fake = _fake(tmp_path, [code, 22])
-    proc = subprocess.run(["bash", str(ROOT / "bin" / "vhostsplice-supervise"), "--backoff", "0.01", "--",
-                           str(fake), "run"], env=dict(self_env(), VHOSTSPLICE=str(fake)), capture_output=True,
-                          text=True, timeout=60)
-    log = proc.stderr
-    if action == E.GIVE_UP:
-        assert proc.returncode == code and "giving up" in log and log.count("started worker") == 1, log
-    else:
-        assert proc.returncode == 22 and log.count("started worker") == 2, log
-        assert ("restart now" if action == E.CLEAN else "restart 1 in") in log, log
+# consumer -> (argv after bash, extra env, what its log says per start, on giving up, on a clean restart,
+# on a restart with back-off)
+SCRIPTS = {
+    "supervise": (["vhostsplice-supervise", "--backoff", "0.01", "--", "{fake}", "run"], {},
+                  "started worker", "giving up", "restart now", "restart 1 in"),
+    "vmm-example": (["vhostsplice-vmm-example", "vmx", "1", "0"], {"RUNDIR": "{tmp}"},
+                    "worker pid", "not restartable", "starting a fresh one", "restart in"),
+}
 
 
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
 @pytest.mark.parametrize("code, action", CASES)
-def test_vmm_example_follows_the_table(tmp_path, code, action):
+def test_scripts_follow_the_table(tmp_path, script, code, action):
+    """bin/vhostsplice-supervise and bin/vhostsplice-vmm-example over a worker that exits CODE, then 22."""
+    argv, extra, started, gave_up, clean, restarted = SCRIPTS[script]
     fake = _fake(tmp_path, [code, 22])
-    proc = subprocess.run(["bash", str(ROOT / "bin" / "vhostsplice-vmm-example"), "vmx", "1", "0"],
-                          env=dict(self_env(), VHOSTSPLICE=str(fake), RUNDIR=str(tmp_path)), capture_output=True,
-                          text=True, timeout=60)
+    fill = {"fake": str(fake), "tmp": str(tmp_path)}
+    argv = [str(ROOT / "bin" / argv[0]), *(a.format(**fill) for a in argv[1:])]
+    env = dict(self_env(), VHOSTSPLICE=str(fake), **{k: v.format(**fill) for k, v in extra.items()})
+    proc = subprocess.run(["bash", *argv], env=env, capture_output=True, text=True, timeout=60)
     log = proc.stderr
     if action == E.GIVE_UP:
-        assert proc.returncode == code and "not restartable" in log and log.count("worker pid") == 1, log
+        assert proc.returncode == code and gave_up in log and log.count(started) == 1, log
     else:
-        assert proc.returncode == 22 and log.count("worker pid") == 2, log
-        assert ("starting a fresh one" if action == E.CLEAN else "restart in") in log, log
+        assert proc.returncode == 22 and log.count(started) == 2, log
+        assert (clean if action == E.CLEAN else restarted) in log, log
 
 
 class _Proc:
