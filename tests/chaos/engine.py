@@ -58,16 +58,16 @@ class Chaos:
 
 def kill_serve_workers(chaos: Chaos, rig: ServeRig, pairs: tuple[int, ...], first_tap: dict) -> None:
     """SIGKILL the workers of PAIRS at once; each replacement must start within its back-off and move frames."""
-    old = rig.workers()
+    old, seen = rig.workers(), {e["pid"] for e in rig.events("start")}
     t_kill = time.time()
     for k in pairs:
         if pid_is(old[k], "vhostsplice"):
             os.kill(old[k], signal.SIGKILL)       # serve's worker: a vhostsplice process of our serve
     for k in pairs:
-        start = wait_for(lambda: [e for e in rig.events("start") if e["pair"] == k and e["time"] > t_kill - 1
-                                  and e["pid"] != old[k]], 30)
-        ended = [e for e in rig.events("exit") if e["pid"] == old[k]]
-        chaos.check(bool(start and ended), f"pair {k}: no replacement for pid {old[k]}")
+        ended = wait_for(lambda: [e for e in rig.events("exit") if e["pid"] == old[k]], 30)
+        start = wait_for(lambda: [e for e in rig.events("start") if e["pair"] == k and e["pid"] not in seen], 30)
+        chaos.check(bool(start and ended), f"pair {k} at {t_kill - chaos.t0:.1f} s: pid {old[k]} "
+                    f"{'replaced' if start else 'not replaced'}, {'its' if ended else 'no'} exit event")
         if not (start and ended):
             continue
         backoff, gap = ended[0]["backoff"] or 0.0, start[0]["time"] - ended[0]["time"]
@@ -108,10 +108,10 @@ def kill_front_end(chaos: Chaos, rig: SuperviseRig, first_tap: dict) -> None:
 
 def stop_serve_mid_start(chaos: Chaos, rig: ServeRig) -> None:
     """Kill pair 0's worker and SIGTERM serve as soon as its replacement starts: serve and it exit 0."""
-    old, t_kill = rig.workers()[0], time.time()
+    old, seen = rig.workers()[0], {e["pid"] for e in rig.events("start")}
     os.kill(old, signal.SIGKILL)
-    start = wait_for(lambda: [e for e in rig.events("start") if e["pair"] == 0 and e["pid"] != old
-                              and e["time"] > t_kill - 1], 30, interval=0.005)
+    start = wait_for(lambda: [e for e in rig.events("start") if e["pair"] == 0 and e["pid"] not in seen], 30,
+                     interval=0.005)
     rig.proc.send_signal(signal.SIGTERM)            # our own serve, during its worker's start-up
     code = rig.proc.wait(60)
     chaos.check(code == 0, f"serve stopped mid-start-up exited {code}")

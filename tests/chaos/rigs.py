@@ -96,6 +96,13 @@ class ServeRig:
                                          env=self_env(), stdin=subprocess.DEVNULL, stderr=err)
         self.pmd = None
         self.tap = TapWatch(ns.name, self.TAP)
+        try:
+            self._start_front_end(ns, workdir)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_front_end(self, ns, workdir: Path) -> None:
         assert wait_for(self.sock.exists, 30), "serve did not listen"
         with ns.entered():
             self.pmd = tp.Testpmd([f"net_virtio_user0,path={self.sock},queues=2,queue_size={tp.QUEUE_SIZE}"],
@@ -143,8 +150,12 @@ class SuperviseRig:
                                          env=self_env(), stdin=subprocess.DEVNULL, stderr=log)
         self.tap = TapWatch(ns.name, self.TAP)
         self.pmd, self.rounds = None, 0
-        assert wait_for(self.sock.exists, 30) and wait_for(lambda: "holding tap" in self.log(), 30), self.log()
-        self.tap.add_address()
+        try:
+            assert wait_for(self.sock.exists, 30) and wait_for(lambda: "holding tap" in self.log(), 30), self.log()
+            self.tap.add_address()
+        except BaseException:
+            self.close()
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
