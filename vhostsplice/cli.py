@@ -6,6 +6,7 @@ click's own usage errors (normally 1/2) are EINVAL like every other configuratio
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import EXIT_TABLE, ConfigError, VhostspliceError, defer_stop_signals, errno_name, from_oserror
+from .errors import EXIT_TABLE, ConfigError, VhostspliceError, errno_name, from_oserror, signals_held
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("vhostsplice")
@@ -85,6 +86,16 @@ def cli(verbose: int) -> None:
     log.propagate = False
 
 
+def signals_held_until_the_loop(command):
+    """The stop signals (and SIGUSR1) are held blocked from the command's first line until its loop has its
+    handlers (worker.py, supervisor.py release them): a stop during set-up is a clean stop (exit 0)."""
+    @functools.wraps(command)
+    def held(*args, **kwargs):
+        with signals_held(drain=True):
+            return command(*args, **kwargs)
+    return held
+
+
 def ownership_options(command):
     """--socket-mode, --socket-group, --allow-uid and --user, shared by `run` and `serve`."""
     options = (
@@ -146,6 +157,7 @@ def ownership_options(command):
 @click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
 @ownership_options
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
+@signals_held_until_the_loop
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
         offloads, stats_file, socket_mode, socket_group, allow_uid, run_as, print_capabilities):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
@@ -170,7 +182,6 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     if print_capabilities:
         click.echo(json.dumps({"type": "net"}))
         return 0
-    defer_stop_signals()        # until the worker's loop has its handlers: a stop in set-up exits 0
     doors = [d for d in (socket_path, connect_path, inherited_fd) if d is not None]
     if len(doors) != 1:
         raise ConfigError("give exactly one of --socket-path, --connect, --fd")
@@ -220,6 +231,7 @@ def _source(param: str):
               help="Passed to every worker (see `run --help`).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True, help="Passed to every worker.")
 @ownership_options
+@signals_held_until_the_loop
 def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, socket_mode, socket_group,
           allow_uid, run_as):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
@@ -242,7 +254,6 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 4 --cpus 2-5
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 2 --user qemu --allow-uid qemu
     """
-    defer_stop_signals()        # until the supervisor's loop has its handlers (a stop in set-up exits 0)
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error] + ([] if offloads else ["--no-offloads"])

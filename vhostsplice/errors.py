@@ -5,6 +5,7 @@ the process exit code. This module is the one place that maps failures to exit c
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno as _errno
 import os
@@ -20,12 +21,24 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HELD_AT_START = (*STOP_SIGNALS, signal.SIGUSR1)
 
 
-def defer_stop_signals() -> None:
-    """Hold HELD_AT_START pending until release_stop_signals() (once the loop's handlers are in)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
+@contextlib.contextmanager
+def signals_held(*, drain: bool):
+    """HELD_AT_START blocked for the block, the caller's mask back after it; a loop inside unblocks them once
+    its handlers are in (release_stop_signals). drain=True (around a command): one still pending at the end
+    is taken, not delivered (the command ends anyway, with its own code); drain=False: delivered then."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
+    try:
+        yield
+    finally:
+        if drain:
+            signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
+            while (pending := signal.sigpending() & set(HELD_AT_START)) and signal.sigtimedwait(pending, 0):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def release_stop_signals() -> None:
+    """The loop's handlers are in: what signals_held() kept pending arrives now."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_START)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from . import protocol as P
 from .channel import Channel, Listener
 from .errors import (CLEAN, GIVE_UP, RESTART, STOP_SIGNALS, Backoff, FrontendGone, ProtocolError, errno_name,
-                     defer_stop_signals, release_stop_signals, restart_action)
+                     release_stop_signals, restart_action, signals_held)
 from .runner import Ownership
 from .selfexec import self_argv, self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests
@@ -107,11 +107,8 @@ class Supervisor(DeviceRequests):
             argv += ["--cpu", str(pair.cpu)]
         # The worker starts with the stop signals blocked and unblocks them once its handlers are in
         # (worker.py): a stop during its start-up is a clean stop, never a death by the signal.
-        defer_stop_signals()
-        try:
+        with signals_held(drain=False):
             pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=self_env(), stdin=subprocess.DEVNULL)
-        finally:
-            release_stop_signals()
         pair.started, pair.started_at = True, time.monotonic()
         theirs.close()
         pair.chan = Channel(ours)

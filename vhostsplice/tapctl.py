@@ -207,21 +207,21 @@ def hold(name: str, report, interval: float = 0.1) -> None:
     queue only). report(text) is told each change. The stop signals are taken synchronously."""
     import ctypes
     import signal
-    from .errors import STOP_SIGNALS, defer_stop_signals
-    defer_stop_signals()
+    from .errors import STOP_SIGNALS, signals_held
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     held: tuple[int, int] | None = None          # (queue fd or -1, ifindex)
-    try:
-        while True:
-            if held is not None and _ifindex(name) != held[1]:
-                report(f"tap {name} (index {held[1]}) is gone: waiting for it again")
-                held = _release(held)
-            if held is None:
-                held = _acquire(name, report)
-            if signal.sigtimedwait(STOP_SIGNALS, interval if held is None else 1.0) is not None:
-                return
-    finally:
-        _release(held)
+    with signals_held(drain=True):
+        try:
+            while True:
+                if held is not None and _ifindex(name) != held[1]:
+                    report(f"tap {name} (index {held[1]}) is gone: waiting for it again")
+                    held = _release(held)
+                if held is None:
+                    held = _acquire(name, report)
+                if signal.sigtimedwait(STOP_SIGNALS, interval if held is None else 1.0) is not None:
+                    return
+        finally:
+            _release(held)
 
 
 def _ifindex(name: str) -> int | None:

@@ -174,3 +174,13 @@ def test_readme_lists_the_policy_as_the_table_has_it():
         assert listed, f"README: no '- **{action}** (...' bullet"
         codes = {int(c) for c in re.findall(r"\b(\d+)\b", listed[1])}
         assert codes == {k for k, a, _w in E.RESTART_POLICY if a == action and isinstance(k, int)}, action
+
+
+def test_run_and_serve_in_process_leave_the_callers_signal_mask_as_it_was():
+    """Stop signals are held during a command's set-up only: an in-process call (main(), the tests) that
+    ends before any loop must not leave them blocked (its children would inherit a blocked SIGTERM)."""
+    from vhostsplice.cli import main
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    assert main(["run", "--socket-path", "/nonexistent/x.sock"]) == 22          # no host side: EINVAL
+    assert main(["serve", "--socket-path", "/nonexistent/x.sock", "--tap", "t", "--cpus", "4095"]) == 22
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
