@@ -7,9 +7,8 @@
 
 Both back-ends serve the same front-end, DPDK testpmd with a virtio-user port (forwarding lcore on
 CPU 0), in the same run, interleaved sample by sample:
-  vhostsplice   `vhostsplice run --socket-path S --tap vsk0 --cpu 1` (one worker process), the checkout
-                this script lives in (python -P -m vhostsplice, PYTHONPATH=checkout); --installed: the
-                console script next to this Python
+  vhostsplice   `vhostsplice run --socket-path S --tap vsk0 --cpu 1` (one worker process), the installed
+                package (python -P -m vhostsplice); --tree DIR: a source tree with its core built in place
   dpdk          testpmd net_vhost0 (listening on S) + net_tap0 (vsk0) in io forwarding, lcore on CPU 1
 Every sample gets a fresh private network namespace, a fresh back-end and a fresh front-end.
 
@@ -52,8 +51,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]   # the checkout's vhostsplice, and the test harness
+import measured  # noqa: E402  (which vhostsplice is measured; puts tests/ on sys.path)
+from measured import ROOT  # noqa: E402
 from support import testpmd as T  # noqa: E402  (the interop harness: testpmd front-end, log parsing)
 from support.netns import NetNs  # noqa: E402
 from support.waiting import terminate  # noqa: E402
@@ -208,24 +207,7 @@ class QuietGate:
 
 # ------------------------------------------------------------------------------------------ back-ends
 
-USE_INSTALLED = False               # --installed
-TREE = ROOT                         # --tree: the source tree whose vhostsplice the worker runs
 WORKER_OPTS: list[str] = []         # --no-offloads
-
-
-def vhostsplice_argv() -> list[str]:
-    """The checkout's vhostsplice (python -P -m, PYTHONPATH from support.netns.child_env()), or with
-    --installed the console script next to this Python."""
-    script = Path(sys.executable).parent / "vhostsplice"
-    if USE_INSTALLED and script.exists():
-        return [str(script)]
-    return [sys.executable, "-P", "-m", "vhostsplice"]
-
-
-def worker_env() -> dict[str, str]:
-    """The worker imports vhostsplice from TREE (or, --installed, from site-packages)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return env if USE_INSTALLED else dict(env, PYTHONPATH=str(TREE))
 
 
 class Backend:
@@ -277,12 +259,12 @@ class Vhostsplice(Backend):
         ns.run(["ip", "tuntap", "add", "dev", TAP, "mode", "tap", "multi_queue", "vnet_hdr"])
         ns.run(["ip", "link", "set", TAP, "up"] + (["txqueuelen", str(txqlen)] if txqlen else []))
         self.stats_file = self.workdir / "stats.json"
-        self.argv = [*vhostsplice_argv(), "run", "--socket-path", str(self.sock), "--tap", TAP,
+        self.argv = [*measured.argv(), "run", "--socket-path", str(self.sock), "--tap", TAP,
                      "--cpu", str(BE_CPU), "--stats-file", str(self.stats_file), *WORKER_OPTS]
         self._logf = open(self.log, "wb")
         t0 = time.monotonic()
         self.proc = ns.popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT,
-                             env=worker_env())
+                             env=measured.env())
         self._wait_socket(t0)
 
     def counters(self) -> dict | None:
@@ -684,25 +666,20 @@ def machine_facts() -> dict:
                   if l.startswith("model name")), "?")
     os_name = next((l.split("=", 1)[1].strip('"') for l in Path("/etc/os-release").read_text().splitlines()
                     if l.startswith("PRETTY_NAME=")), "?")
-    worker = vhostsplice_argv()
+    worker = measured.argv()
     try:
         where = subprocess.run([*worker, "--version"], capture_output=True, text=True, timeout=10,
-                               env=worker_env()).stdout.strip()
+                               env=measured.env()).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         where = "?"
-    try:
-        pkg = subprocess.run([sys.executable, "-P", "-c", "import vhostsplice, os; print(os.path.dirname("
-                              "vhostsplice.__file__))"], capture_output=True, text=True, timeout=10,
-                             env=worker_env()).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        pkg = "?"
+    pkg = measured.package_dir()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": f"{os.cpu_count()} x {model}", "memory_gib": round(os.sysconf("SC_PHYS_PAGES")
                                                                   * os.sysconf("SC_PAGE_SIZE") / 2**30, 1),
         "kernel": platform.release(), "os": os_name, "python": platform.python_version(),
         "dpdk": cmd("dpkg-query", "-W", "-f", "${Version}", "dpdk"),
-        "vhostsplice": f"{where} from {pkg}{_tree_rev(Path(pkg).parent if pkg not in ('', '?') else TREE)}",
+        "vhostsplice": f"{where} from {pkg}{_tree_rev(Path(pkg).parent) if pkg != '?' else ''}",
         "worker_command": " ".join(worker),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
     }
@@ -1097,12 +1074,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "taken again like a noisy one (both run flat out in a clean sample)")
     p.add_argument("--retries", type=int, default=2, help="noisy samples taken again at most this often")
     p.add_argument("--no-perf", dest="perf", action="store_false", help="skip the perf stat windows")
-    p.add_argument("--installed", action="store_true",
-                   help="benchmark the installed `vhostsplice` console script, not this checkout")
-    p.add_argument("--tree", default=str(ROOT),
-                   help="source tree (with its built core) whose vhostsplice is measured; default this "
-                        "checkout. A frozen copy keeps other people's edits out of a long run: "
-                        "git archive HEAD | tar -x -C DIR; cd DIR; python3 setup.py build_ext --inplace")
+    p.add_argument("--tree", metavar="DIR",
+                   help="measure the vhostsplice of this source tree (its core built in place: git archive HEAD | "
+                        "tar -x -C DIR; cd DIR; python3 setup.py build_ext --inplace) instead of the installed "
+                        "package (pip install .), which is the default")
     p.add_argument("--no-offloads", action="store_true",
                    help="run the vhostsplice worker with --no-offloads: its tap then carries no vnet header, "
                         "as DPDK's net_tap's does not (testpmd's virtio-user acks no offload either way)")
@@ -1167,8 +1142,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["_fill"]:
         return fill_main(argv[1], int(argv[2]), int(argv[3]))
     args = parse_args(argv)
-    global USE_INSTALLED, TREE, WORKER_OPTS
-    USE_INSTALLED, TREE = args.installed, Path(args.tree).resolve()
+    global WORKER_OPTS
+    measured.use_tree(args.tree)
     WORKER_OPTS = ["--no-offloads"] if args.no_offloads else []
     if args.combine:
         pass
@@ -1178,6 +1153,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{T.TESTPMD} not found: apt-get install dpdk dpdk-dev")
     elif os.cpu_count() < 2 or not {FE_CPU, BE_CPU} <= os.sched_getaffinity(0):
         sys.exit(f"needs CPUs {FE_CPU} and {BE_CPU}")
+    else:
+        measured.preflight()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = combine(args.combine) if args.combine else run(args)
@@ -1191,7 +1168,21 @@ def main(argv: list[str] | None = None) -> int:
     (out / "dpdk_bench.md").write_text(md)
     print(md)
     print(f"wrote {out / 'dpdk_bench.md'}, {out / 'dpdk_bench.json'}" + ("" if note else f", {out / 'dpdk_bench.png'}"))
+    empty = figures_without_samples(results, rows)
+    if empty:
+        print(f"FAILED: no sample for {', '.join(empty)} (the logs: --keep --workdir DIR)", file=sys.stderr)
+        return 1
     return 0
+
+
+HEADLINE = {"tx64": "tx64_mpps", "tx1500": "tx1500_mpps", "rx64": "rx64_mpps", "rx1500": "rx1500_mpps",
+            "latency": "latency_p50_us", "idle": "idle_cpu_percent"}
+
+
+def figures_without_samples(results: dict, rows: dict) -> list[str]:
+    """'FIGURE (BACKEND)' for every figure the run asked for whose headline row got no usable sample."""
+    asked = [f for f in FIGURES if any(f in results["samples"][b] for b in BACKENDS)]
+    return [f"{f} ({b})" for f in asked for b in BACKENDS if not rows[HEADLINE[f]][b]["n"]]
 
 
 if __name__ == "__main__":

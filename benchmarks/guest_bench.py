@@ -14,7 +14,7 @@ Back-ends (the same guest image, tap name and addresses; a fresh private netns p
   qemu         QEMU's built-in virtio-net on a tap (`-netdev tap,vhost=off`; /dev/vhost-net is absent here)
   dpdk         DPDK testpmd as the vhost-user back-end: net_vhost0 (iface=SOCK, queues=1) bridged to
                net_tap0 (iface=the tap) in --forward-mode=io, forwarding lcore pinned (--dpdk-lcores)
-  vhostsplice  `vhostsplice run --socket-path SOCK --tap TAP` (this checkout, built in place)
+  vhostsplice  `vhostsplice run --socket-path SOCK --tap TAP` (the installed package)
 The guest's iperf3 client runs against `iperf3 -s` on the tap in the host's netns: TCP guest->host
 (tx) and host->guest (rx, -R), single stream, receiver's Gbit/s; with --udp, UDP at each --udp-sizes
 payload (-u -l N -b --udp-rate) both ways, as the RECEIVER's packets per second (iperf3 sum_received:
@@ -56,10 +56,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# The checkout's own vhostsplice (built in place: python3 setup.py build_ext --inplace), not an older
-# installed copy; its worker is started from the same place (vhostsplice.selfexec).
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+# The installed vhostsplice (pip install .), never the checkout's uncompiled sources; its worker is
+# started from the same place (vhostsplice.selfexec).
+import measured  # noqa: E402  (puts tests/ on sys.path; preflight)
+from measured import ROOT  # noqa: E402
 from support import guest as G  # noqa: E402
 from support import testpmd as T  # noqa: E402
 from vhostsplice.testing.harness import live_stats  # noqa: E402
@@ -803,6 +803,8 @@ def main() -> int:
     if "dpdk" in backends and not T.available():
         print(f"{T.TESTPMD} not found (apt-get install dpdk dpdk-dev)", file=sys.stderr)
         return 1
+    if "vhostsplice" in backends:
+        measured.preflight()
     repeat = args.repeat
     tests = tests_for(args.seconds, sizes, args.udp_rate)
 

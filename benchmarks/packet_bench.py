@@ -4,7 +4,7 @@
     sudo flock /tmp/vs-heavy.lock python3 benchmarks/packet_bench.py [--rounds 3] [--window 3]
 
 Front-end: DPDK testpmd with a virtio-user port (forwarding lcore on CPU 0, as dpdk_bench.py starts it);
-back-end: one `vhostsplice run` worker of this checkout on CPU 1, host side either
+back-end: one `vhostsplice run` worker (the installed package) on CPU 1, host side either
   tap     `--tap vshT0`            a tap in a private netns
   packet  `--packet vshP0`         an AF_PACKET socket on one end of a veth pair (vshP0/vshP1)
 The two are measured in the same run, interleaved (tap, packet, tap, packet, ...), frames of --size bytes.
@@ -35,8 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import measured  # noqa: E402  (the installed vhostsplice; puts tests/ on sys.path)
+from measured import ROOT  # noqa: E402
 from support import testpmd as T  # noqa: E402
 from support.netns import NetNs  # noqa: E402
 from support.waiting import terminate  # noqa: E402
@@ -70,11 +70,10 @@ class Worker:
     def __init__(self, ns: NetNs, workdir: Path, host: str):
         self.sock, self.stats_file = workdir / f"{host}.sock", workdir / f"{host}.stats.json"
         hostarg = ["--tap", TAP] if host == "tap" else ["--packet", VETH]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.log = open(workdir / f"{host}.log", "wb")
-        self.proc = ns.popen([sys.executable, "-P", "-m", "vhostsplice", "run", "--socket-path", str(self.sock),
+        self.proc = ns.popen([*measured.argv(), "run", "--socket-path", str(self.sock),
                               *hostarg, "--cpu", str(BE_CPU), "--stats-file", str(self.stats_file)],
-                             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+                             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=measured.env())
         deadline = time.monotonic() + 60
         while not self.sock.is_socket():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -251,6 +250,7 @@ def main() -> int:
     perf_ok = subprocess.run(["perf", "stat", "-e", "raw_syscalls:sys_enter", "true"],
                              capture_output=True).returncode == 0
     syscall_us = bare_syscall_us() if perf_ok else None
+    measured.preflight()
     rows = []
     for r in range(args.rounds):
         for direction in ("tx", "rx"):
@@ -287,6 +287,11 @@ def main() -> int:
         lines.append("## Conclusion" + keep[1].rstrip("\n"))
     md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    empty = [f"{d} {h}" for d in ("tx", "rx") for h in HOSTS
+             if median([x for x in rows if x["host"] == h and x["dir"] == d], "mpps") is None]
+    if empty:
+        print(f"FAILED: no sample for {', '.join(empty)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -10,8 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-APT_PACKAGES=(dpdk dpdk-dev iproute2 bats gcc libc6-dev python3-dev python3-pip procps)
-PIP_PACKAGES=(pytest pytest-timeout pyroute2 cffi)
+APT_PACKAGES=(dpdk dpdk-dev iproute2 bats gcc libc6-dev python3-dev python3-pip procps libseccomp2
+              libvirt-daemon-system libvirt-clients)   # libvirt: tests/interop/test_libvirt.py
+PIP_PACKAGES=(pytest pytest-timeout pyroute2 cffi prometheus_client)   # prometheus_client: its parser checks --stats-format prometheus
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
 log() { printf '== tests/run.sh: %s\n' "$*" >&2; }

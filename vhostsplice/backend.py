@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import protocol as P
+from .datapath import ring_size_ok
 from .errors import ConfigError, FeatureError, GuestFaultError, ProtocolError
 from .memory import DirtyLog, GuestMemory
 from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, VRING_F_LOG, Feature as F, \
@@ -251,7 +252,7 @@ def set_vring_num_exec(b: Backend, msg: P.Message) -> None:
     state = P.decode_vring_state(msg)
     ring = b._ring(state.index)
     num = state.num     # virtio 1.2, 2.7: a power of 2, at most 32768 (0 would mean no ring at all)
-    if not 0 < num <= MAX_QUEUE_SIZE or num & (num - 1):
+    if not ring_size_ok(num):
         raise ProtocolError(f"SET_VRING_NUM: ring {state.index} size {num} is not a power of 2 in 1..{MAX_QUEUE_SIZE}")
     b._stop(ring)
     ring.num = num
@@ -392,27 +393,22 @@ def send_rarp_exec(b: Backend, msg: P.Message) -> None:
         b.rarp["skipped"] += 1
         log.warning("SEND_RARP: %s is not a unicast MAC: no announce sent", mac.hex(":"))
         return
-    fd = getattr(host, "fd", -1)
-    if getattr(host, "stream", False) or fd < 0:
+    if host.stream or host.fd < 0:
         b.rarp["skipped"] += 1
         log.info("SEND_RARP for %s: the host fd is %s, announce not sent", mac.hex(":"),
-                 "a stream" if fd >= 0 else "closed")
+                 "a stream" if host.fd >= 0 else "closed")
         return
-    # the header the fd carries now: the datapath's view when it has one (a --packet socket can switch
-    # its vnet header off with the offloads), else the host fd's own
-    hdr = getattr(b.datapath, "host_hdr_len", None)
-    if not isinstance(hdr, int):
-        hdr = getattr(host, "vnet_hdr_len", 0)
-    frame = bytes(hdr) + P.rarp_frame(mac)
+    # the header the fd carries now, as the datapath has it (a --packet socket can switch its vnet
+    # header off with the offloads)
+    frame = bytes(b.datapath.host_hdr_len) + P.rarp_frame(mac)
     try:
-        os.write(fd, frame)
+        os.write(host.fd, frame)
     except OSError as exc:
         b.rarp["dropped"] += 1
-        log.warning("SEND_RARP for %s: writing the announce to %s failed: %s", mac.hex(":"),
-                    getattr(host, "name", "the host fd"), exc)
+        log.warning("SEND_RARP for %s: writing the announce to %s failed: %s", mac.hex(":"), host.name, exc)
         return
     b.rarp["sent"] += 1
-    log.info("SEND_RARP: announced %s on %s", mac.hex(":"), getattr(host, "name", "the host fd"))
+    log.info("SEND_RARP: announced %s on %s", mac.hex(":"), host.name)
 
 
 def _no_fds(b: Backend, msg: P.Message) -> int:

@@ -40,9 +40,6 @@ class Channel:
         pid, uid, gid = struct.unpack("iII", self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         return pid, uid, gid
 
-    def peer_uid(self) -> int:
-        return self.peer_cred()[1]
-
     def refuse_file_of(self, fd: int) -> None:
         """Refuse (EPROTO) any later message carrying an fd that is the same file as fd (by st_dev/st_ino):
         the front-end must never hand the worker its own host packet fd as a kick, call, err or memory fd.
@@ -125,6 +122,11 @@ class Listener:
     def __init__(self, path: str, mode: int = 0o600, owner: int = -1, group: int = -1):
         self.path = path
         _clear_stale(path)
+        # The file is removed on exit through its directory, opened now (a confined worker opens nothing)
+        try:
+            self.dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise from_oserror(exc, f"cannot listen on {path}") from None
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         plain = mode == 0o600 and owner == -1 and group == -1
         where = path if plain else os.path.join(os.path.dirname(path), f".{os.getpid()}.vhostsplice.tmp")
@@ -142,6 +144,7 @@ class Listener:
                 _link_into_place(where, path)
         except BaseException as exc:
             self.sock.close()
+            os.close(self.dir_fd)
             if bound:
                 _unlink_socket(where)
             if isinstance(exc, OSError):
@@ -160,7 +163,10 @@ class Listener:
 
     def close(self) -> None:
         self.sock.close()
-        _unlink_socket(self.path)
+        if self.dir_fd >= 0:
+            _unlink_socket(os.path.basename(self.path), self.dir_fd)
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
 
 def _link_into_place(tmp: str, path: str) -> None:
@@ -173,10 +179,10 @@ def _link_into_place(tmp: str, path: str) -> None:
         _unlink_socket(tmp)
 
 
-def _unlink_socket(path: str) -> None:
+def _unlink_socket(path: str, dir_fd: int | None = None) -> None:
     try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
+        if stat.S_ISSOCK(os.lstat(path, dir_fd=dir_fd).st_mode):
+            os.unlink(path, dir_fd=dir_fd)
     except OSError:
         pass
 

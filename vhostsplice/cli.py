@@ -120,6 +120,17 @@ def ownership_options(command):
     return command
 
 
+def sandbox_option(command):
+    """--sandbox, shared by `run` and `serve` (which passes it to every worker)."""
+    return click.option(
+        "--sandbox", type=click.Choice(["strict", "log", "off"]), default="strict", show_default=True,
+        envvar="VHOSTSPLICE_SANDBOX",
+        help="Confine the worker before its first message (docs/security.md): no capabilities, no_new_privs, "
+             "Landlock (no file system but the stats and socket directories), a seccomp allow-list; a syscall "
+             "outside it kills the worker with SIGSYS (exit 159). 'log' lets such calls through and the "
+             "kernel logs them (audit type=1326); 'off' confines nothing.")(command)
+
+
 @cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
 @click.option("--socket-path", metavar="PATH", envvar="VHOSTSPLICE_SOCKET",
               help="Listen on this unix socket (mode 0600) and serve the first front-end that connects.")
@@ -155,11 +166,22 @@ def ownership_options(command):
                    "--no-offloads a tap opened by --tap carries no vnet header (unless other queues of it "
                    "already do): the kernel then builds none per frame.")
 @click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
+@click.option("--stats-format", type=click.Choice(["json", "prometheus"]), default="json", show_default=True,
+              envvar="VHOSTSPLICE_STATS_FORMAT",
+              help="How the statistics are written: one JSON object, or Prometheus text (one metric family "
+                   "per counter, labels worker (the file's name), ring, reason) for node_exporter's "
+                   "textfile collector: name the file *.prom in its directory.")
+@click.option("--stats-interval", type=click.FloatRange(min=0.1), metavar="SECONDS", envvar="VHOSTSPLICE_STATS_INTERVAL",
+              help="Also rewrite --stats-file every SECONDS while running (atomically: a reader never sees "
+                   "half a file). Without it the file is written on SIGUSR1 and at exit only.")
 @ownership_options
+@sandbox_option
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
+@click.option("--print-sandbox", is_flag=True, help="Print the syscall allow-list of --sandbox strict and what this "
+                                                    "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 @signals_held_until_the_loop
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
-        offloads, stats_file, socket_mode, socket_group, allow_uid, run_as, print_capabilities):
+        offloads, stats_file, stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -182,6 +204,10 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     if print_capabilities:
         click.echo(json.dumps({"type": "net"}))
         return 0
+    if print_sandbox:
+        from .sandbox import describe
+        click.echo(json.dumps(describe(), indent=1))
+        return 0
     doors = [d for d in (socket_path, connect_path, inherited_fd) if d is not None]
     if len(doors) != 1:
         raise ConfigError("give exactly one of --socket-path, --connect, --fd")
@@ -189,12 +215,15 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
         tap = None      # VHOSTSPLICE_TAP is a default; an explicit --host-fd/--packet on the command line wins
     if not tap and host_fd is None and not packet:
         raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
+    if stats_interval is not None and not stats_file:
+        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
     from .runner import run_worker
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
                       fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file,
-                      ownership=ownership)
+                      stats_format=stats_format, stats_interval=stats_interval,
+                      ownership=ownership, sandbox=sandbox)
 
 
 def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):
@@ -231,9 +260,10 @@ def _source(param: str):
               help="Passed to every worker (see `run --help`).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True, help="Passed to every worker.")
 @ownership_options
+@sandbox_option
 @signals_held_until_the_loop
 def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, socket_mode, socket_group,
-          allow_uid, run_as):
+          allow_uid, run_as, sandbox):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
 
     The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
@@ -256,7 +286,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     """
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
-    worker_args = ["--on-guest-error", on_guest_error] + ([] if offloads else ["--no-offloads"])
+    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox] + ([] if offloads else ["--no-offloads"])
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     if run_as is not None:
         worker_args += ["--user", run_as]
@@ -390,6 +420,30 @@ def drive(socket_path, connect, connect_timeout, features_text, queue_size, send
     return drv.run_drive(opts)
 
 
+@cli.command("stats", context_settings=CONTEXT, epilog=_exit_table_help())
+@click.argument("files", nargs=-1, required=True, metavar="FILE...")
+@click.option("--watch", "interval", type=click.FloatRange(min=0.1), metavar="SECONDS", is_flag=False,
+              flag_value=1.0, default=None, envvar="VHOSTSPLICE_STATS_WATCH",
+              help="Refresh the table in place every SECONDS (1 if given alone); rates are then since the "
+                   "last refresh. Ctrl-C ends it (exit 0).")
+def stats(files, interval):
+    """Print the counters of workers' stats files as a table: per ring, packets, Mpps and MB/s (averaged
+    since the worker started, or since the last refresh with --watch), drops by reason, kicks, calls and
+    whether the guest broke the ring. Reads both --stats-format json and prometheus files. A file that
+    cannot be read is listed under the table and makes the exit code its errno (EINVAL: not a stats file).
+
+    \b
+    Example:
+      vhostsplice stats /run/vhostsplice/*.stats.json --watch 2
+    """
+    from .counters import watch
+    try:
+        errors = watch(list(files), interval, lambda text: click.echo(text, nl=False))
+    except KeyboardInterrupt:
+        return 0
+    return next((getattr(e, "errno", None) or errno.EINVAL for e in errors), 0)
+
+
 @cli.group(context_settings=CONTEXT, epilog=_exit_table_help())
 def tap() -> None:
     """Create, delete and show persistent taps for workers (pyroute2; needs CAP_NET_ADMIN).
@@ -474,6 +528,27 @@ def tap_hold(name, netns):
     return 0
 
 
+ENVVAR_PREFIX = "VHOSTSPLICE_"
+
+
+def option_envvar(option: click.Option) -> str:
+    """VHOSTSPLICE_ + the option's long name: --socket-mode -> VHOSTSPLICE_SOCKET_MODE."""
+    longest = max(option.opts, key=len).lstrip("-")
+    return ENVVAR_PREFIX + longest.upper().replace("-", "_")
+
+
+def give_every_option_an_envvar(command: click.Command) -> None:
+    """Every option of every command can come from the environment (a systemd EnvironmentFile, a VMM's
+    wrapper), and --help shows which variable: the explicit envvar= names stay, the others are derived
+    (option_envvar). A value on the command line always wins."""
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.hidden and param.name not in ("help", "version"):
+            param.envvar = param.envvar or option_envvar(param)
+            param.show_envvar = True
+    for sub in getattr(command, "commands", {}).values():
+        give_every_option_an_envvar(sub)
+
+
 def main(argv=None) -> int:
     """Entry point: every outcome becomes one exit code here."""
     try:
@@ -490,6 +565,8 @@ def main(argv=None) -> int:
         return exc.errno
     return rv if isinstance(rv, int) else 0
 
+
+give_every_option_an_envvar(cli)
 
 if __name__ == "__main__":
     sys.exit(main())

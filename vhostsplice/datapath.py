@@ -1,8 +1,10 @@
 """Datapath: the only Python (with memory.py) that holds cffi objects of the C core.
 
-It owns one `struct vs_pair` (RX ring 0 + TX ring 1 + the host packet fd) and the buffers the C core
-reads and writes through (kept alive with ffi.from_buffer while a region table refers to them).  Every
-per-packet step is in C: `poll()` is one call that runs one TX batch and one RX batch.
+It owns one `struct vs_pair` (RX ring 0 + TX ring 1 + the host packet fd, with the memory table and the
+dirty log inside it) and the buffers the C core reads and writes through (kept alive with
+ffi.from_buffer while a region table refers to them).  Every per-packet step is in C: `poll()` is one
+call that runs one TX batch and one RX batch.  The ring functions take the memory table and their ring
+(`vs_ring_start(&pair.mem, &pair.rx)`), never the pair: docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ import errno as _errno
 from typing import Any, Iterable
 
 from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
-from .spec import MAX_QUEUE_SIZE, MAX_REGIONS, NET_HDR_LEN, RX_RING, TX_RING
+from .spec import MAX_REGIONS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 4  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 5  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from ._vs_core import ffi, lib
@@ -45,6 +47,12 @@ HOST_HDR_LENS = (0, 10, NET_HDR_LEN)
 _HOST_ERRNOS = {_errno.EBADFD, _errno.EIO, _errno.EPIPE}
 
 
+def ring_size_ok(num: int) -> bool:
+    """Whether num is a ring size the ring layout takes (split: a power of 2 in 1..32768): the one
+    check, in the C layout (vs_ring_num_ok), asked by SET_VRING_NUM and by Datapath.start_ring."""
+    return 0 <= num <= 0xFFFF_FFFF and bool(lib.vs_ring_num_ok(num))
+
+
 def drain_eventfd(fd: int) -> int:
     """Read a non-blocking eventfd: its count, or 0 when it was not signalled."""
     rc = lib.vs_drain_eventfd(fd)
@@ -75,6 +83,8 @@ class Datapath:
         self._pair = ffi.new("struct vs_pair *")
         self._keep: list[Any] = []          # from_buffer cdata the region table points into
         p = self._pair
+        self._mem = ffi.addressof(p, "mem")     # struct vs_mem *: what the ring functions take
+        p.mem.log = ffi.addressof(p, "log")     # the dirty log the memory's writes are marked in
         p.host_fd = host_fd
         p.hdr_len = hdr_len
         p.hdr_omit = hdr_len - host_hdr_len
@@ -143,7 +153,7 @@ class Datapath:
             mem.r[i].hva = ffi.cast("uint8_t *", cbuf)
         mem.n = len(regions)
         old, self._keep = self._keep, keep
-        failed = [i for i in (RX_RING, TX_RING) if lib.vs_ring_remap(self._pair, self._ring(i)) < 0]
+        failed = [i for i in (RX_RING, TX_RING) if lib.vs_ring_remap(self._mem, self._ring(i)) < 0]
         self._release(old)
         if failed:
             names = " and ".join(RING_NAMES[i] for i in failed)
@@ -172,15 +182,15 @@ class Datapath:
             if len(new) == 0:
                 ffi.release(new)
                 raise ConfigError("the dirty log is empty")
-        p = self._pair
-        p.log_base, p.log_size = (ffi.cast("uint8_t *", new), len(new)) if new is not None else (ffi.NULL, 0)
+        log = self._pair.log
+        log.base, log.size = (ffi.cast("uint8_t *", new), len(new)) if new is not None else (ffi.NULL, 0)
         old, self._log = self._log, new
         if old is not None:
             ffi.release(old)
 
     def set_log_all(self, on: bool) -> None:
         """VHOST_F_LOG_ALL acked: log every guest write (into the log set_log installed, if any)."""
-        self._pair.log_all = int(bool(on))
+        self._pair.log.all = int(bool(on))
 
     def set_ring_log(self, index: int, enabled: bool, log_addr: int) -> None:
         """SET_VRING_ADDR's VHOST_VRING_F_LOG and log_guest_addr: log used-ring stores at log_addr + offset."""
@@ -190,12 +200,12 @@ class Datapath:
 
     def log_write(self, gpa: int, length: int) -> int:
         """Mark [gpa, gpa + length) in the log (as the core does after a write); -ERANGE past its end."""
-        return lib.vs_log_write(self._pair, gpa, length)
+        return lib.vs_log_write(self._pair.mem.log, gpa, length)
 
     def log_stats(self) -> dict:
-        p = self._pair
-        return {"log_all": bool(p.log_all), "log_size": int(p.log_size), "log_writes": int(p.log_writes),
-                "log_overflow": int(p.log_overflow)}
+        log = self._pair.log
+        return {"log_all": bool(log.all), "log_size": int(log.size), "log_writes": int(log.writes),
+                "log_overflow": int(log.overflow)}
 
     @staticmethod
     def _release(cdatas: list[Any]) -> None:
@@ -212,13 +222,13 @@ class Datapath:
                    call_fd: int = -1, err_fd: int = -1) -> int:
         """Start a ring at front-end addresses (uva); returns its position, taken from used->idx."""
         r = self._ring(index)
-        if not 0 < num <= MAX_QUEUE_SIZE:
-            raise ConfigError(f"{RING_NAMES[index]} ring size {num} is not 1..{MAX_QUEUE_SIZE}")
+        if not ring_size_ok(num):     # refused before the ring is touched
+            raise ConfigError(f"{RING_NAMES[index]} ring size {num} is not a power of 2 in 1..{lib.VS_MAX_QUEUE_SIZE}")
         r.num, r.desc_uva, r.avail_uva, r.used_uva = num, desc, avail, used
         r.call_fd, r.err_fd = call_fd, err_fd
-        rc = lib.vs_ring_start(self._pair, r)
+        rc = lib.vs_ring_start(self._mem, r)
         if rc == -_errno.EINVAL:
-            raise ConfigError(f"{RING_NAMES[index]} ring: size {num} not a power of 2 or addresses misaligned"
+            raise ConfigError(f"{RING_NAMES[index]} ring: addresses misaligned"
                               f" (desc {desc:#x}, avail {avail:#x}, used {used:#x})", _errno.EINVAL)
         if rc < 0:
             raise GuestFaultError(f"{RING_NAMES[index]} ring (desc {desc:#x}, avail {avail:#x}, used {used:#x},"

@@ -10,15 +10,18 @@ import dataclasses
 import errno as _errno
 import os
 import random
-import signal
+import signal as _signal
 from dataclasses import dataclass
+
+# A process killed by signal N exits 128 + N for a shell and a supervisor (serve's exit events too).
+SIGSYS_EXIT = 128 + _signal.SIGSYS
 
 # The stop signals: each ends a command with 0. From the first line of `run`/`serve` they (and SIGUSR1, the
 # counters, whose default action would end the process) are held blocked until the loop's handlers are in:
 # a stop during set-up is a clean stop, not a death by the signal. A supervisor starts its workers with
 # them blocked, which covers the interpreter's start-up too (bin/ scripts: env --block-signal=TERM,INT,USR1).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-HELD_AT_START = (*STOP_SIGNALS, signal.SIGUSR1)
+STOP_SIGNALS = (_signal.SIGTERM, _signal.SIGINT)
+HELD_AT_START = (*STOP_SIGNALS, _signal.SIGUSR1)
 
 
 @contextlib.contextmanager
@@ -26,20 +29,20 @@ def signals_held(*, drain: bool):
     """HELD_AT_START blocked for the block, the caller's mask back after it; a loop inside unblocks them once
     its handlers are in (release_stop_signals). drain=True (around a command): one still pending at the end
     is taken, not delivered (the command ends anyway, with its own code); drain=False: delivered then."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, HELD_AT_START)
     try:
         yield
     finally:
-        if drain:
-            signal.pthread_sigmask(signal.SIG_BLOCK, HELD_AT_START)
-            while (pending := signal.sigpending() & set(HELD_AT_START)) and signal.sigtimedwait(pending, 0):
-                pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        never_released = set(HELD_AT_START) <= _signal.pthread_sigmask(_signal.SIG_BLOCK, HELD_AT_START)
+        # only before the loop (so never under the sandbox, whose allow-list has no rt_sigpending)
+        while drain and never_released and (pending := _signal.sigpending() & set(HELD_AT_START)):
+            _signal.sigtimedwait(pending, 0)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
 
 
 def release_stop_signals() -> None:
     """The loop's handlers are in: what signals_held() kept pending arrives now."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_AT_START)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, HELD_AT_START)
 
 
 # (exit code, short name, meaning) in the order the README documents them.
@@ -56,6 +59,8 @@ EXIT_TABLE: tuple[tuple[int, str, str], ...] = (
     (_errno.EBADFD, "EBADFD", "the host packet fd went bad (tap detached or deleted)"),
     (_errno.EIO, "EIO", "host packet fd I/O failure"),
     (_errno.EPIPE, "EPIPE", "the host packet fd's peer closed"),
+    (SIGSYS_EXIT, "SIGSYS", "killed by the sandbox (--sandbox strict): a syscall outside the allow-list; the kernel "
+                            "log names it (audit type=1326 ... syscall=N)"),
 )
 
 
@@ -121,7 +126,15 @@ class HostFdError(VhostspliceError):
 
 
 def errno_name(code: int) -> str:
-    return "OK" if code == 0 else _errno.errorcode.get(code, str(code))
+    """'OK', the errno's name, else for 128 + N the signal's (159: SIGSYS, the sandbox killed it)."""
+    if code == 0:
+        return "OK"
+    if code in _errno.errorcode:
+        return _errno.errorcode[code]
+    try:
+        return _signal.Signals(code - 128).name
+    except ValueError:
+        return str(code)
 
 
 def from_oserror(exc: OSError, what: str, cls: type[VhostspliceError] = SetupError) -> VhostspliceError:
@@ -148,6 +161,8 @@ RESTART_POLICY: tuple[tuple[int | str, str, str], ...] = (
     (_errno.EIO, RESTART, "host packet fd I/O failure: a fresh queue of the same tap"),
     (_errno.EPIPE, RESTART, "the host fd's peer closed: a fresh queue of the same tap"),
     (SIGNALED, RESTART, "killed by a signal (OOM kill, crash, someone's SIGKILL): nothing says the next one will be"),
+    (SIGSYS_EXIT, GIVE_UP, "killed by the sandbox: a syscall outside the allow-list is a bug of the list or the "
+                           "worker, and the next worker dies the same way when it takes that path"),
     (_errno.EBADFD, GIVE_UP, "the tap was deleted or detached under the worker: whoever removed the host side "
                              "meant it, and a restart would recreate an interface the host removed"),
     (_errno.EINVAL, GIVE_UP, "bad usage or configuration: a restart fails the same way"),
@@ -165,8 +180,10 @@ UNLISTED = GIVE_UP          # any other exit code: a set-up failure the kernel r
 
 def restart_action(code: int) -> str:
     """CLEAN, RESTART or GIVE_UP for a worker's exit code (128+N: died of signal N)."""
-    key: int | str = SIGNALED if code > 128 else code
-    return next((action for k, action, _why in RESTART_POLICY if k == key), UNLISTED)
+    actions = {k: action for k, action, _why in RESTART_POLICY}
+    if code in actions:
+        return actions[code]
+    return actions[SIGNALED] if code > 128 else UNLISTED
 
 
 @dataclass(frozen=True)

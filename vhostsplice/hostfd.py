@@ -158,7 +158,7 @@ class HostFd:
         if code == 0 or (code == errno.ECONNREFUSED and self.refused_drop):
             return
         if code == errno.ENETDOWN and self.kind == "packet":
-            if _link_mtu(self.name) is not None:
+            if _link_mtu(self.name, via=self.fd) is not None:
                 return          # the link went down; frames are dropped until it is up again
             raise HostFdError(f"packet socket on {self.name}: the interface was deleted", errno.EBADFD)
         fatal = errno.EPIPE if code in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ENOTCONN) else errno.EIO
@@ -329,12 +329,16 @@ def _sockopt(sock: socket.socket, level: int, opt: int) -> int | None:
         return None
 
 
-def _link_mtu(name: str) -> int | None:
-    """The MTU of interface NAME in this network namespace (SIOCGIFMTU), or None."""
+def _link_mtu(name: str, via: int = -1) -> int | None:
+    """The MTU of interface NAME in this network namespace (SIOCGIFMTU), or None. `via`: a socket fd to
+    ask through (any socket answers SIOCGIF*): a confined worker may not make a new socket."""
     try:
         raw = validate_ifname(name)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            res = fcntl.ioctl(s.fileno(), SIOCGIFMTU, _IFREQ_MTU.pack(raw, 0))
+        if via >= 0:
+            res = fcntl.ioctl(via, SIOCGIFMTU, _IFREQ_MTU.pack(raw, 0))
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                res = fcntl.ioctl(s.fileno(), SIOCGIFMTU, _IFREQ_MTU.pack(raw, 0))
     except (OSError, ConfigError):
         return None
     return _IFREQ_MTU.unpack(res)[1]

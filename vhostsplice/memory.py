@@ -79,12 +79,6 @@ class GuestMemory:
             region.close()
         self.regions = []
 
-    def uva_to_gpa(self, uva: int) -> int | None:
-        for r in self.regions:
-            if r.uva <= uva < r.uva + r.size:
-                return r.gpa + (uva - r.uva)
-        return None
-
 
 class DirtyLog:
     """The dirty log of SET_LOG_BASE: `size` bytes at `offset` of a shared fd (a memfd from QEMU).

@@ -22,6 +22,7 @@ from .cli import apply_placement
 from .errors import ConfigError, SetupError, VhostspliceError, errno_name, from_oserror
 from .hostfd import open_tap
 from .hostfd_inspect import inspect_fd, open_packet
+from .sandbox import Sandbox
 from .worker import Worker, WorkerConfig
 
 log = logging.getLogger("vhostsplice")
@@ -159,8 +160,11 @@ def open_host(*, tap=None, host_fd=None, packet=None, mtu=None, bridge=None, off
 
 
 def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, placement, fault_exit, offloads,
-               stats_file, host_fd=None, packet=None, framing="none", ownership: Ownership = Ownership()) -> int:
-    """Set up, serve until stopped, report the counters; returns the exit code."""
+               stats_file, host_fd=None, packet=None, framing="none", ownership: Ownership = Ownership(),
+               sandbox: str = "strict", stats_format: str = "json", stats_interval: float | None = None) -> int:
+    """Set up, serve until stopped, report the counters; returns the exit code. The worker confines
+    itself (--sandbox, vhostsplice/sandbox) after all of this and before its first message."""
+    confinement = Sandbox(sandbox)
     hostfd = open_host(tap=tap, host_fd=host_fd, packet=packet, mtu=mtu, bridge=bridge, offloads=offloads,
                        control_fd=inherited_fd, framing=framing)
     door = None
@@ -169,12 +173,15 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
             log.info("%s %s carries no vnet header: offloads are not offered", hostfd.kind, hostfd.name)
         apply_placement(*placement)
         door = _open_door(socket_path, connect_path, inherited_fd, ownership)
+        confinement.prepare()
         if ownership.user is not None:
             drop_privileges(*ownership.user)
             _check_writable_as_user(stats_file, socket_path)
             log.info("serving as uid %d gid %d", *ownership.user)
         backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, fault_exit=fault_exit, mtu=hostfd.mtu)
-        config = WorkerConfig(backend, stats_file, allow_uids=ownership.allow_uids)
+        config = WorkerConfig(backend, stats_file, allow_uids=ownership.allow_uids,
+                              sandbox=confinement if sandbox != "off" else None,
+                              stats_format=stats_format, stats_interval=stats_interval)
         worker = Worker(door, hostfd, config)
         door = None           # the worker owns it now
         code = worker.run()

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 
 from . import protocol as P
 from .channel import Channel, Listener
-from .errors import (CLEAN, GIVE_UP, RESTART, STOP_SIGNALS, Backoff, FrontendGone, ProtocolError, errno_name,
-                     release_stop_signals, restart_action, signals_held)
+from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, Backoff, FrontendGone, ProtocolError,
+                     errno_name, release_stop_signals, restart_action, signals_held)
 from .runner import Ownership
+from .sandbox.audit import killed_by
 from .selfexec import self_argv, self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests
 from .spec import Req
@@ -178,9 +179,10 @@ class Supervisor(DeviceRequests):
         counters = _read_json(pair.stats_file)
         stable = pair.backoff.after_run(time.monotonic() - pair.started_at)
         delay = None if self.stopping else self._restart_delay(pair, code)
+        killed = {"syscall": killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
         self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code), stable=stable,
                   backoff=None if delay is None else round(delay, 3), failures=pair.backoff.failures,
-                  counters=counters.get("rings"), dirty_log=counters.get("dirty_log"))
+                  counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), **killed)
         if self.stopping:
             return
         if code != 0:

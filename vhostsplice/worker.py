@@ -6,7 +6,6 @@ This is the only Python that runs per wake-up; the packets themselves move in th
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import select
@@ -15,11 +14,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from . import counters
 from . import datapath as dp
 from .backend import OFFLOAD_FEATURES, Backend, BackendConfig
 from .errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
-                     release_stop_signals)
+                     from_oserror, release_stop_signals)
 from .protocol import Req
+from .sandbox import Facts, Sandbox
 
 log = logging.getLogger("vhostsplice")
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
@@ -35,6 +36,9 @@ class WorkerConfig:
     backend: BackendConfig = field(default_factory=BackendConfig)
     stats_file: str | None = None
     allow_uids: frozenset[int] | None = None    # --allow-uid: peers (SO_PEERCRED uid) served; None: any
+    sandbox: Sandbox | None = None              # --sandbox: confined before the first message (None: off)
+    stats_format: str = "json"                  # --stats-format: json or prometheus (counters.render)
+    stats_interval: float | None = None         # --stats-interval: rewrite --stats-file this often (seconds)
 
 
 def _quietly(fn, *args) -> None:
@@ -66,6 +70,15 @@ class Worker:
         self.host_err_mask = ERR_ONLY
         self.queue_attached = True      # a tap queue is attached when opened
         self.pair_was_enabled = False
+        # --stats-file is written through its directory, opened now: a confined worker opens nothing else
+        self.stats_dir_fd = -1
+        self.next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
+        if config.stats_file:
+            folder = os.path.dirname(os.path.abspath(config.stats_file))
+            try:
+                self.stats_dir_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise from_oserror(exc, f"--stats-file {config.stats_file}") from None
 
     # -- epoll bookkeeping -------------------------------------------------------------------------------
     def _watch(self, fd: int, role: str, events: int) -> None:
@@ -115,6 +128,8 @@ class Worker:
         release_stop_signals()      # a stop held since start-up (cli.run, or a supervisor) arrives now
         self._watch(rfd, "signal", IN)
         try:
+            if self.config.sandbox is not None:
+                self.config.sandbox.confine(Facts(self.stats_dir_fd, getattr(self.door, "dir_fd", -1)))
             self._attach_door()
             self._loop(rfd)
         except VhostspliceError as exc:
@@ -153,10 +168,10 @@ class Worker:
     def _loop(self, sigfd: int) -> None:
         pending = False
         while True:
-            running = self.backend is not None and self.backend.rings_running
-            timeout = 0 if pending else (SAFETY_POLL_S if running else -1)
+            timeout = self._timeout(pending)
             events = self.ep.poll(timeout)
             self.wakeups += 1
+            self._stats_tick()
             if not events and timeout > 0:
                 pending = self._safety_poll()
                 continue
@@ -176,6 +191,23 @@ class Worker:
                     self._on_host(ev)
             pending = self._poll_datapath()
             self._sync()
+
+    def _timeout(self, pending: bool) -> float:
+        """epoll's timeout: 0 with work pending; the safety poll's while rings run; else forever, but
+        never past the next --stats-interval rewrite."""
+        if pending:
+            return 0
+        timeout = SAFETY_POLL_S if self.backend is not None and self.backend.rings_running else -1
+        if self.next_stats is not None:
+            due = max(0.0, self.next_stats - time.monotonic())
+            timeout = due if timeout < 0 else min(timeout, due)
+        return timeout
+
+    def _stats_tick(self) -> None:
+        """--stats-interval: the stats file rewritten (atomically) once the interval has passed."""
+        if self.next_stats is not None and time.monotonic() >= self.next_stats:
+            self.report(final=False)
+            self.next_stats = time.monotonic() + self.config.stats_interval
 
     def _safety_poll(self) -> bool:
         before = self._positions()
@@ -333,16 +365,28 @@ class Worker:
             out["messages"] = self.backend.messages
             out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped
         out["dirty_log"] = self.datapath.log_stats()    # live migration: log_all, log_size, writes, overflow
+        out["sandbox"] = dict(self.config.sandbox.report) if self.config.sandbox else {"mode": "off"}
         return out
 
     def report(self, final: bool = True) -> None:
         data = getattr(self, "_final_stats", None) if final else None
         data = dict(data or self.stats(), exit=self.exit_code, errno=errno_name(self.exit_code), reason=self.reason)
-        text = json.dumps(data, sort_keys=True)
+        text = counters.render(data, self.config.stats_format, worker=counters.worker_name(self.config.stats_file))
         if self.config.stats_file:
-            tmp = f"{self.config.stats_file}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, self.config.stats_file)
-        else:
-            print(text, file=sys.stderr, flush=True)
+            try:
+                self._write_stats(text)
+                return
+            except OSError as exc:
+                log.warning("--stats-file %s: %s; the statistics follow on stderr", self.config.stats_file, exc)
+        print(text, end="", file=sys.stderr, flush=True)
+
+    def _write_stats(self, text: str) -> None:
+        """A temporary file in the stats directory (held open since start), renamed over the stats file."""
+        name = os.path.basename(self.config.stats_file)
+        fd = os.open(f"{name}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
+                     dir_fd=self.stats_dir_fd)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        os.replace(f"{name}.tmp", name, src_dir_fd=self.stats_dir_fd, dst_dir_fd=self.stats_dir_fd)

@@ -20,6 +20,24 @@ def test_bad_size_is_einval(make_rig, num):
     assert not rig.dp.running(1)
 
 
+@pytest.mark.parametrize("num", [0, 3, 48, 100, 65536])
+def test_bad_size_leaves_a_running_ring_as_it_was(make_rig, num):
+    """The size is checked (ring_size_ok, the one rule) before the ring is touched: a refused start
+    neither stops the running ring nor moves it."""
+    rig = make_rig()
+    rig.tx.add_out([rig.frame(60)])
+    rig.poll_idle()
+    before = rig.dp.stats()["tx"]
+    q = rig.tx
+    with pytest.raises(ConfigError) as e:
+        rig.dp.start_ring(1, num=num, desc=q.desc_uva, avail=q.avail_uva, used=q.used_uva)
+    assert e.value.errno == errno.EINVAL
+    assert rig.dp.running(1) and rig.dp.stats()["tx"] == before
+    rig.tx.add_out([rig.frame(60, seed=1)])
+    rig.poll_idle()
+    assert len(rig.wire()) == 2
+
+
 @pytest.mark.parametrize("field,delta", [("desc", 8), ("avail", 1), ("used", 2)])
 def test_misaligned_ring_is_einval(make_rig, field, delta):
     rig = make_rig(start=False)

@@ -78,7 +78,7 @@ def test_chain_shorter_than_header_is_dropped(make_rig):
 def test_write_only_descriptor_in_tx_chain(make_rig):
     rig = make_rig()
     gpa = rig.mem.alloc(100)
-    rig.tx.raw_desc(5, gpa, 100, 2, 0)          # VIRTQ_DESC_F_WRITE
+    rig.tx.raw_desc(5, gpa, 100, 2, 0)          # VIRTQ_DESC_F_WRITE (2)
     rig.tx.raw_avail(0, 5)
     rig.tx.set_avail_idx(1)
     rig.poll_idle()

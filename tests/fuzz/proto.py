@@ -47,23 +47,17 @@ def open_fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
 
 
-class FakeHostFd:
-    is_socket = False
-    fd, vnet_hdr_len, stream, name = -1, 0, False, "fuzz"     # SEND_RARP: a write to fd -1 is a counted drop
-
-    def set_offload(self, flags: int) -> None:
-        self.offload = flags
-
-
 class Session:
     def __init__(self, src: Source):
         from vhostsplice import backend, channel, datapath
+        from vhostsplice.testing.hostfd import FakeHostFd
         self.src = src
         self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.host, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.host.setblocking(False)
         self.dp = datapath.Datapath(self.host.fileno())
-        self.backend = backend.Backend(channel.Channel(self.a), self.dp, FakeHostFd(), backend.BackendConfig())
+        # SEND_RARP: the fake has no fd (-1), so an announce is a counted skip
+        self.backend = backend.Backend(channel.Channel(self.a), self.dp, FakeHostFd(name="fuzz"), backend.BackendConfig())
         self.mem = os.memfd_create("fuzz-guest")
         os.ftruncate(self.mem, MEM_SIZE)
 

@@ -1,4 +1,4 @@
-"""A slow pure-Python reference of the C core's split ring (vs_split.c, vs_mem.c, vs_net.c).
+"""A slow pure-Python reference of the C core's split ring (vs_split.c, vs_mem.c, vs_log.c, vs_net*.c).
 
 It is the oracle of the differential fuzzer (harness.py): it keeps its own copy of guest memory and
 its own ring state, does what the C core is specified to do for each operation, step by step in the
@@ -15,7 +15,7 @@ import struct
 
 NET_HDR = 12
 MAX_IOV = 1024          # VS_MAX_IOV, and the kernel's UIO_MAXIOV for readv/writev
-GUEST_IOV = MAX_IOV - 2  # iovecs one walk may fill (vs_net.c VS_GUEST_IOV): room for a header split + scratch
+GUEST_IOV = MAX_IOV - 2  # iovecs one walk may fill (vs_api.h VS_GUEST_IOV): room for a header split + scratch
 MAX_QUEUE = 32768
 SCRATCH = 1 << 17       # datapath.SCRATCH_LEN: the buffer behind the guest's RX iovecs
 F_NEXT, F_WRITE, F_INDIRECT = 1, 2, 4
@@ -172,11 +172,11 @@ class Pair:
     def start(self, i: int, num: int, desc: int, avail: int, used: int):
         """Datapath.start_ring: ("ok", pos) or ("ConfigError"/"GuestFaultError", errno)."""
         r = self.ring(i)
-        if not 0 < num <= MAX_QUEUE:
+        if not 0 < num <= MAX_QUEUE or num & (num - 1):    # refused before the ring is touched
             return ("ConfigError", errno.EINVAL)
         r.num, r.desc_uva, r.avail_uva, r.used_uva = num, desc, avail, used
         rc = 0
-        if num & (num - 1) or desc & 15 or avail & 1 or used & 3:
+        if desc & 15 or avail & 1 or used & 3:
             rc = -errno.EINVAL
         if rc == 0:
             rc = self._map(r)

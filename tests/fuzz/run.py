@@ -34,7 +34,6 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 CORPUS = os.path.join(HERE, "corpus")
 SAN_FLAGS = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -O1 -g"
 GCOV_FLAGS = "--coverage -O0 -g"
-CORE_SOURCES = ("vs_mem.c", "vs_split.c", "vs_net.c")
 INTERESTING = (b"\x00", b"\xff", b"\x7f", b"\x80", b"\x01\x00", b"\xff\xff", b"\x00\x80",
                b"\x10\x00\x00\x00", b"\xff\xff\xff\xff", b"\xf0\xff\xff\xff")
 
@@ -207,7 +206,8 @@ def write_corpus(name: str, covers: list[tuple[bytes, set]]) -> None:
 def gcov_report(lib_dir: str) -> dict:
     objdir = os.path.join(os.path.dirname(lib_dir), "tmp", "vhostsplice", "_core")
     out = {}
-    for src in CORE_SOURCES:
+    from vhostsplice._core_build import SOURCES    # the build's list: every C file of the core
+    for src in SOURCES:
         res = subprocess.run(["gcov", "-n", "-o", objdir, os.path.join(ROOT, "vhostsplice", "_core", src)],
                              capture_output=True, text=True, cwd=objdir)
         for block in res.stdout.split("File '")[1:]:

@@ -77,6 +77,41 @@ def test_protocol_corpus_replays_clean():
         proto.run_one(data)
 
 
+def test_protocol_corpus_replays_under_the_worker_sandbox():
+    """Issue 17: the same inputs, in a child confined exactly like a worker (Landlock, the seccomp
+    allow-list); its fds come from here over SCM_RIGHTS (confined.py). A forbidden syscall on any path the
+    corpus reaches is a SIGSYS, reported with the input that made it."""
+    import json
+    import socket
+
+    import confined
+    from support.confined import unconfined
+    from vhostsplice.selfexec import self_env
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.settimeout(120)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "confined.py"), str(theirs.fileno()),
+                             os.path.join(HERE, "corpus", "protocol")], pass_fds=(theirs.fileno(),), env=self_env())
+    theirs.close()
+    said, status = [], []
+
+    def on_line(text: str) -> None:
+        said.append(text)
+        if text == "confined":
+            status.append(unconfined(proc.pid))
+            ours.sendmsg([b"go"])
+    try:
+        confined.serve_fds(ours, on_line)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ours.close()
+    assert code == 0, f"the confined replay ended {code} at {said[-1:]}"
+    assert status == [[]] or (os.geteuid() != 0 and all(not w.startswith("Seccomp") for w in status[0])), status
+    assert json.loads(said[-1]) == {"replayed": len(corpus("protocol"))}
+
+
 def _first_failure(target: str, fn):
     for data in corpus(target):
         try:

@@ -265,8 +265,10 @@ def test_frontend_sending_the_host_fd_back_is_eproto(tmp_path, where):
 @pytest.mark.parametrize("user", [None, "nobody"])
 def test_frontend_sending_a_tun_fd_to_a_tap_worker_is_eproto(ns, open_dir, user):
     """All /dev/net/tun fds are one inode: a tap worker refuses any tun fd a front-end sends (also after
-    --user: the error path needs nothing the user cannot reach)."""
-    os.chown(open_dir, NOBODY.pw_uid, NOBODY.pw_gid)
+    --user: the error path needs nothing the user cannot reach). The directory is the worker user's: confined,
+    even uid 0 has no CAP_DAC_OVERRIDE to write into another user's directory."""
+    if user:
+        os.chown(open_dir, NOBODY.pw_uid, NOBODY.pw_gid)
     w = _worker(ns, None, *(["--user", user] if user else []), workdir=open_dir)
     tun = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import support.testpmd as tp
+from support.confined import unconfined
 from support.waiting import wait_for
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.netns import PrivateNetns
@@ -46,9 +47,16 @@ def served(tmp_path):
             sup.wait(30)
 
 
+def _confined_workers(ev) -> list[int]:
+    """Issue 17: the pids of both pairs' workers once each is confined (Seccomp 2, no capabilities)."""
+    pids = [e["pid"] for e in events(ev) if e["event"] == "start"]
+    return pids if len(pids) == 2 and not any(unconfined(pid) for pid in pids) else []
+
+
 def test_each_pair_is_served_by_its_own_worker(served):
     sup, pmd, ev = served
     time.sleep(2)
+    assert wait_for(lambda: _confined_workers(ev)), [unconfined(e["pid"]) for e in events(ev) if e["event"] == "start"]
     totals = pmd.stop()
     # the front-end stopped the rings and left: serve ends by itself, 0, after its workers (each 0 too)
     assert sup.wait(30) == 0

@@ -10,10 +10,12 @@ from vhostsplice.backend import BASE_FEATURES, Backend, BackendConfig
 from vhostsplice.channel import Channel
 from vhostsplice.errors import FeatureError, ProtocolError
 from vhostsplice.spec import TUN_F_CSUM, TUN_F_TSO4, Feature as F, ProtocolFeature as PF, Req, bit, mask
+from vhostsplice.testing.hostfd import FakeHostFd
 
 
 class RecordingDatapath:
-    def __init__(self):
+    def __init__(self, host_hdr_len=0):
+        self.host_hdr_len = host_hdr_len    # as a Datapath has it: the header the host fd carries
         self.calls = []
         self.running = set()
         self.log_calls = []     # dirty-log calls, kept apart so the ring-order assertions stay exact
@@ -54,13 +56,6 @@ class RecordingDatapath:
 
     def set_err_fd(self, index, fd):
         self.calls.append(("err", index))
-
-
-class FakeHostFd:
-    offload = None
-
-    def set_offload(self, flags):
-        self.offload = flags
 
 
 @pytest.fixture
@@ -327,37 +322,11 @@ def test_log_base_without_log_shmfd_is_eproto(env):
 GUEST_MAC = bytes.fromhex("525400a1b2c3")
 
 
-class RecordingHostFd:
-    """A host fd backed by a datagram socketpair: what the back-end writes is read from `peer`."""
-
-    def __init__(self, vnet_hdr_len=12, stream=False):
-        self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        self.peer.setblocking(False)
-        self.fd, self.vnet_hdr_len, self.stream, self.name, self.offload = \
-            self.sock.fileno(), vnet_hdr_len, stream, "rec0", None
-
-    def set_offload(self, flags):
-        self.offload = flags
-
-    def frames(self):
-        out = []
-        while True:
-            try:
-                out.append(self.peer.recv(65536))
-            except BlockingIOError:
-                return out
-
-    def close(self):
-        self.sock.close()
-        self.peer.close()
-
-
 @pytest.fixture
 def rarp_env(request):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    host = RecordingHostFd(**getattr(request, "param", {}))
-    backend = Backend(Channel(a), RecordingDatapath(), host, BackendConfig())
+    host = FakeHostFd.datagram(**getattr(request, "param", {}))   # what the back-end writes: host.frames()
+    backend = Backend(Channel(a), RecordingDatapath(host_hdr_len=host.vnet_hdr_len), host, BackendConfig())
     send(backend, Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.RARP) | bit(PF.REPLY_ACK)))
     yield backend, Channel(b), host
     backend.close()

@@ -18,9 +18,10 @@ import pytest
 from vhostsplice import protocol as P
 from vhostsplice.backend import Backend, BackendConfig
 from vhostsplice.channel import Channel
-from vhostsplice.datapath import Datapath
+from vhostsplice.datapath import Datapath, ring_size_ok
 from vhostsplice.errors import GuestFaultError, ProtocolError
 from vhostsplice.spec import MAX_PAYLOAD, Feature as F, ProtocolFeature as PF, Req, bit
+from vhostsplice.testing.hostfd import FakeHostFd
 
 MEM = 1 << 20
 GPA, UVA = 0x4000_0000, 0x7F00_0000_0000
@@ -28,13 +29,6 @@ GPA, UVA = 0x4000_0000, 0x7F00_0000_0000
 
 def open_fds() -> set[int]:
     return {int(x) for x in os.listdir("/proc/self/fd")}
-
-
-class FakeHostFd:
-    is_socket = False
-
-    def set_offload(self, flags: int) -> None:
-        self.offload = flags
 
 
 class Env:
@@ -107,6 +101,22 @@ def test_zero_odd_or_huge_ring_size_is_eproto(env, num):
     """CVE-2013-4151 / CVE-2021-3839 class: a ring size past the bound or not a power of 2."""
     eproto(env.handle, Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(0, num)), match="power of 2")
     assert env.backend.rings[0].num == 0
+
+
+SIZES = sorted({0, 48, 65536, 0xFFFF_FFFF} | {(1 << k) + d for k in range(17) for d in (-1, 0, 1)})
+
+
+def test_set_vring_num_follows_the_cores_one_size_rule(env):
+    """SET_VRING_NUM and the ring layout answer from one rule (datapath.ring_size_ok, the core's
+    vs_ring_num_ok): a size the core would refuse never gets past the message, and none it takes is
+    refused here."""
+    for num in SIZES:
+        msg = P.encode_vring_state(P.VringState(0, num))
+        if ring_size_ok(num):
+            env.handle(Req.SET_VRING_NUM, msg)
+            assert env.backend.rings[0].num == num
+        else:
+            eproto(env.handle, Req.SET_VRING_NUM, msg, match="power of 2")
 
 
 def test_largest_ring_size_is_accepted(env):

@@ -1,13 +1,14 @@
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from vhostsplice.cli import main, parse_cpus
-from vhostsplice.errors import EXIT_TABLE, ConfigError
+from vhostsplice.errors import EXIT_TABLE, ConfigError, errno_name
 
 
 def test_parse_cpus_ranges():
@@ -53,5 +54,32 @@ def test_exit_table_codes_are_distinct_errnos():
     codes = [code for code, _, _ in EXIT_TABLE if code > 0]
     assert len(codes) == len(set(codes))
     for code, name, _ in EXIT_TABLE:
-        if code > 0:
-            assert errno.errorcode[code] == name
+        if code > 128:          # a death by signal, as a shell and serve's events report it
+            assert signal.Signals(code - 128).name == name == errno_name(code)
+        elif code > 0:
+            assert errno.errorcode[code] == name == errno_name(code)
+
+
+def _options(command, path="vhostsplice"):
+    import click
+    for p in command.params:
+        if isinstance(p, click.Option) and p.name not in ("help", "version"):
+            yield path, p
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _options(sub, f"{path} {name}")
+
+
+def test_every_option_has_an_environment_variable_that_help_shows():
+    from vhostsplice.cli import cli
+    for path, opt in _options(cli):
+        assert opt.envvar and opt.envvar.startswith("VHOSTSPLICE_") and opt.show_envvar, (path, opt.opts)
+
+
+def test_an_option_from_the_environment_is_used_and_the_command_line_wins(capsys, monkeypatch):
+    monkeypatch.setenv("VHOSTSPLICE_SOCKET_MODE", "0640")
+    assert main(["run", "--socket-path", "/nonexistent-dir/x.sock", "--host-fd", "0", "--socket-mode", "bad"]) \
+        == errno.EINVAL                                  # the command line's value, not the environment's
+    assert "bad" in capsys.readouterr().err
+    monkeypatch.setenv("VHOSTSPLICE_SOCKET_MODE", "nonsense")
+    assert main(["run", "--socket-path", "/nonexistent-dir/x.sock", "--host-fd", "0"]) == errno.EINVAL
+    assert "nonsense" in capsys.readouterr().err

@@ -7,6 +7,11 @@
  * Ownership: C owns no lifetimes.  Python allocates struct vs_pair, maps guest memory and keeps every
  * buffer alive while a region table refers to it; C never allocates, maps, keeps globals or calls back.
  * Every exported function returns >= 0 or -errno and does at most one batch of work.
+ *
+ * Layers (docs/architecture.md): vs_mem.c translates guest addresses; vs_log.c marks the dirty log;
+ * vs_split.c is the split ring layout and knows nothing of the net device (its functions take the
+ * memory table and their ring); vs_net.c, vs_net_tx.c and vs_net_rx.c move packets between a ring
+ * and the host fd; vs_pair.c is the exported poll of one RX/TX pair.
  */
 #ifndef VS_API_H
 #define VS_API_H
@@ -14,7 +19,7 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 4
+#define VS_API_VERSION 5
 #define VS_MAX_REGIONS 8
 #define VS_MAX_IOV 1024
 #define VS_MAX_QUEUE_SIZE 32768
@@ -52,9 +57,21 @@ struct vs_region {
     uint8_t *hva;       /* our address of byte 0 */
 };
 
+/* Dirty log for live migration (vhost-user "Migration"): bit p % 8 of byte p / 8 is page p of
+ * guest-physical address.  Python maps it (SET_LOG_BASE) and keeps it alive; size is in bytes.
+ * Every guest write is logged while `all` (VHOST_F_LOG_ALL acked) and base are set. */
+struct vs_log {
+    uint8_t *base;
+    uint64_t size;
+    uint32_t all;
+    uint64_t overflow;          /* log calls that reached past the log's end (those pages not marked) */
+    uint64_t writes;            /* log calls that marked pages */
+};
+
 struct vs_mem {
     uint32_t n;
     struct vs_region r[VS_MAX_REGIONS];
+    struct vs_log *log;         /* NULL, or the dirty log every device store into this memory is marked in */
 };
 
 struct vs_ring_stats {
@@ -99,53 +116,26 @@ struct vs_pair {
     uint32_t tx_stage_cap, tx_stage_len, tx_stage_off;
     uint8_t *rx_stage;
     uint32_t rx_stage_cap, rx_stage_len;
-    /* Dirty log for live migration (vhost-user "Migration"): bit p % 8 of byte p / 8 is page p of
-     * guest-physical address.  Python maps it (SET_LOG_BASE) and keeps it alive; log_size is in bytes.
-     * Every guest write is logged while log_all (VHOST_F_LOG_ALL acked) and log_base are set. */
-    uint8_t *log_base;
-    uint64_t log_size;
-    uint32_t log_all;
-    uint64_t log_overflow;      /* log calls that reached past the log's end (those pages not marked) */
-    uint64_t log_writes;        /* log calls that marked pages */
+    struct vs_log log;          /* mem.log points here (Python sets it once) */
 };
 
+/* vs_pair.c */
 int vs_api_version(void);
-int vs_ring_start(struct vs_pair *p, struct vs_ring *r);
-int vs_ring_remap(struct vs_pair *p, struct vs_ring *r);
 int vs_pair_poll(struct vs_pair *p);
 int vs_drain_eventfd(int fd);
-int vs_log_write(struct vs_pair *p, uint64_t gpa, uint64_t len);
+/* vs_split.c: the ring layout (also declared for the C sources below) */
+int vs_ring_num_ok(uint32_t num);
+int vs_ring_start(const struct vs_mem *m, struct vs_ring *r);
+int vs_ring_remap(const struct vs_mem *m, struct vs_ring *r);
+/* vs_log.c */
+int vs_log_write(struct vs_log *l, uint64_t gpa, uint64_t len);
 /* ---- cdef end ---- */
 
 /* ------------------------------------------------------------------ internal (C sources only) */
 #include <stddef.h>
 #include <sys/uio.h>
 
-/* Split virtqueue layout (virtio 1.2, 2.7). All fields little-endian. */
-struct vs_desc {
-    uint64_t addr;
-    uint32_t len;
-    uint16_t flags;
-    uint16_t next;
-};
-struct vs_avail {
-    uint16_t flags, idx;
-    uint16_t ring[];            /* num entries, then used_event */
-};
-struct vs_used_elem {
-    uint32_t id, len;
-};
-struct vs_used {
-    uint16_t flags, idx;
-    struct vs_used_elem ring[]; /* num entries, then avail_event */
-};
-
-#define VS_DESC_F_NEXT 1
-#define VS_DESC_F_WRITE 2
-#define VS_DESC_F_INDIRECT 4
-#define VS_USED_F_NO_NOTIFY 1
-#define VS_AVAIL_F_NO_INTERRUPT 1
-#define VS_NUM_BUFFERS_OFF 10
+#define VS_NUM_BUFFERS_OFF 10     /* virtio_net_hdr_v1.num_buffers */
 
 /* Per-chain outcome of a walk (> 0); a broken ring is -EBADMSG. */
 enum vs_chain_result {
@@ -156,14 +146,25 @@ enum vs_chain_result {
     VS_CHAIN_SHORT,         /* shorter than the virtio-net header: drops_short */
 };
 
-/* vs_mem.c */
+/* vs_mem.c: guest address translation */
 uint8_t *vs_uva_to_hva(const struct vs_mem *m, uint64_t uva, uint64_t len);
 uint8_t *vs_gpa_to_hva(const struct vs_mem *m, uint64_t gpa, uint64_t len);
 int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
                   struct iovec *iov, uint64_t *gpas, uint32_t *niov, uint32_t max);
 void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const void *src, size_t n);
 
-/* vs_split.c */
+/* vs_log.c: the dirty log (live migration).  Callers test vs_logging() first: with logging off each
+ * logging site costs one branch. */
+static inline int vs_logging(const struct vs_log *l)
+{
+    return l != NULL && l->all;
+}
+void vs_log_iov(struct vs_log *l, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t len);
+void vs_log_ring(struct vs_log *l, const struct vs_ring *r, uint64_t off, uint64_t len);
+
+/* ---- the ring layout interface: vs_split.c implements it for the split virtqueue; a second layout
+ * (packed, virtio 1.2 2.8) provides the same functions over its own struct vs_ring fields.  Every
+ * function takes the memory table and its ring, never the net device (docs/architecture.md). ---- */
 struct vs_walk {
     struct iovec *iov;      /* where the chain's iovecs go */
     uint64_t *gpa;          /* NULL, or where each iovec's guest-physical address goes (RX: dirty log) */
@@ -172,19 +173,31 @@ struct vs_walk {
     uint64_t len;           /* out: total bytes */
     uint32_t ndesc;         /* out: ring descriptors the chain holds (an indirect table counts 1) */
     uint16_t head;          /* out */
+    uint16_t at;            /* out: the chain's avail position (vs_avail_rewind(r, at) gives it back) */
 };
+/* vs_ring_num_ok, vs_ring_start, vs_ring_remap: declared in the cdef section above */
 int vs_avail_pending(struct vs_ring *r);
+uint16_t vs_avail_pos(const struct vs_ring *r);
+void vs_avail_rewind(struct vs_ring *r, uint16_t pos);
+uint16_t vs_used_pos(const struct vs_ring *r);
 int vs_ring_fail(struct vs_ring *r, int reason);
-int vs_pop_chain(const struct vs_pair *p, struct vs_ring *r, int writable, struct vs_walk *w);
+int vs_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w);
+void vs_prefetch_chain(const struct vs_mem *m, const struct vs_ring *r, uint16_t at);
 void vs_used_add(struct vs_ring *r, uint16_t head, uint32_t len);
-void vs_used_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used);
-void vs_notify_disable(struct vs_pair *p, struct vs_ring *r);
-int vs_notify_enable(struct vs_pair *p, struct vs_ring *r, uint16_t seen);
-void vs_log_iov(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t len);
-int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
-void vs_prefetch_chain(const struct vs_pair *p, const struct vs_ring *r, uint16_t at);
+void vs_used_publish(const struct vs_mem *m, struct vs_ring *r, uint16_t old_used);
+void vs_notify_disable(const struct vs_mem *m, struct vs_ring *r);
+int vs_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t seen);
 
-/* vs_net.c */
+/* vs_net.c: what the net device's TX and RX share (host fd errors, the header bytes it carries) */
+/* Iovecs one walk may fill with guest pieces: readv/writev take at most UIO_MAXIOV (1024), and a header
+ * split (vs_iov_cut) and the RX scratch iovec may each add one. */
+#define VS_GUEST_IOV (VS_MAX_IOV - 2)
+int vs_host_fatal(int err);
+int vs_host_drops(const struct vs_pair *p, int err);
+uint32_t vs_iov_cut(const struct iovec *in, uint32_t n, uint64_t from, uint64_t len, struct iovec *out);
+struct iovec *vs_host_iov(const struct vs_pair *p, struct iovec *iov, uint32_t *niov, struct iovec *cut);
+int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
+/* vs_net_tx.c, vs_net_rx.c: one batch of each direction */
 int vs_tx_batch(struct vs_pair *p);
 int vs_rx_batch(struct vs_pair *p);
 

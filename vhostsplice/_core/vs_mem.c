@@ -14,34 +14,33 @@ static uint32_t mem_count(const struct vs_mem *m)
     return m->n < VS_MAX_REGIONS ? m->n : VS_MAX_REGIONS;
 }
 
-/* Address of [uva, uva + len) if it lies wholly inside one region, else NULL. */
-uint8_t *vs_uva_to_hva(const struct vs_mem *m, uint64_t uva, uint64_t len)
+/* Address of [addr, addr + len) if it lies wholly inside one region, else NULL; addr is a front-end
+ * user address (by_uva) or a guest-physical one. */
+static uint8_t *range_hva(const struct vs_mem *m, uint64_t addr, uint64_t len, int by_uva)
 {
     for (uint32_t i = 0; i < mem_count(m); i++) {
         const struct vs_region *r = &m->r[i];
-        if (uva < r->uva || uva - r->uva >= r->size)
+        uint64_t base = by_uva ? r->uva : r->gpa;
+        if (addr < base || addr - base >= r->size)
             continue;
-        if (len > r->size - (uva - r->uva))
+        if (len > r->size - (addr - base))
             return NULL;
-        /* SAFETY: uva - r->uva < size and the whole range fits in the region's size bytes. */
-        return r->hva + (uva - r->uva);
+        /* SAFETY: addr - base < size and the whole range fits in the region's size bytes. */
+        return r->hva + (addr - base);
     }
     return NULL;
 }
 
-/* Address of [gpa, gpa + len) if it lies wholly inside one region, else NULL. */
+/* Ring addresses (SET_VRING_ADDR) are front-end user addresses. */
+uint8_t *vs_uva_to_hva(const struct vs_mem *m, uint64_t uva, uint64_t len)
+{
+    return range_hva(m, uva, len, 1);
+}
+
+/* Descriptor addresses are guest-physical. */
 uint8_t *vs_gpa_to_hva(const struct vs_mem *m, uint64_t gpa, uint64_t len)
 {
-    for (uint32_t i = 0; i < mem_count(m); i++) {
-        const struct vs_region *r = &m->r[i];
-        if (gpa < r->gpa || gpa - r->gpa >= r->size)
-            continue;
-        if (len > r->size - (gpa - r->gpa))
-            return NULL;
-        /* SAFETY: gpa - r->gpa < size and the whole range fits in the region's size bytes. */
-        return r->hva + (gpa - r->gpa);
-    }
-    return NULL;
+    return range_hva(m, gpa, len, 0);
 }
 
 /* Region holding gpa, or NULL. */
@@ -98,16 +97,5 @@ void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const vo
         s += k;
         n -= k;
         off = 0;
-    }
-}
-
-/* Log the first len bytes of a guest iovec list whose pieces start at the guest-physical addresses
- * gpa[i] (what vs_gpa_to_iov recorded): the bytes the device just wrote there. */
-void vs_log_iov(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t len)
-{
-    for (uint32_t i = 0; i < niov && len > 0; i++) {
-        uint64_t k = iov[i].iov_len < len ? iov[i].iov_len : len;
-        vs_log_write(p, gpa[i], k);
-        len -= k;
     }
 }

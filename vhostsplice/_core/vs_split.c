@@ -4,21 +4,42 @@
  * index taken modulo num is always in bounds.  Descriptors are copied out of guest memory once and
  * checked on the copy: the guest may rewrite them concurrently.
  *
- * Dirty log (live migration): while p->log_all is set, every store the device makes into guest memory
- * is followed by marking its 4 KiB guest-physical pages in the log Python mapped (vs_log_write).  The
- * order is always: guest-memory store -> release fence -> atomic OR of the log byte, so a reader that
- * sees (and clears) the bit and then copies the page copies the new data.  Used-ring stores are logged
- * at r->log_addr + their offset in the used ring when r->log_used (VHOST_VRING_F_LOG).  Every log index
- * is bounds-checked against log_size with subtraction-only arithmetic: a page past the log's end is
- * never written, only counted (log_overflow).  With logging off each site costs one branch.
+ * This file is the split layout only: it implements the ring layout interface of vs_api.h and knows
+ * nothing of the net device (headers, host fd, fault policy).  Its functions take the memory table and
+ * their ring.  Every used-ring store is logged (vs_log.c) at its offset in the used ring while m->log
+ * is on.
  */
 #include <endian.h>
 #include <errno.h>
-#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "vs_api.h"
+
+/* Split virtqueue layout (virtio 1.2, 2.7). All fields little-endian. */
+struct vs_desc {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;
+    uint16_t next;
+};
+struct vs_avail {
+    uint16_t flags, idx;
+    uint16_t ring[];            /* num entries, then used_event */
+};
+struct vs_used_elem {
+    uint32_t id, len;
+};
+struct vs_used {
+    uint16_t flags, idx;
+    struct vs_used_elem ring[]; /* num entries, then avail_event */
+};
+
+#define VS_DESC_F_NEXT 1
+#define VS_DESC_F_WRITE 2
+#define VS_DESC_F_INDIRECT 4
+#define VS_USED_F_NO_NOTIFY 1
+#define VS_AVAIL_F_NO_INTERRUPT 1
 
 static uint16_t ld16(const uint16_t *p)
 {
@@ -30,15 +51,17 @@ static void st16(uint16_t *p, uint16_t v)
     __atomic_store_n(p, htole16(v), __ATOMIC_RELAXED);
 }
 
-int vs_api_version(void)
+/* 2.7: Queue Size is a power of 2 up to 32768.  The one check of a ring size: the front-end's
+ * SET_VRING_NUM and Datapath.start_ring ask this function (through datapath.ring_size_ok). */
+int vs_ring_num_ok(uint32_t num)
 {
-    return VS_API_VERSION;
+    return num != 0 && num <= VS_MAX_QUEUE_SIZE && (num & (num - 1)) == 0;
 }
 
-/* 2.7: Queue Size is a power of 2 up to 32768; desc 16-, avail 2-, used 4-byte aligned. */
+/* 2.7: desc 16-, avail 2-, used 4-byte aligned. */
 static int ring_check(const struct vs_ring *r)
 {
-    if (r->num == 0 || r->num > VS_MAX_QUEUE_SIZE || (r->num & (r->num - 1)) != 0)
+    if (!vs_ring_num_ok(r->num))
         return -EINVAL;
     if ((r->desc_uva & 15) != 0 || (r->avail_uva & 1) != 0 || (r->used_uva & 3) != 0)
         return -EINVAL;
@@ -46,12 +69,12 @@ static int ring_check(const struct vs_ring *r)
 }
 
 /* Translate the three ring areas, each wholly inside one region. */
-static int ring_map(const struct vs_pair *p, struct vs_ring *r)
+static int ring_map(const struct vs_mem *m, struct vs_ring *r)
 {
     uint64_t n = r->num;
-    uint8_t *desc = vs_uva_to_hva(&p->mem, r->desc_uva, 16 * n);
-    uint8_t *avail = vs_uva_to_hva(&p->mem, r->avail_uva, 6 + 2 * n);
-    uint8_t *used = vs_uva_to_hva(&p->mem, r->used_uva, 6 + 8 * n);
+    uint8_t *desc = vs_uva_to_hva(m, r->desc_uva, 16 * n);
+    uint8_t *avail = vs_uva_to_hva(m, r->avail_uva, 6 + 2 * n);
+    uint8_t *used = vs_uva_to_hva(m, r->used_uva, 6 + 8 * n);
     if (desc == NULL || avail == NULL || used == NULL)
         return -EFAULT;
     /* Our mapping must keep the alignment the atomics on idx need. */
@@ -69,11 +92,11 @@ static void ring_unmap(struct vs_ring *r)
     r->desc = r->avail = r->used = NULL;
 }
 
-int vs_ring_start(struct vs_pair *p, struct vs_ring *r)
+int vs_ring_start(const struct vs_mem *m, struct vs_ring *r)
 {
     int rc = ring_check(r);
     if (rc == 0)
-        rc = ring_map(p, r);
+        rc = ring_map(m, r);
     if (rc < 0) {
         ring_unmap(r);
         return rc;
@@ -88,11 +111,11 @@ int vs_ring_start(struct vs_pair *p, struct vs_ring *r)
     return pos;
 }
 
-int vs_ring_remap(struct vs_pair *p, struct vs_ring *r)
+int vs_ring_remap(const struct vs_mem *m, struct vs_ring *r)
 {
     if (!r->running)
         return 0;
-    int rc = ring_map(p, r);
+    int rc = ring_map(m, r);
     if (rc < 0)
         ring_unmap(r);
     return rc;
@@ -141,14 +164,14 @@ static void desc_load(const struct desc_table *t, uint32_t i, struct vs_desc *d)
 }
 
 /* 2.7.5.3: switch to the table an INDIRECT descriptor points at. */
-static int enter_indirect(const struct vs_pair *p, struct vs_ring *r,
+static int enter_indirect(const struct vs_mem *m, struct vs_ring *r,
                           struct desc_table *t, const struct vs_desc *d)
 {
     if (t->indirect) /* 2.7.5.3.1: the driver MUST NOT set INDIRECT within an indirect table */
         return vs_ring_fail(r, VS_BROKEN_NESTED_INDIRECT);
     if (!(r->flags & VS_RF_INDIRECT) || (d->flags & VS_DESC_F_NEXT) || d->len == 0 || d->len % 16)
         return VS_CHAIN_BAD_DESC;
-    const uint8_t *tab = vs_gpa_to_hva(&p->mem, d->addr, d->len);
+    const uint8_t *tab = vs_gpa_to_hva(m, d->addr, d->len);
     if (tab == NULL)
         return VS_CHAIN_FAULT;
     t->base = tab;
@@ -158,7 +181,7 @@ static int enter_indirect(const struct vs_pair *p, struct vs_ring *r,
 }
 
 /* Add one data descriptor to the chain's iovecs. */
-static int desc_to_iov(const struct vs_pair *p, int writable, const struct vs_desc *d,
+static int desc_to_iov(const struct vs_mem *m, int writable, const struct vs_desc *d,
                        struct vs_walk *w)
 {
     if (!!(d->flags & VS_DESC_F_WRITE) != !!writable)
@@ -166,7 +189,7 @@ static int desc_to_iov(const struct vs_pair *p, int writable, const struct vs_de
     w->len += d->len;
     if (d->len == 0)
         return 0;
-    return vs_gpa_to_iov(&p->mem, d->addr, d->len, w->iov, w->gpa, &w->niov, w->max);
+    return vs_gpa_to_iov(m, d->addr, d->len, w->iov, w->gpa, &w->niov, w->max);
 }
 
 /* Walk the chain at w->head into iovecs: 0, a per-chain VS_CHAIN_* fault, or -EBADMSG.
@@ -174,7 +197,7 @@ static int desc_to_iov(const struct vs_pair *p, int writable, const struct vs_de
  * visits more descriptors than that (or than its table holds) is looping. A per-chain fault in a data
  * descriptor is remembered, and the walk goes on to the chain's end: a loop past it (say, after the
  * iovecs ran out on a ring larger than VS_MAX_IOV) still breaks the ring. */
-static int walk(const struct vs_pair *p, struct vs_ring *r, int writable, struct vs_walk *w)
+static int walk(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w)
 {
     struct desc_table t = { r->desc, r->num, 0 };
     uint32_t i = w->head, seen = 0, total = 0;
@@ -188,8 +211,8 @@ static int walk(const struct vs_pair *p, struct vs_ring *r, int writable, struct
             return vs_ring_fail(r, t.indirect ? VS_BROKEN_CHAIN_LEN : VS_BROKEN_LOOP);
         desc_load(&t, i, &d);
         w->ndesc += !t.indirect;
-        int rc = (d.flags & VS_DESC_F_INDIRECT) ? enter_indirect(p, r, &t, &d)
-                                                 : (fault ? 0 : desc_to_iov(p, writable, &d, w));
+        int rc = (d.flags & VS_DESC_F_INDIRECT) ? enter_indirect(m, r, &t, &d)
+                                                 : (fault ? 0 : desc_to_iov(m, writable, &d, w));
         if (rc < 0 || (rc > 0 && (d.flags & VS_DESC_F_INDIRECT)))
             return rc;             /* an unusable indirect table ends the walk: nothing to follow */
         if (rc > 0)
@@ -207,10 +230,30 @@ static int walk(const struct vs_pair *p, struct vs_ring *r, int writable, struct
     }
 }
 
+/* Ring positions, opaque to the net device: the next chain the device takes, and the next used entry.
+ * Split: last_avail and used_idx (a packed layout encodes its wrap counter in them too). */
+uint16_t vs_avail_pos(const struct vs_ring *r)
+{
+    return r->last_avail;
+}
+
+uint16_t vs_used_pos(const struct vs_ring *r)
+{
+    return r->used_idx;
+}
+
+/* Give back every chain taken since pos (taken, not completed: none of them has a used entry); the next
+ * vs_pop_chain takes the chain at pos again. */
+void vs_avail_rewind(struct vs_ring *r, uint16_t pos)
+{
+    r->last_avail = pos;
+}
+
 /* Take the next available chain (the caller saw vs_avail_pending() > 0). */
-int vs_pop_chain(const struct vs_pair *p, struct vs_ring *r, int writable, struct vs_walk *w)
+int vs_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w)
 {
     struct vs_avail *a = r->avail;
+    w->at = r->last_avail;
     /* SAFETY: last_avail % num indexes one of the num ring entries translated with avail. */
     uint16_t head = ld16(&a->ring[r->last_avail & (r->num - 1)]);
     w->head = head;
@@ -219,16 +262,16 @@ int vs_pop_chain(const struct vs_pair *p, struct vs_ring *r, int writable, struc
     if (head >= r->num)
         return vs_ring_fail(r, VS_BROKEN_HEAD);
     r->last_avail++;
-    return walk(p, r, writable, w);
+    return walk(m, r, writable, w);
 }
 
 /* Prefetch the first data lines of one descriptor: only bytes vs_gpa_to_hva validated inside a region. */
-static void prefetch_desc(const struct vs_pair *p, const struct vs_desc *d)
+static void prefetch_desc(const struct vs_mem *m, const struct vs_desc *d)
 {
     uint64_t len = d->len < 128 ? d->len : 128;
     if (len == 0)
         return;
-    const uint8_t *h = vs_gpa_to_hva(&p->mem, d->addr, len);
+    const uint8_t *h = vs_gpa_to_hva(m, d->addr, len);
     if (h == NULL)
         return;
     /* SAFETY: [h, h + len) lies inside one mapped region; h + 64 < h + len when len > 64. */
@@ -241,7 +284,7 @@ static void prefetch_desc(const struct vs_pair *p, const struct vs_desc *d)
  * of its first two descriptors (one indirect level).  Read-only: no ring state, counter or error path
  * changes.  Every index is checked as the walk checks it, every data address is translated (bounds-
  * checked) before the hint, and anything out of bounds just ends it; the walk validates again. */
-void vs_prefetch_chain(const struct vs_pair *p, const struct vs_ring *r, uint16_t at)
+void vs_prefetch_chain(const struct vs_mem *m, const struct vs_ring *r, uint16_t at)
 {
     const struct vs_avail *a = r->avail;
     /* SAFETY: avail was translated for 6 + 2 * num bytes and idx sits at offset 2. */
@@ -260,7 +303,7 @@ void vs_prefetch_chain(const struct vs_pair *p, const struct vs_ring *r, uint16_
         if (!(r->flags & VS_RF_INDIRECT) || d.len < 16)
             return;
         uint32_t tn = d.len >= 32 ? 2 : 1;
-        const uint8_t *tab = vs_gpa_to_hva(&p->mem, d.addr, 16 * (uint64_t)tn);
+        const uint8_t *tab = vs_gpa_to_hva(m, d.addr, 16 * (uint64_t)tn);
         if (tab == NULL)
             return;
         t.base = tab;
@@ -270,31 +313,12 @@ void vs_prefetch_chain(const struct vs_pair *p, const struct vs_ring *r, uint16_
         if (d.flags & VS_DESC_F_INDIRECT)
             return;
     }
-    prefetch_desc(p, &d);
+    prefetch_desc(m, &d);
     if (!(d.flags & VS_DESC_F_NEXT) || d.next >= t.n)
         return;
     desc_load(&t, d.next, &d);
     if (!(d.flags & VS_DESC_F_INDIRECT))
-        prefetch_desc(p, &d);
-}
-
-/* Count a per-chain fault and give the chain back with used length 0. */
-int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault)
-{
-    switch (fault) {
-    case VS_CHAIN_FAULT:
-        r->st.drops_fault++;
-        break;
-    case VS_CHAIN_SHORT:
-        r->st.drops_short++;
-        break;
-    default:
-        r->st.drops_bad_desc++;
-        break;
-    }
-    r->st.chains++;
-    vs_used_add(r, head, 0);
-    return p->fault_exit ? -EFAULT : 0;
+        prefetch_desc(m, &d);
 }
 
 void vs_used_add(struct vs_ring *r, uint16_t head, uint32_t len)
@@ -326,95 +350,33 @@ static int need_call(struct vs_ring *r)
     return (uint16_t)(new - event - 1) < (uint16_t)(new - old);
 }
 
-/* ------------------------------------------------------------------------------------ dirty log */
+/* ------------------------------------------------------------------------------- used ring, notify */
 
-/* Mark the log pages of [gpa, gpa + len) (bit p % 8 of byte p / 8 for page p), after a release fence:
- * the caller stored the data first.  No-op (0) unless log_all and a log are set.  Pages past the
- * log's end (or a range wrapping past 2^64) are not written: the call counts one log_overflow, marks
- * the pages that are inside, and returns -ERANGE.  Otherwise returns the number of pages marked
- * (capped at INT_MAX). */
-int vs_log_write(struct vs_pair *p, uint64_t gpa, uint64_t len)
-{
-    if (!p->log_all || p->log_base == NULL || len == 0)
-        return 0;
-    uint64_t first = gpa >> VS_LOG_PAGE_SHIFT, last;
-    int over = 0;
-    if (len - 1 > UINT64_MAX - gpa) {
-        last = UINT64_MAX >> VS_LOG_PAGE_SHIFT;     /* wraps: mark up to the top, count it */
-        over = 1;
-    } else {
-        last = (gpa + (len - 1)) >> VS_LOG_PAGE_SHIFT;
-    }
-    if ((first >> 3) >= p->log_size) {
-        p->log_overflow++;
-        return -ERANGE;
-    }
-    if ((last >> 3) >= p->log_size) {
-        /* log_size <= last / 8 < 2^61 here, so the shift cannot overflow */
-        last = ((p->log_size - 1) << 3) | 7;
-        over = 1;
-    }
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    for (uint64_t page = first;;) {
-        uint64_t byte = page >> 3, stop = (byte << 3) | 7;
-        if (stop > last)
-            stop = last;
-        uint8_t bits = (uint8_t)((0xFFu << (page & 7)) & (0xFFu >> (7 - (stop & 7))));
-        /* SAFETY: byte <= last / 8 < log_size, the length of Python's log buffer. */
-        __atomic_fetch_or(&p->log_base[byte], bits, __ATOMIC_RELAXED);
-        if (stop == last)
-            break;
-        page = stop + 1;
-    }
-    if (over) {
-        p->log_overflow++;
-        return -ERANGE;
-    }
-    p->log_writes++;
-    uint64_t pages = last - first + 1;
-    return pages > INT_MAX ? INT_MAX : (int)pages;
-}
-
-/* Log a store at byte offset off of the used ring (callers check p->log_all first). */
-static void log_used(struct vs_pair *p, const struct vs_ring *r, uint64_t off, uint64_t len)
-{
-    if (!r->log_used)
-        return;
-    if (off > UINT64_MAX - r->log_addr) {   /* the front-end's log_addr wraps: never a real page */
-        if (p->log_base != NULL)
-            p->log_overflow++;
-        return;
-    }
-    vs_log_write(p, r->log_addr + off, len);
-}
-
-/* The used elements [old, used_idx) (one or two ranges: the ring wraps) and used->idx. */
-static void log_used_batch(struct vs_pair *p, const struct vs_ring *r, uint16_t old)
+/* Log the used elements [old, used_idx) (one or two ranges: the ring wraps) and used->idx. */
+static void log_used_batch(struct vs_log *l, const struct vs_ring *r, uint16_t old)
 {
     uint64_t num = r->num, n = (uint16_t)(r->used_idx - old), start = old & (r->num - 1);
     if (n >= num)
-        log_used(p, r, 4, 8 * num);
+        vs_log_ring(l, r, 4, 8 * num);
     else if (start + n <= num)
-        log_used(p, r, 4 + 8 * start, 8 * n);
+        vs_log_ring(l, r, 4 + 8 * start, 8 * n);
     else {
-        log_used(p, r, 4 + 8 * start, 8 * (num - start));
-        log_used(p, r, 4, 8 * (start + n - num));
+        vs_log_ring(l, r, 4 + 8 * start, 8 * (num - start));
+        vs_log_ring(l, r, 4, 8 * (start + n - num));
     }
-    log_used(p, r, 2, 2);
+    vs_log_ring(l, r, 2, 2);
 }
 
-/* ------------------------------------------------------------------------------- used ring, notify */
-
 /* Publish the batch's used entries with one release store, then call the driver if it wants. */
-void vs_used_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used)
+void vs_used_publish(const struct vs_mem *m, struct vs_ring *r, uint16_t old_used)
 {
     struct vs_used *u = r->used;
     if (r->used_idx == old_used)
         return;
     /* SAFETY: used idx sits at offset 2 of the translated used ring. */
     __atomic_store_n(&u->idx, htole16(r->used_idx), __ATOMIC_RELEASE);
-    if (p->log_all)
-        log_used_batch(p, r, old_used);
+    if (vs_logging(m->log))
+        log_used_batch(m->log, r, old_used);
     if (!need_call(r)) {
         r->st.notify_suppressed++;
         return;
@@ -427,7 +389,7 @@ void vs_used_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used)
 }
 
 /* While we process, the driver need not kick (2.7.10). With EVENT_IDX avail_event stays behind. */
-void vs_notify_disable(struct vs_pair *p, struct vs_ring *r)
+void vs_notify_disable(const struct vs_mem *m, struct vs_ring *r)
 {
     struct vs_used *u = r->used;
     if (r->flags & VS_RF_EVENT_IDX)
@@ -435,26 +397,26 @@ void vs_notify_disable(struct vs_pair *p, struct vs_ring *r)
     /* SAFETY: used flags sit at offset 0 of the translated used ring. */
     if (!(ld16(&u->flags) & VS_USED_F_NO_NOTIFY)) {
         st16(&u->flags, VS_USED_F_NO_NOTIFY);
-        if (p->log_all)
-            log_used(p, r, 0, 2);
+        if (vs_logging(m->log))
+            vs_log_ring(m->log, r, 0, 2);
     }
 }
 
 /* Ask for a kick once avail->idx moves past `seen`, then re-check (the driver may have added
  * chains before it saw the request).  Returns chains pending (> 0: keep going), 0, or -EBADMSG. */
-int vs_notify_enable(struct vs_pair *p, struct vs_ring *r, uint16_t seen)
+int vs_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t seen)
 {
     struct vs_used *u = r->used;
     if (r->flags & VS_RF_EVENT_IDX) {
         /* SAFETY: avail_event follows the num used elements, inside 6 + 8 * num bytes. */
         st16((uint16_t *)&u->ring[r->num], seen);
-        if (p->log_all)
-            log_used(p, r, 4 + 8 * (uint64_t)r->num, 2);
+        if (vs_logging(m->log))
+            vs_log_ring(m->log, r, 4 + 8 * (uint64_t)r->num, 2);
     } else {
         /* SAFETY: used flags sit at offset 0 of the translated used ring. */
         st16(&u->flags, 0);
-        if (p->log_all)
-            log_used(p, r, 0, 2);
+        if (vs_logging(m->log))
+            vs_log_ring(m->log, r, 0, 2);
     }
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     struct vs_avail *a = r->avail;
@@ -462,6 +424,6 @@ int vs_notify_enable(struct vs_pair *p, struct vs_ring *r, uint16_t seen)
     uint16_t idx = le16toh(__atomic_load_n(&a->idx, __ATOMIC_ACQUIRE));
     if (idx == seen)
         return 0;
-    vs_notify_disable(p, r);
+    vs_notify_disable(m, r);
     return vs_avail_pending(r);
 }

@@ -1,1 +1,2 @@
-"""Test tools: a driver-side split virtqueue (virtq), a pure-Python vhost-user front-end (frontend)."""
+"""Test tools: a driver-side split virtqueue (virtq), a pure-Python vhost-user front-end (frontend), the
+one fake host packet fd for back-end tests (hostfd)."""

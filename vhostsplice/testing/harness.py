@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 
+from ..counters import read_stats
 from ..selfexec import self_argv, self_env
 
 ETH_P_ALL = 0x0003
@@ -55,10 +56,7 @@ class WorkerProcess:
             raise
         self.stderr = self.proc.stderr.read()
         self.proc.stderr.close()
-        stats = {}
-        if os.path.exists(self.stats_file):
-            with open(self.stats_file) as f:
-                stats = json.load(f)
+        stats = read_stats(self.stats_file) if os.path.exists(self.stats_file) else {}
         return code, stats
 
     def kill(self) -> None:

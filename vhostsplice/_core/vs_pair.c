@@ -1,0 +1,62 @@
+/* vs_pair.c - the exported entry points: one poll of an RX/TX queue pair, and the helpers Python calls.
+ *
+ * vs_pair_poll checks the pair's configuration (Python's, but checked once per poll so that a wrong
+ * field can never reach an index), then runs one TX and one RX batch (vs_net_tx.c, vs_net_rx.c) on the rings that run.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <unistd.h>
+
+#include "vs_api.h"
+
+int vs_api_version(void)
+{
+    return VS_API_VERSION;
+}
+
+/* The header and stream fields the batches index with: 0 or -EINVAL. */
+static int pair_check(const struct vs_pair *p)
+{
+    if (p->hdr_len > VS_NET_HDR_LEN || p->hdr_omit > p->hdr_len)
+        return -EINVAL;
+    if (!(p->host_flags & VS_HOST_STREAM))
+        return 0;
+    if (p->hdr_omit != p->hdr_len || p->tx_stage == NULL || p->rx_stage == NULL || p->tx_stage_cap < 4
+        || p->rx_stage_cap < 4 || p->rx_stage_len > p->rx_stage_cap || p->tx_stage_len > p->tx_stage_cap)
+        return -EINVAL;
+    return 0;
+}
+
+int vs_pair_poll(struct vs_pair *p)
+{
+    int out = 0, rc;
+    if (p->tx.broken || p->rx.broken)
+        return -EBADMSG;
+    rc = pair_check(p);
+    if (rc < 0)
+        return rc;
+    if (p->tx.running) {
+        rc = vs_tx_batch(p);
+        if (rc < 0)
+            return rc;
+        out |= rc;
+    }
+    if (p->rx.running) {
+        rc = vs_rx_batch(p);
+        if (rc < 0)
+            return rc;
+        out |= rc;
+    }
+    return out;
+}
+
+int vs_drain_eventfd(int fd)
+{
+    uint64_t v = 0;
+    ssize_t n = read(fd, &v, sizeof v);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    if (n != sizeof v)
+        return -EIO;
+    return v > INT_MAX ? INT_MAX : (int)v;
+}
