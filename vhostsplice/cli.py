@@ -6,6 +6,7 @@ click's own usage errors (normally 1/2) are EINVAL like every other configuratio
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import EXIT_TABLE, ConfigError, VhostspliceError, errno_name, from_oserror
+from .errors import EXIT_TABLE, ConfigError, VhostspliceError, errno_name, from_oserror, signals_held
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("vhostsplice")
@@ -83,6 +84,16 @@ def cli(verbose: int) -> None:
     log.addHandler(handler)
     log.setLevel(logging.WARNING - 10 * verbose)
     log.propagate = False
+
+
+def signals_held_until_the_loop(command):
+    """The stop signals (and SIGUSR1) are held blocked from the command's first line until its loop has its
+    handlers (worker.py, supervisor.py release them): a stop during set-up is a clean stop (exit 0)."""
+    @functools.wraps(command)
+    def held(*args, **kwargs):
+        with signals_held(drain=True):
+            return command(*args, **kwargs)
+    return held
 
 
 def ownership_options(command):
@@ -168,6 +179,7 @@ def sandbox_option(command):
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
 @click.option("--print-sandbox", is_flag=True, help="Print the syscall allow-list of --sandbox strict and what this "
                                                     "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
+@signals_held_until_the_loop
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
         offloads, stats_file, stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
@@ -241,13 +253,15 @@ def _source(param: str):
 @click.option("--cpus", metavar="LIST", envvar="VHOSTSPLICE_CPUS",
               help="CPUs to spread the workers over: pair k runs on the k-th CPU of the list (cycling).")
 @click.option("--restart", type=click.Choice(["on-failure", "always", "never"]), default="on-failure",
-              show_default=True, help="Replace a worker that exits (set-up errors such as EINVAL are never retried).")
+              show_default=True, help="Replace a worker that exits, by the restart policy (`vhostsplice exit-codes`): "
+                                      "on-failure what a restart can cure, always also a clean exit, never none.")
 @click.option("--events", metavar="FILE", help="Append the JSON event lines here instead of stderr.")
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Passed to every worker (see `run --help`).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True, help="Passed to every worker.")
 @ownership_options
 @sandbox_option
+@signals_held_until_the_loop
 def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, socket_mode, socket_group,
           allow_uid, run_as, sandbox):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
@@ -255,8 +269,11 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
     device rings 2k and 2k+1 to worker k over a socketpair, as rings 0 and 1. A worker that exits is
     reported as a JSON event line (pair, pid, exit code, errno name, counters), its rings' VRING_ERR
-    eventfds are signalled when it failed, and it is replaced per --restart with back-off (0.1 s doubling
-    to 5 s); the replacement resumes from used->idx. SIGTERM/SIGINT stop every worker, exit 0.
+    eventfds are signalled when it failed, and it is replaced per --restart with the policy's back-off
+    (`vhostsplice exit-codes`: doubling to a cap, jittered, reset by a stable run; each exit event carries
+    it); the replacement resumes from used->idx. The tap is held by a detached queue for serve's lifetime,
+    so it and what the host set on it outlive the workers. SIGTERM/SIGINT stop every worker, exit 0 (from
+    serve's start: held until its loop runs; workers start with them blocked).
     Ownership as for `run`: one front-end, --socket-mode/--socket-group, --allow-uid (refused peers are
     'refused' events), --user (every worker drops to it once its tap queue is open). Live migration as
     for `run`: every worker logs into the one dirty log (exit events carry each worker's dirty_log), and
@@ -276,6 +293,40 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
                          worker_args=worker_args, ownership=ownership, offloads=offloads)
     return run_supervisor(socket_path=socket_path, config=config)
+
+
+@cli.command("exit-codes", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, envvar="VHOSTSPLICE_EXIT_CODES_JSON",
+              help="As one JSON object: the exit-code table, the restart policy and the back-off policy.")
+@click.option("--shell", "as_shell", is_flag=True, envvar="VHOSTSPLICE_EXIT_CODES_SHELL",
+              help="As 'KEY VALUE...' lines for shell scripts (bin/vhostsplice-supervise reads it).")
+def exit_codes(as_json, as_shell):
+    """Print the exit codes and what a supervisor does with each (errors.py: one table for all).
+
+    Each worker exit code is clean (0: restart at once, when a next front-end is to be served), restart
+    (with back-off) or give-up; codes not listed give up. Back-off: the first restart waits
+    backoff_first seconds, each further one twice as long up to backoff_cap, shortened by up to
+    backoff_jitter of itself; a worker that served backoff_stable_after seconds resets it. Used by
+    `serve`, bin/vhostsplice-supervise, bin/vhostsplice-vmm-example and contrib/systemd.
+
+    \b
+    Examples:
+      vhostsplice exit-codes
+      vhostsplice exit-codes --json | jq '.restart[] | select(.action == "give-up") | .code'
+    """
+    from . import errors
+    if as_json and as_shell:
+        raise ConfigError("--json and --shell exclude each other")
+    if as_json:
+        click.echo(json.dumps(errors.policy_document(), indent=1))
+    elif as_shell:
+        click.echo(errors.policy_shell())
+    else:
+        click.echo(_exit_table_help().replace("\b\n", ""))
+        rows = [f"  {str(k):>6}  {a:<8} {w}" for k, a, w in errors.RESTART_POLICY]
+        click.echo("\nRestart policy (other codes: give-up):\n" + "\n".join(rows))
+        click.echo(f"\nBack-off: {errors.BACKOFF}")
+    return 0
 
 
 @cli.command(context_settings=CONTEXT)
@@ -452,6 +503,28 @@ def tap_show(name, netns):
     from . import tapctl
     tapctl.enter_netns(netns)
     click.echo(json.dumps(tapctl.show(name), sort_keys=True))
+    return 0
+
+
+@tap.command("hold", context_settings=CONTEXT, epilog=_exit_table_help())
+@click.argument("name")
+@_NETNS_OPTION
+def tap_hold(name, netns):
+    """Keep tap NAME alive while this runs, so it outlives the worker that created it.
+
+    Waits until NAME exists, then holds a detached queue of it (it takes no traffic): a tap that is not
+    persistent is deleted by the kernel only when its last queue closes, so its index, addresses, MTU,
+    qdisc, bridge and counters survive any number of worker restarts. A deleted tap is waited for
+    again. Ends with 0 on SIGTERM/SIGINT or when its parent exits. bin/vhostsplice-supervise runs it
+    beside a `run --tap NAME` worker; `serve` holds its tap itself.
+
+    \b
+    Example:
+      vhostsplice tap hold vm1net0 &
+    """
+    from . import tapctl
+    tapctl.enter_netns(netns)
+    tapctl.hold(name, lambda text: click.echo(f"vhostsplice tap hold[{os.getpid()}]: {text}", err=True))
     return 0
 
 

@@ -5,12 +5,45 @@ the process exit code. This module is the one place that maps failures to exit c
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno as _errno
 import os
+import random
 import signal as _signal
+from dataclasses import dataclass
 
 # A process killed by signal N exits 128 + N for a shell and a supervisor (serve's exit events too).
 SIGSYS_EXIT = 128 + _signal.SIGSYS
+
+# The stop signals: each ends a command with 0. From the first line of `run`/`serve` they (and SIGUSR1, the
+# counters, whose default action would end the process) are held blocked until the loop's handlers are in:
+# a stop during set-up is a clean stop, not a death by the signal. A supervisor starts its workers with
+# them blocked, which covers the interpreter's start-up too (bin/ scripts: env --block-signal=TERM,INT,USR1).
+STOP_SIGNALS = (_signal.SIGTERM, _signal.SIGINT)
+HELD_AT_START = (*STOP_SIGNALS, _signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def signals_held(*, drain: bool):
+    """HELD_AT_START blocked for the block, the caller's mask back after it; a loop inside unblocks them once
+    its handlers are in (release_stop_signals). drain=True (around a command): one still pending at the end
+    is taken, not delivered (the command ends anyway, with its own code); drain=False: delivered then."""
+    old = _signal.pthread_sigmask(_signal.SIG_BLOCK, HELD_AT_START)
+    try:
+        yield
+    finally:
+        never_released = set(HELD_AT_START) <= _signal.pthread_sigmask(_signal.SIG_BLOCK, HELD_AT_START)
+        # only before the loop (so never under the sandbox, whose allow-list has no rt_sigpending)
+        while drain and never_released and (pending := _signal.sigpending() & set(HELD_AT_START)):
+            _signal.sigtimedwait(pending, 0)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+
+
+def release_stop_signals() -> None:
+    """The loop's handlers are in: what signals_held() kept pending arrives now."""
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, HELD_AT_START)
+
 
 # (exit code, short name, meaning) in the order the README documents them.
 EXIT_TABLE: tuple[tuple[int, str, str], ...] = (
@@ -108,3 +141,101 @@ def from_oserror(exc: OSError, what: str, cls: type[VhostspliceError] = SetupErr
     """Wrap a kernel error, keeping its errno, with the step that failed in the message."""
     code = exc.errno or _errno.EIO
     return cls(f"{what}: {os.strerror(code)} ({errno_name(code)})", code)
+
+
+# -- restart policy: what a supervisor does with a worker's exit code ---------------------------------------
+# One table for every consumer: `serve` (supervisor.py), bin/vhostsplice-supervise and
+# bin/vhostsplice-vmm-example (through `vhostsplice exit-codes --shell`), and contrib/systemd's
+# RestartPreventExitStatus (tests/unit/test_restart_policy.py fails when one of them drifts).
+# The question each row answers: can a fresh worker cure what ended this one?
+CLEAN, RESTART, GIVE_UP = "clean", "restart", "give-up"
+SIGNALED = "signal"         # the key of deaths by a signal (exit 128+N) in RESTART_POLICY
+RESTART_POLICY: tuple[tuple[int | str, str, str], ...] = (
+    (0, CLEAN, "the front-end stopped the rings and left, or a stop was asked for: nothing failed; the next "
+               "front-end needs a worker (restarted at once, no back-off, by those that serve it)"),
+    (_errno.ECONNRESET, RESTART, "the front-end vanished (QEMU died or restarts): its successor reconnects"),
+    (_errno.EBADMSG, RESTART, "the guest corrupted a ring: the driver's reset brings a fresh ring"),
+    (_errno.EFAULT, RESTART, "a bad guest address (--on-guest-error=exit): the guest's reset brings a fresh one"),
+    (_errno.EPROTO, RESTART, "the front-end broke the protocol: a reconnecting front-end starts a fresh "
+                             "session; a persistent breakage runs into the supervisor's restart limit"),
+    (_errno.EIO, RESTART, "host packet fd I/O failure: a fresh queue of the same tap"),
+    (_errno.EPIPE, RESTART, "the host fd's peer closed: a fresh queue of the same tap"),
+    (SIGNALED, RESTART, "killed by a signal (OOM kill, crash, someone's SIGKILL): nothing says the next one will be"),
+    (SIGSYS_EXIT, GIVE_UP, "killed by the sandbox: a syscall outside the allow-list is a bug of the list or the "
+                           "worker, and the next worker dies the same way when it takes that path"),
+    (_errno.EBADFD, GIVE_UP, "the tap was deleted or detached under the worker: whoever removed the host side "
+                             "meant it, and a restart would recreate an interface the host removed"),
+    (_errno.EINVAL, GIVE_UP, "bad usage or configuration: a restart fails the same way"),
+    (_errno.ENOTSUP, GIVE_UP, "the driver refuses VIRTIO_F_VERSION_1: a legacy guest stays legacy"),
+    (_errno.EADDRINUSE, GIVE_UP, "another worker serves the socket: that one is in charge"),
+    (_errno.EPERM, GIVE_UP, "no permission (EPERM), or an internal error (a bug, exit 1): a restart repeats it"),
+    (_errno.EACCES, GIVE_UP, "a front-end or file the worker may not serve: permissions do not change by themselves"),
+    (_errno.ENOENT, GIVE_UP, "a set-up file or namespace is missing"),
+    (_errno.ENODEV, GIVE_UP, "no such tap or bridge (create=False, --bridge)"),
+    (_errno.EBUSY, GIVE_UP, "a set-up resource is busy (a single-queue tap taken)"),
+    (_errno.EEXIST, GIVE_UP, "a set-up name exists already (a tap or socket name taken)"),
+)
+UNLISTED = GIVE_UP          # any other exit code: a set-up failure the kernel reported; a restart repeats it
+
+
+def restart_action(code: int) -> str:
+    """CLEAN, RESTART or GIVE_UP for a worker's exit code (128+N: died of signal N)."""
+    actions = {k: action for k, action, _why in RESTART_POLICY}
+    if code in actions:
+        return actions[code]
+    return actions[SIGNALED] if code > 128 else UNLISTED
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """The delay before restart n (n >= 1 failures in a row): first * 2**(n-1), at most cap, then shortened by
+    up to `jitter` of itself (so the pairs of one device do not come back in lock-step; the cap stays a
+    bound). A worker that served stable_after seconds resets the count (a failure long after the last is a
+    first failure again)."""
+
+    first: float = 0.1
+    cap: float = 5.0
+    stable_after: float = 10.0
+    jitter: float = 0.25
+
+    def delay(self, failures: int, rand: float = 0.0) -> float:
+        """The delay for the failures-th failure in a row; rand in [0, 1) picks the jitter."""
+        base = min(self.first * 2 ** max(failures - 1, 0), self.cap)
+        return base * (1.0 - self.jitter * rand)
+
+
+BACKOFF = BackoffPolicy()
+
+
+class Backoff:
+    """One restartable thing's back-off state under a BackoffPolicy."""
+
+    def __init__(self, policy: BackoffPolicy = BACKOFF, rand=random.random):
+        self.policy, self.rand, self.failures = policy, rand, 0
+
+    def after_run(self, served_s: float) -> bool:
+        """A worker ended after serving served_s seconds; True if that run was stable (the count resets)."""
+        stable = served_s >= self.policy.stable_after
+        if stable:
+            self.failures = 0
+        return stable
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        return self.policy.delay(self.failures, self.rand())
+
+
+def policy_document() -> dict:
+    """The restart and back-off policies as data (`vhostsplice exit-codes --json`)."""
+    return {"exit_codes": [{"code": c, "name": n, "meaning": m} for c, n, m in EXIT_TABLE if c >= 0],
+            "restart": [{"code": k, "name": k if isinstance(k, str) else errno_name(k), "action": a, "why": w}
+                        for k, a, w in RESTART_POLICY],
+            "unlisted": UNLISTED, "backoff": dataclasses.asdict(BACKOFF)}
+
+
+def policy_shell() -> str:
+    """The same as shell words for bin/ scripts (`vhostsplice exit-codes --shell`): KEY VALUE... per line."""
+    codes = {a: [str(k) for k, act, _w in RESTART_POLICY if act == a] for a in (CLEAN, RESTART, GIVE_UP)}
+    lines = [f"{a} {' '.join(v)}" for a, v in codes.items()]
+    lines += [f"unlisted {UNLISTED}"] + [f"backoff_{k} {v}" for k, v in dataclasses.asdict(BACKOFF).items()]
+    return "\n".join(lines)

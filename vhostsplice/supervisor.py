@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 from . import protocol as P
 from .channel import Channel, Listener
-from .errors import SIGSYS_EXIT, FrontendGone, ProtocolError, errno_name
+from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, Backoff, FrontendGone, ProtocolError,
+                     errno_name, release_stop_signals, restart_action, signals_held)
 from .runner import Ownership
 from .sandbox.audit import killed_by
 from .selfexec import self_argv, self_env
@@ -38,7 +39,6 @@ from .vring import close_fd, close_fds
 
 log = logging.getLogger("vhostsplice")
 WORKER_REPLY_TIMEOUT = 10.0       # seconds a worker may take to answer the supervisor
-RESTARTABLE_NEVER = {errno.EINVAL, errno.ENOTSUP, errno.EPERM, errno.EACCES, errno.ENODEV, errno.EADDRINUSE}
 
 
 @dataclass
@@ -67,6 +67,8 @@ class Pair:
     next_start: float = float("inf")            # no worker until the front-end enables a ring of the pair
     stats_file: str = ""
     started: bool = False
+    started_at: float = 0.0                     # time.monotonic() of the current worker's start
+    backoff: Backoff = field(default_factory=Backoff)   # errors.BACKOFF: doubling, capped, reset when stable
 
 
 def spread_cpus(cpus: list[int], queues: int) -> list[int | None]:
@@ -104,8 +106,11 @@ class Supervisor(DeviceRequests):
                 "--stats-file", pair.stats_file, *self.config.worker_args]
         if pair.cpu is not None:
             argv += ["--cpu", str(pair.cpu)]
-        pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=self_env(), stdin=subprocess.DEVNULL)
-        pair.started = True
+        # The worker starts with the stop signals blocked and unblocks them once its handlers are in
+        # (worker.py): a stop during its start-up is a clean stop, never a death by the signal.
+        with signals_held(drain=False):
+            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=self_env(), stdin=subprocess.DEVNULL)
+        pair.started, pair.started_at = True, time.monotonic()
         theirs.close()
         pair.chan = Channel(ours)
         pair.pidfd = os.pidfd_open(pair.proc.pid)
@@ -172,8 +177,11 @@ class Supervisor(DeviceRequests):
         pair.chan.close()
         pair.chan, pair.pidfd = None, -1
         counters = _read_json(pair.stats_file)
+        stable = pair.backoff.after_run(time.monotonic() - pair.started_at)
+        delay = None if self.stopping else self._restart_delay(pair, code)
         killed = {"syscall": killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
-        self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code),
+        self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code), stable=stable,
+                  backoff=None if delay is None else round(delay, 3), failures=pair.backoff.failures,
                   counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), **killed)
         if self.stopping:
             return
@@ -182,20 +190,29 @@ class Supervisor(DeviceRequests):
                 told = pair.told.get((Req.SET_VRING_ERR, j))
                 if told and told[1] is not None:
                     _signal_eventfd(told[1])
-        if self._should_restart(code):
+        if delay is not None:
             pair.restarts += 1
-            pair.next_start = time.monotonic() + min(0.1 * 2 ** min(pair.restarts - 1, 6), 5.0)
+            pair.next_start = time.monotonic() + delay
         else:
             pair.next_start = float("inf")
             self.emit("given-up", pair=index, exit=code, errno=errno_name(code))
+
+    def _restart_delay(self, pair: Pair, code: int) -> float | None:
+        """Seconds until the pair's replacement starts (errors.BACKOFF; 0 after a clean exit), or None."""
+        if not self._should_restart(code):
+            return None
+        if restart_action(code) == CLEAN:
+            pair.backoff.failures = 0
+            return 0.0
+        return pair.backoff.next_delay()
 
     def _should_restart(self, code: int) -> bool:
         policy = self.config.restart
         if policy == "never":
             return False
         if policy == "always":
-            return code not in RESTARTABLE_NEVER
-        return code != 0 and code not in RESTARTABLE_NEVER
+            return restart_action(code) != GIVE_UP
+        return restart_action(code) == RESTART
 
     # -- the loop --------------------------------------------------------------------------------------
     def _watch(self, fd: int, role: str, arg: int = 0) -> None:
@@ -212,8 +229,9 @@ class Supervisor(DeviceRequests):
     def run(self) -> int:
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wfd)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, lambda *_: None)
+        release_stop_signals()      # a stop held since `serve` started arrives now: a clean stop
         self._watch(rfd, "signal")
         self._watch(self.listener.fileno(), "listen")
         code = 0
@@ -223,7 +241,7 @@ class Supervisor(DeviceRequests):
             self.emit("error", errno=errno_name(exc.errno), message=str(exc))
             code = exc.errno
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):     # the end is decided: a late stop signal
+            for sig in STOP_SIGNALS:                        # the end is decided: a late stop signal
                 signal.signal(sig, signal.SIG_IGN)          # changes neither it nor the exit code
             self.shutdown()
             os.close(rfd)
@@ -341,9 +359,16 @@ def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
     if config.offloads and not probe.vnet_hdr_len:
         log.info("tap %s carries no vnet header: offloads are not offered", config.tap)
         config.offloads = False
-    probe.close()
-    own = config.ownership
-    owner = own.user[0] if own.user else -1
-    group = own.socket_group if own.socket_group != -1 else (own.user[1] if own.user else -1)
-    listener = Listener(socket_path, mode=own.socket_mode, owner=owner, group=group)
-    return Supervisor(listener, config).run()
+    # The probe stays open, detached, for serve's lifetime: the tap outlives its workers (all pairs down
+    # at once included), and whatever the host set on it survives every restart (tapctl.hold_queue).
+    if not probe.set_queue_attached(False):
+        log.info("tap %s is single-queue: not held between workers", config.tap)
+        probe.close()
+    try:
+        own = config.ownership
+        owner = own.user[0] if own.user else -1
+        group = own.socket_group if own.socket_group != -1 else (own.user[1] if own.user else -1)
+        listener = Listener(socket_path, mode=own.socket_mode, owner=owner, group=group)
+        return Supervisor(listener, config).run()
+    finally:
+        probe.close()

@@ -10,9 +10,10 @@ import errno
 import os
 import pwd
 import grp
+import socket
 from dataclasses import dataclass
 
-from .errors import ConfigError, SetupError
+from .errors import ConfigError, SetupError, from_oserror
 from .hostfd import validate_ifname
 
 TUN_TYPES = {1: "tun", 2: "tap"}
@@ -192,3 +193,87 @@ def delete(name: str) -> None:
             ipr.link("del", index=index)
         except _netlink_errors() as exc:
             raise _kernel_error(exc, f"delete tap {name}") from None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def hold(name: str, report, interval: float = 0.1) -> None:
+    """`vhostsplice tap hold NAME`: keep tap NAME in existence until a stop signal or our parent's death.
+
+    Waits until NAME exists (a worker creates it), then holds a detached queue of it (hostfd.hold_queue:
+    no traffic), so the tap outlives the worker that created it; if the tap is deleted, waits for the next
+    one. A persistent or single-queue tap is only watched (the first needs no holder, the second admits one
+    queue only). report(text) is told each change. The stop signals are taken synchronously."""
+    import ctypes
+    import signal
+    from .errors import STOP_SIGNALS, signals_held
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    held: tuple[int, int] | None = None          # (queue fd or -1, ifindex)
+    with signals_held(drain=True):
+        try:
+            while True:
+                if held is not None and _ifindex(name) != held[1]:
+                    report(f"tap {name} (index {held[1]}) is gone: waiting for it again")
+                    held = _release(held)
+                if held is None:
+                    held = _acquire(name, report)
+                if signal.sigtimedwait(STOP_SIGNALS, interval if held is None else 1.0) is not None:
+                    return
+        finally:
+            _release(held)
+
+
+def _ifindex(name: str) -> int | None:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+def _release(held: tuple[int, int] | None) -> None:
+    if held is not None and held[0] >= 0:
+        os.close(held[0])
+    return None
+
+
+def hold_queue(name: str, *, vnet_hdr: bool) -> int:
+    """A detached queue of multi-queue tap NAME (TUNSETIFF, then TUNSETQUEUE IFF_DETACH_QUEUE): it takes no
+    share of the traffic, but the kernel deletes a non-persistent tap only when its last queue closes,
+    attached or not, so the interface (index, addresses, MTU, qdisc, bridge, counters) outlives every
+    worker while this fd is open. Nothing else is set on the tap (no TUNSETOFFLOAD: the offloads are the
+    running worker's). vnet_hdr must be the tap's own flag (it is set by the first queue only)."""
+    from .hostfd import _IFREQ, IFF_DETACH_QUEUE, IFF_VNET_HDR, TAP_FLAGS, TUN_PATH, TUNSETIFF, TUNSETQUEUE, _ioctl
+    raw = validate_ifname(name)
+    flags = TAP_FLAGS if vnet_hdr else TAP_FLAGS & ~IFF_VNET_HDR
+    try:
+        fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise from_oserror(exc, f"open {TUN_PATH}") from None
+    try:
+        _ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, flags), f"TUNSETIFF {name} (a queue to hold the tap)")
+        _ioctl(fd, TUNSETQUEUE, _IFREQ.pack(b"", IFF_DETACH_QUEUE), f"TUNSETQUEUE detach on {name}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _acquire(name: str, report) -> tuple[int, int] | None:
+    """Hold tap NAME if it exists: (queue fd, or -1 if it needs or admits no holder; ifindex)."""
+    try:
+        info = show(name)
+    except SetupError as exc:
+        if exc.errno == errno.ENODEV:
+            return None
+        raise
+    if info["persist"] or not info["multi_queue"]:
+        report(f"tap {name} (index {info['index']}) is {'persistent' if info['persist'] else 'single-queue'}: "
+               "not held")
+        return -1, info["index"]
+    fd = hold_queue(name, vnet_hdr=info["vnet_hdr"])
+    if _ifindex(name) != info["index"]:      # deleted in between: TUNSETIFF made a new one; let it go
+        os.close(fd)
+        return None
+    report(f"holding tap {name} (index {info['index']}) with a detached queue")
+    return fd, info["index"]

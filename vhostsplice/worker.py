@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from . import counters
 from . import datapath as dp
 from .backend import OFFLOAD_FEATURES, Backend, BackendConfig
-from .errors import FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name, from_oserror
+from .errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
+                     from_oserror, release_stop_signals)
 from .protocol import Req
 from .sandbox import Facts, Sandbox
 
@@ -27,7 +28,6 @@ IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPO
 # "readable" wake-up (IN|PRI|RDNORM) a packet uses: asking for ERR alone never wakes. PRI is never set by
 # tun's poll, so PRI|ERR wakes on a deletion and reports nothing for a mere packet (measured, 6.x).
 ERR_ONLY = select.EPOLLPRI | ERR
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SAFETY_POLL_S = 1.0     # while rings run, look at them this often even without a kick (a lost kick heals)
 
 
@@ -126,6 +126,7 @@ class Worker:
         # The handlers stay after the loop: a stop signal during shutdown must not change the exit code.
         for sig in (*STOP_SIGNALS, signal.SIGUSR1):
             signal.signal(sig, lambda *_: None)
+        release_stop_signals()      # a stop held since start-up (cli.run, or a supervisor) arrives now
         self._watch(rfd, "signal", IN)
         try:
             if self.config.sandbox is not None:
@@ -246,7 +247,7 @@ class Worker:
             data = os.read(sigfd, 64)
         except BlockingIOError:
             return False
-        if any(b in data for b in (signal.SIGTERM, signal.SIGINT)):
+        if any(b in data for b in STOP_SIGNALS):
             self.reason = "stopped by signal"
             return True
         if signal.SIGUSR1 in data:

@@ -15,7 +15,17 @@ read -r first rest <"$dir/codes"
 echo "$rest" >"$dir/codes"
 echo "$first" >>"$dir/runs"
 case $first in
-    sleep) trap 'echo stopped >>"$dir/runs"; exit 0' TERM; sleep 60 & wait; exit 9 ;;
+    # like `vhostsplice run`: started with the stop signals blocked, it unblocks them once its handler is in
+    sleep) exec "${PYTHON:-python3}" -c '
+import signal, sys, time
+def stop(*_):
+    open(sys.argv[1], "a").write("stopped\n")
+    sys.exit(0)
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, stop)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
+time.sleep(60)
+sys.exit(9)' "$dir/runs" ;;
     kill) kill -KILL $$ ;;
     *) exit "$first" ;;
 esac
@@ -35,7 +45,7 @@ supervise_fake() {
     echo "${codes[*]}" >"$W/codes"
     : >"$W/runs"
     code=0
-    "$SUPERVISE" --backoff 0.01 "$@" -- "$W/fake-worker" 2>"$W/log" || code=$?
+    "$SUPERVISE" --backoff 0.01 --jitter 0 "$@" -- "$W/fake-worker" 2>"$W/log" || code=$?
     cat "$W/log" >&2
 }
 
@@ -79,6 +89,14 @@ runs() { wc -l <"$W/runs"; }
     [ "$(runs)" -eq 5 ]
     [ "$(grep -o 'restart [0-9] in [0-9.]* s' "$W/log" | awk '{print $4}' | tr '\n' ' ')" = "0.02 0.04 0.08 0.08 " ]
     grep -q "4 restarts in a row without a stable run: giving up" "$W/log"
+}
+
+@test "supervise: --jitter shortens each doubled delay by at most that part of it" {
+    supervise_fake 74 74 74 22 -- --backoff 0.1 --jitter 0.5
+    [ "$code" -eq 22 ]
+    grep -o 'restart [0-9] in [0-9.]* s' "$W/log" | awk '{print $2, $4}' >"$W/delays"
+    [ "$(wc -l <"$W/delays")" -eq 3 ]
+    awk '{ d = 0.1 * 2 ^ ($1 - 1); if ($2 > d + 1e-9 || $2 < d / 2 - 0.001) exit 1 }' "$W/delays"
 }
 
 @test "supervise: a worker killed by a signal (exit 137) is restarted" {
@@ -130,7 +148,7 @@ wait_file_content() {
 # supervise_real [run options...]: the supervisor over `vhostsplice run` in the namespace; sets SPID.
 supervise_real() {
     # shellcheck disable=SC2086
-    "$SUPERVISE" --backoff 0.1 -- ip netns exec "$NS" $VS run --socket-path "$SOCK" --tap "$TAP" \
+    "$SUPERVISE" --backoff 0.1 --jitter 0 -- ip netns exec "$NS" $VS run --socket-path "$SOCK" --tap "$TAP" \
         --stats-file "$STATS" "$@" </dev/null 2>"$W/log" 3>&- &
     SPID=$!
     PIDS+=("$SPID")
