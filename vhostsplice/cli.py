@@ -96,6 +96,26 @@ def signals_held_until_the_loop(command):
     return held
 
 
+def stats_options(command):
+    """--stats-file, --stats-format and --stats-interval, shared by `run` (its counters) and `serve` (one
+    file for the device, every pair in it)."""
+    options = (
+        click.option("--stats-file", metavar="PATH",
+                     help="Write the statistics here (run: instead of stderr; serve: every pair's, in one "
+                          "file) at exit, on SIGUSR1 (run) and every --stats-interval."),
+        click.option("--stats-format", type=click.Choice(["json", "prometheus"]), default="json", show_default=True,
+                     help="One JSON object, or Prometheus text (one metric family per counter; labels worker = "
+                          "the file's name, pair (serve), ring, reason) for node_exporter's textfile collector: "
+                          "name the file *.prom in its directory."),
+        click.option("--stats-interval", type=click.FloatRange(min=0.1), metavar="SECONDS",
+                     help="Also rewrite --stats-file every SECONDS while running (atomically: a reader never "
+                          "sees half a file)."),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def ownership_options(command):
     """--socket-mode, --socket-group, --allow-uid and --user, shared by `run` and `serve`."""
     options = (
@@ -165,15 +185,7 @@ def sandbox_option(command):
               help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header). With "
                    "--no-offloads a tap opened by --tap carries no vnet header (unless other queues of it "
                    "already do): the kernel then builds none per frame.")
-@click.option("--stats-file", metavar="PATH", help="Write the exit statistics (JSON) here instead of stderr.")
-@click.option("--stats-format", type=click.Choice(["json", "prometheus"]), default="json", show_default=True,
-              envvar="VHOSTSPLICE_STATS_FORMAT",
-              help="How the statistics are written: one JSON object, or Prometheus text (one metric family "
-                   "per counter, labels worker (the file's name), ring, reason) for node_exporter's "
-                   "textfile collector: name the file *.prom in its directory.")
-@click.option("--stats-interval", type=click.FloatRange(min=0.1), metavar="SECONDS", envvar="VHOSTSPLICE_STATS_INTERVAL",
-              help="Also rewrite --stats-file every SECONDS while running (atomically: a reader never sees "
-                   "half a file). Without it the file is written on SIGUSR1 and at exit only.")
+@stats_options
 @ownership_options
 @sandbox_option
 @click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
@@ -259,11 +271,12 @@ def _source(param: str):
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Passed to every worker (see `run --help`).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True, help="Passed to every worker.")
+@stats_options
 @ownership_options
 @sandbox_option
 @signals_held_until_the_loop
-def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, socket_mode, socket_group,
-          allow_uid, run_as, sandbox):
+def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, stats_file, stats_format,
+          stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
 
     The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
@@ -284,14 +297,18 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 4 --cpus 2-5
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 2 --user qemu --allow-uid qemu
     """
+    from .counters import StatsOutput
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox] + ([] if offloads else ["--no-offloads"])
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     if run_as is not None:
         worker_args += ["--user", run_as]
+    if stats_interval is not None and not stats_file:
+        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
-                         worker_args=worker_args, ownership=ownership, offloads=offloads)
+                         worker_args=worker_args, ownership=ownership, offloads=offloads,
+                         stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 
 

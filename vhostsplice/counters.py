@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 # (family, type, help, key in a ring's counters)
 RING_FAMILIES = (
@@ -94,6 +95,22 @@ def render(stats: dict, fmt: str, worker: str | None = None) -> str:
     return json.dumps(stats, sort_keys=True) + "\n"
 
 
+@dataclass(frozen=True)
+class StatsOutput:
+    """--stats-file, --stats-format, --stats-interval."""
+
+    path: str
+    fmt: str = "json"
+    interval: float | None = None
+
+
+def device_text(pairs: list[tuple[int, dict]], fmt: str, worker: str | None) -> str:
+    """serve's one file: every pair's stats, JSON {"pairs": {"0": {...}}} or Prometheus with pair labels."""
+    if fmt == "prometheus":
+        return prometheus([({"worker": worker, "pair": index}, stats) for index, stats in pairs])
+    return json.dumps({"pairs": {str(index): stats for index, stats in pairs}}, sort_keys=True) + "\n"
+
+
 def write_atomically(path: str, text: str) -> None:
     """Replace PATH with TEXT: a reader (a textfile collector, `vhostsplice stats`) never sees half a file."""
     tmp = f"{path}.tmp"
@@ -117,7 +134,12 @@ def read_stats(path: str) -> dict:
     with open(path) as f:
         text = f.read()
     if not text.lstrip().startswith("#"):
-        return json.loads(text)
+        data = json.loads(text)
+        if isinstance(data, dict) and "pairs" in data:        # serve's device file: ring/pair rows
+            return {"rings": {f"{ring}/{pair}": c for pair, st in sorted(data["pairs"].items())
+                              for ring, c in st.get("rings", {}).items()},
+                    "uptime_s": max((st.get("uptime_s") or 0 for st in data["pairs"].values()), default=0)}
+        return data
     stats: dict = {"rings": {}}
     for line in text.splitlines():
         if line.startswith("#") or not line.strip():

@@ -32,6 +32,7 @@ from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, Backoff
                      errno_name, release_stop_signals, restart_action, signals_held)
 from .runner import Ownership
 from .sandbox.audit import killed_by
+from .counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_argv, self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests
 from .spec import Req
@@ -51,6 +52,7 @@ class ServeConfig:
     worker_args: list[str] = field(default_factory=list)
     ownership: Ownership = field(default_factory=Ownership)     # run's --socket-mode/group, --allow-uid, --user
     offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
+    stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
 
 
 @dataclass
@@ -86,6 +88,8 @@ class Supervisor(DeviceRequests):
         self.status = 0
         self.front: Channel | None = None
         self.ep = select.epoll()
+        stats = config.stats
+        self.next_stats = time.monotonic() + stats.interval if stats and stats.interval else None
         self.roles: dict[int, tuple[str, int]] = {}
         self.rundir = tempfile.mkdtemp(prefix="vhostsplice-serve-")
         if config.ownership.user is not None:
@@ -104,12 +108,14 @@ class Supervisor(DeviceRequests):
         pair.stats_file = os.path.join(self.rundir, f"pair{pair.index}.json")
         argv = [*self_argv(), "run", "--fd", str(theirs.fileno()), "--tap", self.config.tap,
                 "--stats-file", pair.stats_file, *self.config.worker_args]
+        if self.config.stats and self.config.stats.interval:
+            argv += ["--stats-interval", str(self.config.stats.interval)]
         if pair.cpu is not None:
             argv += ["--cpu", str(pair.cpu)]
         # The worker starts with the stop signals blocked and unblocks them once its handlers are in
         # (worker.py): a stop during its start-up is a clean stop, never a death by the signal.
         with signals_held(drain=False):
-            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=self_env(), stdin=subprocess.DEVNULL)
+            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=worker_env(), stdin=subprocess.DEVNULL)
         pair.started, pair.started_at = True, time.monotonic()
         theirs.close()
         pair.chan = Channel(ours)
@@ -252,6 +258,9 @@ class Supervisor(DeviceRequests):
     def loop(self, sigfd: int) -> int:
         while True:
             timeout = self._next_restart_in()
+            if self.next_stats is not None:
+                due = max(0.0, self.next_stats - time.monotonic())
+                timeout = due if timeout < 0 else min(timeout, due)
             for fd, _ev in self.ep.poll(timeout):
                 role, arg = self.roles.get(fd, ("gone", 0))
                 if role == "signal":
@@ -267,6 +276,18 @@ class Supervisor(DeviceRequests):
                 elif role == "exit":
                     self.on_exit(arg)
             self._restart_due()
+            if self.next_stats is not None and time.monotonic() >= self.next_stats:
+                self.write_stats()
+                self.next_stats = time.monotonic() + self.config.stats.interval
+
+    def write_stats(self) -> None:
+        """--stats-file: every pair's latest counters (its worker's own file) in one file for the device."""
+        out = self.config.stats
+        pairs = [(p.index, _read_json(p.stats_file)) for p in self.pairs if p.stats_file]
+        try:
+            write_atomically(out.path, device_text([(i, st) for i, st in pairs if st], out.fmt, worker_name(out.path)))
+        except OSError as exc:
+            log.warning("--stats-file %s: %s", out.path, exc)
 
     def front_left(self, timeout: float = 10.0) -> int:
         """The front-end closed the socket: each worker learns it the same way (its own channel closes)
@@ -327,6 +348,8 @@ class Supervisor(DeviceRequests):
                 self.on_exit(pair.index)
             for _payload, fd in pair.told.values():
                 close_fd(fd)
+        if self.config.stats:
+            self.write_stats()                              # the workers' final counters
         for _payload, fds in self.device.values():
             close_fds(fds)
         if self.front is not None:
@@ -334,6 +357,13 @@ class Supervisor(DeviceRequests):
         self.listener.close()
         self.ep.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def worker_env() -> dict[str, str]:
+    """A worker's environment: ours without VHOSTSPLICE_* variables (every option has one, and a worker is
+    told everything on its command line: serve's own --socket-path from the environment must not reach
+    `run --fd` as a second front-end)."""
+    return {k: v for k, v in self_env().items() if not k.startswith("VHOSTSPLICE_")}
 
 
 def _read_json(path: str) -> dict:

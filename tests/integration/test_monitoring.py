@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.waiting import wait_for
@@ -80,3 +81,42 @@ def test_prometheus_file_is_rewritten_on_its_interval_with_the_frames_that_moved
     finally:
         worker.kill()
         peer.close()
+
+
+@pytest.mark.root
+def test_serve_writes_one_prometheus_file_for_the_device_with_the_pairs_counters(tmp_path):
+    """serve --stats-file D.prom --stats-format prometheus --stats-interval S: its workers' counters, pair
+    by pair, in one file rewritten on the interval while the device runs, and the final counts at exit.
+    The serve child's environment carries VHOSTSPLICE_SOCKET (serve's own option from the environment): its
+    worker must not take it as a second front-end."""
+    from support.netns import entered_netns
+    from vhostsplice.testing.harness import tap_socket
+    sock, prom = str(tmp_path / "s.sock"), str(tmp_path / "vm1-net.prom")
+    with entered_netns("vsp"):
+        env = dict(self_env(), VHOSTSPLICE_SOCKET=sock)
+        proc = subprocess.Popen([*self_argv(), "serve", "--tap", "vsp0", "--queues", "1", "--stats-file", prom,
+                                 "--stats-format", "prometheus", "--stats-interval", "0.2"],
+                                env=env, stdin=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: os.path.exists(sock) or proc.poll() is not None, 15) and proc.poll() is None
+            with Frontend.connect(sock, features=DEFAULT_FEATURES) as fe, tap_socket("vsp0"):
+                fe.start()
+                fe.send([demo_frame(i, 300) for i in range(FRAMES)])
+                assert len(fe.wait_used(fe.tx, FRAMES)) == FRAMES
+
+                def counted():
+                    try:
+                        s = samples(prom)
+                    except (FileNotFoundError, ValueError):
+                        return None
+                    tx = s.get(("vhostsplice_ring_packets_total", "tx", None))
+                    return tx if tx and tx[0] == FRAMES else None
+                tx = wait_for(counted, 15)
+                assert tx and tx[1]["pair"] == "0" and tx[1]["worker"] == "vm1-net", tx
+                fe.stop()
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+    assert samples(prom)[("vhostsplice_ring_packets_total", "tx", None)][0] == FRAMES
