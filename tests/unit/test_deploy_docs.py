@@ -34,3 +34,12 @@ def test_the_doc_shows_the_memory_backing_and_the_vectors_override_the_domain_us
 
 class _Image:
     kernel, initrd = Path("/boot/vmlinuz"), Path("/boot/initrd")
+
+
+def env_blocks(text: str) -> list[str]:
+    return [b for b in re.findall(r"```sh\n(.*?)```", text, re.S) if b.startswith("VHOSTSPLICE_SOCKET=")]
+
+
+def test_the_systemd_environment_file_is_the_same_in_the_readme_and_docs_libvirt():
+    readme = (DOC.parents[1] / "README.md").read_text()
+    assert env_blocks(readme) and env_blocks(readme) == env_blocks(DOC.read_text())
