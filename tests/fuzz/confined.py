@@ -153,6 +153,7 @@ def child(fd: int, corpus_dir: str) -> int:
     import proto
     # what proto imports lazily, imported now: after confinement no file can be opened
     from vhostsplice import backend, channel, datapath, errors, protocol, spec  # noqa: F401
+    from vhostsplice.testing import hostfd  # noqa: F401  (the Session's FakeHostFd)
     from vhostsplice.sandbox import Facts, Sandbox
     inputs = []
     for name in sorted(os.listdir(corpus_dir)):
