@@ -341,6 +341,10 @@ class Worker:
         self.channel = self.backend = None
 
     def _on_kick(self, index: int, fd: int) -> None:
+        """A kick. Its fd may be gone since epoll reported it: a control message handled earlier in the same
+        round (GET_VRING_BASE, a new SET_VRING_KICK) closed it, so only the ring's current kick fd is read."""
+        if self.backend is None or self.backend.rings[index].kick_fd != fd:
+            return
         dp.drain_eventfd(fd)
         self.backend.rings[index].kicks += 1
         if index == 0:
