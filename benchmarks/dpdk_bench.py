@@ -680,7 +680,7 @@ def machine_facts() -> dict:
         "kernel": platform.release(), "os": os_name, "python": platform.python_version(),
         "dpdk": cmd("dpkg-query", "-W", "-f", "${Version}", "dpdk"),
         "vhostsplice": f"{where} from {pkg}{_tree_rev(Path(pkg).parent) if pkg != '?' else ''}",
-        "worker_command": " ".join(worker),
+        "worker_command": " ".join([*worker, "run", "...", *WORKER_OPTS]),
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
     }
 
@@ -1081,6 +1081,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-offloads", action="store_true",
                    help="run the vhostsplice worker with --no-offloads: its tap then carries no vnet header, "
                         "as DPDK's net_tap's does not (testpmd's virtio-user acks no offload either way)")
+    p.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
+                   help="one more `vhostsplice run` argument (repeatable), e.g. --worker-arg=--sandbox=off; "
+                        "compare the vhostsplice/DPDK ratios of two runs, each against its own DPDK samples")
     p.add_argument("--combine", nargs="+", metavar="JSON",
                    help="run nothing: medians over the samples of these earlier dpdk_bench.json files")
     p.add_argument("--workdir", help="where logs go (default /tmp/vsbench-PID, deleted unless --keep)")
@@ -1144,7 +1147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     global WORKER_OPTS
     measured.use_tree(args.tree)
-    WORKER_OPTS = ["--no-offloads"] if args.no_offloads else []
+    WORKER_OPTS = (["--no-offloads"] if args.no_offloads else []) + args.worker_arg
     if args.combine:
         pass
     elif os.geteuid() != 0:
