@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from . import channel
 from .backend import BackendConfig
-from .cli import apply_placement
+from .placement import apply_placement
 from .errors import ConfigError, SetupError, VhostspliceError, errno_name, from_oserror
 from .hostfd import open_tap
 from .hostfd_inspect import inspect_fd, open_packet

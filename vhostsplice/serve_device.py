@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from . import protocol as P
 from .backend import ANNOUNCE_FEATURES, BASE_FEATURES, LOG_FEATURES, OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES
-from .errors import ProtocolError
+from .channel import Channel
+from .errors import Backoff, ProtocolError
 from .memory import DirtyLog
 from .spec import Feature as F, ProtocolFeature as PF, Req, bit
 from .vring import close_fd, close_fds
 
-if TYPE_CHECKING:
-    from .supervisor import Pair
 
 log = logging.getLogger("vhostsplice")
 DEVICE_ONLY = bit(F.NET_F_MQ)                  # answered here; never shown to a worker
@@ -51,6 +50,23 @@ def ring_payload(request: int, payload: bytes, index: int) -> bytes:
         return ((value & ~0xFF) | index).to_bytes(8, "little")
     return index.to_bytes(4, "little") + payload[4:]
 
+
+@dataclass
+class Pair:
+    """One queue pair: its worker process and everything it has been told (for a replacement)."""
+
+    index: int
+    cpu: int | None
+    told: dict = field(default_factory=dict)     # (request, ring j) -> (payload, fd or None)
+    proc: object = None
+    chan: Channel | None = None
+    pidfd: int = -1
+    restarts: int = 0
+    next_start: float = float("inf")            # no worker until the front-end enables a ring of the pair
+    stats_file: str = ""
+    started: bool = False
+    started_at: float = 0.0                     # time.monotonic() of the current worker's start
+    backoff: Backoff = field(default_factory=Backoff)   # errors.BACKOFF: doubling, capped, reset when stable
 
 class DeviceRequests:
     """Request handling for `Supervisor`, which provides: pairs, device, features, protocol_acked, status,

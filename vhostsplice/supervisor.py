@@ -34,7 +34,7 @@ from .runner import Ownership
 from .sandbox.audit import killed_by
 from .counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_argv, self_env
-from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests
+from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
 from .spec import Req
 from .vring import close_fd, close_fds
 
@@ -53,24 +53,6 @@ class ServeConfig:
     ownership: Ownership = field(default_factory=Ownership)     # run's --socket-mode/group, --allow-uid, --user
     offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
     stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
-
-
-@dataclass
-class Pair:
-    """One queue pair: its worker process and everything it has been told (for a replacement)."""
-
-    index: int
-    cpu: int | None
-    told: dict = field(default_factory=dict)     # (request, ring j) -> (payload, fd or None)
-    proc: object = None
-    chan: Channel | None = None
-    pidfd: int = -1
-    restarts: int = 0
-    next_start: float = float("inf")            # no worker until the front-end enables a ring of the pair
-    stats_file: str = ""
-    started: bool = False
-    started_at: float = 0.0                     # time.monotonic() of the current worker's start
-    backoff: Backoff = field(default_factory=Backoff)   # errors.BACKOFF: doubling, capped, reset when stable
 
 
 def spread_cpus(cpus: list[int], queues: int) -> list[int | None]:
