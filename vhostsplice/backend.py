@@ -18,6 +18,7 @@ from .errors import ConfigError, FeatureError, GuestFaultError, ProtocolError
 from .memory import DirtyLog, GuestMemory
 from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, VRING_F_LOG, Feature as F, \
     ProtocolFeature as PF, Req, bit, mask
+from .statepage import StatePage
 from .vring import RingState, close_fds
 
 log = logging.getLogger("vhostsplice")
@@ -62,6 +63,7 @@ class Backend:
         self.rings = [RingState(0), RingState(1)]
         self.messages = 0
         self.rarp = {"sent": 0, "dropped": 0, "skipped": 0}     # SEND_RARP outcomes
+        self.state = StatePage(None)    # the worker's ring-position state page (statepage.py), or none
 
     # -- dispatch ---------------------------------------------------------------------------------------
     def handle(self, msg: P.Message) -> None:
@@ -137,14 +139,10 @@ class Backend:
             raise FeatureError("the driver did not accept VIRTIO_F_VERSION_1 (legacy virtio is not served)")
         if self.acked is None:
             self.acked = 0
-        a = ring.addr
-        try:
-            pos = self.datapath.start_ring(ring.index, num=ring.num, desc=a.desc, avail=a.avail, used=a.used,
-                                           call_fd=_fd(ring.call_fd), err_fd=_fd(ring.err_fd))
+        try:        # where it resumes: statepage.py (the state page, used->idx, SET_VRING_BASE)
+            pos = self.state.start(self.datapath, self.memory.regions, ring.index, self._acked(F.F_RING_PACKED), ring)
         except ConfigError as exc:      # the front-end's ring cannot be used as given: its violation
             raise ProtocolError(f"ring {ring.index}: {exc}") from None
-        if pos != ring.base:
-            log.info("ring %d: position %d taken from used->idx (SET_VRING_BASE said %d)", ring.index, pos, ring.base)
         ring.base, ring.running = pos, True
 
     def _configure_datapath(self) -> None:
@@ -292,6 +290,7 @@ def get_vring_base_exec(b: Backend, msg: P.Message) -> bytes:
     state = P.decode_vring_state(msg)
     ring = b._ring(state.index)
     base = b._stop(ring)
+    b.state.retire(ring.index)      # the front-end has the positions now
     ring.kicked = False
     ring.replace_fd("kick_fd", None)
     return P.encode_vring_state(P.VringState(ring.index, base))

@@ -148,6 +148,13 @@ def sandbox_option(command):
               help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header). With "
                    "--no-offloads a tap opened by --tap carries no vnet header (unless other queues of it "
                    "already do): the kernel then builds none per frame.")
+@click.option("--state-file", metavar="PATH", envvar="VHOSTSPLICE_STATE_FILE",
+              help="Keep the rings' positions in this file on tmpfs or ramfs (e.g. /dev/shm/vm1-net0.state; "
+                   "created 0600, refused elsewhere: EINVAL), updated around every batch, so a worker started "
+                   "again with the same file resumes where this one stopped even if it was killed: the only way "
+                   "a packed ring can resume (README \"Restarts\"). serve and vhostsplice-supervise hold one for you.")
+@click.option("--state-fd", type=click.IntRange(0), metavar="N", envvar="VHOSTSPLICE_STATE_FD",
+              help="As --state-file, for an inherited memfd or tmpfs file N (serve passes one to each worker).")
 @stats_options
 @ownership_options
 @sandbox_option
@@ -156,7 +163,8 @@ def sandbox_option(command):
                                                     "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 @signals_held_until_the_loop
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
-        offloads, stats_file, stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
+        offloads, state_file, state_fd, stats_file, stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as,
+        sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -198,7 +206,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
                       fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file,
                       stats_format=stats_format, stats_interval=stats_interval,
-                      ownership=ownership, sandbox=sandbox)
+                      ownership=ownership, sandbox=sandbox, state_file=state_file, state_fd=state_fd)
 
 
 def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
 from .spec import MAX_REGIONS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 5  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 6  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from ._vs_core import ffi, lib
@@ -250,6 +250,24 @@ class Datapath:
 
     def running(self, index: int) -> bool:
         return bool(self._ring(index).running)
+
+    def ring_positions(self, index: int) -> tuple[int, int]:
+        """(avail_pos, used_pos) of a ring, as the layout folds them (split: last_avail, used_idx)."""
+        r = self._ring(index)
+        return int(r.last_avail), int(r.used_idx)
+
+    def attach_state(self, buf: Any) -> None:
+        """The C core records ring positions in this state page (statepage.py) from now on; None: stop
+        (call before the page is unmapped)."""
+        old = getattr(self, "_state", None)
+        self._state = None if buf is None else ffi.from_buffer("uint8_t[]", buf, require_writable=True)
+        if self._state is not None and len(self._state) < ffi.sizeof("struct vs_ring_state"):
+            ffi.release(self._state)
+            self._state = None
+            raise ConfigError("the state page is shorter than struct vs_ring_state")
+        self._pair.state = ffi.NULL if self._state is None else ffi.cast("struct vs_ring_state *", self._state)
+        if old is not None:
+            ffi.release(old)
 
     def used_positions(self) -> tuple[int, int]:
         """(RX, TX) used->idx as published: cheap, for telling whether a poll published (and signalled)."""

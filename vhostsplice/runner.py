@@ -23,6 +23,7 @@ from .errors import ConfigError, SetupError, VhostspliceError, errno_name, from_
 from .hostfd import open_tap
 from .hostfd_inspect import inspect_fd, open_packet
 from .sandbox import Sandbox
+from .statepage import StatePage, open_state
 from .worker import Worker, WorkerConfig
 
 log = logging.getLogger("vhostsplice")
@@ -161,16 +162,19 @@ def open_host(*, tap=None, host_fd=None, packet=None, mtu=None, bridge=None, off
 
 def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, placement, fault_exit, offloads,
                stats_file, host_fd=None, packet=None, framing="none", ownership: Ownership = Ownership(),
-               sandbox: str = "strict", stats_format: str = "json", stats_interval: float | None = None) -> int:
+               sandbox: str = "strict", stats_format: str = "json", stats_interval: float | None = None,
+               state_file: str | None = None, state_fd: int | None = None) -> int:
     """Set up, serve until stopped, report the counters; returns the exit code. The worker confines
     itself (--sandbox, vhostsplice/sandbox) after all of this and before its first message."""
     confinement = Sandbox(sandbox)
+    page = StatePage(None)
     hostfd = open_host(tap=tap, host_fd=host_fd, packet=packet, mtu=mtu, bridge=bridge, offloads=offloads,
                        control_fd=inherited_fd, framing=framing)
     door = None
     try:
         if offloads and not hostfd.offloads_ok:
             log.info("%s %s carries no vnet header: offloads are not offered", hostfd.kind, hostfd.name)
+        page = StatePage(open_state(state_file, state_fd))     # mapped before the sandbox: no syscall per write
         apply_placement(*placement)
         door = _open_door(socket_path, connect_path, inherited_fd, ownership)
         confinement.prepare()
@@ -181,7 +185,7 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
         backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, fault_exit=fault_exit, mtu=hostfd.mtu)
         config = WorkerConfig(backend, stats_file, allow_uids=ownership.allow_uids,
                               sandbox=confinement if sandbox != "off" else None,
-                              stats_format=stats_format, stats_interval=stats_interval)
+                              stats_format=stats_format, stats_interval=stats_interval, state=page)
         worker = Worker(door, hostfd, config)
         door = None           # the worker owns it now
         code = worker.run()
@@ -193,6 +197,7 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
         if door is not None:
             door.close()
         hostfd.close()
+        page.close()
 
 
 class _Exit(VhostspliceError):

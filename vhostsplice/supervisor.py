@@ -5,7 +5,8 @@ requests itself and forwards the rest to the worker of the pair they concern ove
 front-end would: ring 2k+j of the device is ring j of worker k (`vhostsplice run --fd N`); which request
 goes where is serve_device.py's business, this module runs the workers and the loop. Everything a
 worker was told is kept (fds duplicated), so a worker that dies is replaced and told again; it resumes
-from used->idx like any restarted back-end. A pair's worker starts when the front-end first enables one
+where its predecessor stopped from the pair's state page (a memfd serve holds, `run --state-fd`;
+statepage.py), not from the SET_VRING_BASE replayed to it. A pair's worker starts when the front-end first enables one
 of its rings (so the tap has a queue only for pairs the driver uses). When the front-end leaves, every worker's channel is closed, so each ends
 by the exit-code contract (0 stopped rings, 104 running ones); serve then ends the same way and says so
 in a last `end` event. The next front-end gets a fresh `serve` from whatever supervises it.
@@ -36,6 +37,7 @@ from .counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_argv, self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
 from .spec import Req
+from .statepage import new_memfd
 from .vring import close_fd, close_fds
 
 log = logging.getLogger("vhostsplice")
@@ -78,6 +80,7 @@ class Supervisor(DeviceRequests):
             os.chown(self.rundir, *config.ownership.user)     # workers that dropped write their stats here
         self.events = open(config.events, "a") if config.events else sys.stderr
         self.stopping = False
+        self.state_fds: dict[int, int] = {}      # pair -> its ring-position state page (a sealed memfd)
 
     # -- events ----------------------------------------------------------------------------------------
     def emit(self, event: str, **fields) -> None:
@@ -88,8 +91,11 @@ class Supervisor(DeviceRequests):
     def start_worker(self, pair: Pair) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pair.stats_file = os.path.join(self.rundir, f"pair{pair.index}.json")
+        if pair.index not in self.state_fds:       # the pair's state page: every worker of the pair gets it
+            self.state_fds[pair.index] = new_memfd(f"vhostsplice-pair{pair.index}-state")
+        state = self.state_fds[pair.index]
         argv = [*self_argv(), "run", "--fd", str(theirs.fileno()), "--tap", self.config.tap,
-                "--stats-file", pair.stats_file, *self.config.worker_args]
+                "--state-fd", str(state), "--stats-file", pair.stats_file, *self.config.worker_args]
         if self.config.stats and self.config.stats.interval:
             argv += ["--stats-interval", str(self.config.stats.interval)]
         if pair.cpu is not None:
@@ -97,7 +103,8 @@ class Supervisor(DeviceRequests):
         # The worker starts with the stop signals blocked and unblocks them once its handlers are in
         # (worker.py): a stop during its start-up is a clean stop, never a death by the signal.
         with signals_held(drain=False):
-            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=worker_env(), stdin=subprocess.DEVNULL)
+            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(), state), env=worker_env(),
+                                         stdin=subprocess.DEVNULL)
         pair.started, pair.started_at = True, time.monotonic()
         theirs.close()
         pair.chan = Channel(ours)
@@ -170,7 +177,8 @@ class Supervisor(DeviceRequests):
         killed = {"syscall": killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
         self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code), stable=stable,
                   backoff=None if delay is None else round(delay, 3), failures=pair.backoff.failures,
-                  counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), **killed)
+                  counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), resume=counters.get("resume"),
+                  **killed)
         if self.stopping:
             return
         if code != 0:
@@ -334,6 +342,7 @@ class Supervisor(DeviceRequests):
             self.write_stats()                              # the workers' final counters
         for _payload, fds in self.device.values():
             close_fds(fds)
+        close_fds(self.state_fds.values())
         if self.front is not None:
             self.front.close()
         self.listener.close()

@@ -21,6 +21,7 @@ from .errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, Vhosts
                      from_oserror, release_stop_signals)
 from .protocol import Req
 from .sandbox import Facts, Sandbox
+from .statepage import StatePage
 
 log = logging.getLogger("vhostsplice")
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
@@ -39,6 +40,7 @@ class WorkerConfig:
     sandbox: Sandbox | None = None              # --sandbox: confined before the first message (None: off)
     stats_format: str = "json"                  # --stats-format: json or prometheus (counters.render)
     stats_interval: float | None = None         # --stats-interval: rewrite --stats-file this often (seconds)
+    state: StatePage = field(default_factory=lambda: StatePage(None))   # --state-file/--state-fd (statepage.py)
 
 
 def _quietly(fn, *args) -> None:
@@ -55,6 +57,8 @@ class Worker:
         self.door, self.hostfd, self.config = door, hostfd, config
         self.datapath = dp.Datapath(hostfd.fd, host_hdr_len=hostfd.vnet_hdr_len, empty_ok=hostfd.empty_ok,
                                     refused_drop=hostfd.refused_drop, stream=hostfd.stream)
+        if config.state.mm is not None:     # the C core records ring positions in it around each publish
+            self.datapath.attach_state(config.state.mm)
         self.ep = select.epoll()
         self.watched: dict[int, tuple[str, int]] = {}     # fd -> (role, events)
         self.channel = None
@@ -164,6 +168,7 @@ class Worker:
         channel.refuse_file_of(self.hostfd.fd)     # the front-end may never hand us our own host fd
         self.channel = channel
         self.backend = Backend(channel, self.datapath, self.hostfd, self.config.backend)
+        self.backend.state = self.config.state
         self._watch(channel.fileno(), "control", IN)
 
     def _loop(self, sigfd: int) -> None:
@@ -363,6 +368,7 @@ class Worker:
         if hasattr(self.door, "accept"):
             self.door.close()
         self.ep.close()
+        self.datapath.attach_state(None)        # before the page is unmapped (runner)
 
     def stats(self) -> dict:
         rings = self.datapath.stats()
@@ -381,6 +387,7 @@ class Worker:
             out["protocol_features"] = f"{self.backend.protocol_acked:#x}"
             out["messages"] = self.backend.messages
             out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped
+        out["resume"] = self.config.state.report()      # where each ring resumed from (the state page)
         out["dirty_log"] = self.datapath.log_stats()    # live migration: log_all, log_size, writes, overflow
         out["sandbox"] = dict(self.config.sandbox.report) if self.config.sandbox else {"mode": "off"}
         return out

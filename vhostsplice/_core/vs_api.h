@@ -19,7 +19,7 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 5
+#define VS_API_VERSION 6
 #define VS_MAX_REGIONS 8
 #define VS_MAX_IOV 1024
 #define VS_MAX_QUEUE_SIZE 32768
@@ -97,6 +97,25 @@ struct vs_ring {
     uint32_t log_used;
 };
 
+/* The ring-position state page (vhostsplice/statepage.py: its layout, validation and use; docs/design-notes.md):
+ * a shared mapping that outlives the worker.  Python writes the header and, when a ring starts, its slot
+ * (ring addresses, num, live, the start positions); C writes only seq and the positions, around each
+ * publish (vs_net_publish): next_* and seq odd before the release store, avail/used_pos and seq even after. */
+struct vs_ring_slot {
+    uint64_t desc_uva, avail_uva, used_uva;     /* the ring this slot describes */
+    uint32_t num;
+    uint32_t live;              /* 1 from the ring's start until the front-end is given its positions */
+    uint32_t seq;               /* odd: a publish is between its two records */
+    uint16_t avail_pos, used_pos;       /* after the last publish (vs_avail_pos, vs_used_pos) */
+    uint16_t next_avail, next_used;     /* seq odd: what the publish in progress makes visible */
+    uint32_t reserved;
+};
+struct vs_ring_state {
+    uint32_t magic, version, size, layout;
+    uint64_t generation;        /* workers that have taken the page */
+    struct vs_ring_slot ring[2];        /* virtqueue 0 (rx) and 1 (tx) */
+};
+
 struct vs_pair {
     struct vs_mem mem;
     struct vs_ring rx, tx;      /* virtqueue 0 and 1 */
@@ -117,6 +136,7 @@ struct vs_pair {
     uint8_t *rx_stage;
     uint32_t rx_stage_cap, rx_stage_len;
     struct vs_log log;          /* mem.log points here (Python sets it once) */
+    struct vs_ring_state *state;    /* NULL, or the ring-position state page (vhostsplice/statepage.py) */
 };
 
 /* vs_pair.c */
@@ -198,6 +218,7 @@ uint32_t vs_iov_cut(const struct iovec *in, uint32_t n, uint64_t from, uint64_t 
 struct iovec *vs_host_iov(const struct vs_pair *p, struct iovec *iov, uint32_t *niov, struct iovec *cut);
 int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
 /* vs_net_tx.c, vs_net_rx.c: one batch of each direction */
+void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used);
 int vs_tx_batch(struct vs_pair *p);
 int vs_rx_batch(struct vs_pair *p);
 

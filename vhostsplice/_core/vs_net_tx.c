@@ -164,7 +164,7 @@ int vs_tx_batch(struct vs_pair *p)
         }
         rc = tx_one(p, r, iov, cut);
     }
-    vs_used_publish(&p->mem, r, old);
+    vs_net_publish(p, r, old);
     r->st.batches++;
     return rc;
 }
