@@ -193,6 +193,21 @@ def _fs_type(fd: int) -> int:
     return struct.unpack_from("l", buf)[0] & 0xFFFFFFFF
 
 
+def _refuse_off_memory(folder: str, what: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        kind = _fs_type(fd)
+    finally:
+        os.close(fd)
+    _memory_only(kind, what)
+
+
+def _memory_only(kind: int, what: str) -> None:
+    if kind not in MEMORY_FS:
+        raise ConfigError(f"{what}: not on tmpfs or ramfs (file system {kind:#x}): the page would be written"
+                          " back to disk every batch and outlive a reboot; use /dev/shm or /run")
+
+
 def map_fd(fd: int, what: str) -> mmap.mmap:
     """Map a state page file (a memfd or a file on tmpfs/ramfs), making it SIZE bytes if it is shorter.
     Anything else is EINVAL: a page on a disk is written back on every batch and would outlive a host
@@ -202,9 +217,7 @@ def map_fd(fd: int, what: str) -> mmap.mmap:
         kind = _fs_type(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{what}: not a regular file")
-        if kind not in MEMORY_FS:
-            raise ConfigError(f"{what}: not on tmpfs or ramfs (file system {kind:#x}): the page would be written"
-                              " back to disk every batch and outlive a reboot; use /dev/shm or /run")
+        _memory_only(kind, what)
         if st.st_size < SIZE:
             os.ftruncate(fd, SIZE)
         return mmap.mmap(fd, SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
@@ -218,6 +231,7 @@ def open_state(path: str | None, fd: int | None) -> mmap.mmap | None:
         raise ConfigError("give one of --state-file and --state-fd")
     if path is not None:
         try:
+            _refuse_off_memory(os.path.dirname(os.path.abspath(path)), f"--state-file {path}")  # create nothing there
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise from_oserror(exc, f"--state-file {path}") from None
