@@ -286,8 +286,6 @@ class StatePage:
 
     def begin(self, index: int, layout: int, num: int, addrs: tuple[int, int, int], pos: tuple[int, int]) -> None:
         """The ring runs from pos (avail, used): its slot is live from now on, and the C core keeps it."""
-        if self.mm is None:
-            return
         HEADER.pack_into(self.mm, 0, MAGIC, VERSION, SIZE, layout, self.generation)
         SLOT.pack_into(self.mm, HEADER.size + index * SLOT.size, *addrs, num, 1, 0, *pos, *pos, 0)
 
@@ -328,7 +326,8 @@ class StatePage:
             pos = datapath.start_ring(index, **kw)
             res = resume_split(slot, why, ring.base, pos)
         self.record(index, res)
-        self.begin(index, layout, ring.num, addrs, datapath.ring_positions(index))
+        if self.mm is not None:
+            self.begin(index, layout, ring.num, addrs, datapath.ring_positions(index))
         return pos
 
     def report(self) -> dict:
