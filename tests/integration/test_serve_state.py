@@ -3,13 +3,13 @@ a worker SIGKILLed under TX traffic is replaced, told the device's requests agai
 front-end first said it: stale by now), and resumes from the page. As root, in a private netns (vsq)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 
 import pytest
 
+from support.guest import read_events
 from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice.selfexec import self_argv, self_env
@@ -27,11 +27,7 @@ def ns():
 
 
 def events(path: str, kind: str) -> list[dict]:
-    try:
-        with open(path) as f:
-            return [e for e in map(json.loads, f) if e["event"] == kind]
-    except FileNotFoundError:
-        return []
+    return [e for e in read_events(path) if e["event"] == kind]
 
 
 def test_serve_replacement_resumes_from_the_pairs_state_page(ns, tmp_path):
