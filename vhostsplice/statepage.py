@@ -16,6 +16,7 @@ reasoning ("Restart: the state page").
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import logging
 import mmap
@@ -24,7 +25,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from .errors import ConfigError, from_oserror
+from .errors import ConfigError, SetupError, from_oserror
 
 log = logging.getLogger("vhostsplice")
 
@@ -237,10 +238,24 @@ def open_state(path: str | None, fd: int | None) -> mmap.mmap | None:
             raise from_oserror(exc, f"--state-file {path}") from None
     elif fd is None:
         return None
+    what = f"--state-file {path}" if path is not None else f"--state-fd {fd}"
     try:
-        return map_fd(fd, f"--state-file {path}" if path is not None else f"--state-fd {fd}")
+        _lock(fd, what)
+        return map_fd(fd, what)     # the mapping keeps a duplicate of fd, and with it the lock
     finally:
         os.close(fd)
+
+
+def _lock(fd: int, what: str) -> None:
+    """One worker per page: two would overwrite each other's positions. flock belongs to the open file:
+    a worker's own open of --state-file excludes another's until it ends (or is killed); an inherited
+    --state-fd shares the holder's open file, and serve starts a pair's next worker only after the last."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SetupError(f"{what}: another worker uses this state page", errno.EBUSY) from None
+    except OSError as exc:
+        raise from_oserror(exc, what) from None
 
 
 def new_memfd(name: str) -> int:

@@ -1,6 +1,6 @@
 """`vhostsplice serve` hands each pair's state page (a sealed memfd it holds) to every worker of the pair:
 a worker SIGKILLed under TX traffic is replaced, told the device's requests again (SET_VRING_BASE as the
-front-end first said it: stale by now), and resumes from the page. As root, in a private netns (vsq)."""
+front-end first said it: stale by now), and resumes from the page. As root, in a private netns (vst)."""
 from __future__ import annotations
 
 import os
@@ -17,12 +17,12 @@ from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import demo_frame
 
 pytestmark = pytest.mark.root
-TAP = "vsq0"
+TAP = "vst0"
 
 
 @pytest.fixture
 def ns():
-    with entered_netns("vsq") as ns:
+    with entered_netns("vst") as ns:
         yield ns
 
 

@@ -7,12 +7,13 @@ import errno
 import mmap
 import os
 import struct
+import tempfile
 
 import pytest
 
 from vhostsplice import statepage as S
 from vhostsplice.datapath import ffi
-from vhostsplice.errors import ConfigError
+from vhostsplice.errors import ConfigError, SetupError
 
 ADDRS = (0x1000, 0x2000, 0x3000)
 SLOT_FIELDS = ("desc_uva", "avail_uva", "used_uva", "num", "live", "seq", "avail_pos", "used_pos", "next_avail",
@@ -146,3 +147,16 @@ def test_the_memfd_is_sealed_and_a_file_off_tmpfs_is_refused(monkeypatch):
     finally:
         os.close(fd)
     assert info.value.errno == errno.EINVAL and "not on tmpfs or ramfs" in str(info.value)
+
+
+def test_one_worker_per_state_file():
+    path = tempfile.mktemp(prefix="vs-lock-", dir="/dev/shm")
+    try:
+        first = S.open_state(path, None)
+        with pytest.raises(SetupError) as info:
+            S.open_state(path, None)                               # a second worker on the same page
+        assert info.value.errno == errno.EBUSY
+        first.close()                                              # the first one ends (or is killed)
+        S.open_state(path, None).close()
+    finally:
+        os.unlink(path)
