@@ -148,6 +148,9 @@ def sandbox_option(command):
               help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header). With "
                    "--no-offloads a tap opened by --tap carries no vnet header (unless other queues of it "
                    "already do): the kernel then builds none per frame.")
+@click.option("--packed/--no-packed", default=True, show_default=True, envvar="VHOSTSPLICE_PACKED",
+              help="Offer the packed virtqueue (VIRTIO_F_RING_PACKED, virtio 1.2 2.8); --no-packed offers split "
+                   "rings only.")
 @stats_options
 @ownership_options
 @sandbox_option
@@ -156,7 +159,8 @@ def sandbox_option(command):
                                                     "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 @signals_held_until_the_loop
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
-        offloads, stats_file, stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
+        offloads, packed, stats_file, stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox,
+        print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -196,7 +200,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
-                      fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file,
+                      fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed, stats_file=stats_file,
                       stats_format=stats_format, stats_interval=stats_interval,
                       ownership=ownership, sandbox=sandbox)
 
@@ -234,11 +238,13 @@ def _source(param: str):
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Passed to every worker (see `run --help`).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True, help="Passed to every worker.")
+@click.option("--packed/--no-packed", default=True, show_default=True, envvar="VHOSTSPLICE_PACKED",
+              help="Offer the packed virtqueue (VIRTIO_F_RING_PACKED); --no-packed is passed to every worker.")
 @stats_options
 @ownership_options
 @sandbox_option
 @signals_held_until_the_loop
-def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, stats_file, stats_format,
+def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, packed, stats_file, stats_format,
           stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
 
@@ -264,13 +270,14 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox] + ([] if offloads else ["--no-offloads"])
+    worker_args += [] if packed else ["--no-packed"]
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     if run_as is not None:
         worker_args += ["--user", run_as]
     if stats_interval is not None and not stats_file:
         raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
-                         worker_args=worker_args, ownership=ownership, offloads=offloads,
+                         worker_args=worker_args, ownership=ownership, offloads=offloads, packed=packed,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 
