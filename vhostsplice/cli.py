@@ -348,7 +348,9 @@ def _drive_help() -> str:
                    "PROTOCOL_FEATURES,CSUM,...), 'default', '-NAME' to drop one, or a hex mask. "
                    "Default: VERSION_1,MRG_RXBUF,INDIRECT_DESC,EVENT_IDX,PROTOCOL_FEATURES.")
 @click.option("--queue-size", type=click.IntRange(1, 32768), default=256, show_default=True,
-              help="Size of both rings (a power of 2).")
+              help="Size of both rings (a power of 2; with --packed any size).")
+@click.option("--packed", is_flag=True, envvar="VHOSTSPLICE_DRIVE_PACKED",
+              help="Packed rings: ask for RING_PACKED too and fail (EINVAL) if the worker does not offer it.")
 @click.option("--send", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="Frames to send guest -> tap (each waited for until the worker has used it).")
 @click.option("--size", type=click.IntRange(60, 65535), default=512, show_default=True, metavar="B",
@@ -372,7 +374,7 @@ def _drive_help() -> str:
                                                     "--expect/--hold is done (scripts wait for it).")
 @click.option("--list-faults", is_flag=True, help="Print the fault table and exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --list-faults: as JSON.")
-def drive(socket_path, connect, connect_timeout, features_text, queue_size, send, size, expect, rx_buffers,
+def drive(socket_path, connect, connect_timeout, features_text, queue_size, packed, send, size, expect, rx_buffers,
           rx_buffer_size, pcap, fault, fault_after, timeout, hold, ready_file, list_faults, as_json):
     """Be the guest: the built-in front-end and virtio driver against a worker, as a command.
 
@@ -395,13 +397,15 @@ def drive(socket_path, connect, connect_timeout, features_text, queue_size, send
         return 0
     if not socket_path:
         raise ConfigError("--socket-path PATH is required")
-    if queue_size & (queue_size - 1):
+    if queue_size & (queue_size - 1) and not packed:
         raise ConfigError(f"--queue-size {queue_size} is not a power of 2")
+    if packed and fault is not None:
+        raise ConfigError("--fault writes split rings: not with --packed")
     if fault is not None and fault not in faults.BY_NAME:
         raise ConfigError(f"--fault {fault!r}: unknown; known: {', '.join(faults.BY_NAME)}")
     features = drv.parse_features(features_text) if features_text else drv.DEFAULT_FEATURES
     opts = drv.DriveOptions(socket_path=socket_path, listen=not connect, connect_timeout=connect_timeout,
-                            features=features, queue_size=queue_size, send=send, size=size, expect=expect,
+                            features=features, packed=packed, queue_size=queue_size, send=send, size=size, expect=expect,
                             rx_buffers=rx_buffers, rx_buffer_size=rx_buffer_size, pcap=pcap, fault=fault,
                             fault_after=fault_after, timeout=timeout, hold=hold, ready_file=ready_file)
     return drv.run_drive(opts)
