@@ -253,7 +253,8 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     reported as a JSON event line (pair, pid, exit code, errno name, counters), its rings' VRING_ERR
     eventfds are signalled when it failed, and it is replaced per --restart with the policy's back-off
     (`vhostsplice exit-codes`: doubling to a cap, jittered, reset by a stable run; each exit event carries
-    it); the replacement resumes from used->idx. The tap is held by a detached queue for serve's lifetime,
+    it); the replacement resumes from used->idx (a packed ring: from the front-end's SET_VRING_BASE, README
+    "What it negotiates"). The tap is held by a detached queue for serve's lifetime,
     so it and what the host set on it outlive the workers. SIGTERM/SIGINT stop every worker, exit 0 (from
     serve's start: held until its loop runs; workers start with them blocked).
     Ownership as for `run`: one front-end, --socket-mode/--socket-group, --allow-uid (refused peers are
