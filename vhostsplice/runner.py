@@ -161,7 +161,7 @@ def open_host(*, tap=None, host_fd=None, packet=None, mtu=None, bridge=None, off
 
 
 def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, placement, fault_exit, offloads,
-               stats_file, host_fd=None, packet=None, framing="none", ownership: Ownership = Ownership(),
+               stats_file, packed: bool = True, host_fd=None, packet=None, framing="none", ownership: Ownership = Ownership(),
                sandbox: str = "strict", stats_format: str = "json", stats_interval: float | None = None,
                state_file: str | None = None, state_fd: int | None = None) -> int:
     """Set up, serve until stopped, report the counters; returns the exit code. The worker confines
@@ -182,7 +182,8 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
             drop_privileges(*ownership.user)
             _check_writable_as_user(stats_file, socket_path)
             log.info("serving as uid %d gid %d", *ownership.user)
-        backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, fault_exit=fault_exit, mtu=hostfd.mtu)
+        backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, fault_exit=fault_exit, mtu=hostfd.mtu,
+                                packed=packed)
         config = WorkerConfig(backend, stats_file, allow_uids=ownership.allow_uids,
                               sandbox=confinement if sandbox != "off" else None,
                               stats_format=stats_format, stats_interval=stats_interval, state=page)

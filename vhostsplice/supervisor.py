@@ -54,6 +54,7 @@ class ServeConfig:
     worker_args: list[str] = field(default_factory=list)
     ownership: Ownership = field(default_factory=Ownership)     # run's --socket-mode/group, --allow-uid, --user
     offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
+    packed: bool = True          # the workers offer RING_PACKED (not with --no-packed)
     stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
 
 
