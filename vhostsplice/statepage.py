@@ -313,7 +313,7 @@ class StatePage:
         """Keep the decision for the stats; say on stderr what a reader of the log must know."""
         self.resumes[index] = res
         name = ("rx", "tx")[index]
-        if res.source == "front-end" and (res.front_end or self.mm is not None and self.reason != "empty"):
+        if res.source == "front-end" and (self.mm is None or not res.reason.startswith(("empty", "not live"))):
             log.warning("%s ring (packed) resumes from the front-end's positions only (%#x): %s", name,
                         res.front_end, res.reason)
         elif res.disagreed:

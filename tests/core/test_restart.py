@@ -1,6 +1,6 @@
 """A replacement worker resumes from the state page (statepage.py) over the same guest memory: the first
 datapath is dropped as a SIGKILL would leave it, a second one maps the same page, is given a stale
-SET_VRING_BASE 0, and takes up exactly the chains the driver added after the last publish: none completed
+SET_VRING_BASE (the ring's start), and takes up exactly the chains the driver added after the last publish: none completed
 twice, none lost. A publish the kill interrupted (seq odd) is settled from guest memory."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from vhostsplice.datapath import Datapath
 from vhostsplice.protocol import VringAddr
 from vhostsplice.vring import RingState
 
-LAYOUTS = [False]       # packed: True
+LAYOUTS = [False, True]     # split, packed
 
 
 def new_page() -> object:
@@ -30,8 +30,14 @@ def ring_state(rig, index: int, base: int = 0) -> RingState:
                      base=base, call_fd=rig.call[index], err_fd=rig.err[index])
 
 
-def worker(rig, mm, packed: bool, base: int = 0) -> tuple[Datapath, S.StatePage]:
+def fresh(packed: bool) -> int:
+    """SET_VRING_BASE of a ring that never ran: what a front-end that lost the positions sends again."""
+    return S.packed_base(0x8000, 0x8000) if packed else 0
+
+
+def worker(rig, mm, packed: bool, base: int | None = None) -> tuple[Datapath, S.StatePage]:
     """A (new) worker's datapath on the rig's guest memory and host fd, its rings started by the page."""
+    base = fresh(packed) if base is None else base
     dp = Datapath(rig.host.fileno())
     dp.configure(mrg_rxbuf=False, event_idx=False, indirect=True, rx_max=12 + 1514, **packed_kw(packed))
     regions = rig.mem.regions()
@@ -68,12 +74,12 @@ def test_the_replacement_takes_up_exactly_the_chains_after_the_last_publish(make
     assert len(rig.wire()) == 10 and len(rig.tx.used()) == 10
     first.attach_state(None)                  # killed: never polled again
     rig.tx.add_out(frames(rig, 10, 5))        # the driver goes on meanwhile
-    second, page = worker(rig, mm, packed, base=0)      # the front-end's stale SET_VRING_BASE 0
+    second, page = worker(rig, mm, packed)    # the front-end's stale SET_VRING_BASE: the ring's start
     drain(second)
     assert rig.wire() == [bytes(12) + f for f in frames(rig, 10, 5)]       # none again, none lost
     assert len(rig.tx.used()) == 5
     tx = page.report()["tx"]
-    assert tx["source"] == "state-page" and tx["disagreed"] and tx["front_end"] == 0, tx
+    assert tx["source"] == "state-page" and tx["disagreed"] and tx["front_end"] == fresh(packed), tx
     second.attach_state(None)
     mm.close()
 
@@ -113,3 +119,17 @@ def test_a_publish_cut_by_the_kill_is_settled_from_guest_memory(make_rig, packed
 
 def struct_pack(mm, off: int, slot: S.Slot, *, seq: int, committed: tuple[int, int], pending: tuple[int, int]):
     S.SLOT.pack_into(mm, off, slot.desc, slot.avail, slot.used, slot.num, slot.live, seq, *committed, *pending, 0)
+
+
+def test_without_a_page_a_packed_ring_has_only_the_front_ends_positions(make_rig, caplog):
+    """The reason the page exists: the same restart without one resumes a packed ring at the stale
+    SET_VRING_BASE, and says so."""
+    rig = make_rig(start=False, packed=True)
+    first, _ = worker(rig, None, True)
+    rig.tx.add_out(frames(rig, 0, 3))
+    drain(first)
+    assert len(rig.wire()) == 3
+    second, page = worker(rig, None, True)
+    tx = page.report()["tx"]
+    assert (tx["source"], tx["position"]) == ("front-end", fresh(True)), tx
+    assert "resumes from the front-end's positions only" in caplog.text

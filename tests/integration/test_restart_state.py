@@ -2,10 +2,10 @@
 driven by the pure-Python front-end. The host side is a SOCK_SEQPACKET socketpair (`--host-fd`): no root.
 
 A worker is SIGKILLed while TX traffic flows; its replacement maps the same page, the front-end sets the
-rings up again with a stale SET_VRING_BASE 0 (as QEMU does after a reconnect), and the replacement
+rings up again with a stale SET_VRING_BASE (the ring's start: the front-end never got the positions), and the replacement
 resumes from the page: every chain the driver made available is completed exactly once, and every frame
 reaches the host (a frame of the one batch the kill interrupted may arrive twice: docs/design-notes.md,
-"Restart: the state page").
+"Restart: the state page"). Split and packed rings alike.
 """
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ def state_file():
     os.rmdir(folder)
 
 
+# SET_VRING_BASE of a ring that never ran (split 0; packed: both indexes 0 with wrap counters 1): what a
+# front-end that never got the positions sends after a reconnect
+STALE = {False: 0, True: 0x8000_8000}
+
+
 def worker(tmp_path, fd: int, name: str, *extra: str) -> WorkerProcess:
     w = WorkerProcess(str(tmp_path), "", *extra, name=name, host=("--host-fd", str(fd)), pass_fds=(fd,))
     w.wait_listening()
@@ -62,10 +67,13 @@ def collect(fe: Frontend, used: list) -> list:
     return used
 
 
-def test_a_killed_worker_is_resumed_from_the_state_page_nothing_lost_or_completed_twice(tmp_path, wire, state_file):
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_killed_worker_is_resumed_from_the_state_page_nothing_lost_or_completed_twice(tmp_path, wire, state_file,
+                                                                                         packed):
     a, b = wire
     first = worker(tmp_path, a.fileno(), "first", "--state-file", state_file)
-    fe = Frontend.connect(first.sock).start()
+    fe = Frontend.connect(first.sock, packed=packed).start()
+    assert fe.packed == packed
     sent, got, used = [], [], []
     try:
         for i in range(60):                                 # traffic; the kill lands while it flows
@@ -77,7 +85,7 @@ def test_a_killed_worker_is_resumed_from_the_state_page_nothing_lost_or_complete
         first.kill()
         collect(fe, used)
         second = worker(tmp_path, a.fileno(), "second", "--state-file", state_file)
-        fe.reconnect(second.sock)                           # SET_VRING_BASE 0: stale, the rings moved on
+        fe.reconnect(second.sock, base=STALE[packed])       # stale: the rings moved on since
         fe.notify(1)
         for i in range(60, 80):
             frame = demo_frame(i, 300)
@@ -99,8 +107,9 @@ def test_a_killed_worker_is_resumed_from_the_state_page_nothing_lost_or_complete
     resume = final["resume"]
     assert resume["page"] == "on" and resume["generation"] == 2, resume
     tx = resume["tx"]
-    assert tx["source"] == "state-page" and tx["disagreed"], tx
-    assert tx["front_end"] == 0 and tx["state"] == tx["position"] == tx["used_idx"] > 0, tx
+    assert tx["source"] == "state-page" and tx["disagreed"] and tx["front_end"] == STALE[packed], tx
+    assert tx["state"] == tx["position"] != STALE[packed], tx
+    assert tx["used_idx"] == (None if packed else tx["position"]), tx      # split: used->idx agreed
     assert "resumes from state-page" in second.stderr, second.stderr
 
 

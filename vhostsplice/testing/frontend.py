@@ -206,17 +206,17 @@ class Frontend:
         self.tx = self.setup_ring(1)
         return self
 
-    def reconnect(self, path: str, timeout: float = 10.0) -> "Frontend":
+    def reconnect(self, path: str, timeout: float = 10.0, base: int | None = None) -> "Frontend":
         """A new back-end on PATH takes over this driver's memory and rings as they are (buffers posted,
         chains in flight), set up the way QEMU does after a reconnect: SET_VRING_BASE 0 (packed: the
-        driver's positions), no kick."""
+        driver's positions; `base`: this value instead, e.g. a stale one), no kick."""
         self.chan.close()
         self.chan = Channel(_connect(path, timeout))
         self.protocol_acked = 0             # a new session: nothing negotiated with this back-end yet
         self.negotiate()
         self.share_memory()
-        self.setup_ring(0, queue=self.rx)
-        self.setup_ring(1, queue=self.tx)
+        self.setup_ring(0, base=base, queue=self.rx)
+        self.setup_ring(1, base=base, queue=self.tx)
         return self
 
     def stop(self) -> tuple[int, int]:
