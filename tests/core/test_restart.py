@@ -4,6 +4,7 @@ SET_VRING_BASE (the ring's start), and takes up exactly the chains the driver ad
 twice, none lost. A publish the kill interrupted (seq odd) is settled from guest memory."""
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -121,9 +122,11 @@ def struct_pack(mm, off: int, slot: S.Slot, *, seq: int, committed: tuple[int, i
     S.SLOT.pack_into(mm, off, slot.desc, slot.avail, slot.used, slot.num, slot.live, seq, *committed, *pending, 0)
 
 
-def test_without_a_page_a_packed_ring_has_only_the_front_ends_positions(make_rig, caplog):
+def test_without_a_page_a_packed_ring_has_only_the_front_ends_positions(make_rig, caplog, monkeypatch):
     """The reason the page exists: the same restart without one resumes a packed ring at the stale
     SET_VRING_BASE, and says so."""
+    monkeypatch.setattr(logging.getLogger("vhostsplice"), "propagate", True)   # cli.main may have cut it
+    caplog.set_level(logging.WARNING, logger="vhostsplice")
     rig = make_rig(start=False, packed=True)
     first, _ = worker(rig, None, True)
     rig.tx.add_out(frames(rig, 0, 3))
