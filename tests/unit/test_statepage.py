@@ -10,6 +10,7 @@ import struct
 import tempfile
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from vhostsplice import statepage as S
 from vhostsplice.datapath import ffi
@@ -160,3 +161,26 @@ def test_one_worker_per_state_file():
         S.open_state(path, None).close()
     finally:
         os.unlink(path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=S.SIZE, max_size=S.SIZE), st.sampled_from([S.LAYOUT_SPLIT, S.LAYOUT_PACKED]),
+       st.integers(1, S.MAX_NUM), st.booleans())
+def test_any_bytes_are_judged_never_trusted_blindly(data, layout, num, keep_header):
+    """Whatever the page holds (a random one, or random slots behind a good header): decoding and judging
+    it never raises, and a slot it accepts has positions a ring of num can have."""
+    if keep_header:         # a good header and slots of this ring's size: the positions are what is random
+        buf = bytearray(page(layout=layout)[:S.HEADER.size] + data[S.HEADER.size:])
+        for i in (0, 1):
+            struct.pack_into("<II", buf, S.HEADER.size + i * S.SLOT.size + 24, num, 1)
+        data = bytes(buf)
+    image, why = S.decode(data)
+    if image is None:
+        assert why
+        return
+    for slot in image.slots:
+        addrs = (slot.desc, slot.avail, slot.used)
+        if S.slot_problem(slot, layout, num, addrs) == "" and layout == S.LAYOUT_PACKED:
+            assert (slot.avail_pos & 0x7FFF) < num and (slot.used_pos & 0x7FFF) < num
+        if S.slot_problem(slot, layout, num, addrs) == "":
+            assert slot.live and slot.num == num
