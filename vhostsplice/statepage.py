@@ -277,7 +277,8 @@ class StatePage:
 
     def __init__(self, mm: mmap.mmap | None):
         self.mm = mm
-        self.resumes: dict[int, Resume] = {}
+        self.resumes: dict[int, Resume] = {}   # how each ring resumed when this worker first started it
+        self.started: set[int] = set()          # later starts take the worker's own positions (ring.base)
         if mm is None:
             self.prior, self.reason, self.generation = None, "no state page (run --state-file)", 0
             return
@@ -324,25 +325,35 @@ class StatePage:
             log.warning("%s ring: state page not used: %s", name, res.reason)
 
     def start(self, datapath, regions, index: int, packed: bool, ring) -> int:
-        """Start ring `index` (vring.RingState: num, addr, base, fds) where it must resume, record how, and
-        make its slot live. Returns the position start_ring returned."""
+        """Start ring `index` (vring.RingState: num, addr, base, fds) where it must resume, and make its
+        slot live. The first start in this worker resumes (and is recorded); a later one is this worker's
+        own restart of the ring, from ring.base (its own stop's, or GET/SET_VRING_BASE's). Returns the
+        position start_ring returned."""
         a = ring.addr
         addrs, layout = (a.desc, a.avail, a.used), LAYOUT_PACKED if packed else LAYOUT_SPLIT
-        slot, why = self.slot(index, layout, ring.num, addrs)
         kw = dict(num=ring.num, desc=a.desc, avail=a.avail, used=a.used, call_fd=_fd(ring.call_fd),
                   err_fd=_fd(ring.err_fd))
-        if packed:
+        if index in self.started:
+            pos = datapath.start_ring(index, base=ring.base, **kw)
+        else:
+            pos = self._resume(datapath, regions, index, layout, ring, kw)
+            self.started.add(index)
+        if self.mm is not None:
+            self.begin(index, layout, ring.num, addrs, datapath.ring_positions(index))
+        return pos
+
+    def _resume(self, datapath, regions, index: int, layout: int, ring, kw: dict) -> int:
+        slot, why = self.slot(index, layout, ring.num, (kw["desc"], kw["avail"], kw["used"]))
+        if layout == LAYOUT_PACKED:
             flags = None
             if slot is not None and slot.seq & 1:
-                flags = read_u16(regions, a.desc + DESC_SIZE * (slot.used_pos & 0x7FFF) + DESC_FLAGS_OFF)
+                flags = read_u16(regions, kw["desc"] + DESC_SIZE * (slot.used_pos & 0x7FFF) + DESC_FLAGS_OFF)
             res = resume_packed(slot, why, ring.base, flags)
             pos = datapath.start_ring(index, base=res.position, **kw)
         else:
             pos = datapath.start_ring(index, **kw)
             res = resume_split(slot, why, ring.base, pos)
         self.record(index, res)
-        if self.mm is not None:
-            self.begin(index, layout, ring.num, addrs, datapath.ring_positions(index))
         return pos
 
     def report(self) -> dict:

@@ -136,3 +136,28 @@ def test_without_a_page_a_packed_ring_has_only_the_front_ends_positions(make_rig
     tx = page.report()["tx"]
     assert (tx["source"], tx["position"]) == ("front-end", fresh(True)), tx
     assert "resumes from the front-end's positions only" in caplog.text
+
+
+@pytest.mark.parametrize("packed", LAYOUTS)
+def test_a_ring_restarted_by_the_same_worker_goes_on_from_its_own_positions(make_rig, packed):
+    """The page read at start-up speaks for the first start only: a ring the worker itself stops and
+    starts again (GET_VRING_BASE then SET_VRING_BASE, as QEMU does around a migration) goes on from
+    the positions it handed out, not from the page's old ones."""
+    rig = make_rig(start=False, **packed_kw(packed))
+    mm = new_page()
+    first, _ = worker(rig, mm, packed)
+    rig.tx.add_out(frames(rig, 0, 6))
+    drain(first)
+    first.attach_state(None)
+    second, page = worker(rig, mm, packed)
+    rig.tx.add_out(frames(rig, 6, 4))
+    drain(second)
+    base = second.stop_ring(1)                # GET_VRING_BASE: the front-end has the positions now
+    page.retire(1)
+    page.start(second, rig.mem.regions(), 1, packed, ring_state(rig, 1, base))    # SET_VRING_BASE base
+    rig.tx.add_out(frames(rig, 10, 3))
+    drain(second)
+    assert rig.wire() == [bytes(12) + f for f in frames(rig, 0, 13)]     # each frame once, in order
+    assert len(rig.tx.used()) == 13 and page.resumes[1].source == "state-page"
+    second.attach_state(None)
+    mm.close()
