@@ -78,7 +78,7 @@ def test_the_net_device_reaches_the_ring_only_through_the_layout():
         assert not re.search(r"\b(split|pk)_\w+\(|VS_RF_PACKED|VS_PK_", text), name   # no layout named
 
 
-SEAM = ("start", "remap", "pop_chain", "prefetch_chain", "used_publish", "notify_disable", "notify_enable")
+SEAM = ("map", "start", "pop_chain", "prefetch_chain", "used_publish", "notify_disable", "notify_enable")
 STATIC = re.compile(r"^static [\w \*]*?\b((?:split|pk)_\w+)\(([^)]*)\)\s*$", re.M)
 
 

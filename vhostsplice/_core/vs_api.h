@@ -233,12 +233,17 @@ int vs_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t seen);
 /* vs_ring.c: what both layouts share */
 int vs_ring_fail(struct vs_ring *r, int reason);
 void vs_ring_call(struct vs_ring *r, int want);
+int vs_ring_map(const struct vs_mem *m, struct vs_ring *r, uint64_t desc_len, uint64_t avail_len,
+                uint64_t used_len, uint32_t masks);
+int vs_walk_add(const struct vs_mem *m, int writable, int desc_writable, uint64_t addr, uint32_t len,
+                struct vs_walk *w);
 
 /* One layout: the functions above, each with the same contract. */
 struct vs_layout {
     int (*num_ok)(uint32_t num);
-    int (*start)(const struct vs_mem *m, struct vs_ring *r);
-    int (*remap)(const struct vs_mem *m, struct vs_ring *r);
+    int (*check)(const struct vs_ring *r);                       /* alignment, the layout's fields */
+    int (*map)(const struct vs_mem *m, struct vs_ring *r);       /* translate the ring areas */
+    int (*start)(const struct vs_mem *m, struct vs_ring *r);     /* mapped: the positions to resume from */
     int (*avail_pending)(struct vs_ring *r);
     int (*pop_chain)(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w);
     void (*prefetch_chain)(const struct vs_mem *m, const struct vs_ring *r, uint16_t at);

@@ -21,17 +21,40 @@ int vs_ring_num_ok(uint32_t num, uint32_t flags)
     return layout_of(flags)->num_ok(num);
 }
 
+static void ring_unmap(struct vs_ring *r)
+{
+    r->running = 0;
+    r->desc = r->avail = r->used = NULL;
+}
+
+/* Pick the ring's layout, check its size and fields, translate its areas once for the full size, and
+ * resume: the position (>= 0), or -EINVAL / -ERANGE / -EFAULT with the ring left stopped. */
 int vs_ring_start(const struct vs_mem *m, struct vs_ring *r)
 {
     r->layout = layout_of(r->flags);
-    return r->layout->start(m, r);
+    int rc = r->layout->num_ok(r->num) ? r->layout->check(r) : -EINVAL;
+    if (rc == 0)
+        rc = r->layout->map(m, r);
+    if (rc < 0) {
+        ring_unmap(r);
+        return rc;
+    }
+    rc = r->layout->start(m, r);
+    r->signalled_valid = 0;
+    r->broken = 0;
+    r->running = 1;
+    return rc;
 }
 
+/* A new region table: translate a running ring's areas again (stopped if they are gone). */
 int vs_ring_remap(const struct vs_mem *m, struct vs_ring *r)
 {
     if (!r->running || r->layout == NULL)
         return 0;
-    return r->layout->remap(m, r);
+    int rc = r->layout->map(m, r);
+    if (rc < 0)
+        ring_unmap(r);
+    return rc;
 }
 
 int vs_avail_pending(struct vs_ring *r)

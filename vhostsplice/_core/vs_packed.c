@@ -109,7 +109,7 @@ static int pk_avail_state(uint16_t flags, uint32_t w)
  * positions Python set (vhost-user packed vring state) index the ring. */
 static int pk_check(const struct vs_ring *r)
 {
-    if (!pk_num_ok(r->num) || r->chain == NULL || r->chain_cap < r->num)
+    if (r->chain == NULL || r->chain_cap < r->num)
         return -EINVAL;
     if ((r->desc_uva & 15) != 0 || (r->avail_uva & 3) != 0 || (r->used_uva & 3) != 0)
         return -EINVAL;
@@ -118,56 +118,21 @@ static int pk_check(const struct vs_ring *r)
     return 0;
 }
 
+/* The descriptor ring (16 * num bytes) and the two 4-byte event suppression areas. */
 static int pk_map(const struct vs_mem *m, struct vs_ring *r)
 {
-    uint8_t *desc = vs_uva_to_hva(m, r->desc_uva, 16 * (uint64_t)r->num);
-    uint8_t *drv = vs_uva_to_hva(m, r->avail_uva, sizeof(struct pk_event));
-    uint8_t *dev = vs_uva_to_hva(m, r->used_uva, sizeof(struct pk_event));
-    if (desc == NULL || drv == NULL || dev == NULL)
-        return -EFAULT;
-    /* Our mapping must keep the alignment the atomics on flags, id and len need. */
-    if (((uintptr_t)desc & 3) != 0 || ((uintptr_t)drv & 3) != 0 || ((uintptr_t)dev & 3) != 0)
-        return -EINVAL;
-    r->desc = desc;
-    r->avail = drv;
-    r->used = dev;
-    return 0;
+    return vs_ring_map(m, r, 16 * (uint64_t)r->num, sizeof(struct pk_event), sizeof(struct pk_event), 3 << 8 | 3);
 }
 
-static void pk_unmap(struct vs_ring *r)
-{
-    r->running = 0;
-    r->desc = r->avail = r->used = NULL;
-}
-
-/* Start at the used position Python set: buffers between it and the old avail position were taken
- * and never completed, and are still marked available, so they are taken again (like split, which
- * resumes from used->idx).  Returns the position. */
+/* The rings are mapped: start at the used position Python set.  Buffers between it and the old avail
+ * position were taken and never completed, and are still marked available, so they are taken again
+ * (like split, which resumes from used->idx).  Returns the position. */
 static int pk_start(const struct vs_mem *m, struct vs_ring *r)
 {
-    int rc = pk_check(r);
-    if (rc == 0)
-        rc = pk_map(m, r);
-    if (rc < 0) {
-        pk_unmap(r);
-        return rc;
-    }
+    (void)m;
     r->last_avail = r->signalled_used = r->used_idx;
-    r->signalled_valid = 0;
     r->batch_writable = 0;
-    r->broken = 0;
-    r->running = 1;
     return r->used_idx;
-}
-
-static int pk_remap(const struct vs_mem *m, struct vs_ring *r)
-{
-    if (!r->running)
-        return 0;
-    int rc = pk_map(m, r);
-    if (rc < 0)
-        pk_unmap(r);
-    return rc;
 }
 
 /* 1 if the driver made a chain available at last_avail (the count is not known without walking), 0,
@@ -181,12 +146,7 @@ static int pk_avail_pending(struct vs_ring *r)
 /* Add one data descriptor to the chain's iovecs. */
 static int pk_to_iov(const struct vs_mem *m, int writable, const struct pk_desc *d, struct vs_walk *w)
 {
-    if (!!(d->flags & PK_F_WRITE) != !!writable)
-        return VS_CHAIN_BAD_DESC;
-    w->len += d->len;
-    if (d->len == 0)
-        return 0;
-    return vs_gpa_to_iov(m, d->addr, d->len, w->iov, w->gpa, &w->niov, w->max);
+    return vs_walk_add(m, writable, d->flags & PK_F_WRITE, d->addr, d->len, w);
 }
 
 /* 2.8.14: an indirect table of len / 16 descriptors, used in order (their NEXT flag means nothing).
@@ -425,8 +385,9 @@ static int pk_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t 
 
 const struct vs_layout vs_packed_layout = {
     .num_ok = pk_num_ok,
+    .check = pk_check,
+    .map = pk_map,
     .start = pk_start,
-    .remap = pk_remap,
     .avail_pending = pk_avail_pending,
     .pop_chain = pk_pop_chain,
     .prefetch_chain = pk_prefetch_chain,

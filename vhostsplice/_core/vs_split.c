@@ -58,66 +58,29 @@ static int split_num_ok(uint32_t num)
 }
 
 /* 2.7: desc 16-, avail 2-, used 4-byte aligned. */
-static int ring_check(const struct vs_ring *r)
+static int split_check(const struct vs_ring *r)
 {
-    if (!split_num_ok(r->num))
-        return -EINVAL;
     if ((r->desc_uva & 15) != 0 || (r->avail_uva & 1) != 0 || (r->used_uva & 3) != 0)
         return -EINVAL;
     return 0;
 }
 
-/* Translate the three ring areas, each wholly inside one region. */
-static int ring_map(const struct vs_mem *m, struct vs_ring *r)
+/* The three ring areas for the full size: desc 16 * num, avail 6 + 2 * num, used 6 + 8 * num bytes. */
+static int split_map(const struct vs_mem *m, struct vs_ring *r)
 {
     uint64_t n = r->num;
-    uint8_t *desc = vs_uva_to_hva(m, r->desc_uva, 16 * n);
-    uint8_t *avail = vs_uva_to_hva(m, r->avail_uva, 6 + 2 * n);
-    uint8_t *used = vs_uva_to_hva(m, r->used_uva, 6 + 8 * n);
-    if (desc == NULL || avail == NULL || used == NULL)
-        return -EFAULT;
-    /* Our mapping must keep the alignment the atomics on idx need. */
-    if (((uintptr_t)avail & 1) != 0 || ((uintptr_t)used & 3) != 0)
-        return -EINVAL;
-    r->desc = desc;
-    r->avail = avail;
-    r->used = used;
-    return 0;
+    return vs_ring_map(m, r, 16 * n, 6 + 2 * n, 6 + 8 * n, 1 << 8);    /* descriptors are copied: any */
 }
 
-static void ring_unmap(struct vs_ring *r)
-{
-    r->running = 0;
-    r->desc = r->avail = r->used = NULL;
-}
-
+/* The rings are mapped: resume from used->idx (the chains after it were never completed). */
 static int split_start(const struct vs_mem *m, struct vs_ring *r)
 {
-    int rc = ring_check(r);
-    if (rc == 0)
-        rc = ring_map(m, r);
-    if (rc < 0) {
-        ring_unmap(r);
-        return rc;
-    }
+    (void)m;
     struct vs_used *u = r->used;
     /* SAFETY: used was translated for 6 + 8 * num bytes and idx sits at offset 2. */
     uint16_t pos = le16toh(__atomic_load_n(&u->idx, __ATOMIC_ACQUIRE));
     r->last_avail = r->used_idx = r->signalled_used = pos;
-    r->signalled_valid = 0;
-    r->broken = 0;
-    r->running = 1;
     return pos;
-}
-
-static int split_remap(const struct vs_mem *m, struct vs_ring *r)
-{
-    if (!r->running)
-        return 0;
-    int rc = ring_map(m, r);
-    if (rc < 0)
-        ring_unmap(r);
-    return rc;
 }
 
 /* Chains the driver made available that we have not taken yet; -EBADMSG if avail->idx jumped. */
@@ -170,12 +133,7 @@ static int enter_indirect(const struct vs_mem *m, struct vs_ring *r,
 static int desc_to_iov(const struct vs_mem *m, int writable, const struct vs_desc *d,
                        struct vs_walk *w)
 {
-    if (!!(d->flags & VS_DESC_F_WRITE) != !!writable)
-        return VS_CHAIN_BAD_DESC;
-    w->len += d->len;
-    if (d->len == 0)
-        return 0;
-    return vs_gpa_to_iov(m, d->addr, d->len, w->iov, w->gpa, &w->niov, w->max);
+    return vs_walk_add(m, writable, d->flags & VS_DESC_F_WRITE, d->addr, d->len, w);
 }
 
 /* Walk the chain at w->head into iovecs: 0, a per-chain VS_CHAIN_* fault, or -EBADMSG.
@@ -389,8 +347,9 @@ static int split_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16
 
 const struct vs_layout vs_split_layout = {
     .num_ok = split_num_ok,
+    .check = split_check,
+    .map = split_map,
     .start = split_start,
-    .remap = split_remap,
     .avail_pending = split_avail_pending,
     .pop_chain = split_pop_chain,
     .prefetch_chain = split_prefetch_chain,

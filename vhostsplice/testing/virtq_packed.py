@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 
-from .virtq import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, NET_HDR_LEN, GuestMemory, _Chain, _pieces, _sizes
+from .virtq import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, GuestMemory, QueueCommon, _Chain
 
 DESC_F_AVAIL = 1 << 7
 DESC_F_USED = 1 << 15
@@ -30,7 +30,7 @@ def avail_flags(wrap: int) -> int:
     return DESC_F_AVAIL if wrap else DESC_F_USED
 
 
-class PackedDriverQueue:
+class PackedDriverQueue(QueueCommon):
     """The driver's view of one packed ring laid out in GuestMemory."""
 
     packed = True
@@ -67,33 +67,6 @@ class PackedDriverQueue:
         return self.avail_pos | self.used_pos << 16
 
     # -- adding chains ----------------------------------------------------------------------------
-    def add_out(self, frames: list[bytes], *, split: int = 1, indirect: bool = False,
-                hdr: bytes | None = None, publish: bool = True) -> list[int]:
-        """Device-readable chains, one per frame: header (12 zero bytes unless given) + frame."""
-        hdr = bytes(NET_HDR_LEN) if hdr is None else hdr
-        ids = [self._add_chain(_pieces(hdr + f, split), False, indirect) for f in frames]
-        if publish:
-            self.publish()
-        return ids
-
-    def add_in(self, count: int, size: int, *, split: int = 1, indirect: bool = False,
-               publish: bool = True) -> list[int]:
-        """count device-writable chains of size bytes each (split over `split` descriptors)."""
-        ids = [self._add_chain(_sizes(size, split), True, indirect) for _ in range(count)]
-        if publish:
-            self.publish()
-        return ids
-
-    def _bufs(self, pieces: list) -> list[tuple[int, int]]:
-        bufs = []
-        for p in pieces:
-            n = p if isinstance(p, int) else len(p)
-            gpa = self.mem.alloc(n, 8)
-            if not isinstance(p, int):
-                self.mem.write(gpa, p)
-            bufs.append((gpa, n))
-        return bufs
-
     def _add_chain(self, pieces: list, writable: bool, indirect: bool) -> int:
         nring = 1 if indirect else len(pieces)
         if nring > self.free_descs or not self._ids:
@@ -187,34 +160,6 @@ class PackedDriverQueue:
         self._release(chain, data=not chain.writable)
         if chain.writable:
             self._done[bid] = chain
-
-    def read_in(self, bid: int, length: int) -> bytes:
-        """The first `length` bytes the device wrote into buffer `bid` (after used() returned it)."""
-        chain = self._done.pop(bid)
-        out = b"".join(self.mem.read(gpa, n) for gpa, n in chain.bufs)[:length]
-        self._release(chain, data=True)
-        return out
-
-    def packets(self, entries: list[tuple[int, int]], *, mrg: bool = False) -> list[bytes]:
-        """Join used RX entries into packets (header included); with mrg, by num_buffers."""
-        out, i = [], 0
-        while i < len(entries):
-            data = self.read_in(*entries[i])
-            count = struct.unpack_from("<H", data, 10)[0] if mrg and len(data) >= NET_HDR_LEN else 1
-            for bid, length in entries[i + 1:i + count]:
-                data += self.read_in(bid, length)
-            out.append(data)
-            i += max(count, 1)
-        return out
-
-    def _release(self, chain: _Chain, *, data: bool) -> None:
-        if chain.table is not None:
-            self.mem.free(chain.table)
-            chain.table = None
-        if data:
-            for gpa, _n in chain.bufs:
-                self.mem.free(gpa)
-            chain.bufs = []
 
     # -- raw ring access (hostile tests), event suppression ----------------------------------------------
     def raw_desc(self, i: int, addr: int, length: int, id: int = 0, flags: int = 0) -> None:
