@@ -30,14 +30,16 @@ def events(path: str, kind: str) -> list[dict]:
     return [e for e in read_events(path) if e["event"] == kind]
 
 
-def test_serve_replacement_resumes_from_the_pairs_state_page(ns, tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_serve_replacement_resumes_from_the_pairs_state_page(ns, tmp_path, packed):
     sock, ev = str(tmp_path / "s.sock"), str(tmp_path / "events")
     proc = subprocess.Popen([*self_argv(), "serve", "--socket-path", sock, "--tap", TAP, "--queues", "1",
                              "--events", ev], env=self_env(), stdin=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: os.path.exists(sock) or proc.poll() is not None, 15), "serve did not listen"
-        fe = Frontend.connect(sock).start()
+        fe = Frontend.connect(sock, packed=packed).start()
         with fe:
+            assert fe.packed == packed
             first = wait_for(lambda: events(ev, "start"), 15)
             assert first, "the pair's worker starts"
             fe.send([demo_frame(i, 64) for i in range(12)])
@@ -56,5 +58,7 @@ def test_serve_replacement_resumes_from_the_pairs_state_page(ns, tmp_path):
     assert [e["exit"] for e in exits] == [128 + signal.SIGKILL, 0], exits
     tx = exits[1]["resume"]["tx"]
     assert exits[1]["resume"]["generation"] == 2, exits[1]["resume"]
-    assert tx["source"] == "state-page" and tx["front_end"] == 0 and tx["position"] == 12, tx
+    # the replayed SET_VRING_BASE is the one the front-end sent first: the ring's start
+    start, after = (0x8000_8000, 0x8000 | 12 | (0x8000 | 12) << 16) if packed else (0, 12)
+    assert tx["source"] == "state-page" and tx["front_end"] == start and tx["position"] == after, tx
     assert exits[1]["counters"]["tx"]["chains"] == 3, exits[1]["counters"]      # nothing done twice
