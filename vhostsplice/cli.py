@@ -111,7 +111,9 @@ def sandbox_option(command):
         help="Confine the worker before its first message (docs/security.md): no capabilities, no_new_privs, "
              "Landlock (no file system but the stats and socket directories), a seccomp allow-list; a syscall "
              "outside it kills the worker with SIGSYS (exit 159). 'log' lets such calls through and the "
-             "kernel logs them (audit type=1326); 'off' confines nothing.")(command)
+             "kernel logs them (audit type=1326); 'off' confines nothing. `serve` also confines itself, before "
+             "it accepts a front-end, with the larger set its workers' start-up needs (five capabilities, "
+             "read-only file system, execute only this interpreter).")(command)
 
 
 @cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
@@ -270,7 +272,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     if stats_interval is not None and not stats_file:
         raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
-                         worker_args=worker_args, ownership=ownership, offloads=offloads,
+                         worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 

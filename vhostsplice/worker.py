@@ -28,7 +28,9 @@ IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPO
 # "readable" wake-up (IN|PRI|RDNORM) a packet uses: asking for ERR alone never wakes. PRI is never set by
 # tun's poll, so PRI|ERR wakes on a deletion and reports nothing for a mere packet (measured, 6.x).
 ERR_ONLY = select.EPOLLPRI | ERR
-SAFETY_POLL_S = 1.0     # while rings run, look at them this often even without a kick (a lost kick heals)
+SAFETY_POLL_S = 1.0     # after traffic, look at the rings this long after the last event even without a kick
+                        # (a lost kick heals); one such look that finds nothing disarms it: an idle ring
+                        # costs no wake-up until its next kick, host frame or message
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Worker:
         self.backend: Backend | None = None
         self.wakeups = 0
         self.lost_kicks = 0         # safety polls that found work no notification had announced
+        self.safety_armed = True    # disarmed by a safety poll that found nothing; any event re-arms it
         self.rechecks = {"after_signal": 0, "found_work": 0}    # second passes after a batch published
         self.rx_starved = False
         self.tx_blocked = False
@@ -176,6 +179,8 @@ class Worker:
             if not events and timeout > 0:
                 pending = self._safety_poll()
                 continue
+            if any(self.watched.get(fd, ("gone", 0))[0] != "signal" for fd, _ev in events):
+                self.safety_armed = True        # a kick, a host frame or a message: traffic (not SIGUSR1)
             for fd, ev in events:
                 role = self.watched.get(fd, ("gone", 0))[0]
                 if role == "signal":
@@ -198,7 +203,8 @@ class Worker:
         never past the next --stats-interval rewrite."""
         if pending:
             return 0
-        timeout = SAFETY_POLL_S if self.backend is not None and self.backend.rings_running else -1
+        running = self.backend is not None and self.backend.rings_running
+        timeout = SAFETY_POLL_S if running and self.safety_armed else -1
         if self.next_stats is not None:
             due = max(0.0, self.next_stats - time.monotonic())
             timeout = due if timeout < 0 else min(timeout, due)
@@ -217,6 +223,8 @@ class Worker:
         if self._positions() != before:
             self.lost_kicks += 1
             log.info("safety poll found work no kick announced (%d so far)", self.lost_kicks)
+        elif not pending:
+            self.safety_armed = False
         return pending
 
     def _positions(self) -> tuple:
