@@ -116,6 +116,16 @@ def sandbox_option(command):
              "read-only file system, execute only this interpreter).")(command)
 
 
+def busy_poll_option(command):
+    """--busy-poll, shared by `run` and `serve` (which passes it to every worker)."""
+    return click.option(
+        "--busy-poll", "busy_poll", type=click.IntRange(0, 100000), default=0, show_default=True, metavar="USEC",
+        envvar="VHOSTSPLICE_BUSY_POLL",
+        help="After a batch, keep polling the rings and the host fd for up to USEC microseconds before sleeping "
+             "in epoll (like vhost_net's busyloop timeout and QEMU's tap poll-us): lower latency for a CPU kept "
+             "busy meanwhile (benchmarks/RESULTS.md); 0 sleeps at once.")(command)
+
+
 @cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
 @click.option("--socket-path", metavar="PATH", envvar="VHOSTSPLICE_SOCKET",
               help="Listen on this unix socket (mode 0600) and serve the first front-end that connects.")
@@ -144,6 +154,7 @@ def sandbox_option(command):
               help="Pin this worker to these CPUs, e.g. 2-3,6 (must be in the allowed set).")
 @click.option("--nice", type=click.IntRange(-20, 19), help="Scheduling niceness of the worker.")
 @click.option("--sched", metavar="POLICY", help="Scheduling policy: fifo:PRIO, rr:PRIO or other.")
+@busy_poll_option
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Per-chain guest faults (bad address, bad descriptor) are counted, or end the worker (EFAULT).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True,
@@ -157,7 +168,7 @@ def sandbox_option(command):
 @click.option("--print-sandbox", is_flag=True, help="Print the syscall allow-list of --sandbox strict and what this "
                                                     "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 @signals_held_until_the_loop
-def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
+def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, busy_poll, on_guest_error,
         offloads, stats_file, stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
@@ -200,7 +211,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
                       fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file,
                       stats_format=stats_format, stats_interval=stats_interval,
-                      ownership=ownership, sandbox=sandbox)
+                      ownership=ownership, sandbox=sandbox, busy_poll_us=busy_poll)
 
 
 def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):
@@ -239,9 +250,10 @@ def _source(param: str):
 @stats_options
 @ownership_options
 @sandbox_option
+@busy_poll_option
 @signals_held_until_the_loop
 def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, stats_file, stats_format,
-          stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox):
+          stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, busy_poll):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
 
     The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
@@ -265,7 +277,8 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     from .counters import StatsOutput
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
-    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox] + ([] if offloads else ["--no-offloads"])
+    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll)] + \
+        ([] if offloads else ["--no-offloads"])
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     if run_as is not None:
         worker_args += ["--user", run_as]

@@ -41,6 +41,7 @@ class WorkerConfig:
     sandbox: Sandbox | None = None              # --sandbox: confined before the first message (None: off)
     stats_format: str = "json"                  # --stats-format: json or prometheus (counters.render)
     stats_interval: float | None = None         # --stats-interval: rewrite --stats-file this often (seconds)
+    busy_poll_us: int = 0                       # --busy-poll: keep polling this long after a batch
 
 
 def _quietly(fn, *args) -> None:
@@ -64,6 +65,8 @@ class Worker:
         self.wakeups = 0
         self.lost_kicks = 0         # safety polls that found work no notification had announced
         self.safety_armed = True    # disarmed by a safety poll that found nothing; any event re-arms it
+        self.busy = {"polls": 0, "found_work": 0, "timed_out": 0}     # --busy-poll's polls and their ends
+        self.busy_due = False       # --busy-poll: a batch published work and no busy window ran out since
         self.rechecks = {"after_signal": 0, "found_work": 0}    # second passes after a batch published
         self.rx_starved = False
         self.tx_blocked = False
@@ -196,6 +199,8 @@ class Worker:
                 elif role == "host":
                     self._on_host(ev)
             pending = self._poll_datapath()
+            if not pending and self.busy_due:
+                pending = self._busy_poll()
             self._sync()
 
     def _timeout(self, pending: bool) -> float:
@@ -237,6 +242,7 @@ class Worker:
         before = self.datapath.used_positions()
         flags = self.datapath.poll()
         published = self.datapath.used_positions()
+        self.busy_due = self.busy_due or (published != before and self.config.busy_poll_us > 0)
         if not flags & dp.MORE and published != before:
             # The batch published used entries and may have signalled the guest, which takes a while:
             # frames that reached the host fd and buffers or chains the driver added meanwhile are taken
@@ -249,6 +255,28 @@ class Worker:
         self.rx_starved = bool(flags & dp.RX_STARVED)
         self.tx_blocked = bool(flags & dp.TX_BLOCKED)
         return bool(flags & dp.MORE)
+
+    def _busy_poll(self) -> bool:
+        """--busy-poll: after a batch that published, poll again until work shows up or the time is up (not
+        while the host fd is full: that waits for EPOLLOUT). True: work was done, look again without
+        sleeping (epoll first, with timeout 0: messages and signals keep their turn); a window that runs
+        out ends the busy phase until the next batch that publishes."""
+        if self.backend is None or not self.backend.rings_running or self.tx_blocked:
+            return False
+        deadline = time.monotonic_ns() + self.config.busy_poll_us * 1000
+        start = self.datapath.used_positions()
+        while time.monotonic_ns() < deadline:
+            flags = self.datapath.poll()
+            self.busy["polls"] += 1
+            if flags & dp.MORE or self.datapath.used_positions() != start:
+                self.busy["found_work"] += 1
+                self.rx_starved, self.tx_blocked = bool(flags & dp.RX_STARVED), bool(flags & dp.TX_BLOCKED)
+                return True
+            if flags & dp.TX_BLOCKED:
+                break
+        self.busy["timed_out"] += 1
+        self.busy_due = False
+        return False
 
     def _on_signal(self, sigfd: int) -> bool:
         try:
@@ -380,6 +408,7 @@ class Worker:
         out = {
             "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
             "wakeups": self.wakeups, "lost_kicks": self.lost_kicks, "rechecks": dict(self.rechecks),
+            "busy_poll": {"usec": self.config.busy_poll_us, **self.busy},
             "refused": dict(self.refused),
             "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
             "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.datapath.host_hdr_len},
