@@ -79,6 +79,12 @@ def stats_options(command):
     return command
 
 
+def _check_stats(stats_file, stats_interval) -> None:
+    """What stats_options cannot say per option: an interval rewrites a file, so it needs one."""
+    if stats_interval is not None and not stats_file:
+        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
+
+
 def ownership_options(command):
     """--socket-mode, --socket-group, --allow-uid and --user, shared by `run` and `serve`."""
     options = (
@@ -203,8 +209,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
         tap = None      # VHOSTSPLICE_TAP is a default; an explicit --host-fd/--packet on the command line wins
     if not tap and host_fd is None and not packet:
         raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
-    if stats_interval is not None and not stats_file:
-        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
+    _check_stats(stats_file, stats_interval)
     from .runner import run_worker
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
@@ -282,8 +287,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     if run_as is not None:
         worker_args += ["--user", run_as]
-    if stats_interval is not None and not stats_file:
-        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
+    _check_stats(stats_file, stats_interval)
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
                          worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
