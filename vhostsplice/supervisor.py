@@ -31,7 +31,8 @@ from .channel import Channel, Listener
 from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, Backoff, FrontendGone, ProtocolError,
                      errno_name, release_stop_signals, restart_action, signals_held)
 from .runner import Ownership
-from .sandbox.audit import killed_by
+from .sandbox.audit import KillLog
+from .sandbox.serve import ServeFacts, confine_serve
 from .counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_argv, self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
@@ -54,6 +55,7 @@ class ServeConfig:
     offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
     packed: bool = True          # the workers offer RING_PACKED (not with --no-packed)
     stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
+    sandbox: str = "strict"      # serve's own confinement (sandbox/serve.py) and, passed on, every worker's
 
 
 def spread_cpus(cpus: list[int], queues: int) -> list[int | None]:
@@ -79,6 +81,8 @@ class Supervisor(DeviceRequests):
             os.chown(self.rundir, *config.ownership.user)     # workers that dropped write their stats here
         self.events = open(config.events, "a") if config.events else sys.stderr
         self.stopping = False
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)    # workers' stdin, opened before confining
+        self.kills = KillLog()           # names a worker's seccomp kill: /dev/kmsg, opened before confining
 
     # -- events ----------------------------------------------------------------------------------------
     def emit(self, event: str, **fields) -> None:
@@ -98,7 +102,7 @@ class Supervisor(DeviceRequests):
         # The worker starts with the stop signals blocked and unblocks them once its handlers are in
         # (worker.py): a stop during its start-up is a clean stop, never a death by the signal.
         with signals_held(drain=False):
-            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=worker_env(), stdin=subprocess.DEVNULL)
+            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=worker_env(), stdin=self.devnull)
         pair.started, pair.started_at = True, time.monotonic()
         theirs.close()
         pair.chan = Channel(ours)
@@ -168,7 +172,7 @@ class Supervisor(DeviceRequests):
         counters = _read_json(pair.stats_file)
         stable = pair.backoff.after_run(time.monotonic() - pair.started_at)
         delay = None if self.stopping else self._restart_delay(pair, code)
-        killed = {"syscall": killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
+        killed = {"syscall": self.kills.killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
         self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code), stable=stable,
                   backoff=None if delay is None else round(delay, 3), failures=pair.backoff.failures,
                   counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), **killed)
@@ -339,6 +343,8 @@ class Supervisor(DeviceRequests):
             self.front.close()
         self.listener.close()
         self.ep.close()
+        os.close(self.devnull)
+        self.kills.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
@@ -382,6 +388,11 @@ def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
         owner = own.user[0] if own.user else -1
         group = own.socket_group if own.socket_group != -1 else (own.user[1] if own.user else -1)
         listener = Listener(socket_path, mode=own.socket_mode, owner=owner, group=group)
-        return Supervisor(listener, config).run()
+        sup = Supervisor(listener, config)
+        # set-up done (tap held, socket listening, run directory made): confined before any front-end
+        stats_dir = os.path.dirname(os.path.abspath(config.stats.path)) if config.stats else None
+        sup.emit("sandbox", **confine_serve(config.sandbox, ServeFacts(
+            run_dir=sup.rundir, stats_dir=stats_dir, socket_dir=os.path.dirname(os.path.abspath(socket_path)))))
+        return sup.run()
     finally:
         probe.close()
