@@ -79,6 +79,12 @@ def stats_options(command):
     return command
 
 
+def _check_stats(stats_file, stats_interval) -> None:
+    """What stats_options cannot say per option: an interval rewrites a file, so it needs one."""
+    if stats_interval is not None and not stats_file:
+        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
+
+
 def ownership_options(command):
     """--socket-mode, --socket-group, --allow-uid and --user, shared by `run` and `serve`."""
     options = (
@@ -111,7 +117,19 @@ def sandbox_option(command):
         help="Confine the worker before its first message (docs/security.md): no capabilities, no_new_privs, "
              "Landlock (no file system but the stats and socket directories), a seccomp allow-list; a syscall "
              "outside it kills the worker with SIGSYS (exit 159). 'log' lets such calls through and the "
-             "kernel logs them (audit type=1326); 'off' confines nothing.")(command)
+             "kernel logs them (audit type=1326); 'off' confines nothing. `serve` also confines itself, before "
+             "it accepts a front-end, with the larger set its workers' start-up needs (five capabilities, "
+             "read-only file system, execute only this interpreter).")(command)
+
+
+def busy_poll_option(command):
+    """--busy-poll, shared by `run` and `serve` (which passes it to every worker)."""
+    return click.option(
+        "--busy-poll", "busy_poll", type=click.IntRange(0, 100000), default=0, show_default=True, metavar="USEC",
+        envvar="VHOSTSPLICE_BUSY_POLL",
+        help="After a batch, keep polling the rings and the host fd for up to USEC microseconds before sleeping "
+             "in epoll (like vhost_net's busyloop timeout and QEMU's tap poll-us): lower latency for a CPU kept "
+             "busy meanwhile (benchmarks/RESULTS.md); 0 sleeps at once.")(command)
 
 
 @cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
@@ -142,6 +160,7 @@ def sandbox_option(command):
               help="Pin this worker to these CPUs, e.g. 2-3,6 (must be in the allowed set).")
 @click.option("--nice", type=click.IntRange(-20, 19), help="Scheduling niceness of the worker.")
 @click.option("--sched", metavar="POLICY", help="Scheduling policy: fifo:PRIO, rr:PRIO or other.")
+@busy_poll_option
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Per-chain guest faults (bad address, bad descriptor) are counted, or end the worker (EFAULT).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True,
@@ -165,9 +184,9 @@ def sandbox_option(command):
 @click.option("--print-sandbox", is_flag=True, help="Print the syscall allow-list of --sandbox strict and what this "
                                                     "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 @signals_held_until_the_loop
-def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, on_guest_error,
-        offloads, packed, state_file, state_fd, stats_file, stats_format, stats_interval, socket_mode, socket_group,
-        allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
+def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, busy_poll,
+        on_guest_error, offloads, packed, state_file, state_fd, stats_file, stats_format, stats_interval, socket_mode,
+        socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -201,15 +220,15 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
         tap = None      # VHOSTSPLICE_TAP is a default; an explicit --host-fd/--packet on the command line wins
     if not tap and host_fd is None and not packet:
         raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
-    if stats_interval is not None and not stats_file:
-        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
+    _check_stats(stats_file, stats_interval)
     from .runner import run_worker
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
                       fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed, stats_file=stats_file,
                       stats_format=stats_format, stats_interval=stats_interval,
-                      ownership=ownership, sandbox=sandbox, state_file=state_file, state_fd=state_fd)
+                      ownership=ownership, sandbox=sandbox, busy_poll_us=busy_poll, state_file=state_file,
+                      state_fd=state_fd)
 
 
 def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):
@@ -250,9 +269,10 @@ def _source(param: str):
 @stats_options
 @ownership_options
 @sandbox_option
+@busy_poll_option
 @signals_held_until_the_loop
 def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, packed, stats_file, stats_format,
-          stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox):
+          stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, busy_poll):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
 
     The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
@@ -277,15 +297,14 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     from .counters import StatsOutput
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
-    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox] + ([] if offloads else ["--no-offloads"])
-    worker_args += [] if packed else ["--no-packed"]
+    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll)] + \
+        ([] if offloads else ["--no-offloads"]) + ([] if packed else ["--no-packed"])
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     if run_as is not None:
         worker_args += ["--user", run_as]
-    if stats_interval is not None and not stats_file:
-        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
+    _check_stats(stats_file, stats_interval)
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
-                         worker_args=worker_args, ownership=ownership, offloads=offloads, packed=packed,
+                         worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox, packed=packed,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 

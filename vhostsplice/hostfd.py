@@ -226,7 +226,8 @@ def _open_tap_plain(raw: bytes, name: str, *, create: bool, up: bool, vnet_hdr_l
         raise SetupError(f"tap {name}: no such interface (and create=False)", errno.ENODEV)
     fd, hdr_len = _attach_queue(raw, name, vnet_hdr_len)
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # any socket answers SIOCGIF*/SIOCSIFFLAGS: a unix one, the only family serve's filter allows
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             flags = _IFREQ.unpack(_ifreq_ioctl(sock, SIOCGIFFLAGS, _IFREQ.pack(raw, 0), name))[1]
             if up and not flags & IFF_UP:
                 _ifreq_ioctl(sock, SIOCSIFFLAGS, _IFREQ.pack(raw, flags | IFF_UP), name)
@@ -337,7 +338,7 @@ def _link_mtu(name: str, via: int = -1) -> int | None:
         if via >= 0:
             res = fcntl.ioctl(via, SIOCGIFMTU, _IFREQ_MTU.pack(raw, 0))
         else:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
                 res = fcntl.ioctl(s.fileno(), SIOCGIFMTU, _IFREQ_MTU.pack(raw, 0))
     except (OSError, ConfigError):
         return None

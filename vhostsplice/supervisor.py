@@ -32,7 +32,8 @@ from .channel import Channel, Listener
 from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, Backoff, FrontendGone, ProtocolError,
                      errno_name, release_stop_signals, restart_action, signals_held)
 from .runner import Ownership
-from .sandbox.audit import killed_by
+from .sandbox.audit import KillLog
+from .sandbox.serve import ServeFacts, confine_serve
 from .counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_argv, self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
@@ -56,6 +57,7 @@ class ServeConfig:
     offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
     packed: bool = True          # the workers offer RING_PACKED (not with --no-packed)
     stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
+    sandbox: str = "strict"      # serve's own confinement (sandbox/serve.py) and, passed on, every worker's
 
 
 def spread_cpus(cpus: list[int], queues: int) -> list[int | None]:
@@ -81,7 +83,10 @@ class Supervisor(DeviceRequests):
             os.chown(self.rundir, *config.ownership.user)     # workers that dropped write their stats here
         self.events = open(config.events, "a") if config.events else sys.stderr
         self.stopping = False
-        self.state_fds: dict[int, int] = {}      # pair -> its ring-position state page (a sealed memfd)
+        self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)    # workers' stdin, opened before confining
+        self.kills = KillLog()           # names a worker's seccomp kill: /dev/kmsg, opened before confining
+        # each pair's ring-position state page (a sealed memfd), made before confining: every worker gets it
+        self.state_fds = {pair.index: new_memfd(f"vhostsplice-pair{pair.index}-state") for pair in self.pairs}
 
     # -- events ----------------------------------------------------------------------------------------
     def emit(self, event: str, **fields) -> None:
@@ -92,8 +97,6 @@ class Supervisor(DeviceRequests):
     def start_worker(self, pair: Pair) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pair.stats_file = os.path.join(self.rundir, f"pair{pair.index}.json")
-        if pair.index not in self.state_fds:       # the pair's state page: every worker of the pair gets it
-            self.state_fds[pair.index] = new_memfd(f"vhostsplice-pair{pair.index}-state")
         state = self.state_fds[pair.index]
         argv = [*self_argv(), "run", "--fd", str(theirs.fileno()), "--tap", self.config.tap,
                 "--state-fd", str(state), "--stats-file", pair.stats_file, *self.config.worker_args]
@@ -104,8 +107,7 @@ class Supervisor(DeviceRequests):
         # The worker starts with the stop signals blocked and unblocks them once its handlers are in
         # (worker.py): a stop during its start-up is a clean stop, never a death by the signal.
         with signals_held(drain=False):
-            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(), state), env=worker_env(),
-                                         stdin=subprocess.DEVNULL)
+            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(), state), env=worker_env(), stdin=self.devnull)
         pair.started, pair.started_at = True, time.monotonic()
         theirs.close()
         pair.chan = Channel(ours)
@@ -175,7 +177,7 @@ class Supervisor(DeviceRequests):
         counters = _read_json(pair.stats_file)
         stable = pair.backoff.after_run(time.monotonic() - pair.started_at)
         delay = None if self.stopping else self._restart_delay(pair, code)
-        killed = {"syscall": killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
+        killed = {"syscall": self.kills.killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
         self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code), stable=stable,
                   backoff=None if delay is None else round(delay, 3), failures=pair.backoff.failures,
                   counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), resume=counters.get("resume"),
@@ -348,6 +350,8 @@ class Supervisor(DeviceRequests):
             self.front.close()
         self.listener.close()
         self.ep.close()
+        os.close(self.devnull)
+        self.kills.close()
         shutil.rmtree(self.rundir, ignore_errors=True)
 
 
@@ -391,6 +395,11 @@ def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
         owner = own.user[0] if own.user else -1
         group = own.socket_group if own.socket_group != -1 else (own.user[1] if own.user else -1)
         listener = Listener(socket_path, mode=own.socket_mode, owner=owner, group=group)
-        return Supervisor(listener, config).run()
+        sup = Supervisor(listener, config)
+        # set-up done (tap held, socket listening, run directory made): confined before any front-end
+        stats_dir = os.path.dirname(os.path.abspath(config.stats.path)) if config.stats else None
+        sup.emit("sandbox", **confine_serve(config.sandbox, ServeFacts(
+            run_dir=sup.rundir, stats_dir=stats_dir, socket_dir=os.path.dirname(os.path.abspath(socket_path)))))
+        return sup.run()
     finally:
         probe.close()

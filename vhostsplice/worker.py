@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from . import counters
 from . import datapath as dp
 from .backend import OFFLOAD_FEATURES, Backend, BackendConfig
+from .channel import Listener
 from .errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
                      from_oserror, release_stop_signals)
 from .protocol import Req
@@ -25,11 +26,15 @@ from .statepage import StatePage
 
 log = logging.getLogger("vhostsplice")
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
+Role = tuple[str, int]          # what a watched fd is: (kind, argument), e.g. ("kick", 1); EVENT_HANDLERS
+GONE: Role = ("gone", 0)        # an fd reported in the same round as the message that closed it
 # epoll filters wake-ups by the mask asked for, and tun signals a deleted interface with the same
 # "readable" wake-up (IN|PRI|RDNORM) a packet uses: asking for ERR alone never wakes. PRI is never set by
 # tun's poll, so PRI|ERR wakes on a deletion and reports nothing for a mere packet (measured, 6.x).
 ERR_ONLY = select.EPOLLPRI | ERR
-SAFETY_POLL_S = 1.0     # while rings run, look at them this often even without a kick (a lost kick heals)
+SAFETY_POLL_S = 1.0     # after traffic, look at the rings this long after the last event even without a kick
+                        # (a lost kick heals); one such look that finds nothing disarms it: an idle ring
+                        # costs no wake-up until its next kick, host frame or message
 
 
 @dataclass
@@ -40,6 +45,7 @@ class WorkerConfig:
     sandbox: Sandbox | None = None              # --sandbox: confined before the first message (None: off)
     stats_format: str = "json"                  # --stats-format: json or prometheus (counters.render)
     stats_interval: float | None = None         # --stats-interval: rewrite --stats-file this often (seconds)
+    busy_poll_us: int = 0                       # --busy-poll: keep polling this long after a batch
     state: StatePage = field(default_factory=lambda: StatePage(None))   # --state-file/--state-fd (statepage.py)
 
 
@@ -55,16 +61,20 @@ class Worker:
 
     def __init__(self, door, hostfd, config: WorkerConfig):
         self.door, self.hostfd, self.config = door, hostfd, config
+        self.listening = isinstance(door, Listener)     # --socket-path (else a connected channel)
         self.datapath = dp.Datapath(hostfd.fd, host_hdr_len=hostfd.vnet_hdr_len, empty_ok=hostfd.empty_ok,
                                     refused_drop=hostfd.refused_drop, stream=hostfd.stream)
         if config.state.mm is not None:     # the C core records ring positions in it around each publish
             self.datapath.attach_state(config.state.mm)
         self.ep = select.epoll()
-        self.watched: dict[int, tuple[str, int]] = {}     # fd -> (role, events)
+        self.watched: dict[int, tuple[Role, int]] = {}    # fd -> (role, events)
         self.channel = None
         self.backend: Backend | None = None
         self.wakeups = 0
         self.lost_kicks = 0         # safety polls that found work no notification had announced
+        self.safety_armed = True    # disarmed by a safety poll that found nothing; any event re-arms it
+        self.busy = {"polls": 0, "found_work": 0, "timed_out": 0}     # --busy-poll's polls and their ends
+        self.busy_due = False       # --busy-poll: a batch published work and no busy window ran out since
         self.rechecks = {"after_signal": 0, "found_work": 0}    # second passes after a batch published
         self.rx_starved = False
         self.tx_blocked = False
@@ -86,7 +96,7 @@ class Worker:
                 raise from_oserror(exc, f"--stats-file {config.stats_file}") from None
 
     # -- epoll bookkeeping -------------------------------------------------------------------------------
-    def _watch(self, fd: int, role: str, events: int) -> None:
+    def _watch(self, fd: int, role: Role, events: int) -> None:
         """Watch fd for events (0: stop watching). A watched fd may have been closed and its number
         reused since (a ring's kick fd replaced): epoll dropped the closed file itself, so tolerate that."""
         old = self.watched.get(fd)
@@ -106,19 +116,19 @@ class Worker:
 
     def _sync(self) -> None:
         """Make epoll watch exactly the fds the current state needs."""
-        want: dict[int, tuple[str, int]] = {}
+        want: dict[int, tuple[Role, int]] = {}
         if self.backend is not None:
             for ring in self.backend.rings:
                 if ring.running and ring.kick_fd is not None:
-                    want[ring.kick_fd] = (f"kick{ring.index}", IN)
+                    want[ring.kick_fd] = (("kick", ring.index), IN)
             rx_on = self.backend.rings[0].running and not self.rx_starved
             tx_wait = self.backend.rings[1].running and self.tx_blocked
             if self.backend.rings_running:
                 # EPOLLERR is asked for always: a tap whose interface is deleted reports it even while
                 # the RX ring is starved and nothing is written to it.
-                want[self.hostfd.fd] = ("host", self.host_err_mask | (IN if rx_on else 0) | (OUT if tx_wait else 0))
+                want[self.hostfd.fd] = (("host", 0), self.host_err_mask | (IN if rx_on else 0) | (OUT if tx_wait else 0))
         for fd, (role, _ev) in list(self.watched.items()):
-            if role in ("host", "kick0", "kick1") and fd not in want:
+            if role[0] in ("host", "kick") and fd not in want:
                 self._watch(fd, role, 0)
         for fd, (role, ev) in want.items():
             self._watch(fd, role, ev)
@@ -131,12 +141,12 @@ class Worker:
         for sig in (*STOP_SIGNALS, signal.SIGUSR1):
             signal.signal(sig, lambda *_: None)
         release_stop_signals()      # a stop held since start-up (cli.run, or a supervisor) arrives now
-        self._watch(rfd, "signal", IN)
+        self._watch(rfd, ("signal", 0), IN)
         try:
             if self.config.sandbox is not None:
                 self.config.sandbox.confine(Facts(self.stats_dir_fd, getattr(self.door, "dir_fd", -1)))
             self._attach_door()
-            self._loop(rfd)
+            self._loop()
         except VhostspliceError as exc:
             self.exit_code, self.reason = exc.errno, str(exc)
         finally:
@@ -147,8 +157,8 @@ class Worker:
         return self.exit_code
 
     def _attach_door(self) -> None:
-        if hasattr(self.door, "accept"):
-            self._watch(self.door.fileno(), "listen", IN)
+        if self.listening:
+            self._watch(self.door.fileno(), ("listen", 0), IN)
             return
         refused = self._peer_refused(self.door)
         if refused:         # --connect/--fd: no one else will come; the worker ends
@@ -169,9 +179,9 @@ class Worker:
         self.channel = channel
         self.backend = Backend(channel, self.datapath, self.hostfd, self.config.backend)
         self.backend.state = self.config.state
-        self._watch(channel.fileno(), "control", IN)
+        self._watch(channel.fileno(), ("control", 0), IN)
 
-    def _loop(self, sigfd: int) -> None:
+    def _loop(self) -> None:
         pending = False
         while True:
             timeout = self._timeout(pending)
@@ -181,21 +191,15 @@ class Worker:
             if not events and timeout > 0:
                 pending = self._safety_poll()
                 continue
-            for fd, ev in events:
-                role = self.watched.get(fd, ("gone", 0))[0]
-                if role == "signal":
-                    if self._on_signal(sigfd):
-                        return
-                elif role == "control":
-                    if self._on_control():
-                        return
-                elif role == "listen":
-                    self._on_listen()
-                elif role.startswith("kick"):
-                    self._on_kick(int(role[4:]), fd)
-                elif role == "host":
-                    self._on_host(ev)
+            roles = [(fd, ev, self.watched.get(fd, (GONE, 0))[0]) for fd, ev in events]
+            if any(kind != "signal" for _fd, _ev, (kind, _arg) in roles):
+                self.safety_armed = True        # a kick, a host frame or a message: traffic (not SIGUSR1)
+            for fd, ev, (kind, arg) in roles:
+                if EVENT_HANDLERS[kind](self, fd, arg, ev):
+                    return
             pending = self._poll_datapath()
+            if not pending and self.busy_due:
+                pending = self._busy_poll()
             self._sync()
 
     def _timeout(self, pending: bool) -> float:
@@ -203,7 +207,8 @@ class Worker:
         never past the next --stats-interval rewrite."""
         if pending:
             return 0
-        timeout = SAFETY_POLL_S if self.backend is not None and self.backend.rings_running else -1
+        running = self.backend is not None and self.backend.rings_running
+        timeout = SAFETY_POLL_S if running and self.safety_armed else -1
         if self.next_stats is not None:
             due = max(0.0, self.next_stats - time.monotonic())
             timeout = due if timeout < 0 else min(timeout, due)
@@ -222,6 +227,8 @@ class Worker:
         if self._positions() != before:
             self.lost_kicks += 1
             log.info("safety poll found work no kick announced (%d so far)", self.lost_kicks)
+        elif not pending:
+            self.safety_armed = False
         return pending
 
     def _positions(self) -> tuple:
@@ -234,6 +241,7 @@ class Worker:
         before = self.datapath.used_positions()
         flags = self.datapath.poll()
         published = self.datapath.used_positions()
+        self.busy_due = self.busy_due or (published != before and self.config.busy_poll_us > 0)
         if not flags & dp.MORE and published != before:
             # The batch published used entries and may have signalled the guest, which takes a while:
             # frames that reached the host fd and buffers or chains the driver added meanwhile are taken
@@ -246,6 +254,28 @@ class Worker:
         self.rx_starved = bool(flags & dp.RX_STARVED)
         self.tx_blocked = bool(flags & dp.TX_BLOCKED)
         return bool(flags & dp.MORE)
+
+    def _busy_poll(self) -> bool:
+        """--busy-poll: after a batch that published, poll again until work shows up or the time is up (not
+        while the host fd is full: that waits for EPOLLOUT). True: work was done, look again without
+        sleeping (epoll first, with timeout 0: messages and signals keep their turn); a window that runs
+        out ends the busy phase until the next batch that publishes."""
+        if self.backend is None or not self.backend.rings_running or self.tx_blocked:
+            return False
+        deadline = time.monotonic_ns() + self.config.busy_poll_us * 1000
+        start = self.datapath.used_positions()
+        while time.monotonic_ns() < deadline:
+            flags = self.datapath.poll()
+            self.busy["polls"] += 1
+            if flags & dp.MORE or self.datapath.used_positions() != start:
+                self.busy["found_work"] += 1
+                self.rx_starved, self.tx_blocked = bool(flags & dp.RX_STARVED), bool(flags & dp.TX_BLOCKED)
+                return True
+            if flags & dp.TX_BLOCKED:
+                break
+        self.busy["timed_out"] += 1
+        self.busy_due = False
+        return False
 
     def _on_signal(self, sigfd: int) -> bool:
         try:
@@ -274,7 +304,7 @@ class Worker:
 
     def _on_control(self) -> bool:
         msg = self.channel.recv()
-        if msg is None and self.backend.messages == 0 and hasattr(self.door, "accept"):
+        if msg is None and self.backend.messages == 0 and self.listening:
             self._detach()      # a connect-and-close (a probe for a stale socket): keep listening
             return False
         if msg is None:
@@ -341,7 +371,7 @@ class Worker:
         self.tx_blocked = self.tx_blocked and not ev & OUT
 
     def _detach(self) -> None:
-        self._watch(self.channel.fileno(), "control", 0)
+        self._watch(self.channel.fileno(), ("control", 0), 0)
         self.channel.close()
         self.channel = self.backend = None
 
@@ -365,7 +395,7 @@ class Worker:
                 pass
         if self.channel is not None:
             self.channel.close()
-        if hasattr(self.door, "accept"):
+        if self.listening:
             self.door.close()
         self.ep.close()
         self.datapath.attach_state(None)        # before the page is unmapped (runner)
@@ -378,6 +408,7 @@ class Worker:
         out = {
             "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
             "wakeups": self.wakeups, "lost_kicks": self.lost_kicks, "rechecks": dict(self.rechecks),
+            "busy_poll": {"usec": self.config.busy_poll_us, **self.busy},
             "refused": dict(self.refused),
             "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
             "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.datapath.host_hdr_len},
@@ -414,3 +445,22 @@ class Worker:
         finally:
             os.close(fd)
         os.replace(f"{name}.tmp", name, src_dir_fd=self.stats_dir_fd, dst_dir_fd=self.stats_dir_fd)
+
+
+def _quiet(action):
+    """A handler that never ends the loop."""
+    def handler(worker: Worker, fd: int, arg: int, ev: int) -> bool:
+        action(worker, fd, arg, ev)
+        return False
+    return handler
+
+
+# What an epoll event on a watched fd does, by its role's kind: (worker, fd, arg, events) -> end the loop?
+EVENT_HANDLERS = {
+    "signal": lambda w, fd, _arg, _ev: w._on_signal(fd),
+    "control": lambda w, _fd, _arg, _ev: w._on_control(),
+    "listen": _quiet(lambda w, _fd, _arg, _ev: w._on_listen()),
+    "kick": _quiet(lambda w, fd, ring, _ev: w._on_kick(ring, fd)),
+    "host": _quiet(lambda w, _fd, _arg, ev: w._on_host(ev)),
+    "gone": lambda *_: False,
+}

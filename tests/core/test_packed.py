@@ -195,6 +195,17 @@ def test_kick_suppression_modes(make_rig):
     assert ev.tx.device_event == (7 | 0x8000, EVENT_DESC)
 
 
+def test_kicks_are_disabled_while_a_batch_runs(make_rig):
+    """A batch cut by its budget leaves the device area at DISABLE (the device comes back by itself);
+    the batch that finds the ring empty sets ENABLE again."""
+    rig = make_rig(packed=True, num=8, tx_budget=1)
+    rig.tx.add_out([rig.frame(60), rig.frame(61)])
+    assert rig.dp.poll() & datapath.MORE
+    assert rig.tx.device_event[1] == EVENT_DISABLE and rig.tx.publish() is False
+    rig.poll_idle()
+    assert rig.tx.device_event[1] == EVENT_ENABLE and len(rig.wire()) == 2
+
+
 def test_rx_starved_enables_kicks(make_rig):
     rig = make_rig(packed=True, num=8)
     rig.inject(rig.hdr() + rig.frame(60))

@@ -287,6 +287,51 @@ def test_a_lost_kick_heals_within_the_safety_poll(worker):
     assert code == 0 and stats["lost_kicks"] == 1
 
 
+def test_an_idle_connected_pair_makes_no_wake_ups(worker):
+    """After traffic one safety poll looks at the rings; finding nothing it disarms, so an idle ring
+    costs no wake-up (issue 18; before, one a second). Each SIGUSR1 sample is one wake-up itself."""
+    tap = tap_socket(TAP)
+    fe = start(worker)
+    fe.post_rx(8, 2048)
+    fe.send([demo_frame(1, 100)])
+    assert collect(tap, 1) == [demo_frame(1, 100)]
+    fe.wait_used(fe.tx, 1)
+
+    def idle_growth(window: float = 2.5) -> int:
+        first = live_stats(worker.proc, worker.stats_file)["wakeups"]
+        time.sleep(window)              # a window for wake-ups to happen in, not a timing assertion
+        return live_stats(worker.proc, worker.stats_file)["wakeups"] - first
+    growth = [idle_growth() for _ in range(3)]
+    assert growth[-1] == 1, growth      # the sample's own SIGUSR1, nothing else
+    fe.send([demo_frame(2, 100)])       # and a kick still wakes it
+    assert collect(tap, 1) == [demo_frame(2, 100)]
+    code, stats = finish(worker, fe)
+    assert code == 0 and stats["lost_kicks"] == 0
+
+
+def test_busy_poll_polls_after_a_batch_and_still_sleeps_when_idle(ns, tmp_path):
+    """--busy-poll 2000: after each batch the worker keeps polling (counted), frames still go both ways
+    byte-exact, and once traffic ends it sleeps: the busy window never runs without a batch before it."""
+    with WorkerProcess(str(tmp_path), TAP, "--busy-poll", "2000") as w:
+        tap = tap_socket(TAP)
+        fe = start(w)
+        sent = [demo_frame(i, 300) for i in range(20)]
+        fe.send(sent)
+        assert collect(tap, 20) == sent
+        fe.post_rx(20, 2048)
+        back = [demo_frame(i, 300, src=b"\x02\0\0\0\0\x09") for i in range(20)]
+        for frame in back:
+            tap.send(frame)
+        assert fe.receive(20) == back
+        first = live_stats(w.proc, w.stats_file)
+        time.sleep(2.5)                 # a window for wake-ups, not a timing assertion
+        second = live_stats(w.proc, w.stats_file)
+        code, stats = finish(w, fe)
+    busy = stats["busy_poll"]
+    assert code == 0 and busy["usec"] == 2000 and busy["polls"] > 0 and busy["timed_out"] > 0, busy
+    assert second["busy_poll"]["polls"] - first["busy_poll"]["polls"] <= 1, (first["busy_poll"], second["busy_poll"])
+
+
 def _udp_flows(count: int, dst_port: int) -> list[bytes]:
     """Ethernet/IPv4/UDP frames from `count` source ports: as many flows for the tap's queue steering."""
     frames = []

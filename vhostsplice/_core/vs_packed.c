@@ -11,7 +11,8 @@
  * Chains complete in the order they were taken (the net files only give back the newest ones), so the
  * used descriptor of a chain lands on the slot of its first descriptor and skips as many slots as it
  * had; chain[] remembers that count from the walk.  With IN_ORDER a batch of device-readable buffers
- * gets one used descriptor carrying the id of its last buffer (2.8.18, DPDK's in-order driver).
+ * gets one used descriptor carrying the id of its last buffer (2.8, "In-order use of descriptors";
+ * DPDK's in-order driver relies on it).
  *
  * Descriptors are copied out of guest memory and checked on the copy; the ring was translated once
  * for 16 * num bytes (vs_ring_start/vs_ring_remap), so an index below num is in bounds.  Every store
@@ -79,7 +80,8 @@ static struct pk_desc *pk_slot(const struct vs_ring *r, uint32_t i)
     return (struct pk_desc *)r->desc + i;
 }
 
-/* The flags of descriptor i, with acquire order: its other fields are read after them (2.8.21.1). */
+/* The flags of descriptor i, with acquire order: its other fields are read after them (2.8: the driver
+ * makes a chain available by storing its first descriptor's flags last). */
 static uint16_t pk_flags(const struct vs_ring *r, uint32_t i)
 {
     return le16toh(__atomic_load_n(&pk_slot(r, i)->flags, __ATOMIC_ACQUIRE));
@@ -149,7 +151,7 @@ static int pk_to_iov(const struct vs_mem *m, int writable, const struct pk_desc 
     return vs_walk_add(m, writable, d->flags & PK_F_WRITE, d->addr, d->len, w);
 }
 
-/* 2.8.14: an indirect table of len / 16 descriptors, used in order (their NEXT flag means nothing).
+/* 2.8, "Indirect Flag": a table of len / 16 descriptors, used in order (their NEXT flag means nothing).
  * INDIRECT only on a chain's first and only ring descriptor (a per-chain fault otherwise); INDIRECT
  * inside the table breaks the ring (like split); `seen` ring descriptors plus the table's never exceed
  * the queue size. */
@@ -202,7 +204,7 @@ static int pk_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable,
     w->head = 0;
     do {
         if (++seen > r->num)
-            return vs_ring_fail(r, VS_BROKEN_LOOP);     /* 2.8.17: never longer than the queue */
+            return vs_ring_fail(r, VS_BROKEN_LOOP);     /* 2.8: never longer than the queue */
         uint16_t flags = pk_flags(r, i);
         if (pk_avail_state(flags, wrap) != 1)
             return vs_ring_fail(r, VS_BROKEN_WRAP);     /* a chain into descriptors not made available */
@@ -292,8 +294,9 @@ static void pk_batch_rest(const struct vs_mem *m, struct vs_ring *r, uint16_t ol
     }
 }
 
-/* 2.8.10: is the event the driver asked for (descriptor ev, in DESC mode) inside [old, new)?  Positions
- * are compared within the lap that ends at new (at most num descriptors since the last check). */
+/* 2.8, "Event Suppression": is the event the driver asked for (descriptor ev, in DESC mode) inside
+ * [old, new)?  Positions are compared within the lap that ends at new (at most num descriptors since
+ * the last check). */
 static int pk_event_crossed(const struct vs_ring *r, uint16_t ev, uint16_t old, uint16_t new)
 {
     int32_t num = (int32_t)r->num, n = (int32_t)pk_idx(new);

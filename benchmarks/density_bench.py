@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""How the cost of vhostsplice grows with the number of queue pairs on one host (issue 18): N idle pairs,
+connected, each a `vhostsplice run` worker with its own front-end, or one `serve --queues N` device.
+
+For each N (--pairs, default 1,8,32), and each shape (--shapes):
+  run     N `vhostsplice run --socket-path S --host-fd F` workers (F: one end of a unix datagram
+          socketpair: no tap or root needed), each connected to a pure-Python front-end (rings running,
+          RX buffers posted, one frame sent each way so every worker has done a batch), then left idle;
+  serve   one `serve --queues N --tap T` in a private netns driven by DPDK testpmd virtio-user queues=N in
+          rxonly mode (root and dpdk-testpmd needed; skipped with a reason otherwise), idle.
+Measured after a settling second, over --window seconds: start-up to all listening (run) or to every
+worker started (serve); total PSS (smaps_rollup) of the measured processes; PSS per extra pair (the slope
+between the smallest and the largest N); wake-ups per second (voluntary context switches of all measured
+processes: each is one sleep that ended); CPU (utime+stime). The front-ends are not measured.
+
+Results: a markdown table and JSON in --out (default benchmarks/results/density-<time>), the command
+line in both. Benchmarks, never timed tests: the figures depend on the machine and its load.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import measured  # noqa: E402  (the installed vhostsplice; puts tests/ on sys.path)
+from measured import ROOT  # noqa: E402
+from vhostsplice.testing.frontend import Frontend  # noqa: E402
+from vhostsplice.testing.harness import demo_frame  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+VIRTIO_USER_MAX_QUEUES = 8      # DPDK 22.11 virtio_user_pmd_probe: "arg queues N exceeds the limit 8"
+
+
+def proc_figures(pid: int) -> dict[str, int]:
+    """Pss (KiB), voluntary context switches, CPU ticks of PID (0s if it is gone)."""
+    out = {"pss": 0, "wakeups": 0, "ticks": 0}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                out["pss"] = int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                out["wakeups"] = int(line.split()[1])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        out["ticks"] = int(fields[11]) + int(fields[12])
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        pass
+    return out
+
+
+def confined(pid: int) -> bool:
+    """A worker past its set-up (the sandbox is loaded last, right before its first message)."""
+    try:
+        return "Seccomp:\t2" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def measure_idle(pids_fn, window: float) -> dict:
+    deadline = time.monotonic() + 60
+    while not all(confined(p) for p in pids_fn()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(2.0)                       # settle: the one safety poll after the last batch
+    pids = pids_fn()
+    a, t0 = [proc_figures(p) for p in pids], time.monotonic()
+    time.sleep(window)
+    b, dt = [proc_figures(p) for p in pids], time.monotonic() - t0
+    wake = [round((y["wakeups"] - x["wakeups"]) / dt, 2) for x, y in zip(a, b)]
+    return {"processes": len(pids), "pss_mib": round(sum(y["pss"] for y in b) / 1024, 1),
+            "wakeups_per_s": round(sum(wake), 2), "wakeups_max_process": max(wake),
+            "cpu_percent": round(100 * sum(y["ticks"] - x["ticks"] for x, y in zip(a, b)) / TICK / dt, 2)}
+
+
+def shape_run(n: int, workdir: Path, window: float) -> dict:
+    """N `run` workers on socketpairs, each with its own connected front-end."""
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(n)]
+    procs, fronts = [], []
+    try:
+        t0 = time.monotonic()
+        for i, (_ours, theirs) in enumerate(pairs):
+            sock = workdir / f"w{i}.sock"
+            procs.append((subprocess.Popen([*measured.argv(), "run", "--socket-path", str(sock), "--host-fd",
+                                            str(theirs.fileno()), "--stats-file", str(workdir / f"w{i}.json")],
+                                           pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL, env=measured.env()), sock))
+        while not all(sock.is_socket() for _p, sock in procs):
+            if any(p.poll() is not None for p, _s in procs):
+                sys.exit(f"a worker exited while starting: {[p.returncode for p, _s in procs]}")
+            time.sleep(0.01)
+        startup = time.monotonic() - t0
+        for (ours, _theirs), (_proc, sock) in zip(pairs, procs):
+            fe = Frontend.connect(str(sock), mem_size=2 << 20, queue_size=256).start()
+            fe.post_rx(16, 2048)
+            fe.send([demo_frame(1, 60)])
+            ours.send(demo_frame(2, 60))
+            fronts.append(fe)
+        for fe in fronts:
+            fe.wait_used(fe.tx, 1)
+        d = measure_idle(lambda: [p.pid for p, _s in procs], window)
+        return {"startup_s": round(startup, 2), **d}
+    finally:
+        for fe in fronts:
+            fe.close()
+        for proc, _sock in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _sock in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def shape_serve(n: int, workdir: Path, window: float) -> dict:
+    """serve --queues N driven by testpmd virtio-user queues=N (rxonly: idle from the back-end's side)."""
+    import support.testpmd as tp
+    from support.netns import entered_netns
+    if os.geteuid() != 0 or not tp.available():
+        return {"skipped": "needs root and dpdk-testpmd"}
+    if n > VIRTIO_USER_MAX_QUEUES:
+        return {"skipped": f"DPDK virtio-user drives at most {VIRTIO_USER_MAX_QUEUES} queue pairs"}
+    sock, events = workdir / f"serve{n}.sock", workdir / f"serve{n}.events"
+    with entered_netns("vsd"):
+        t0 = time.monotonic()
+        sup = subprocess.Popen([*measured.argv(), "serve", "--socket-path", str(sock), "--tap", "vsd0",
+                                "--queues", str(n), "--events", str(events)], stdin=subprocess.DEVNULL,
+                               env=measured.env())
+        try:
+            while not sock.is_socket():
+                if sup.poll() is not None:
+                    sys.exit(f"serve exited {sup.returncode} before listening")
+                time.sleep(0.01)
+            pmd = tp.Testpmd([f"net_virtio_user0,path={sock},queues={n},queue_size={tp.QUEUE_SIZE}"], mode="rxonly",
+                             log=workdir / f"testpmd{n}.log", extra=[f"--rxq={n}", f"--txq={n}"])
+            with pmd:
+                pmd.wait_started()
+
+                def workers() -> list[int]:
+                    lines = events.read_text().splitlines() if events.exists() else []
+                    return [e["pid"] for e in map(json.loads, lines) if e["event"] == "start"]
+                deadline = time.monotonic() + 120
+                while len(workers()) < n and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                startup = time.monotonic() - t0
+                d = measure_idle(lambda: [sup.pid, *workers()], window)
+                pmd.stop()
+            return {"startup_s": round(startup, 2), "workers_started": len(workers()), **d}
+        finally:
+            if sup.poll() is None:
+                sup.send_signal(signal.SIGTERM)
+            sup.wait(60)
+
+
+SHAPES = {"run": shape_run, "serve": shape_serve}
+
+
+def slope(rows: list[dict], key: str) -> tuple[float, int, int] | None:
+    """(per extra pair, from, to) between the smallest and the largest measured N."""
+    ok = [r for r in rows if key in r]
+    if len(ok) < 2 or ok[-1]["pairs"] == ok[0]["pairs"]:
+        return None
+    return round((ok[-1][key] - ok[0][key]) / (ok[-1]["pairs"] - ok[0]["pairs"]), 2), ok[0]["pairs"], ok[-1]["pairs"]
+
+
+def markdown(results: dict) -> str:
+    out = [f"Command: `{results['command']}`  ", f"When: {results['when']}; load average before: "
+           f"{results['loadavg']}; package: {results['package']}", "",
+           "| shape | pairs | processes | start-up s | PSS MiB | wake-ups/s | CPU % |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for shape, rows in results["shapes"].items():
+        for r in rows:
+            if "skipped" in r:
+                out.append(f"| {shape} | {r['pairs']} | skipped: {r['skipped']} | | | | |")
+                continue
+            out.append(f"| {shape} | {r['pairs']} | {r['processes']} | {r['startup_s']} | {r['pss_mib']} | "
+                       f"{r['wakeups_per_s']} | {r['cpu_percent']} |")
+    out.append("")
+    for shape, rows in results["shapes"].items():
+        per = slope(rows, "pss_mib")
+        if per is not None:
+            out.append(f"- {shape}: PSS per extra pair {per[0]} MiB (slope from {per[1]} to {per[2]} pairs)")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", default="1,8,32", help="comma-separated pair counts (default 1,8,32; try 128)")
+    ap.add_argument("--shapes", default="run,serve", help="run, serve or both (default run,serve)")
+    ap.add_argument("--window", type=float, default=5.0, help="idle measuring window, s (default 5)")
+    ap.add_argument("--out", help="folder for md/json (default benchmarks/results/density-<time>)")
+    args = ap.parse_args()
+    counts = sorted({int(x) for x in args.pairs.split(",") if x})
+    shapes = [s for s in args.shapes.split(",") if s]
+    if not counts or min(counts) < 1 or any(s not in SHAPES for s in shapes):
+        ap.error(f"--pairs: positive integers; --shapes: from {', '.join(SHAPES)}")
+    measured.preflight()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"density-{stamp}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"command": " ".join(["python3", "benchmarks/density_bench.py", *sys.argv[1:]]),
+               "when": stamp, "loadavg": open("/proc/loadavg").read().split()[:3],
+               "package": measured.package_dir(), "shapes": {}}
+    for shape in shapes:
+        rows = results["shapes"][shape] = []
+        for n in counts:
+            work = Path(tempfile.mkdtemp(prefix=f"vsdensity-{shape}{n}-"))
+            try:
+                print(f"density: {shape} {n} pair(s)...", file=sys.stderr, flush=True)
+                row = {"pairs": n, **SHAPES[shape](n, work, args.window)}
+                print(f"density: {shape} {n}: {row}", file=sys.stderr, flush=True)
+                rows.append(row)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    (out / "density.json").write_text(json.dumps(results, indent=1))
+    (out / "density.md").write_text(markdown(results))
+    print(markdown(results))
+    print(f"written: {out}/density.md, density.json", file=sys.stderr)
+    failed = [r for rows in results["shapes"].values() for r in rows if "processes" not in r and "skipped" not in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

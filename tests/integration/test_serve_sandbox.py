@@ -1,0 +1,157 @@
+"""`serve` confines itself (issue 17, sandbox/serve.py, docs/security.md "serve"): after its set-up and
+before a front-end, with the smaller set a supervisor needs; the filter and Landlock bite; the worker's
+own list stacks beneath serve's. As root, in a private netns (prefix vsz).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import textwrap
+
+import pytest
+
+from support.confined import status, unconfined
+from support.netns import entered_netns
+from support.waiting import wait_for
+from vhostsplice.sandbox import allowlist, kernel
+from vhostsplice.sandbox import serve as serve_box
+from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.testing.frontend import Frontend
+from vhostsplice.testing.harness import demo_frame
+
+pytestmark = pytest.mark.root
+TAP = "vsz0"
+KEEP_MASK = sum(1 << cap for cap in serve_box.KEEP_CAPS)
+
+
+@pytest.fixture
+def ns():
+    with entered_netns("vsz") as ns:
+        yield ns
+
+
+def _serve(tmp_path, *extra):
+    sock, events = str(tmp_path / "s.sock"), tmp_path / "events"
+    proc = subprocess.Popen([*self_argv(), "serve", "--socket-path", sock, "--tap", TAP, "--queues", "1",
+                             "--events", str(events), *extra], env=self_env(), stdin=subprocess.DEVNULL)
+    assert wait_for(lambda: os.path.exists(sock) or proc.poll() is not None) and proc.poll() is None
+    return proc, sock, events
+
+
+def _events(path, kind):
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+def _stop(proc) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(30)
+
+
+def test_serve_is_confined_before_a_front_end_and_its_workers_still_serve(ns, tmp_path):
+    proc, sock, events = _serve(tmp_path)
+    try:
+        st = status(proc.pid)       # listening, no front-end yet: already confined
+        assert st["Seccomp"] == "2" and st["NoNewPrivs"] == "1", st
+        caps = {name: int(st[name], 16) for name in ("CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb")}
+        assert caps == {"CapEff": KEEP_MASK, "CapPrm": KEEP_MASK, "CapBnd": KEEP_MASK, "CapInh": 0, "CapAmb": 0}
+        [box] = _events(events, "sandbox")
+        assert box["seccomp"] == "kill" and box["capabilities_kept"] == sorted(serve_box.KEEP_CAPS)
+        fe = Frontend.connect(sock).start()
+        pids = wait_for(lambda: [e["pid"] for e in _events(events, "start")])
+        assert wait_for(lambda: not unconfined(pids[0])), unconfined(pids[0])
+        fe.send([demo_frame(i, 120) for i in range(8)])
+        assert fe.wait_used(fe.tx, 8)
+        os.kill(pids[0], signal.SIGKILL)            # a replacement starts beneath serve's confinement
+        assert wait_for(lambda: len(_events(events, "start")) == 2, timeout=20), events.read_text()
+        second = _events(events, "start")[1]["pid"]
+        assert wait_for(lambda: not unconfined(second)), unconfined(second)
+        assert not [e for e in _events(events, "exit") if e["exit"] == 159], events.read_text()
+        fe.stop()
+        fe.close()
+        assert proc.wait(30) == 0
+    finally:
+        _stop(proc)
+
+
+def test_serve_sandbox_off_confines_nothing(ns, tmp_path):
+    proc, _sock, events = _serve(tmp_path, "--sandbox", "off")
+    try:
+        assert status(proc.pid)["Seccomp"] == "0" and _events(events, "sandbox") == [
+            {"event": "sandbox", "mode": "off", "time": _events(events, "sandbox")[0]["time"]}]
+    finally:
+        assert _stop(proc) == 0
+
+
+# A child that confines itself exactly as serve does, then tries one thing a compromised serve would.
+CHILD = textwrap.dedent("""
+    import ctypes, os, socket, sys
+    from vhostsplice.sandbox.serve import ServeFacts, confine_serve
+    run_dir = sys.argv[2]
+    confine_serve("strict", ServeFacts(run_dir=run_dir, stats_dir=None, socket_dir=run_dir))
+    os.write(1, b"confined\\n")
+    libc = ctypes.CDLL(None, use_errno=True)
+    def try_open(path):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            return "opened"
+        except OSError as exc:
+            return f"errno {exc.errno}"
+    def run(argv):
+        try:
+            return f"exit {subprocess.run(argv).returncode}"
+        except OSError as exc:
+            return f"errno {exc.errno}"
+    import subprocess
+    attempt = {
+        "socket_inet": lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+        "ptrace": lambda: libc.ptrace(0, 0, None, None),
+        "mount": lambda: libc.mount(b"none", b"/mnt", b"tmpfs", 0, None),
+        "clone_newuser": lambda: libc.unshare(0x10000000),
+        "exec_other": lambda: run(["/bin/true"]),
+        "exec_python": lambda: run([sys.executable, "-c", "pass"]),
+        "write_outside": lambda: try_open("/tmp/vhostsplice-serve-sandbox-must-not-exist"),
+        "write_run_dir": lambda: try_open(os.path.join(run_dir, "w.json")),
+    }[sys.argv[1]]
+    os.write(1, f"survived {attempt()}\\n".encode())
+""")
+
+
+def _child(what, tmp_path):
+    proc = subprocess.run([*self_argv()[:-2], "-c", CHILD, what, str(tmp_path)], env=self_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.startswith("confined\n"), proc.stderr
+    return proc
+
+
+@pytest.mark.parametrize("what", ["socket_inet", "ptrace", "mount", "clone_newuser"])
+def test_serve_filter_kills_what_a_compromised_serve_would_try(what, tmp_path):
+    out = _child(what, tmp_path)
+    assert out.returncode == -signal.SIGSYS, (out.returncode, out.stdout, out.stderr)
+
+
+@pytest.mark.parametrize("what, expect", [
+    ("exec_other", f"survived errno {errno.EACCES}"),       # Landlock: only this interpreter executes
+    ("exec_python", "survived exit 0"),                      # what starting a worker needs
+    ("write_outside", f"survived errno {errno.EACCES}"),     # Landlock: read-only file system
+    ("write_run_dir", "survived opened"),                    # the workers' stats files
+])
+def test_serve_landlock_executes_only_the_interpreter_and_writes_only_its_run_dir(what, expect, tmp_path):
+    if not kernel.landlock_abi():
+        pytest.skip("this kernel has no Landlock")
+    out = _child(what, tmp_path)
+    assert out.returncode == 0 and out.stdout == f"confined\n{expect}\n", (out.returncode, out.stdout, out.stderr)
+    assert not os.path.exists("/tmp/vhostsplice-serve-sandbox-must-not-exist")
+
+
+def test_the_worker_list_stacks_beneath_serves():
+    """Filters are inherited across exec: a worker of serve runs beneath serve's filter, so every call the
+    worker's own list allows must be in serve's (else the worker dies of serve's filter, not its own)."""
+    serves = serve_box.table()
+    assert {name for name, _rule, _why in allowlist.ALLOW} <= set(serves)
+    assert all(rule in serve_box.SERVE_RULES and why for rule, why in serves.values())
+    assert all(why for why in serve_box.KEEP_CAPS.values())
