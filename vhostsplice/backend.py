@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import protocol as P
-from .datapath import ring_size_ok
+from .datapath import packed_positions, ring_size_ok
 from .errors import ConfigError, FeatureError, GuestFaultError, ProtocolError
 from .memory import DirtyLog, GuestMemory
 from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, VRING_F_LOG, Feature as F, \
     ProtocolFeature as PF, Req, bit, mask
+from .statepage import StatePage
 from .vring import RingState, close_fds
 
 log = logging.getLogger("vhostsplice")
@@ -39,12 +40,22 @@ LOG_PROTOCOL_FEATURES = bit(PF.LOG_SHMFD)
 # GUEST_ANNOUNCE cannot); `run` writes the RARP to its host fd (`serve`: its first running worker).
 RARP_PROTOCOL_FEATURES = bit(PF.RARP)
 RUN_PROTOCOL_FEATURES = PROTOCOL_FEATURES | LOG_PROTOCOL_FEATURES | RARP_PROTOCOL_FEATURES
+# The packed virtqueue (virtio 1.2 2.8, the core's vs_packed.c); --no-packed leaves it out. IN_ORDER is
+# in BASE_FEATURES: the device completes every ring's chains in the order it takes them.
+PACKED_FEATURES = bit(F.F_RING_PACKED)
 GSO_MAX = 65550 + 4        # largest frame a tap hands over with guest TSO/UFO on (64 KiB + Ethernet + VLAN)
+
+
+def offered_features(*, offloads: bool, packed: bool) -> int:
+    """The one offered-features policy: `run`'s Backend offers it, `serve`'s device adds MQ to it."""
+    return (BASE_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES | (OFFLOAD_FEATURES if offloads else 0)
+            | (PACKED_FEATURES if packed else 0))
 
 
 @dataclass
 class BackendConfig:
     offloads: bool = True
+    packed: bool = True
     fault_exit: bool = False
     mtu: int = 1500
 
@@ -52,8 +63,7 @@ class BackendConfig:
 class Backend:
     def __init__(self, channel, datapath, hostfd, config: BackendConfig):
         self.channel, self.datapath, self.hostfd, self.config = channel, datapath, hostfd, config
-        self.offered = (BASE_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES
-                        | (OFFLOAD_FEATURES if config.offloads else 0))
+        self.offered = offered_features(offloads=config.offloads, packed=config.packed)
         self.acked: int | None = None
         self.protocol_acked = 0
         self.status = 0
@@ -62,6 +72,7 @@ class Backend:
         self.rings = [RingState(0), RingState(1)]
         self.messages = 0
         self.rarp = {"sent": 0, "dropped": 0, "skipped": 0}     # SEND_RARP outcomes
+        self.state = StatePage(None)    # the worker's ring-position state page (statepage.py), or none
 
     # -- dispatch ---------------------------------------------------------------------------------------
     def handle(self, msg: P.Message) -> None:
@@ -121,6 +132,11 @@ class Backend:
                         " writes above are not logged (counted as log_overflow)",
                         self.log.size, self.log.size * 8 * 4096, end)
 
+    @property
+    def packed(self) -> bool:
+        """VIRTIO_F_RING_PACKED acked: every ring is packed, its vring state the 32-bit packed one."""
+        return self._acked(F.F_RING_PACKED)
+
     def _acked(self, feature: int) -> bool:
         return bool(self.acked is not None and self.acked & bit(feature))
 
@@ -137,14 +153,10 @@ class Backend:
             raise FeatureError("the driver did not accept VIRTIO_F_VERSION_1 (legacy virtio is not served)")
         if self.acked is None:
             self.acked = 0
-        a = ring.addr
-        try:
-            pos = self.datapath.start_ring(ring.index, num=ring.num, desc=a.desc, avail=a.avail, used=a.used,
-                                           call_fd=_fd(ring.call_fd), err_fd=_fd(ring.err_fd))
+        try:        # where it resumes: statepage.py (the state page, used->idx, SET_VRING_BASE)
+            pos = self.state.start(self.datapath, self.memory.regions, ring.index, self.packed, ring)
         except ConfigError as exc:      # the front-end's ring cannot be used as given: its violation
             raise ProtocolError(f"ring {ring.index}: {exc}") from None
-        if pos != ring.base:
-            log.info("ring %d: position %d taken from used->idx (SET_VRING_BASE said %d)", ring.index, pos, ring.base)
         ring.base, ring.running = pos, True
 
     def _configure_datapath(self) -> None:
@@ -153,7 +165,8 @@ class Backend:
         rx_max = NET_HDR_LEN + (GSO_MAX if guest_gso else self.config.mtu + 18)
         self.datapath.configure(mrg_rxbuf=self._acked(F.NET_F_MRG_RXBUF), event_idx=self._acked(F.RING_F_EVENT_IDX),
                                 indirect=self._acked(F.RING_F_INDIRECT_DESC), rx_max=rx_max,
-                                fault_exit=self.config.fault_exit)
+                                fault_exit=self.config.fault_exit, packed=self.packed,
+                                in_order=self._acked(F.F_IN_ORDER))
         tun = 0
         for feature, flag in GUEST_OFFLOAD_TO_TUN.items():
             if acked & bit(feature):
@@ -252,9 +265,10 @@ def set_mem_table_exec(b: Backend, msg: P.Message) -> None:
 def set_vring_num_exec(b: Backend, msg: P.Message) -> None:
     state = P.decode_vring_state(msg)
     ring = b._ring(state.index)
-    num = state.num     # virtio 1.2, 2.7: a power of 2, at most 32768 (0 would mean no ring at all)
-    if not ring_size_ok(num):
-        raise ProtocolError(f"SET_VRING_NUM: ring {state.index} size {num} is not a power of 2 in 1..{MAX_QUEUE_SIZE}")
+    num = state.num     # virtio 1.2, 2.7: a power of 2, at most 32768 (0 would mean no ring at all); 2.8: packed any
+    if not ring_size_ok(num, b.packed):
+        rule = "in" if b.packed else "is not a power of 2 in"
+        raise ProtocolError(f"SET_VRING_NUM: ring {state.index} size {num} {rule} 1..{MAX_QUEUE_SIZE}")
     b._stop(ring)
     ring.num = num
 
@@ -282,7 +296,12 @@ def set_vring_addr_exec(b: Backend, msg: P.Message) -> None:
 def set_vring_base_exec(b: Backend, msg: P.Message) -> None:
     state = P.decode_vring_state(msg)
     ring = b._ring(state.index)
-    if state.num > 0xFFFF:
+    if b.packed:        # bits 0-14 avail index, 15 its wrap counter, 16-30 used index, 31 its wrap counter
+        try:
+            packed_positions(state.num, ring.num or MAX_QUEUE_SIZE)
+        except ConfigError as exc:
+            raise ProtocolError(f"SET_VRING_BASE: ring {state.index}: {exc}") from None
+    elif state.num > 0xFFFF:
         raise ProtocolError(f"SET_VRING_BASE: index {state.num} does not fit a split ring")
     b._stop(ring)
     ring.base = state.num
@@ -292,6 +311,7 @@ def get_vring_base_exec(b: Backend, msg: P.Message) -> bytes:
     state = P.decode_vring_state(msg)
     ring = b._ring(state.index)
     base = b._stop(ring)
+    b.state.retire(ring.index)      # the front-end has the positions now
     ring.kicked = False
     ring.replace_fd("kick_fd", None)
     return P.encode_vring_state(P.VringState(ring.index, base))

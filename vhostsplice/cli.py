@@ -167,6 +167,16 @@ def busy_poll_option(command):
               help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header). With "
                    "--no-offloads a tap opened by --tap carries no vnet header (unless other queues of it "
                    "already do): the kernel then builds none per frame.")
+@click.option("--packed/--no-packed", default=True, show_default=True, envvar="VHOSTSPLICE_PACKED",
+              help="Offer the packed virtqueue (VIRTIO_F_RING_PACKED, virtio 1.2 2.8); --no-packed offers split "
+                   "rings only.")
+@click.option("--state-file", metavar="PATH", envvar="VHOSTSPLICE_STATE_FILE",
+              help="Keep the rings' positions in this file on tmpfs or ramfs (e.g. /dev/shm/vm1-net0.state; "
+                   "created 0600, refused elsewhere: EINVAL), updated around every batch, so a worker started "
+                   "again with the same file resumes where this one stopped even if it was killed: the only way "
+                   "a packed ring can resume (README \"Restarts\"). serve and vhostsplice-supervise hold one for you.")
+@click.option("--state-fd", type=click.IntRange(0), metavar="N", envvar="VHOSTSPLICE_STATE_FD",
+              help="As --state-file, for an inherited memfd or tmpfs file N (serve passes one to each worker).")
 @stats_options
 @ownership_options
 @sandbox_option
@@ -174,8 +184,9 @@ def busy_poll_option(command):
 @click.option("--print-sandbox", is_flag=True, help="Print the syscall allow-list of --sandbox strict and what this "
                                                     "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 @signals_held_until_the_loop
-def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, busy_poll, on_guest_error,
-        offloads, stats_file, stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
+def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, busy_poll,
+        on_guest_error, offloads, packed, state_file, state_fd, stats_file, stats_format, stats_interval, socket_mode,
+        socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -214,9 +225,10 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
-                      fault_exit=on_guest_error == "exit", offloads=offloads, stats_file=stats_file,
+                      fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed, stats_file=stats_file,
                       stats_format=stats_format, stats_interval=stats_interval,
-                      ownership=ownership, sandbox=sandbox, busy_poll_us=busy_poll)
+                      ownership=ownership, sandbox=sandbox, busy_poll_us=busy_poll, state_file=state_file,
+                      state_fd=state_fd)
 
 
 def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):
@@ -252,12 +264,14 @@ def _source(param: str):
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Passed to every worker (see `run --help`).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True, help="Passed to every worker.")
+@click.option("--packed/--no-packed", default=True, show_default=True, envvar="VHOSTSPLICE_PACKED",
+              help="Offer the packed virtqueue (VIRTIO_F_RING_PACKED); --no-packed is passed to every worker.")
 @stats_options
 @ownership_options
 @sandbox_option
 @busy_poll_option
 @signals_held_until_the_loop
-def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, stats_file, stats_format,
+def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, packed, stats_file, stats_format,
           stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, busy_poll):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
 
@@ -266,7 +280,8 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     reported as a JSON event line (pair, pid, exit code, errno name, counters), its rings' VRING_ERR
     eventfds are signalled when it failed, and it is replaced per --restart with the policy's back-off
     (`vhostsplice exit-codes`: doubling to a cap, jittered, reset by a stable run; each exit event carries
-    it); the replacement resumes from used->idx. The tap is held by a detached queue for serve's lifetime,
+    it); the replacement resumes from used->idx (a packed ring: from the front-end's SET_VRING_BASE, README
+    "What it negotiates"). The tap is held by a detached queue for serve's lifetime,
     so it and what the host set on it outlive the workers. SIGTERM/SIGINT stop every worker, exit 0 (from
     serve's start: held until its loop runs; workers start with them blocked).
     Ownership as for `run`: one front-end, --socket-mode/--socket-group, --allow-uid (refused peers are
@@ -283,13 +298,13 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll)] + \
-        ([] if offloads else ["--no-offloads"])
+        ([] if offloads else ["--no-offloads"]) + ([] if packed else ["--no-packed"])
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     if run_as is not None:
         worker_args += ["--user", run_as]
     _check_stats(stats_file, stats_interval)
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
-                         worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox,
+                         worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox, packed=packed,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 
@@ -360,7 +375,9 @@ def _drive_help() -> str:
                    "PROTOCOL_FEATURES,CSUM,...), 'default', '-NAME' to drop one, or a hex mask. "
                    "Default: VERSION_1,MRG_RXBUF,INDIRECT_DESC,EVENT_IDX,PROTOCOL_FEATURES.")
 @click.option("--queue-size", type=click.IntRange(1, 32768), default=256, show_default=True,
-              help="Size of both rings (a power of 2).")
+              help="Size of both rings (a power of 2; with --packed any size).")
+@click.option("--packed", is_flag=True, envvar="VHOSTSPLICE_DRIVE_PACKED",
+              help="Packed rings: ask for RING_PACKED too and fail (EINVAL) if the worker does not offer it.")
 @click.option("--send", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="Frames to send guest -> tap (each waited for until the worker has used it).")
 @click.option("--size", type=click.IntRange(60, 65535), default=512, show_default=True, metavar="B",
@@ -384,7 +401,7 @@ def _drive_help() -> str:
                                                     "--expect/--hold is done (scripts wait for it).")
 @click.option("--list-faults", is_flag=True, help="Print the fault table and exit.")
 @click.option("--json", "as_json", is_flag=True, help="With --list-faults: as JSON.")
-def drive(socket_path, connect, connect_timeout, features_text, queue_size, send, size, expect, rx_buffers,
+def drive(socket_path, connect, connect_timeout, features_text, queue_size, packed, send, size, expect, rx_buffers,
           rx_buffer_size, pcap, fault, fault_after, timeout, hold, ready_file, list_faults, as_json):
     """Be the guest: the built-in front-end and virtio driver against a worker, as a command.
 
@@ -407,13 +424,15 @@ def drive(socket_path, connect, connect_timeout, features_text, queue_size, send
         return 0
     if not socket_path:
         raise ConfigError("--socket-path PATH is required")
-    if queue_size & (queue_size - 1):
+    if queue_size & (queue_size - 1) and not packed:
         raise ConfigError(f"--queue-size {queue_size} is not a power of 2")
+    if packed and fault is not None:
+        raise ConfigError("--fault writes split rings: not with --packed")
     if fault is not None and fault not in faults.BY_NAME:
         raise ConfigError(f"--fault {fault!r}: unknown; known: {', '.join(faults.BY_NAME)}")
     features = drv.parse_features(features_text) if features_text else drv.DEFAULT_FEATURES
     opts = drv.DriveOptions(socket_path=socket_path, listen=not connect, connect_timeout=connect_timeout,
-                            features=features, queue_size=queue_size, send=send, size=size, expect=expect,
+                            features=features, packed=packed, queue_size=queue_size, send=send, size=size, expect=expect,
                             rx_buffers=rx_buffers, rx_buffer_size=rx_buffer_size, pcap=pcap, fault=fault,
                             fault_after=fault_after, timeout=timeout, hold=hold, ready_file=ready_file)
     return drv.run_drive(opts)

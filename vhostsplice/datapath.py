@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
 from .spec import MAX_REGIONS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 5  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 7  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from ._vs_core import ffi, lib
@@ -37,6 +37,7 @@ BROKEN_REASONS = {
     lib.VS_BROKEN_LOOP: "loop",                    # more descriptors than the ring holds
     lib.VS_BROKEN_CHAIN_LEN: "chain_len",          # more descriptors than the indirect table holds
     lib.VS_BROKEN_NESTED_INDIRECT: "nested_indirect",
+    lib.VS_BROKEN_WRAP: "wrap",                    # packed: AVAIL/USED flags contradict the wrap counter
 }
 STAT_FIELDS = ("packets", "bytes", "chains", "drops_fault", "drops_bad_desc", "drops_short",
                "drops_hostfd", "rx_starved", "notify_sent", "notify_suppressed", "batches", "drops_oversize")
@@ -47,10 +48,35 @@ HOST_HDR_LENS = (0, 10, NET_HDR_LEN)
 _HOST_ERRNOS = {_errno.EBADFD, _errno.EIO, _errno.EPIPE}
 
 
-def ring_size_ok(num: int) -> bool:
-    """Whether num is a ring size the ring layout takes (split: a power of 2 in 1..32768): the one
-    check, in the C layout (vs_ring_num_ok), asked by SET_VRING_NUM and by Datapath.start_ring."""
-    return 0 <= num <= 0xFFFF_FFFF and bool(lib.vs_ring_num_ok(num))
+def ring_size_ok(num: int, packed: bool = False) -> bool:
+    """Whether num is a ring size the ring layout takes (split: a power of 2 in 1..32768; packed: any
+    size in 1..32768): the one check, in the C layout (vs_ring_num_ok), asked by SET_VRING_NUM and by
+    Datapath.start_ring."""
+    return 0 <= num <= 0xFFFF_FFFF and bool(lib.vs_ring_num_ok(num, lib.VS_RF_PACKED if packed else 0))
+
+
+PACKED_WRAP = lib.VS_PK_WRAP    # a packed position: index | wrap << 15 (vhost-user: each half of the state)
+
+
+def packed_state(avail: int, used: int) -> int:
+    """The 32-bit vhost-user packed vring state (SET/GET_VRING_BASE) of two 16-bit packed positions."""
+    return (avail & 0xFFFF) | (used & 0xFFFF) << 16
+
+
+def packed_positions(state: int, num: int) -> tuple[int, int]:
+    """(avail, used) positions of a 32-bit packed vring state: bits 0-14 the next avail index, bit 15
+    its wrap counter, bits 16-30 the next used index, bit 31 its wrap counter.  A front-end that sends
+    only the avail half (bits 16-31 zero: DPDK, older QEMU) means used = avail.  Raises ConfigError
+    (EPROTO) for a state that does not fit the 32 bits or an index outside a ring of num."""
+    if not 0 <= state <= 0xFFFF_FFFF:
+        raise ConfigError(f"packed vring state {state:#x} does not fit 32 bits", _errno.EPROTO)
+    avail, used = state & 0xFFFF, state >> 16
+    used = used or avail
+    for name, pos in (("avail", avail), ("used", used)):
+        if pos & (PACKED_WRAP - 1) >= num:
+            raise ConfigError(f"packed vring state {state:#x}: {name} index {pos & (PACKED_WRAP - 1)}"
+                              f" is outside a ring of {num}", _errno.EPROTO)
+    return avail, used
 
 
 def drain_eventfd(fd: int) -> int:
@@ -102,19 +128,24 @@ class Datapath:
         p.scratch, p.scratch_len = self._scratch, SCRATCH_LEN
         for r in (p.rx, p.tx):
             r.call_fd = r.err_fd = -1
+        self._chains: dict[int, Any] = {}   # packed rings: the chain-length tables the core writes
         self._log: Any = None               # from_buffer cdata of the dirty log the core writes into
 
     # -- configuration ------------------------------------------------------------------------------
     def configure(self, *, mrg_rxbuf: bool, event_idx: bool, indirect: bool, rx_max: int,
-                  fault_exit: bool = False, tx_budget: int = 256, rx_budget: int = 256) -> None:
-        """Negotiated features and limits; call before start_ring (flags are read per batch)."""
+                  fault_exit: bool = False, tx_budget: int = 256, rx_budget: int = 256,
+                  packed: bool = False, in_order: bool = False) -> None:
+        """Negotiated features and limits; call before start_ring (flags are read per batch; the layout,
+        split or packed (VIRTIO_F_RING_PACKED), is chosen when a ring starts).  in_order
+        (VIRTIO_F_IN_ORDER): a packed batch of device-readable buffers gets one used descriptor."""
         p = self._pair
         if not p.hdr_len <= rx_max <= 0xFFFFFFFF:
             raise ConfigError(f"rx_max {rx_max} must hold at least the {p.hdr_len}-byte header")
         if tx_budget < 1 or rx_budget < 1:
             raise ConfigError("tx_budget and rx_budget must be >= 1")
         flags = ((lib.VS_RF_EVENT_IDX if event_idx else 0) | (lib.VS_RF_INDIRECT if indirect else 0)
-                 | (lib.VS_RF_MRG if mrg_rxbuf else 0))
+                 | (lib.VS_RF_MRG if mrg_rxbuf else 0) | (lib.VS_RF_PACKED if packed else 0)
+                 | (lib.VS_RF_IN_ORDER if in_order else 0))
         p.rx.flags = p.tx.flags = flags
         p.rx_max, p.fault_exit = rx_max, int(bool(fault_exit))
         p.tx_budget, p.rx_budget = min(tx_budget, 0xFFFFFFFF), min(rx_budget, 0xFFFFFFFF)
@@ -219,11 +250,22 @@ class Datapath:
         raise ConfigError(f"ring index {index}: this datapath has rings 0 (rx) and 1 (tx)")
 
     def start_ring(self, index: int, *, num: int, desc: int, avail: int, used: int,
-                   call_fd: int = -1, err_fd: int = -1) -> int:
-        """Start a ring at front-end addresses (uva); returns its position, taken from used->idx."""
+                   call_fd: int = -1, err_fd: int = -1, base: int = 0) -> int:
+        """Start a ring at front-end addresses (uva) in the layout configure() chose; returns its position.
+
+        Split: taken from used->idx (base is not needed).  Packed: desc is the descriptor ring, avail the
+        driver and used the device event suppression area, base the 32-bit vhost-user packed state
+        (packed_positions); the ring resumes at its used position and the result is the state again."""
         r = self._ring(index)
-        if not ring_size_ok(num):     # refused before the ring is touched
-            raise ConfigError(f"{RING_NAMES[index]} ring size {num} is not a power of 2 in 1..{lib.VS_MAX_QUEUE_SIZE}")
+        packed = bool(r.flags & lib.VS_RF_PACKED)
+        if not ring_size_ok(num, packed):     # refused before the ring is touched
+            rule = "in" if packed else "is not a power of 2 in"
+            raise ConfigError(f"{RING_NAMES[index]} ring size {num} {rule} 1..{lib.VS_MAX_QUEUE_SIZE}"
+                              + (" (packed)" if packed else ""))
+        if packed:
+            r.last_avail, r.used_idx = packed_positions(base, num)
+            self._chains[index] = ffi.new("uint32_t[]", num)   # the core's table of chain lengths
+            r.chain, r.chain_cap = self._chains[index], num
         r.num, r.desc_uva, r.avail_uva, r.used_uva = num, desc, avail, used
         r.call_fd, r.err_fd = call_fd, err_fd
         rc = lib.vs_ring_start(self._mem, r)
@@ -233,14 +275,23 @@ class Datapath:
         if rc < 0:
             raise GuestFaultError(f"{RING_NAMES[index]} ring (desc {desc:#x}, avail {avail:#x}, used {used:#x},"
                                   f" size {num}) is not inside guest memory", -rc)
-        return rc
+        return packed_state(rc, rc) if packed else rc
 
     def stop_ring(self, index: int) -> int:
-        """Stop processing a ring; returns last_avail (what GET_VRING_BASE reports)."""
+        """Stop processing a ring; returns what GET_VRING_BASE reports: split, last_avail; packed, the
+        32-bit packed state of its positions."""
         r = self._ring(index)
         r.running = 0
         r.desc = r.avail = r.used = ffi.NULL
-        return r.last_avail
+        if r.layout == ffi.NULL or not r.flags & lib.VS_RF_PACKED:
+            return int(r.last_avail)
+        return packed_state(r.last_avail, r.used_idx)
+
+    def ring_positions(self, index: int) -> tuple[int, int]:
+        """(avail, used): the ring's two positions, opaque uint16 each (split: last_avail and the used
+        index; packed: index | wrap << 15) - what a restart state page keeps."""
+        r = self._ring(index)
+        return int(r.last_avail), int(r.used_idx)
 
     def set_call_fd(self, index: int, fd: int) -> None:
         self._ring(index).call_fd = fd
@@ -250,6 +301,19 @@ class Datapath:
 
     def running(self, index: int) -> bool:
         return bool(self._ring(index).running)
+
+    def attach_state(self, buf: Any) -> None:
+        """The C core records ring positions in this state page (statepage.py) from now on; None: stop
+        (call before the page is unmapped)."""
+        old = getattr(self, "_state", None)
+        self._state = None if buf is None else ffi.from_buffer("uint8_t[]", buf, require_writable=True)
+        if self._state is not None and len(self._state) < ffi.sizeof("struct vs_ring_state"):
+            ffi.release(self._state)
+            self._state = None
+            raise ConfigError("the state page is shorter than struct vs_ring_state")
+        self._pair.state = ffi.NULL if self._state is None else ffi.cast("struct vs_ring_state *", self._state)
+        if old is not None:
+            ffi.release(old)
 
     def used_positions(self) -> tuple[int, int]:
         """(RX, TX) used->idx as published: cheap, for telling whether a poll published (and signalled)."""

@@ -32,7 +32,7 @@ DRIVE_EXITS: tuple[tuple[int, str, str], ...] = (
     (0, "OK", "what was asked for happened: frames sent and used, --expect frames received, the fault's reaction seen"),
     (errno.EINTR, "EINTR", "SIGTERM/SIGINT before the work was done (during --hold a signal just ends the hold: 0)"),
     (errno.EINVAL, "EINVAL", "bad usage: unknown feature or fault, a fault the acked features cannot carry, "
-                             "a --listen path that exists"),
+                             "a --listen path that exists, --packed against a worker that does not offer it"),
     (errno.EPROTO, "EPROTO", "the worker answered a request wrongly or refused it (REPLY_ACK)"),
     (errno.ECONNRESET, "ECONNRESET", "the worker closed the connection when nothing made that expected"),
     (errno.ETIMEDOUT, "ETIMEDOUT", "connected, but frames, used entries or the fault's reaction did not come within --timeout"),
@@ -145,6 +145,7 @@ class DriveOptions:
     listen: bool = False
     connect_timeout: float = 5.0
     features: int = DEFAULT_FEATURES
+    packed: bool = False            # also want RING_PACKED, and fail (EINVAL) unless it is acked
     queue_size: int = 256
     mem_mib: int = 16
     send: int = 0
@@ -215,7 +216,7 @@ class Drive:
     def _run(self) -> None:
         self.fe = self._open()
         fault = self.fault
-        want = self.o.features & ~(fault.drop_features if fault else 0)
+        want = (self.o.features | (bit(F.F_RING_PACKED) if self.o.packed else 0)) & ~(fault.drop_features if fault else 0)
         self.fe.want = want
         if fault:
             self.s["fault"] = dict(fault.row(), after=self.o.fault_after, injected=False, observed=False)
@@ -234,6 +235,9 @@ class Drive:
             self._await_close(f"--fault {fault.name}: the worker accepted the rings")
             self.s["fault"]["observed"] = True
             return
+        if self.o.packed and not self.fe.packed:
+            self._stop_rings()
+            raise ConfigError("--packed: the worker does not offer RING_PACKED (started with --no-packed?)")
         if fault and self.fe.acked & fault.needs != fault.needs:
             self._stop_rings()
             raise ConfigError(f"--fault {fault.name} needs {', '.join(feature_names(fault.needs))} acked "
@@ -272,7 +276,8 @@ class Drive:
             fe.negotiate()
             self.s["features"].update(offered=f"{fe.offered:#x}", acked=f"{fe.acked:#x}",
                                       acked_names=feature_names(fe.acked),
-                                      protocol_acked=f"{fe.protocol_acked:#x}")
+                                      protocol_acked=f"{fe.protocol_acked:#x}",
+                                      layout="packed" if fe.packed else "split")
             fe.share_memory()
             fe.rx = fe.setup_ring(0)
             fe.tx = fe.setup_ring(1)

@@ -23,6 +23,7 @@ from .errors import ConfigError, SetupError, VhostspliceError, errno_name, from_
 from .hostfd import open_tap
 from .hostfd_inspect import inspect_fd, open_packet
 from .sandbox import Sandbox
+from .statepage import StatePage, open_state
 from .worker import Worker, WorkerConfig
 
 log = logging.getLogger("vhostsplice")
@@ -160,18 +161,20 @@ def open_host(*, tap=None, host_fd=None, packet=None, mtu=None, bridge=None, off
 
 
 def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, placement, fault_exit, offloads,
-               stats_file, host_fd=None, packet=None, framing="none", ownership: Ownership = Ownership(),
+               stats_file, packed: bool = True, host_fd=None, packet=None, framing="none", ownership: Ownership = Ownership(),
                sandbox: str = "strict", stats_format: str = "json", stats_interval: float | None = None,
-               busy_poll_us: int = 0) -> int:
+               busy_poll_us: int = 0, state_file: str | None = None, state_fd: int | None = None) -> int:
     """Set up, serve until stopped, report the counters; returns the exit code. The worker confines
     itself (--sandbox, vhostsplice/sandbox) after all of this and before its first message."""
     confinement = Sandbox(sandbox)
+    page = StatePage(None)
     hostfd = open_host(tap=tap, host_fd=host_fd, packet=packet, mtu=mtu, bridge=bridge, offloads=offloads,
                        control_fd=inherited_fd, framing=framing)
     door = None
     try:
         if offloads and not hostfd.offloads_ok:
             log.info("%s %s carries no vnet header: offloads are not offered", hostfd.kind, hostfd.name)
+        page = StatePage(open_state(state_file, state_fd))     # mapped before the sandbox: no syscall per write
         apply_placement(*placement)
         door = _open_door(socket_path, connect_path, inherited_fd, ownership)
         confinement.prepare()
@@ -179,10 +182,12 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
             drop_privileges(*ownership.user)
             _check_writable_as_user(stats_file, socket_path)
             log.info("serving as uid %d gid %d", *ownership.user)
-        backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, fault_exit=fault_exit, mtu=hostfd.mtu)
+        backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, fault_exit=fault_exit, mtu=hostfd.mtu,
+                                packed=packed)
         config = WorkerConfig(backend, stats_file, allow_uids=ownership.allow_uids,
                               sandbox=confinement if sandbox != "off" else None,
-                              stats_format=stats_format, stats_interval=stats_interval, busy_poll_us=busy_poll_us)
+                              stats_format=stats_format, stats_interval=stats_interval, busy_poll_us=busy_poll_us,
+                              state=page)
         worker = Worker(door, hostfd, config)
         door = None           # the worker owns it now
         code = worker.run()
@@ -194,6 +199,7 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
         if door is not None:
             door.close()
         hostfd.close()
+        page.close()
 
 
 class _Exit(VhostspliceError):

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import protocol as P
-from .backend import ANNOUNCE_FEATURES, BASE_FEATURES, LOG_FEATURES, OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES
+from .backend import RUN_PROTOCOL_FEATURES, offered_features
 from .channel import Channel
 from .errors import Backoff, ProtocolError
 from .memory import DirtyLog
@@ -191,8 +191,7 @@ class DeviceRequests:
 
     def offered(self) -> int:
         """What the workers offer (offloads only while the tap carries a vnet header), plus MQ."""
-        offloads = OFFLOAD_FEATURES if self.config.offloads else 0
-        return BASE_FEATURES | offloads | LOG_FEATURES | ANNOUNCE_FEATURES | DEVICE_ONLY
+        return offered_features(offloads=self.config.offloads, packed=self.config.packed) | DEVICE_ONLY
 
     # -- migration ---------------------------------------------------------------------------------------
     def set_log_base(self, msg: P.Message) -> None:

@@ -132,8 +132,8 @@ GUEST_OFFLOAD_TO_TUN = {
 HOST_OFFLOADS = (Feature.NET_F_CSUM, Feature.NET_F_HOST_TSO4, Feature.NET_F_HOST_TSO6,
                  Feature.NET_F_HOST_ECN, Feature.NET_F_HOST_UFO)
 
-# Split virtqueue (virtio 1.2 2.7): the largest Queue Size (the C core's VS_MAX_QUEUE_SIZE; the size
-# rule itself is the core's vs_ring_num_ok, asked through datapath.ring_size_ok).
+# The largest Queue Size of both layouts (virtio 1.2 2.7 split, 2.8 packed: the C core's VS_MAX_QUEUE_SIZE;
+# the size rule itself is the core's vs_ring_num_ok, asked through datapath.ring_size_ok).
 MAX_QUEUE_SIZE = 32768
 
 # virtio_net_hdr_v1 (virtio 1.2 5.1.6): 12 bytes once VERSION_1 is negotiated.

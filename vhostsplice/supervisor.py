@@ -5,7 +5,8 @@ requests itself and forwards the rest to the worker of the pair they concern ove
 front-end would: ring 2k+j of the device is ring j of worker k (`vhostsplice run --fd N`); which request
 goes where is serve_device.py's business, this module runs the workers and the loop. Everything a
 worker was told is kept (fds duplicated), so a worker that dies is replaced and told again; it resumes
-from used->idx like any restarted back-end. A pair's worker starts when the front-end first enables one
+where its predecessor stopped from the pair's state page (a memfd serve holds, `run --state-fd`;
+statepage.py), not from the SET_VRING_BASE replayed to it. A pair's worker starts when the front-end first enables one
 of its rings (so the tap has a queue only for pairs the driver uses). When the front-end leaves, every worker's channel is closed, so each ends
 by the exit-code contract (0 stopped rings, 104 running ones); serve then ends the same way and says so
 in a last `end` event. The next front-end gets a fresh `serve` from whatever supervises it.
@@ -37,6 +38,7 @@ from .counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_argv, self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
 from .spec import Req
+from .statepage import new_memfd
 from .vring import close_fd, close_fds
 
 log = logging.getLogger("vhostsplice")
@@ -53,6 +55,7 @@ class ServeConfig:
     worker_args: list[str] = field(default_factory=list)
     ownership: Ownership = field(default_factory=Ownership)     # run's --socket-mode/group, --allow-uid, --user
     offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
+    packed: bool = True          # the workers offer RING_PACKED (not with --no-packed)
     stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
     sandbox: str = "strict"      # serve's own confinement (sandbox/serve.py) and, passed on, every worker's
 
@@ -82,6 +85,8 @@ class Supervisor(DeviceRequests):
         self.stopping = False
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)    # workers' stdin, opened before confining
         self.kills = KillLog()           # names a worker's seccomp kill: /dev/kmsg, opened before confining
+        # each pair's ring-position state page (a sealed memfd), made before confining: every worker gets it
+        self.state_fds = {pair.index: new_memfd(f"vhostsplice-pair{pair.index}-state") for pair in self.pairs}
 
     # -- events ----------------------------------------------------------------------------------------
     def emit(self, event: str, **fields) -> None:
@@ -92,8 +97,9 @@ class Supervisor(DeviceRequests):
     def start_worker(self, pair: Pair) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pair.stats_file = os.path.join(self.rundir, f"pair{pair.index}.json")
+        state = self.state_fds[pair.index]
         argv = [*self_argv(), "run", "--fd", str(theirs.fileno()), "--tap", self.config.tap,
-                "--stats-file", pair.stats_file, *self.config.worker_args]
+                "--state-fd", str(state), "--stats-file", pair.stats_file, *self.config.worker_args]
         if self.config.stats and self.config.stats.interval:
             argv += ["--stats-interval", str(self.config.stats.interval)]
         if pair.cpu is not None:
@@ -101,7 +107,7 @@ class Supervisor(DeviceRequests):
         # The worker starts with the stop signals blocked and unblocks them once its handlers are in
         # (worker.py): a stop during its start-up is a clean stop, never a death by the signal.
         with signals_held(drain=False):
-            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env=worker_env(), stdin=self.devnull)
+            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(), state), env=worker_env(), stdin=self.devnull)
         pair.started, pair.started_at = True, time.monotonic()
         theirs.close()
         pair.chan = Channel(ours)
@@ -174,7 +180,8 @@ class Supervisor(DeviceRequests):
         killed = {"syscall": self.kills.killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
         self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code), stable=stable,
                   backoff=None if delay is None else round(delay, 3), failures=pair.backoff.failures,
-                  counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), **killed)
+                  counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), resume=counters.get("resume"),
+                  **killed)
         if self.stopping:
             return
         if code != 0:
@@ -338,6 +345,7 @@ class Supervisor(DeviceRequests):
             self.write_stats()                              # the workers' final counters
         for _payload, fds in self.device.values():
             close_fds(fds)
+        close_fds(self.state_fds.values())
         if self.front is not None:
             self.front.close()
         self.listener.close()

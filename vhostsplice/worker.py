@@ -22,6 +22,7 @@ from .errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, Vhosts
                      from_oserror, release_stop_signals)
 from .protocol import Req
 from .sandbox import Facts, Sandbox
+from .statepage import StatePage
 
 log = logging.getLogger("vhostsplice")
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
@@ -45,6 +46,7 @@ class WorkerConfig:
     stats_format: str = "json"                  # --stats-format: json or prometheus (counters.render)
     stats_interval: float | None = None         # --stats-interval: rewrite --stats-file this often (seconds)
     busy_poll_us: int = 0                       # --busy-poll: keep polling this long after a batch
+    state: StatePage = field(default_factory=lambda: StatePage(None))   # --state-file/--state-fd (statepage.py)
 
 
 def _quietly(fn, *args) -> None:
@@ -62,6 +64,8 @@ class Worker:
         self.listening = isinstance(door, Listener)     # --socket-path (else a connected channel)
         self.datapath = dp.Datapath(hostfd.fd, host_hdr_len=hostfd.vnet_hdr_len, empty_ok=hostfd.empty_ok,
                                     refused_drop=hostfd.refused_drop, stream=hostfd.stream)
+        if config.state.mm is not None:     # the C core records ring positions in it around each publish
+            self.datapath.attach_state(config.state.mm)
         self.ep = select.epoll()
         self.watched: dict[int, tuple[Role, int]] = {}    # fd -> (role, events)
         self.channel = None
@@ -174,6 +178,7 @@ class Worker:
         channel.refuse_file_of(self.hostfd.fd)     # the front-end may never hand us our own host fd
         self.channel = channel
         self.backend = Backend(channel, self.datapath, self.hostfd, self.config.backend)
+        self.backend.state = self.config.state
         self._watch(channel.fileno(), ("control", 0), IN)
 
     def _loop(self) -> None:
@@ -393,6 +398,7 @@ class Worker:
         if self.listening:
             self.door.close()
         self.ep.close()
+        self.datapath.attach_state(None)        # before the page is unmapped (runner)
 
     def stats(self) -> dict:
         rings = self.datapath.stats()
@@ -412,6 +418,7 @@ class Worker:
             out["protocol_features"] = f"{self.backend.protocol_acked:#x}"
             out["messages"] = self.backend.messages
             out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped
+        out["resume"] = self.config.state.report()      # where each ring resumed from (the state page)
         out["dirty_log"] = self.datapath.log_stats()    # live migration: log_all, log_size, writes, overflow
         out["sandbox"] = dict(self.config.sandbox.report) if self.config.sandbox else {"mode": "off"}
         return out

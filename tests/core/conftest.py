@@ -8,6 +8,7 @@ import pytest
 
 from vhostsplice.datapath import MORE, Datapath, drain_eventfd
 from vhostsplice.testing.virtq import NET_HDR_LEN, DriverQueue, GuestMemory
+from vhostsplice.testing.virtq_packed import PackedDriverQueue
 
 GPA_BASE = 0x4000_0000
 UVA_BASE = 0x7F12_3400_0000
@@ -17,7 +18,8 @@ class Rig:
     """Guest memory, two driver queues, the datapath, call/err eventfds and the tap's other end."""
 
     def __init__(self, *, num=256, mrg=False, event_idx=False, indirect=True, rx_max=NET_HDR_LEN + 1514,
-                 fault_exit=False, tx_budget=256, rx_budget=256, mem_size=4 << 20, splits=(), start=True):
+                 fault_exit=False, tx_budget=256, rx_budget=256, mem_size=4 << 20, splits=(), start=True,
+                 packed=False, in_order=False):
         self.buf = bytearray(mem_size)
         self.mem = GuestMemory(self.buf, GPA_BASE, UVA_BASE)
         self.host, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -27,10 +29,16 @@ class Rig:
         self.err = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
         self.dp = Datapath(self.host.fileno())
         self.dp.configure(mrg_rxbuf=mrg, event_idx=event_idx, indirect=indirect, rx_max=rx_max,
-                          fault_exit=fault_exit, tx_budget=tx_budget, rx_budget=rx_budget)
+                          fault_exit=fault_exit, tx_budget=tx_budget, rx_budget=rx_budget, packed=packed,
+                          in_order=in_order)
         self.dp.set_memory(self.mem.regions(*splits))
-        self.rx = DriverQueue(self.mem, num, event_idx=event_idx)
-        self.tx = DriverQueue(self.mem, num, event_idx=event_idx)
+        self.packed = packed
+        if packed:
+            self.rx = PackedDriverQueue(self.mem, num, event_idx=event_idx, in_order=in_order)
+            self.tx = PackedDriverQueue(self.mem, num, event_idx=event_idx, in_order=in_order)
+        else:
+            self.rx = DriverQueue(self.mem, num, event_idx=event_idx)
+            self.tx = DriverQueue(self.mem, num, event_idx=event_idx)
         if start:
             self.start(0)
             self.start(1)
@@ -40,8 +48,9 @@ class Rig:
 
     def start(self, index: int) -> int:
         q = self.queue(index)
+        base = q.base if self.packed else 0
         return self.dp.start_ring(index, num=q.num, desc=q.desc_uva, avail=q.avail_uva, used=q.used_uva,
-                                  call_fd=self.call[index], err_fd=self.err[index])
+                                  call_fd=self.call[index], err_fd=self.err[index], base=base)
 
     def poll_idle(self, limit: int = 1000) -> int:
         """Poll until the datapath stops asking for more; returns the last flags."""

@@ -73,13 +73,19 @@ def test_fault_table_row_is_what_the_worker_does(ns, tmp_path, fault, exit_mode)
         assert stats["rings"]["tx"]["packets"] == (2 if exit_mode else 4)
 
 
-def test_frames_both_ways_byte_exact_with_pcap(ns, tmp_path):
+LAYOUTS = {"split": [], "packed": ["--packed"], "packed-odd": ["--packed", "--queue-size", "7"],
+           "packed-in-order": ["--packed", "--queue-size", "100", "--features", "default,IN_ORDER"]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_frames_both_ways_byte_exact_with_pcap(ns, tmp_path, layout):
+    """Split and packed rings (an odd size: several laps; IN_ORDER: batched used descriptors)."""
     w = start_worker(tmp_path)
     try:
         tap = tap_socket(TAP)
         ready, pcap = tmp_path / "ready", tmp_path / "rx.pcap"
         d = drive_bg("--socket-path", w.sock, "--send", "50", "--size", "1514", "--expect", "20",
-                     "--pcap", str(pcap), "--ready-file", str(ready), "--timeout", "15")
+                     "--pcap", str(pcap), "--ready-file", str(ready), "--timeout", "15", *LAYOUTS[layout])
         deadline = time.monotonic() + 15
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -91,6 +97,7 @@ def test_frames_both_ways_byte_exact_with_pcap(ns, tmp_path):
         assert d.returncode == 0, err
         summary = json.loads(out)
         assert summary["tx"]["used"] == 50 and summary["rx"]["received"] == 20
+        assert summary["features"]["layout"] == layout.split("-")[0]
         assert read_pcap(str(pcap)) == back
         code, stats = w.wait()
     finally:
@@ -144,3 +151,15 @@ def test_features_acked_are_what_was_asked(ns, tmp_path):
         w.kill()
     assert summary["features"]["acked_names"] == ["MRG_RXBUF", "PROTOCOL_FEATURES", "VERSION_1"]
     assert wcode == 0 and stats["features"] == summary["features"]["acked"] == "0x140008000"
+
+
+def test_packed_against_a_worker_without_it_is_einval(ns, tmp_path):
+    w = start_worker(tmp_path, "--no-packed")
+    try:
+        code, summary, err = drive("--socket-path", w.sock, "--packed", "--send", "1")
+        assert code == errno.EINVAL, err
+        assert "RING_PACKED" in err and summary["features"]["layout"] == "split"
+        wcode, _stats = w.wait()
+    finally:
+        w.kill()
+    assert wcode == 0

@@ -242,3 +242,57 @@ def test_qemu_restart_next_guest_is_served(image, ethtool, tmp_path, door):
     print(f"\n[qemu restart {door}] wall_s={round(time.monotonic() - t0, 1)} backend_pids={pids} "
           f"exits={sup.exits()} reasons={reasons} packets={moved} gbps={gbps} "
           f"boot_s={[round(g.boot_seconds() or 0, 2) for g in (a, b, c)]}")
+
+
+# -- a packed ring survives its worker: the state page (issue 15) -------------------------------------------
+PACKED_KILL_AFTER = 2.0        # seconds into the guest's TCP stream
+PACKED_SCRIPT = f"""
+vs_ping before {PINGS}
+( vs_wait_carrier 0 30 && vs_wait_carrier 1 60 ) > /tmp/carrier 2>&1 &
+watch=$!
+vs_mark TRAFFIC
+vs_iperf during -t 6 --bidir
+wait $watch
+vs_check recover vs_wait_peer 30
+vs_ping after {PINGS}
+"""
+
+
+def test_packed_rings_survive_a_worker_sigkill_from_the_state_page(image, column, tmp_path):
+    """QEMU 10 `packed=on` and a Linux 6.12 guest: the worker is SIGKILLed under a bidirectional TCP stream,
+    a new one on the same socket and the same --state-file (tmpfs) resumes both packed rings from the page
+    (QEMU's SET_VRING_BASE after the reconnect cannot know the positions), and the stream survives. One
+    boot, on the qemu10.0-linux6.12 column (the issue's peer for packed rings)."""
+    if column.qemu != "10.0":
+        pytest.skip("the packed-ring restart is asserted on the QEMU 10.0 column only (one boot)")
+    page = Path("/dev/shm") / f"vs-packed-restart-{os.getpid()}.state"
+    try:
+        with G.HostNet(tmp_path) as net:
+            first = net.start_worker("--state-file", str(page))
+            net.iperf3_server()
+            with G.Guest(image, first.sock, tmp_path, PACKED_SCRIPT, device_opts="packed=on") as guest:
+                guest.wait_marker("BOOT", BOOT)
+                guest.wait_marker("TRAFFIC", 60)
+                assert guest.features() >> G.FEATURE_BITS["RING_PACKED"] & 1, G.feature_names(guest.features())
+                time.sleep(PACKED_KILL_AFTER)
+                first.proc.send_signal(signal.SIGKILL)      # our own child, by PID
+                first.proc.wait(30)
+                second = net.start_worker("--state-file", str(page))
+                rc = guest.wait_done(180)
+            code, stats = G.stop_worker(second)
+    finally:
+        page.unlink(missing_ok=True)
+    G.report("packed-restart", resume=stats.get("resume"), rx=stats.get("rings", {}).get("rx"),
+             tx=stats.get("rings", {}).get("tx"))
+    assert first.proc.returncode == -signal.SIGKILL
+    for name in ("before", "recover", "after"):
+        guest.check(name)
+    s = G.iperf_summary(guest.iperf("during"))
+    assert s["error"] is None and s["bytes_sent"] > 0 and s["bytes_received"] > 0, s
+    assert rc == 0, guest.describe()
+    assert code == 0, (stats, second.stderr)
+    assert int(stats["features"], 16) >> G.FEATURE_BITS["RING_PACKED"] & 1, stats["features"]
+    for ring in ("rx", "tx"):
+        resume = stats["resume"][ring]
+        assert resume["source"] == "state-page", (ring, resume)
+        assert stats["rings"][ring]["broken"] is None and stats["rings"][ring]["packets"] > 0, stats["rings"][ring]

@@ -145,7 +145,7 @@ def test_ring_without_version_1_is_enotsup(env):
 def test_acking_unoffered_features_is_eproto(env):
     backend, *_ = env
     with pytest.raises(ProtocolError, match="never offered"):
-        send(backend, Req.SET_FEATURES, P.encode_u64(BASE_FEATURES | bit(F.F_RING_PACKED)))
+        send(backend, Req.SET_FEATURES, P.encode_u64(BASE_FEATURES | bit(F.F_ACCESS_PLATFORM)))
 
 
 @pytest.mark.parametrize("req", [Req.SET_VRING_NUM, Req.SET_VRING_BASE, Req.SET_VRING_ENABLE, Req.GET_VRING_BASE])

@@ -173,6 +173,43 @@ supervise_real() {
     grep -q "after a stop signal: done" "$W/log"
 }
 
+@test "supervise + worker: every worker gets the same state page on tmpfs; SIGKILL restarts; the file goes with the supervisor" {
+    vs_setup
+    supervise_real
+    wait_listening_any
+    page=$(sed -n 's/.*ring positions kept in \([^ ]*\) for every worker.*/\1/p' "$W/log")
+    [ -n "$page" ] && [ -f "$page" ]
+    first=$(sed -n 's/.*started worker \([0-9]*\):.*/\1/p' "$W/log" | head -1)
+    kill -KILL "$first"
+    wait_file_content "$W/log" "exited 137 killed by signal 9 .*: restart 1 in 0.1 s"
+    drive --send 3 --connect-timeout 15
+    [ "$dcode" -eq 0 ]
+    wait_file_content "$W/log" "exited 0 OK"
+    stat_is resume.page on
+    stat_is resume.generation 2          # the second worker took the page the first one left
+    stat_is rings.tx.packets 3
+    kill -TERM "$SPID"
+    wait_exit "$SPID" 15
+    [ "$code" -eq 0 ]
+    [ ! -e "$page" ]
+}
+
+@test "supervise --no-state: the workers get no state page" {
+    vs_setup
+    "$SUPERVISE" --no-state --backoff 0.1 --jitter 0 -- ip netns exec "$NS" $VS run --socket-path "$SOCK" \
+        --tap "$TAP" --stats-file "$STATS" </dev/null 2>"$W/log" 3>&- &
+    SPID=$!
+    PIDS+=("$SPID")
+    wait_listening_any
+    drive --send 1
+    [ "$dcode" -eq 0 ]
+    wait_file_content "$W/log" "exited 0 OK"
+    stat_is resume.page off
+    ! grep -q "ring positions kept" "$W/log"
+    kill -TERM "$SPID"
+    wait_exit "$SPID" 15
+}
+
 @test "supervise + worker: 74 EBADMSG (drive --fault avail-idx-jump) restarts with back-off" {
     vs_setup
     supervise_real

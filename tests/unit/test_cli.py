@@ -93,9 +93,30 @@ def test_readme_names_every_feature_and_protocol_feature_the_worker_offers():
     from vhostsplice.spec import Feature, ProtocolFeature
     text = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
     words = set(re.findall(r"[A-Z][A-Z0-9_]+", text.split("### What it negotiates", 1)[1].split("\n## ", 1)[0]))
-    offered = B.BASE_FEATURES | B.LOG_FEATURES | B.ANNOUNCE_FEATURES | B.OFFLOAD_FEATURES
+    offered = B.offered_features(offloads=True, packed=True)
     for f in (f for f in Feature if offered >> f & 1):
         spelled = {f.name, f.name.split("_F_", 1)[-1], "VIRTIO_" + f.name, f.name.removeprefix("F_")}
         assert spelled & words, f"README does not name the offered feature {f.name}"
     for pf in (pf for pf in ProtocolFeature if B.RUN_PROTOCOL_FEATURES >> pf & 1):
         assert pf.name in words, f"README does not name the offered protocol feature {pf.name}"
+
+
+@pytest.mark.parametrize("args,packed", [([], True), (["--no-packed"], False), (["--packed"], True)])
+def test_serve_passes_no_packed_to_its_workers(monkeypatch, args, packed):
+    """serve's own offer (ServeConfig.packed) and its workers' (--no-packed) follow the one option."""
+    from vhostsplice import supervisor
+    seen = {}
+    monkeypatch.setattr(supervisor, "run_supervisor", lambda socket_path, config: seen.setdefault("c", config) and 0)
+    assert main(["serve", "--socket-path", "/tmp/x.sock", "--tap", "t", *args]) == 0
+    config = seen["c"]
+    assert config.packed is packed and ("--no-packed" in config.worker_args) is not packed
+
+
+def test_run_passes_no_packed_to_the_backend(monkeypatch):
+    from vhostsplice import runner
+    seen = {}
+    monkeypatch.setattr(runner, "run_worker", lambda **kw: seen.update(kw) or 0)
+    assert main(["run", "--socket-path", "/tmp/x.sock", "--tap", "t", "--no-packed"]) == 0
+    assert seen["packed"] is False
+    monkeypatch.setenv("VHOSTSPLICE_PACKED", "0")
+    assert main(["run", "--socket-path", "/tmp/x.sock", "--tap", "t"]) == 0 and seen["packed"] is False

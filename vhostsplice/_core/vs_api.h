@@ -9,8 +9,9 @@
  * Every exported function returns >= 0 or -errno and does at most one batch of work.
  *
  * Layers (docs/architecture.md): vs_mem.c translates guest addresses; vs_log.c marks the dirty log;
- * vs_split.c is the split ring layout and knows nothing of the net device (its functions take the
- * memory table and their ring); vs_net.c, vs_net_tx.c and vs_net_rx.c move packets between a ring
+ * vs_ring.c, vs_split.c and vs_packed.c are the ring layouts (split, packed) and know nothing of the
+ * net device (their functions take the memory table and their ring), vs_layout.c dispatches to the
+ * ring's layout; vs_net.c, vs_net_tx.c and vs_net_rx.c move packets between a ring
  * and the host fd; vs_pair.c is the exported poll of one RX/TX pair.
  */
 #ifndef VS_API_H
@@ -19,7 +20,7 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 5
+#define VS_API_VERSION 7
 #define VS_MAX_REGIONS 8
 #define VS_MAX_IOV 1024
 #define VS_MAX_QUEUE_SIZE 32768
@@ -30,6 +31,8 @@
 #define VS_RF_EVENT_IDX 1
 #define VS_RF_INDIRECT 2
 #define VS_RF_MRG 4
+#define VS_RF_PACKED 8          /* VIRTIO_F_RING_PACKED: vs_ring_start picks the packed layout */
+#define VS_RF_IN_ORDER 16       /* VIRTIO_F_IN_ORDER: a packed batch of device-readable buffers gets one used entry */
 
 /* vs_pair_poll() result bits */
 #define VS_MORE 1
@@ -49,6 +52,13 @@
 #define VS_BROKEN_LOOP 4
 #define VS_BROKEN_CHAIN_LEN 5
 #define VS_BROKEN_NESTED_INDIRECT 6
+#define VS_BROKEN_WRAP 7        /* packed: a descriptor's AVAIL/USED flags contradict the wrap counters */
+
+/* Packed ring positions (and the vhost-user packed vring state, each 16-bit half): index | wrap << 15 */
+#define VS_PK_WRAP 0x8000
+#define VS_PK_WRITABLE 0x10000  /* struct vs_ring.chain entries: the chain was device-writable */
+
+struct vs_layout;               /* the ring layout's functions (vs_split.c, vs_packed.c): C only */
 
 struct vs_region {
     uint64_t gpa;       /* guest-physical address of byte 0 */
@@ -95,6 +105,36 @@ struct vs_ring {
      * store at offset off is logged at log_addr + off (log_addr is the front-end's, any value). */
     uint64_t log_addr;
     uint32_t log_used;
+    /* Chosen once by vs_ring_start from VS_RF_PACKED: the layout every ring function dispatches to. */
+    const struct vs_layout *layout;
+    /* Packed only.  last_avail, used_idx and signalled_used hold positions (index | wrap << 15): the
+     * device cannot read its used position back from guest memory.  chain is Python's table of
+     * chain_cap (>= num) entries: for the chain taken at ring index i, chain[i] is its descriptor
+     * count (| VS_PK_WRITABLE), which its used entry skips.  used_last_id and batch_writable describe
+     * the batch vs_used_publish makes visible. */
+    uint32_t *chain;
+    uint32_t chain_cap;
+    uint16_t used_last_id;
+    uint8_t batch_writable;
+};
+
+/* The ring-position state page (vhostsplice/statepage.py: its layout, validation and use; docs/design-notes.md):
+ * a shared mapping that outlives the worker.  Python writes the header and, when a ring starts, its slot
+ * (ring addresses, num, live, the start positions); C writes only seq and the positions, around each
+ * publish (vs_net_publish): next_* and seq odd before the release store, avail/used_pos and seq even after. */
+struct vs_ring_slot {
+    uint64_t desc_uva, avail_uva, used_uva;     /* the ring this slot describes */
+    uint32_t num;
+    uint32_t live;              /* 1 from the ring's start until the front-end is given its positions */
+    uint32_t seq;               /* odd: a publish is between its two records */
+    uint16_t avail_pos, used_pos;       /* after the last publish (vs_avail_pos, vs_used_pos) */
+    uint16_t next_avail, next_used;     /* seq odd: what the publish in progress makes visible */
+    uint32_t reserved;
+};
+struct vs_ring_state {
+    uint32_t magic, version, size, layout;
+    uint64_t generation;        /* workers that have taken the page */
+    struct vs_ring_slot ring[2];        /* virtqueue 0 (rx) and 1 (tx) */
 };
 
 struct vs_pair {
@@ -117,14 +157,15 @@ struct vs_pair {
     uint8_t *rx_stage;
     uint32_t rx_stage_cap, rx_stage_len;
     struct vs_log log;          /* mem.log points here (Python sets it once) */
+    struct vs_ring_state *state;    /* NULL, or the ring-position state page (vhostsplice/statepage.py) */
 };
 
 /* vs_pair.c */
 int vs_api_version(void);
 int vs_pair_poll(struct vs_pair *p);
 int vs_drain_eventfd(int fd);
-/* vs_split.c: the ring layout (also declared for the C sources below) */
-int vs_ring_num_ok(uint32_t num);
+/* vs_layout.c: the ring layout (also declared for the C sources below) */
+int vs_ring_num_ok(uint32_t num, uint32_t flags);
 int vs_ring_start(const struct vs_mem *m, struct vs_ring *r);
 int vs_ring_remap(const struct vs_mem *m, struct vs_ring *r);
 /* vs_log.c */
@@ -149,6 +190,7 @@ enum vs_chain_result {
 /* vs_mem.c: guest address translation */
 uint8_t *vs_uva_to_hva(const struct vs_mem *m, uint64_t uva, uint64_t len);
 uint8_t *vs_gpa_to_hva(const struct vs_mem *m, uint64_t gpa, uint64_t len);
+int vs_uva_to_gpa(const struct vs_mem *m, uint64_t uva, uint64_t len, uint64_t *gpa);
 int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
                   struct iovec *iov, uint64_t *gpas, uint32_t *niov, uint32_t max);
 void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const void *src, size_t n);
@@ -162,9 +204,10 @@ static inline int vs_logging(const struct vs_log *l)
 void vs_log_iov(struct vs_log *l, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t len);
 void vs_log_ring(struct vs_log *l, const struct vs_ring *r, uint64_t off, uint64_t len);
 
-/* ---- the ring layout interface: vs_split.c implements it for the split virtqueue; a second layout
- * (packed, virtio 1.2 2.8) provides the same functions over its own struct vs_ring fields.  Every
- * function takes the memory table and its ring, never the net device (docs/architecture.md). ---- */
+/* ---- the ring layout interface: vs_split.c implements it for the split virtqueue, vs_packed.c for
+ * the packed one (virtio 1.2 2.8); vs_ring_start picks one (VS_RF_PACKED) and vs_layout.c dispatches
+ * every function below through the ring's table.  Every function takes the memory table and its ring,
+ * never the net device (docs/architecture.md). ---- */
 struct vs_walk {
     struct iovec *iov;      /* where the chain's iovecs go */
     uint64_t *gpa;          /* NULL, or where each iovec's guest-physical address goes (RX: dirty log) */
@@ -172,7 +215,7 @@ struct vs_walk {
     uint32_t niov;          /* out */
     uint64_t len;           /* out: total bytes */
     uint32_t ndesc;         /* out: ring descriptors the chain holds (an indirect table counts 1) */
-    uint16_t head;          /* out */
+    uint16_t head;          /* out: split, the head index; packed, the buffer id */
     uint16_t at;            /* out: the chain's avail position (vs_avail_rewind(r, at) gives it back) */
 };
 /* vs_ring_num_ok, vs_ring_start, vs_ring_remap: declared in the cdef section above */
@@ -180,13 +223,37 @@ int vs_avail_pending(struct vs_ring *r);
 uint16_t vs_avail_pos(const struct vs_ring *r);
 void vs_avail_rewind(struct vs_ring *r, uint16_t pos);
 uint16_t vs_used_pos(const struct vs_ring *r);
-int vs_ring_fail(struct vs_ring *r, int reason);
 int vs_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w);
 void vs_prefetch_chain(const struct vs_mem *m, const struct vs_ring *r, uint16_t at);
 void vs_used_add(struct vs_ring *r, uint16_t head, uint32_t len);
 void vs_used_publish(const struct vs_mem *m, struct vs_ring *r, uint16_t old_used);
 void vs_notify_disable(const struct vs_mem *m, struct vs_ring *r);
 int vs_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t seen);
+
+/* vs_ring.c: what both layouts share */
+int vs_ring_fail(struct vs_ring *r, int reason);
+void vs_ring_call(struct vs_ring *r, int want);
+int vs_ring_map(const struct vs_mem *m, struct vs_ring *r, uint64_t desc_len, uint64_t avail_len,
+                uint64_t used_len, uint32_t masks);
+int vs_walk_add(const struct vs_mem *m, int writable, int desc_writable, uint64_t addr, uint32_t len,
+                struct vs_walk *w);
+
+/* One layout: the functions above, each with the same contract. */
+struct vs_layout {
+    int (*num_ok)(uint32_t num);
+    int (*check)(const struct vs_ring *r);                       /* alignment, the layout's fields */
+    int (*map)(const struct vs_mem *m, struct vs_ring *r);       /* translate the ring areas */
+    int (*start)(const struct vs_mem *m, struct vs_ring *r);     /* mapped: the positions to resume from */
+    int (*avail_pending)(struct vs_ring *r);
+    int (*pop_chain)(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w);
+    void (*prefetch_chain)(const struct vs_mem *m, const struct vs_ring *r, uint16_t at);
+    void (*used_add)(struct vs_ring *r, uint16_t head, uint32_t len);
+    void (*used_publish)(const struct vs_mem *m, struct vs_ring *r, uint16_t old_used);
+    void (*notify_disable)(const struct vs_mem *m, struct vs_ring *r);
+    int (*notify_enable)(const struct vs_mem *m, struct vs_ring *r, uint16_t seen);
+};
+extern const struct vs_layout vs_split_layout;     /* vs_split.c */
+extern const struct vs_layout vs_packed_layout;    /* vs_packed.c */
 
 /* vs_net.c: what the net device's TX and RX share (host fd errors, the header bytes it carries) */
 /* Iovecs one walk may fill with guest pieces: readv/writev take at most UIO_MAXIOV (1024), and a header
@@ -198,6 +265,7 @@ uint32_t vs_iov_cut(const struct iovec *in, uint32_t n, uint64_t from, uint64_t 
 struct iovec *vs_host_iov(const struct vs_pair *p, struct iovec *iov, uint32_t *niov, struct iovec *cut);
 int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
 /* vs_net_tx.c, vs_net_rx.c: one batch of each direction */
+void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used);
 int vs_tx_batch(struct vs_pair *p);
 int vs_rx_batch(struct vs_pair *p);
 

@@ -99,3 +99,17 @@ void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const vo
         off = 0;
     }
 }
+
+/* The guest-physical address of [uva, uva + len) when it lies inside one region (the dirty log of a
+ * ring area known by its front-end address): 0, or -EFAULT. */
+int vs_uva_to_gpa(const struct vs_mem *m, uint64_t uva, uint64_t len, uint64_t *gpa)
+{
+    for (uint32_t i = 0; i < mem_count(m); i++) {
+        const struct vs_region *r = &m->r[i];
+        if (uva < r->uva || uva - r->uva >= r->size || len > r->size - (uva - r->uva))
+            continue;
+        *gpa = r->gpa + (uva - r->uva);
+        return 0;
+    }
+    return -EFAULT;
+}

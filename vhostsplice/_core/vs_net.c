@@ -90,3 +90,31 @@ int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, in
     vs_used_add(r, head, 0);
     return p->fault_exit ? -EFAULT : 0;
 }
+
+/* Publish a batch's completions (vs_used_publish) and record the ring's positions in the state page
+ * around it, so that a replacement worker knows exactly what the driver has seen even if this one is
+ * killed between any two instructions: next_* and an odd seq before the release store, the positions
+ * and an even seq after it.  A killed publish leaves seq odd, and the replacement decides from guest
+ * memory (split: used->idx; packed: the flags of the first descriptor the batch wrote) which of the two
+ * records the driver saw (vhostsplice/statepage.py).  The reader is a later process, so compiler
+ * barriers give the order; a few stores per batch, no syscall. */
+void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used)
+{
+    struct vs_ring_slot *s = p->state != NULL ? &p->state->ring[r == &p->tx] : NULL;
+    uint16_t avail = vs_avail_pos(r), used = vs_used_pos(r);
+    if (s == NULL || !s->live || (s->avail_pos == avail && s->used_pos == used && !(s->seq & 1))) {
+        vs_used_publish(&p->mem, r, old_used);
+        return;
+    }
+    s->next_avail = avail;
+    s->next_used = used;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    s->seq |= 1;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    vs_used_publish(&p->mem, r, old_used);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    s->avail_pos = avail;
+    s->used_pos = used;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    s->seq++;
+}

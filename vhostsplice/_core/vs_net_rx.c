@@ -379,7 +379,7 @@ int vs_rx_batch(struct vs_pair *p)
         else
             rc = (r->flags & VS_RF_MRG) ? rx_merge(p, r, &m) : rx_single(p, r, m.iov, m.gpa, m.cut);
     }
-    vs_used_publish(&p->mem, r, old);
+    vs_net_publish(p, r, old);
     r->st.batches++;
     return rc == VS_RX_IDLE ? 0 : rc;
 }

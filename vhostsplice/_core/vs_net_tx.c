@@ -1,6 +1,6 @@
 /* vs_net_tx.c - virtio-net TX: each chain the driver made available -> one writev to the host fd (or,
  * for a byte stream, a length prefix and the frame, with a short write's tail kept in Python's stage).
- * TX writes no guest memory but the used ring (logged by the layout, vs_split.c).
+ * TX writes no guest memory but the used entries (logged by the ring's layout).
  */
 #include <endian.h>
 #include <errno.h>
@@ -164,7 +164,7 @@ int vs_tx_batch(struct vs_pair *p)
         }
         rc = tx_one(p, r, iov, cut);
     }
-    vs_used_publish(&p->mem, r, old);
+    vs_net_publish(p, r, old);
     r->st.batches++;
     return rc;
 }

@@ -4,15 +4,14 @@
  * index taken modulo num is always in bounds.  Descriptors are copied out of guest memory once and
  * checked on the copy: the guest may rewrite them concurrently.
  *
- * This file is the split layout only: it implements the ring layout interface of vs_api.h and knows
- * nothing of the net device (headers, host fd, fault policy).  Its functions take the memory table and
+ * This file is the split layout only: it implements the ring layout interface of vs_api.h (its table,
+ * vs_split_layout, is what vs_layout.c dispatches to for a split ring) and knows nothing of the net device (headers, host fd, fault policy).  Its functions take the memory table and
  * their ring.  Every used-ring store is logged (vs_log.c) at its offset in the used ring while m->log
  * is on.
  */
 #include <endian.h>
 #include <errno.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "vs_api.h"
 
@@ -53,89 +52,39 @@ static void st16(uint16_t *p, uint16_t v)
 
 /* 2.7: Queue Size is a power of 2 up to 32768.  The one check of a ring size: the front-end's
  * SET_VRING_NUM and Datapath.start_ring ask this function (through datapath.ring_size_ok). */
-int vs_ring_num_ok(uint32_t num)
+static int split_num_ok(uint32_t num)
 {
     return num != 0 && num <= VS_MAX_QUEUE_SIZE && (num & (num - 1)) == 0;
 }
 
 /* 2.7: desc 16-, avail 2-, used 4-byte aligned. */
-static int ring_check(const struct vs_ring *r)
+static int split_check(const struct vs_ring *r)
 {
-    if (!vs_ring_num_ok(r->num))
-        return -EINVAL;
     if ((r->desc_uva & 15) != 0 || (r->avail_uva & 1) != 0 || (r->used_uva & 3) != 0)
         return -EINVAL;
     return 0;
 }
 
-/* Translate the three ring areas, each wholly inside one region. */
-static int ring_map(const struct vs_mem *m, struct vs_ring *r)
+/* The three ring areas for the full size: desc 16 * num, avail 6 + 2 * num, used 6 + 8 * num bytes. */
+static int split_map(const struct vs_mem *m, struct vs_ring *r)
 {
     uint64_t n = r->num;
-    uint8_t *desc = vs_uva_to_hva(m, r->desc_uva, 16 * n);
-    uint8_t *avail = vs_uva_to_hva(m, r->avail_uva, 6 + 2 * n);
-    uint8_t *used = vs_uva_to_hva(m, r->used_uva, 6 + 8 * n);
-    if (desc == NULL || avail == NULL || used == NULL)
-        return -EFAULT;
-    /* Our mapping must keep the alignment the atomics on idx need. */
-    if (((uintptr_t)avail & 1) != 0 || ((uintptr_t)used & 3) != 0)
-        return -EINVAL;
-    r->desc = desc;
-    r->avail = avail;
-    r->used = used;
-    return 0;
+    return vs_ring_map(m, r, 16 * n, 6 + 2 * n, 6 + 8 * n, 1 << 8);    /* descriptors are copied: any */
 }
 
-static void ring_unmap(struct vs_ring *r)
+/* The rings are mapped: resume from used->idx (the chains after it were never completed). */
+static int split_start(const struct vs_mem *m, struct vs_ring *r)
 {
-    r->running = 0;
-    r->desc = r->avail = r->used = NULL;
-}
-
-int vs_ring_start(const struct vs_mem *m, struct vs_ring *r)
-{
-    int rc = ring_check(r);
-    if (rc == 0)
-        rc = ring_map(m, r);
-    if (rc < 0) {
-        ring_unmap(r);
-        return rc;
-    }
+    (void)m;
     struct vs_used *u = r->used;
     /* SAFETY: used was translated for 6 + 8 * num bytes and idx sits at offset 2. */
     uint16_t pos = le16toh(__atomic_load_n(&u->idx, __ATOMIC_ACQUIRE));
     r->last_avail = r->used_idx = r->signalled_used = pos;
-    r->signalled_valid = 0;
-    r->broken = 0;
-    r->running = 1;
     return pos;
 }
 
-int vs_ring_remap(const struct vs_mem *m, struct vs_ring *r)
-{
-    if (!r->running)
-        return 0;
-    int rc = ring_map(m, r);
-    if (rc < 0)
-        ring_unmap(r);
-    return rc;
-}
-
-/* Mark the ring broken (once), signal the error eventfd, and fail. */
-int vs_ring_fail(struct vs_ring *r, int reason)
-{
-    if (r->broken == 0) {
-        uint64_t one = 1;
-        r->broken = reason;
-        if (r->err_fd >= 0 && write(r->err_fd, &one, sizeof one) < 0) {
-            /* the eventfd is full or gone: the -EBADMSG return still reports it */
-        }
-    }
-    return -EBADMSG;
-}
-
 /* Chains the driver made available that we have not taken yet; -EBADMSG if avail->idx jumped. */
-int vs_avail_pending(struct vs_ring *r)
+static int split_avail_pending(struct vs_ring *r)
 {
     struct vs_avail *a = r->avail;
     /* SAFETY: avail was translated for 6 + 2 * num bytes and idx sits at offset 2. */
@@ -184,12 +133,7 @@ static int enter_indirect(const struct vs_mem *m, struct vs_ring *r,
 static int desc_to_iov(const struct vs_mem *m, int writable, const struct vs_desc *d,
                        struct vs_walk *w)
 {
-    if (!!(d->flags & VS_DESC_F_WRITE) != !!writable)
-        return VS_CHAIN_BAD_DESC;
-    w->len += d->len;
-    if (d->len == 0)
-        return 0;
-    return vs_gpa_to_iov(m, d->addr, d->len, w->iov, w->gpa, &w->niov, w->max);
+    return vs_walk_add(m, writable, d->flags & VS_DESC_F_WRITE, d->addr, d->len, w);
 }
 
 /* Walk the chain at w->head into iovecs: 0, a per-chain VS_CHAIN_* fault, or -EBADMSG.
@@ -230,27 +174,8 @@ static int walk(const struct vs_mem *m, struct vs_ring *r, int writable, struct 
     }
 }
 
-/* Ring positions, opaque to the net device: the next chain the device takes, and the next used entry.
- * Split: last_avail and used_idx (a packed layout encodes its wrap counter in them too). */
-uint16_t vs_avail_pos(const struct vs_ring *r)
-{
-    return r->last_avail;
-}
-
-uint16_t vs_used_pos(const struct vs_ring *r)
-{
-    return r->used_idx;
-}
-
-/* Give back every chain taken since pos (taken, not completed: none of them has a used entry); the next
- * vs_pop_chain takes the chain at pos again. */
-void vs_avail_rewind(struct vs_ring *r, uint16_t pos)
-{
-    r->last_avail = pos;
-}
-
-/* Take the next available chain (the caller saw vs_avail_pending() > 0). */
-int vs_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w)
+/* Take the next available chain (the caller saw split_avail_pending() > 0). */
+static int split_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w)
 {
     struct vs_avail *a = r->avail;
     w->at = r->last_avail;
@@ -284,7 +209,7 @@ static void prefetch_desc(const struct vs_mem *m, const struct vs_desc *d)
  * of its first two descriptors (one indirect level).  Read-only: no ring state, counter or error path
  * changes.  Every index is checked as the walk checks it, every data address is translated (bounds-
  * checked) before the hint, and anything out of bounds just ends it; the walk validates again. */
-void vs_prefetch_chain(const struct vs_mem *m, const struct vs_ring *r, uint16_t at)
+static void split_prefetch_chain(const struct vs_mem *m, const struct vs_ring *r, uint16_t at)
 {
     const struct vs_avail *a = r->avail;
     /* SAFETY: avail was translated for 6 + 2 * num bytes and idx sits at offset 2. */
@@ -321,7 +246,7 @@ void vs_prefetch_chain(const struct vs_mem *m, const struct vs_ring *r, uint16_t
         prefetch_desc(m, &d);
 }
 
-void vs_used_add(struct vs_ring *r, uint16_t head, uint32_t len)
+static void split_used_add(struct vs_ring *r, uint16_t head, uint32_t len)
 {
     struct vs_used *u = r->used;
     /* SAFETY: used_idx % num indexes one of the num elements translated with used. */
@@ -368,7 +293,7 @@ static void log_used_batch(struct vs_log *l, const struct vs_ring *r, uint16_t o
 }
 
 /* Publish the batch's used entries with one release store, then call the driver if it wants. */
-void vs_used_publish(const struct vs_mem *m, struct vs_ring *r, uint16_t old_used)
+static void split_used_publish(const struct vs_mem *m, struct vs_ring *r, uint16_t old_used)
 {
     struct vs_used *u = r->used;
     if (r->used_idx == old_used)
@@ -377,19 +302,11 @@ void vs_used_publish(const struct vs_mem *m, struct vs_ring *r, uint16_t old_use
     __atomic_store_n(&u->idx, htole16(r->used_idx), __ATOMIC_RELEASE);
     if (vs_logging(m->log))
         log_used_batch(m->log, r, old_used);
-    if (!need_call(r)) {
-        r->st.notify_suppressed++;
-        return;
-    }
-    r->st.notify_sent++;
-    uint64_t one = 1;
-    if (r->call_fd >= 0 && write(r->call_fd, &one, sizeof one) < 0) {
-        /* a full eventfd already wakes the driver */
-    }
+    vs_ring_call(r, need_call(r));
 }
 
 /* While we process, the driver need not kick (2.7.10). With EVENT_IDX avail_event stays behind. */
-void vs_notify_disable(const struct vs_mem *m, struct vs_ring *r)
+static void split_notify_disable(const struct vs_mem *m, struct vs_ring *r)
 {
     struct vs_used *u = r->used;
     if (r->flags & VS_RF_EVENT_IDX)
@@ -404,7 +321,7 @@ void vs_notify_disable(const struct vs_mem *m, struct vs_ring *r)
 
 /* Ask for a kick once avail->idx moves past `seen`, then re-check (the driver may have added
  * chains before it saw the request).  Returns chains pending (> 0: keep going), 0, or -EBADMSG. */
-int vs_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t seen)
+static int split_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t seen)
 {
     struct vs_used *u = r->used;
     if (r->flags & VS_RF_EVENT_IDX) {
@@ -424,6 +341,20 @@ int vs_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t seen)
     uint16_t idx = le16toh(__atomic_load_n(&a->idx, __ATOMIC_ACQUIRE));
     if (idx == seen)
         return 0;
-    vs_notify_disable(m, r);
-    return vs_avail_pending(r);
+    split_notify_disable(m, r);
+    return split_avail_pending(r);
 }
+
+const struct vs_layout vs_split_layout = {
+    .num_ok = split_num_ok,
+    .check = split_check,
+    .map = split_map,
+    .start = split_start,
+    .avail_pending = split_avail_pending,
+    .pop_chain = split_pop_chain,
+    .prefetch_chain = split_prefetch_chain,
+    .used_add = split_used_add,
+    .used_publish = split_used_publish,
+    .notify_disable = split_notify_disable,
+    .notify_enable = split_notify_enable,
+};

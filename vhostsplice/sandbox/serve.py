@@ -69,6 +69,8 @@ SERVE_ALLOW: tuple[tuple[str, str, str], ...] = (
     ("readlink", "any", "the interpreter's start-up"),
     ("access", "any", "the interpreter's start-up"),
     ("faccessat2", "any", "a worker checks its stats directory is writable"),
+    ("fstatfs", "any", "a worker checks its state page (--state-fd) is a memfd or on tmpfs"),
+    ("flock", "any", "a worker locks its state page: one worker per page"),
     ("pread64", "any", "the dynamic loader of each new worker"),
     ("mmap", "any", "the dynamic loader maps libraries executable (a worker forbids PROT_EXEC itself)"),
     ("mprotect", "any", "the same"),

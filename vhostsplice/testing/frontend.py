@@ -18,6 +18,7 @@ from .. import protocol as P
 from ..channel import Channel
 from ..spec import NET_HDR_LEN, Feature as F, ProtocolFeature as PF, Req, bit, mask
 from .virtq import DriverQueue, GuestMemory
+from .virtq_packed import PackedDriverQueue
 
 UVA_BASE = 0x7F00_0000_0000       # where the "front-end process" pretends to have mapped guest memory
 DEFAULT_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC, F.RING_F_EVENT_IDX,
@@ -50,9 +51,11 @@ class FrontendClosed(FrontendError):
 
 class Frontend:
     def __init__(self, sock: socket.socket, *, mem_size: int = 16 << 20, queue_size: int = 256,
-                 features: int = DEFAULT_FEATURES, protocol_features: int = DEFAULT_PROTOCOL):
+                 features: int = DEFAULT_FEATURES, protocol_features: int = DEFAULT_PROTOCOL, packed: bool = False):
+        """packed: also ask for VIRTIO_F_RING_PACKED (the rings are packed if the back-end offers it)."""
         self.chan = Channel(sock)
-        self.want, self.want_protocol = features, protocol_features
+        self.want = features | (bit(F.F_RING_PACKED) if packed else 0)
+        self.want_protocol = protocol_features
         self.queue_size = queue_size
         self.memfd = os.memfd_create("vhostsplice-guest", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, mem_size)
@@ -167,9 +170,23 @@ class Frontend:
         region = P.MemRegion(gpa=0, size=len(self.map), uva=UVA_BASE, mmap_offset=0)
         self.command(Req.SET_MEM_TABLE, P.encode_mem_table(P.MemTable((region,))), fds=(self.memfd,))
 
-    def setup_ring(self, index: int, base: int = 0, queue: DriverQueue | None = None) -> DriverQueue:
-        """Hand ring INDEX to the back-end: a new queue, or QUEUE as it stands (a reconnect)."""
-        q = queue or DriverQueue(self.mem, self.queue_size, event_idx=bool(self.acked & bit(F.RING_F_EVENT_IDX)))
+    @property
+    def packed(self) -> bool:
+        return bool(self.acked & bit(F.F_RING_PACKED))
+
+    def new_queue(self) -> DriverQueue | PackedDriverQueue:
+        """A driver queue of the negotiated layout (packed when RING_PACKED was acked)."""
+        event_idx = bool(self.acked & bit(F.RING_F_EVENT_IDX))
+        if self.packed:
+            return PackedDriverQueue(self.mem, self.queue_size, event_idx=event_idx,
+                                     in_order=bool(self.acked & bit(F.F_IN_ORDER)))
+        return DriverQueue(self.mem, self.queue_size, event_idx=event_idx)
+
+    def setup_ring(self, index: int, base: int | None = None, queue=None):
+        """Hand ring INDEX to the back-end: a new queue, or QUEUE as it stands (a reconnect).  base: the
+        SET_VRING_BASE value (default: 0 for split, the packed queue's own 32-bit state)."""
+        q = queue or self.new_queue()
+        base = (q.base if self.packed else 0) if base is None else base
         self.command(Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(index, self.queue_size)))
         self.command(Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(index, 0, q.desc_uva, q.used_uva,
                                                                             q.avail_uva, 0)))
@@ -189,16 +206,17 @@ class Frontend:
         self.tx = self.setup_ring(1)
         return self
 
-    def reconnect(self, path: str, timeout: float = 10.0) -> "Frontend":
+    def reconnect(self, path: str, timeout: float = 10.0, base: int | None = None) -> "Frontend":
         """A new back-end on PATH takes over this driver's memory and rings as they are (buffers posted,
-        chains in flight), set up the way QEMU does after a reconnect: SET_VRING_BASE 0, no kick."""
+        chains in flight), set up the way QEMU does after a reconnect: SET_VRING_BASE 0 (packed: the
+        driver's positions; `base`: this value instead, e.g. a stale one), no kick."""
         self.chan.close()
         self.chan = Channel(_connect(path, timeout))
         self.protocol_acked = 0             # a new session: nothing negotiated with this back-end yet
         self.negotiate()
         self.share_memory()
-        self.setup_ring(0, queue=self.rx)
-        self.setup_ring(1, queue=self.tx)
+        self.setup_ring(0, base=base, queue=self.rx)
+        self.setup_ring(1, base=base, queue=self.tx)
         return self
 
     def stop(self) -> tuple[int, int]:

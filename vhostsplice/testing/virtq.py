@@ -137,7 +137,69 @@ class _Chain:
     table: int | None = None                  # indirect table gpa
 
 
-class DriverQueue:
+class QueueCommon:
+    """What both drivers (split DriverQueue, packed PackedDriverQueue) share: adding chains through
+    their _add_chain and publish, and completed buffers kept in `_done` by id (head)."""
+
+    def add_out(self, frames: list[bytes], *, split: int = 1, indirect: bool = False,
+                hdr: bytes | None = None, publish: bool = True) -> list[int]:
+        """Device-readable chains, one per frame: header (12 zero bytes unless given) + frame."""
+        hdr = bytes(NET_HDR_LEN) if hdr is None else hdr
+        heads = [self._add_chain(_pieces(hdr + f, split), False, indirect) for f in frames]
+        if publish:
+            self.publish()
+        return heads
+
+    def add_in(self, count: int, size: int, *, split: int = 1, indirect: bool = False,
+               publish: bool = True) -> list[int]:
+        """count device-writable chains of size bytes each (split over `split` descriptors)."""
+        heads = [self._add_chain(_sizes(size, split), True, indirect) for _ in range(count)]
+        if publish:
+            self.publish()
+        return heads
+
+    def _bufs(self, pieces: list) -> list[tuple[int, int]]:
+        """Guest buffers for a chain's pieces: bytes are copied in, an int is that many bytes."""
+        bufs = []
+        for p in pieces:
+            n = p if isinstance(p, int) else len(p)
+            gpa = self.mem.alloc(n, 8)
+            if not isinstance(p, int):
+                self.mem.write(gpa, p)
+            bufs.append((gpa, n))
+        return bufs
+
+    def read_in(self, head: int, length: int) -> bytes:
+        """The first `length` bytes the device wrote into buffer `head` (after used() returned it)."""
+        chain = self._done.pop(head)
+        out = b"".join(self.mem.read(gpa, n) for gpa, n in chain.bufs)[:length]
+        self._release(chain, data=True)
+        return out
+
+    def packets(self, entries: list[tuple[int, int]], *, mrg: bool = False) -> list[bytes]:
+        """Join used RX entries into packets (header included); with mrg, by num_buffers."""
+        out, i = [], 0
+        while i < len(entries):
+            data = self.read_in(*entries[i])
+            count = struct.unpack_from("<H", data, 10)[0] if mrg and len(data) >= NET_HDR_LEN else 1
+            for head, length in entries[i + 1:i + count]:
+                data += self.read_in(head, length)
+            out.append(data)
+            i += max(count, 1)
+        return out
+
+    def _release(self, chain: _Chain, *, data: bool) -> None:
+        """Free the indirect table, and the data buffers too when data is true."""
+        if chain.table is not None:
+            self.mem.free(chain.table)
+            chain.table = None
+        if data:
+            for gpa, _n in chain.bufs:
+                self.mem.free(gpa)
+            chain.bufs = []
+
+
+class DriverQueue(QueueCommon):
     """The driver's view of one split ring laid out in GuestMemory."""
 
     def __init__(self, mem: GuestMemory, num: int, *, event_idx: bool = False):
@@ -162,23 +224,6 @@ class DriverQueue:
     used_uva = property(lambda self: self.mem.uva(self.used_gpa))
 
     # -- adding chains ----------------------------------------------------------------------------
-    def add_out(self, frames: list[bytes], *, split: int = 1, indirect: bool = False,
-                hdr: bytes | None = None, publish: bool = True) -> list[int]:
-        """Device-readable chains, one per frame: header (12 zero bytes unless given) + frame."""
-        hdr = bytes(NET_HDR_LEN) if hdr is None else hdr
-        heads = [self._add_chain(_pieces(hdr + f, split), False, indirect) for f in frames]
-        if publish:
-            self.publish()
-        return heads
-
-    def add_in(self, count: int, size: int, *, split: int = 1, indirect: bool = False,
-               publish: bool = True) -> list[int]:
-        """count device-writable chains of size bytes each (split over `split` descriptors)."""
-        heads = [self._add_chain(_sizes(size, split), True, indirect) for _ in range(count)]
-        if publish:
-            self.publish()
-        return heads
-
     def _take(self, n: int) -> list[int]:
         if n > len(self._free):
             raise RuntimeError(f"ring full: need {n} descriptors, {len(self._free)} free")
@@ -190,13 +235,7 @@ class DriverQueue:
         return ids
 
     def _add_chain(self, pieces: list, writable: bool, indirect: bool) -> int:
-        bufs = []
-        for p in pieces:
-            n = p if isinstance(p, int) else len(p)
-            gpa = self.mem.alloc(n, 8)
-            if not isinstance(p, int):
-                self.mem.write(gpa, p)
-            bufs.append((gpa, n))
+        bufs = self._bufs(pieces)
         flags = DESC_F_WRITE if writable else 0
         if indirect:
             head, = self._take(1)
@@ -244,35 +283,6 @@ class DriverQueue:
         if self.event_idx and self.auto_used_event:
             self.used_event = self.last_used
         return out
-
-    def read_in(self, head: int, length: int) -> bytes:
-        """The first `length` bytes the device wrote into chain `head` (after used() returned it)."""
-        chain = self._done.pop(head)
-        out = b"".join(self.mem.read(gpa, n) for gpa, n in chain.bufs)[:length]
-        self._release(chain, data=True)
-        return out
-
-    def packets(self, entries: list[tuple[int, int]], *, mrg: bool = False) -> list[bytes]:
-        """Join used RX entries into packets (header included); with mrg, by num_buffers."""
-        out, i = [], 0
-        while i < len(entries):
-            data = self.read_in(*entries[i])
-            count = struct.unpack_from("<H", data, 10)[0] if mrg and len(data) >= NET_HDR_LEN else 1
-            for head, length in entries[i + 1:i + count]:
-                data += self.read_in(head, length)
-            out.append(data)
-            i += max(count, 1)
-        return out
-
-    def _release(self, chain: _Chain, *, data: bool) -> None:
-        """Free the indirect table, and the data buffers too when data is true."""
-        if chain.table is not None:
-            self.mem.free(chain.table)
-            chain.table = None
-        if data:
-            for gpa, _n in chain.bufs:
-                self.mem.free(gpa)
-            chain.bufs = []
 
     # -- raw ring access (hostile tests) -------------------------------------------------------------
     def _write_desc(self, at: int, addr: int, length: int, flags: int, nxt: int) -> None:

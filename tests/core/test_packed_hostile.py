@@ -1,0 +1,132 @@
+"""A hostile driver on a packed ring: corruption (an id past the ring, a chain longer than it, a
+wrap-counter contradiction, indirect in indirect) breaks the ring for good; per-chain faults are
+counted and survived, as on a split ring (test_hostile.py).  And the packed dirty log."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from vhostsplice.errors import GuestFaultError
+from vhostsplice.testing.virtq import DESC_F_INDIRECT, DESC_F_NEXT
+from vhostsplice.testing.virtq_packed import DESC_F_AVAIL, DESC_F_USED
+
+from .test_dirty_log import dirty, logged_rig, pages, USED_LOG
+from .test_hostile import broken
+
+AV = DESC_F_AVAIL           # available in the first lap (wrap counter 1)
+
+
+def data(rig, n=64) -> int:
+    gpa = rig.mem.alloc(n)
+    rig.mem.write(gpa, bytes(n))
+    return gpa
+
+
+def test_buffer_id_out_of_range(make_rig):
+    rig = make_rig(packed=True, num=7)
+    rig.tx.raw_desc(0, data(rig), 64, id=7, flags=AV)
+    broken(rig, "head")
+
+
+def test_chain_longer_than_the_ring(make_rig):
+    rig = make_rig(packed=True, num=5)
+    for i in range(5):
+        rig.tx.raw_desc(i, data(rig), 16, id=0, flags=AV | DESC_F_NEXT)
+    broken(rig, "loop")
+
+
+def test_used_flags_in_the_current_lap_contradict_the_wrap_counter(make_rig):
+    rig = make_rig(packed=True, num=8)
+    rig.tx.raw_desc(0, data(rig), 64, id=0, flags=DESC_F_AVAIL | DESC_F_USED)
+    broken(rig, "wrap")
+
+
+def test_chain_into_a_descriptor_not_made_available(make_rig):
+    rig = make_rig(packed=True, num=8)
+    rig.tx.raw_desc(1, data(rig), 32, id=0, flags=0)                  # the next lap's, not this one's
+    rig.tx.raw_desc(0, data(rig), 32, id=0, flags=AV | DESC_F_NEXT)
+    broken(rig, "wrap")
+
+
+def table(rig, entries) -> int:
+    gpa = rig.mem.alloc(16 * len(entries))
+    for k, (addr, n, flags) in enumerate(entries):
+        rig.mem.write(gpa + 16 * k, struct.pack("<QIHH", addr, n, 0, flags))
+    return gpa
+
+
+def test_indirect_inside_indirect(make_rig):
+    rig = make_rig(packed=True, num=8)
+    inner = table(rig, [(data(rig), 64, 0)])
+    outer = table(rig, [(data(rig), 12, 0), (inner, 16, DESC_F_INDIRECT)])
+    rig.tx.raw_desc(0, outer, 32, id=0, flags=AV | DESC_F_INDIRECT)
+    broken(rig, "nested_indirect")
+
+
+def test_indirect_table_longer_than_the_ring(make_rig):
+    rig = make_rig(packed=True, num=4)
+    t = table(rig, [(data(rig), 16, 0)] * 4)
+    rig.tx.raw_desc(0, t, 64, id=0, flags=AV | DESC_F_INDIRECT)
+    broken(rig, "chain_len")
+
+
+@pytest.mark.parametrize("how", ["indirect+next", "indirect second", "bad table len", "table outside",
+                                 "data outside", "writable in tx"])
+def test_per_chain_faults_are_counted_and_the_ring_goes_on(make_rig, how):
+    """The faulty chain completes with length 0 and its whole length in the ring (the next chain
+    follows it), a counter moves, the ring stays good."""
+    rig = make_rig(packed=True, num=8)
+    q, good = rig.tx, table(rig, [(data(rig), 64, 0)])
+    if how == "indirect+next":
+        q.raw_desc(1, data(rig), 64, id=3, flags=AV)
+        q.raw_desc(0, good, 16, id=3, flags=AV | DESC_F_INDIRECT | DESC_F_NEXT)
+    elif how == "indirect second":
+        q.raw_desc(1, good, 16, id=3, flags=AV | DESC_F_INDIRECT)
+        q.raw_desc(0, data(rig), 12, id=3, flags=AV | DESC_F_NEXT)
+    else:
+        addr, n, flags = {"bad table len": (good, 24, DESC_F_INDIRECT), "table outside": (1 << 40, 16, DESC_F_INDIRECT),
+                          "data outside": (1 << 40, 64, 0), "writable in tx": (data(rig), 64, 2)}[how]
+        q.raw_desc(1, data(rig), 64, id=3, flags=AV)
+        q.raw_desc(0, addr, n, id=3, flags=AV | flags | DESC_F_NEXT)
+    rig.tx.next_avail = 2                         # the driver's shadow: two descriptors used by hand
+    rig.tx.add_out([rig.frame(70)])
+    rig.poll_idle()
+    assert rig.wire() == [bytes(12) + rig.frame(70)]
+    st = rig.stats("tx")
+    assert st["broken"] is None and st["drops_fault"] + st["drops_bad_desc"] == 1
+    assert rig.tx.desc_flags(0) == DESC_F_AVAIL | DESC_F_USED      # id 3, length 0, at its first slot
+    assert struct.unpack("<IH", rig.mem.read(rig.tx.desc_gpa + 8, 6)) == (0, 3)
+    assert rig.dp.ring_positions(1) == (3 | 0x8000, 3 | 0x8000)
+
+
+def test_descriptor_ring_outside_memory(make_rig):
+    rig = make_rig(packed=True, num=8, start=False)
+    q = rig.tx
+    with pytest.raises(GuestFaultError):
+        rig.dp.start_ring(1, num=8, desc=q.desc_uva + (8 << 20), avail=q.avail_uva, used=q.used_uva, base=q.base)
+    with pytest.raises(GuestFaultError):
+        rig.dp.start_ring(1, num=8, desc=q.desc_uva, avail=q.avail_uva, used=rig.mem.uva_base - 4, base=q.base)
+    assert not rig.dp.running(1)
+
+
+def test_used_descriptor_stores_are_logged_at_log_addr_plus_offset(make_rig):
+    """Each used descriptor's len/id/flags (bytes 8-15 of slot i) at log_addr + 16 * i + 8; RX data
+    at its guest-physical pages; the device area at its guest-physical address."""
+    rig, log = logged_rig(make_rig, packed=True, num=256)
+    rig.tx.add_out([rig.frame(60)] * 3)                   # slots 0, 1, 2
+    rig.poll_idle()
+    assert len(rig.tx.used()) == 3
+    base = USED_LOG + 0x10_0000
+    device_area = pages(rig.tx.used_gpa, 4) | pages(rig.rx.used_gpa, 4)
+    assert dirty(log) - device_area == pages(base + 8, 3 * 16)
+    log[:] = bytes(len(log))
+    for _ in range(2):
+        rig.rx.add_in(1, 2048)
+        rig.inject(rig.hdr() + rig.frame(1000))
+        rig.poll_idle()
+        (bid, n), = rig.rx.used()
+        bufs = [(g, s) for g, s in rig.rx._done[bid].bufs]
+        assert pages(bufs[0][0], n) <= dirty(log)
+        rig.rx.read_in(bid, n)
+    assert pages(USED_LOG + 8, 16 + 8) <= dirty(log)
