@@ -17,7 +17,7 @@ from vhostsplice.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.selfexec import self_argv, self_env
-from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, tap_socket
+from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, quiet_tap, tap_socket
 
 pytestmark = pytest.mark.root
 TAP = "vst0"
@@ -290,6 +290,7 @@ def test_a_lost_kick_heals_within_the_safety_poll(worker):
 def test_an_idle_connected_pair_makes_no_wake_ups(worker):
     """After traffic one safety poll looks at the rings; finding nothing it disarms, so an idle ring
     costs no wake-up (issue 18; before, one a second). Each SIGUSR1 sample is one wake-up itself."""
+    quiet_tap(TAP)
     tap = tap_socket(TAP)
     fe = start(worker)
     fe.post_rx(8, 2048)
@@ -313,6 +314,7 @@ def test_busy_poll_polls_after_a_batch_and_still_sleeps_when_idle(ns, tmp_path):
     """--busy-poll 2000: after each batch the worker keeps polling (counted), frames still go both ways
     byte-exact, and once traffic ends it sleeps: the busy window never runs without a batch before it."""
     with WorkerProcess(str(tmp_path), TAP, "--busy-poll", "2000") as w:
+        quiet_tap(TAP)
         tap = tap_socket(TAP)
         fe = start(w)
         sent = [demo_frame(i, 300) for i in range(20)]

@@ -110,6 +110,13 @@ def tap_socket(ifname: str) -> socket.socket:
     return s
 
 
+def quiet_tap(ifname: str) -> None:
+    """No IPv6 on the tap (its router solicitations and MLD reports are host frames at random times):
+    for tests that watch an idle worker. In the current network namespace."""
+    with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+        f.write("1")
+
+
 def demo_frame(seq: int, size: int, src: bytes = b"\x02\x00\x00\x00\x00\x01") -> bytes:
     """A recognisable Ethernet frame of `size` bytes carrying its sequence number."""
     head = b"\xff" * 6 + src + DEMO_ETHERTYPE.to_bytes(2, "big") + seq.to_bytes(4, "big")
