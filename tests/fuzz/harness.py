@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass
 
 import ref
+from vhostsplice.spec import MAX_MEM_SLOTS
 
 PAGE = mmap.PAGESIZE
 AREA_SIZES = (0x4000, 0x4000, 0x2000)
@@ -313,7 +314,7 @@ class Scenario:
         got = self.call_core(self.dp.set_memory, self.region_objs(table))
         if got[0] == "ok":
             got = ("ok", None)
-        want = self.ref.set_memory(table) if len(table) <= 8 else ("ConfigError", 22)
+        want = self.ref.set_memory(table) if len(table) <= MAX_MEM_SLOTS else ("ConfigError", 22)
         self.check("set_memory", got, want)
 
     def start(self, i: int, num: int, desc: int, avail: int, used: int) -> None:
@@ -531,7 +532,7 @@ class Scenario:
             else:
                 table.reverse()
         if s.below(16) == 0:
-            table = table * 3              # more than 8 regions: refused, nothing changes
+            table = table * (MAX_MEM_SLOTS + 1)    # more regions than the core holds: refused, nothing changes
         self.set_memory([tuple(r) for r in table])
 
     def op_configure(self) -> None:

@@ -19,8 +19,13 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 5
-#define VS_MAX_REGIONS 8
+#define VS_API_VERSION 6
+/* Memory slots (vhost-user CONFIGURE_MEM_SLOTS): the size of the region table, which GET_MAX_MEM_SLOTS
+ * advertises (509, as libvhost-user and DPDK: KVM's historic x86 memslot count; QEMU caps it at its own
+ * VHOST_USER_MAX_RAM_SLOTS).  Python keeps the table sorted by gpa; above VS_LINEAR_REGIONS regions a
+ * guest-physical lookup is a binary search, below it a walk. */
+#define VS_MAX_REGIONS 509
+#define VS_LINEAR_REGIONS 8
 #define VS_MAX_IOV 1024
 #define VS_MAX_QUEUE_SIZE 32768
 #define VS_NET_HDR_LEN 12
