@@ -115,8 +115,7 @@ class Supervisor(DeviceRequests):
             self.send_worker(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(self.protocol_acked & WORKER_PROTOCOL))
         if self.features:
             self.send_worker(pair, Req.SET_FEATURES, P.encode_u64(self.features & ~DEVICE_ONLY))
-        if Req.SET_MEM_TABLE in self.device:
-            self.send_worker(pair, Req.SET_MEM_TABLE, *self.device[Req.SET_MEM_TABLE])
+        self.replay_memory(pair)          # SET_MEM_TABLE, then the regions added one at a time
         if Req.SET_LOG_BASE in self.device:
             self.send_worker(pair, Req.SET_LOG_BASE, *self.device[Req.SET_LOG_BASE])
             self.worker_reply(pair, Req.SET_LOG_BASE)
