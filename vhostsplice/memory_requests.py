@@ -67,7 +67,7 @@ def _need_mem_slots(b, msg: P.Message) -> None:
 def _install(b, memory: GuestMemory, regions: list, added: list, gone: list) -> None:
     """Hand the core a new region table (re-mapping running rings onto it), then keep it in `memory`
     (b.memory from now) and unmap what left it. A running ring that falls outside the new table is
-    stopped by the core, and the GuestFaultError ends the session (docs/protocol.md, "Memory slots"):
+    stopped by the core, and the GuestFaultError ends the session (docs/architecture.md, "Memory slots"):
     the table is installed all the same."""
     try:
         b.datapath.set_memory(regions)

@@ -21,9 +21,10 @@
 /* ---- cdef begin ---- */
 #define VS_API_VERSION 6
 /* Memory slots (vhost-user CONFIGURE_MEM_SLOTS): the size of the region table, which GET_MAX_MEM_SLOTS
- * advertises (509, as libvhost-user and DPDK: KVM's historic x86 memslot count; QEMU caps it at its own
- * VHOST_USER_MAX_RAM_SLOTS).  Python keeps the table sorted by gpa; above VS_LINEAR_REGIONS regions a
- * guest-physical lookup is a binary search, below it a walk. */
+ * advertises: 509, libvhost-user's VHOST_USER_MAX_RAM_SLOTS (KVM's old x86 limit, 512 less 3 it used
+ * itself); QEMU uses at most its own limit (x86: 256 ACPI DIMM slots).  Python hands a table of more
+ * than VS_LINEAR_REGIONS sorted by gpa, and a guest-physical lookup there is a binary search; a smaller
+ * one is walked. */
 #define VS_MAX_REGIONS 509
 #define VS_LINEAR_REGIONS 8
 #define VS_MAX_IOV 1024
