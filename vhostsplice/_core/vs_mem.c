@@ -14,30 +14,38 @@ static uint32_t mem_count(const struct vs_mem *m)
     return m->n < VS_MAX_REGIONS ? m->n : VS_MAX_REGIONS;
 }
 
-/* Region holding gpa, or NULL.  A few regions are walked; a large table (memory hot-plug) is searched
- * by halves, which needs Python's sort by gpa: on an unsorted table the search may miss (a dropped
- * chain), never return a region that does not hold gpa (the last line checks). */
-static const struct vs_region *gpa_region(const struct vs_mem *m, uint64_t gpa)
+/* The region of a large table (memory hot-plug) that holds gpa, or NULL: a search by halves, which
+ * needs Python's sort by gpa.  On an unsorted table it may miss (a dropped chain), never return a
+ * region that does not hold gpa (the last line checks).  Inlined like the walk below: a call here
+ * would make the walk save and restore registers on every lookup. */
+static inline __attribute__((always_inline))
+const struct vs_region *gpa_search(const struct vs_mem *m, uint64_t gpa, uint32_t n)
 {
-    uint32_t n = mem_count(m);
-    if (n <= VS_LINEAR_REGIONS) {
-        for (uint32_t i = 0; i < n; i++) {
-            const struct vs_region *r = &m->r[i];
-            if (gpa >= r->gpa && gpa - r->gpa < r->size)
-                return r;
-        }
-        return NULL;
-    }
-    uint32_t lo = 0, hi = n;         /* the last region starting at or below gpa is in [lo, hi) */
-    while (hi - lo > 1) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (m->r[mid].gpa <= gpa)
-            lo = mid;
-        else
-            hi = mid;
+    /* The last region starting at or below gpa is in [lo, lo + n); halving without a branch on the
+     * comparison (a conditional move): random addresses would mispredict every other step. */
+    uint32_t lo = 0;
+    while (n > 1) {
+        uint32_t half = n / 2;
+        lo = m->r[lo + half].gpa <= gpa ? lo + half : lo;   /* SAFETY: lo + half < lo + n <= count */
+        n -= half;
     }
     const struct vs_region *r = &m->r[lo];
     return gpa >= r->gpa && gpa - r->gpa < r->size ? r : NULL;
+}
+
+/* Region holding gpa, or NULL.  A few regions (the common case) are walked, inline. */
+static inline __attribute__((always_inline))
+const struct vs_region *gpa_region(const struct vs_mem *m, uint64_t gpa)
+{
+    uint32_t n = mem_count(m);
+    if (n > VS_LINEAR_REGIONS)
+        return gpa_search(m, gpa, n);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct vs_region *r = &m->r[i];
+        if (gpa >= r->gpa && gpa - r->gpa < r->size)
+            return r;
+    }
+    return NULL;
 }
 
 /* Region holding the front-end user address uva, or NULL (ring addresses only: a walk). */
