@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 
+from support.guest import read_events
 from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice import protocol as P
@@ -37,12 +38,8 @@ def ns():
         yield ns
 
 
-def read_json_lines(path: str, kind: str) -> list[dict]:
-    try:
-        with open(path) as f:
-            return [e for e in map(json.loads, f) if e["event"] == kind]
-    except FileNotFoundError:
-        return []
+def events_of(path: str, kind: str) -> list[dict]:
+    return [e for e in read_events(path) if e["event"] == kind]
 
 
 def pair0(stats: str) -> dict:
@@ -80,7 +77,7 @@ def test_serve_forwards_memory_slots_and_replays_them(ns, tmp_path):
             fe.add_memory_slots(SLOTS)
             fe.rx, fe.tx = fe.setup_ring(0), fe.setup_ring(1)
             fe.mem.alloc((9 << 20) + (1 << 19))             # later buffers sit in region 9 (of 0..11)
-            assert wait_for(lambda: read_json_lines(ev, "start"), 15), "the worker starts"
+            assert wait_for(lambda: events_of(ev, "start"), 15), "the worker starts"
             assert sent_through(fe, cap, 1)
             assert wait_for(lambda: pair0(stats).get("memory", {}).get("regions") == SLOTS, 10), pair0(stats)
 
@@ -88,16 +85,16 @@ def test_serve_forwards_memory_slots_and_replays_them(ns, tmp_path):
             assert wait_for(lambda: pair0(stats).get("memory", {}).get("regions") == SLOTS - 1, 10), pair0(stats)
             assert sent_through(fe, cap, 2)
 
-            os.kill(read_json_lines(ev, "start")[0]["pid"], signal.SIGKILL)
-            assert wait_for(lambda: len(read_json_lines(ev, "start")) == 2, 15), "the worker is replaced"
+            os.kill(events_of(ev, "start")[0]["pid"], signal.SIGKILL)
+            assert wait_for(lambda: len(events_of(ev, "start")) == 2, 15), "the worker is replaced"
             assert sent_through(fe, cap, 3)
-            new = read_json_lines(ev, "start")[1]["pid"]
+            new = events_of(ev, "start")[1]["pid"]
             assert wait_for(lambda: pair0(stats).get("memory", {}).get("regions") == SLOTS - 1
                             and pair0(stats).get("rings", {}).get("tx", {}).get("drops_fault") == 0, 10), pair0(stats)
-            assert new != read_json_lines(ev, "start")[0]["pid"]
+            assert new != events_of(ev, "start")[0]["pid"]
             fe.stop()                                         # GET_VRING_BASE: the rings stop cleanly
         assert proc.wait(30) == 0
-        assert not read_json_lines(ev, "error")
+        assert not events_of(ev, "error")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -38,13 +38,17 @@ SCRIPT = f"""
 mem=/sys/devices/system/memory
 online() {{ cat $mem/memory*/state | grep -c '^online$'; }}
 blocks() {{ ls -d $mem/memory* | wc -l; }}
-wait_blocks() {{      # wait_blocks COUNT TIMEOUT: until COUNT memory blocks are online
-    _end=$(( $(cut -d. -f1 /proc/uptime) + $2 ))
-    while [ "$(online)" -lt "$1" ]; do
-        [ "$(cut -d. -f1 /proc/uptime)" -ge "$_end" ] && {{ echo "$(online) online, wanted $1"; return 1; }}
+online_ge() {{ [ "$(online)" -ge "$1" ]; }}
+blocks_le() {{ [ "$(blocks)" -le "$1" ]; }}
+status() {{ echo "$(online) blocks online of $(blocks), block size 0x$(cat $mem/block_size_bytes)"; }}
+until_true() {{       # until_true TIMEOUT TEST...: until TEST succeeds (checked every 0.2 s), then the status
+    _end=$(( $(cut -d. -f1 /proc/uptime) + $1 ))
+    shift
+    until "$@"; do
+        [ "$(cut -d. -f1 /proc/uptime)" -ge "$_end" ] && {{ status; return 1; }}
         sleep 0.2
     done
-    echo "$(online) blocks online, $(blocks) blocks, block size $(cat $mem/block_size_bytes)"
+    status
     grep MemTotal /proc/meminfo
 }}
 offline_last() {{     # offline_last COUNT: offline the COUNT highest memory blocks (the last DIMM)
@@ -53,24 +57,16 @@ offline_last() {{     # offline_last COUNT: offline the COUNT highest memory blo
         echo "memory$n: $(cat $mem/memory$n/state)"
     done
 }}
-wait_removed() {{     # wait_removed COUNT TIMEOUT: until COUNT memory blocks exist
-    _end=$(( $(cut -d. -f1 /proc/uptime) + $2 ))
-    while [ "$(blocks)" -gt "$1" ]; do
-        [ "$(cut -d. -f1 /proc/uptime)" -ge "$_end" ] && {{ echo "$(blocks) blocks, wanted $1"; return 1; }}
-        sleep 0.2
-    done
-    echo "$(blocks) blocks"
-}}
 echo online_movable > $mem/auto_online_blocks
 base=$(online)
 per=$(( {DIMM_SIZE} / $(printf '%d' 0x$(cat $mem/block_size_bytes)) ))
 vs_ping ping_before 3
 iperf3 -c "$VS_PEER" -t {STREAM_SECONDS} -b 100M -J -i 0 > /tmp/hp.iperf 2>&1 &
 vs_mark STREAMING base=$base per=$per
-vs_check onlined wait_blocks $(( base + {DIMMS} * per )) 180
+vs_check onlined until_true 180 online_ge $(( base + {DIMMS} * per ))
 vs_check offlined offline_last $per
 vs_mark OFFLINED
-vs_check removed wait_removed $(( $(blocks) - per )) 120
+vs_check removed until_true 120 blocks_le $(( $(blocks) - per ))
 wait
 vs_check stream cat /tmp/hp.iperf
 vs_ping ping_after 5
