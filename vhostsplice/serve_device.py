@@ -73,7 +73,8 @@ class Pair:
 
 class DeviceRequests:
     """Request handling for `Supervisor`, which provides: pairs, device, features, protocol_acked, status,
-    front, config, start_worker, send_worker, worker_reply."""
+    front, config, start_worker, send_worker, worker_reply; and slot_users (region key -> how many
+    ADD_MEM_REG the front-end sent for it)."""
 
     def handle(self, msg: P.Message) -> None:
         req = msg.request
@@ -204,7 +205,12 @@ class DeviceRequests:
     # -- memory slots ------------------------------------------------------------------------------------
     def mem_slot(self, msg: P.Message) -> None:
         """ADD_MEM_REG / REM_MEM_REG: checked against the device's table (as a worker checks it: a region
-        every worker would refuse is never kept), kept for replacements, sent to every running worker."""
+        every worker would refuse is never kept), kept for replacements, sent to every running worker.
+        QEMU sends them once per queue pair (each vhost_dev its own; 7.2 does, with queues=N): the same
+        region again (same payload, same file) is counted, not sent, and its REM_MEM_REG goes out with
+        the last one."""
+        if self._repeat_slot(msg):
+            return
         try:
             if not self.protocol_acked & bit(PF.CONFIGURE_MEM_SLOTS):
                 raise ProtocolError(f"{msg.name} without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS negotiated")
@@ -223,10 +229,32 @@ class DeviceRequests:
         fds = msg.fds if msg.request == Req.ADD_MEM_REG else ()
         if msg.request == Req.ADD_MEM_REG:
             self.device[_slot(region)] = (msg.payload, msg.fds)
+            self.slot_users[_slot(region)] = 1
         else:
             close_fds(msg.fds)
         for pair in self.pairs:
             self.send_worker(pair, msg.request, msg.payload, fds)
+
+    def _repeat_slot(self, msg: P.Message) -> bool:
+        """An ADD of a region the device has (the same file) or a REM of one added more than once: counted
+        here, the message's fds closed, nothing sent on."""
+        try:
+            key = _slot(P.decode_mem_reg(msg))
+        except ProtocolError:
+            return False                   # mem_slot refuses it
+        kept, users = self.device.get(key), self.slot_users.get(key, 0)
+        if kept is None or not self.protocol_acked & bit(PF.CONFIGURE_MEM_SLOTS):
+            return False
+        if msg.request == Req.ADD_MEM_REG:
+            if len(msg.fds) != 1 or kept[0] != msg.payload or not _same_file(kept[1][0], msg.fds[0]):
+                return False               # another file for the same range: refused as an overlap
+            self.slot_users[key] = users + 1
+        elif users > 1 and len(msg.fds) <= 1:
+            self.slot_users[key] = users - 1
+        else:
+            return False
+        close_fds(msg.fds)
+        return True
 
     def mem_regions(self) -> tuple[P.MemRegion, ...]:
         """The device's memory table now: SET_MEM_TABLE's regions, then those added one at a time."""
@@ -244,6 +272,7 @@ class DeviceRequests:
     def _forget_region(self, region: P.MemRegion) -> None:
         kept = self.device.pop(_slot(region), None)
         if kept is not None:
+            self.slot_users.pop(_slot(region), None)
             close_fds(kept[1])
             return
         told = self.device.get(Req.SET_MEM_TABLE)
@@ -262,6 +291,7 @@ class DeviceRequests:
     def _drop_slots(self) -> None:
         for key in [k for k in self.device if _is_slot(k)]:
             close_fds(self.device.pop(key)[1])
+        self.slot_users.clear()
 
     # -- migration ---------------------------------------------------------------------------------------
     def set_log_base(self, msg: P.Message) -> None:

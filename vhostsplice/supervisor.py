@@ -65,6 +65,7 @@ class Supervisor(DeviceRequests):
         self.listener, self.config = listener, config
         self.pairs = [Pair(k, cpu) for k, cpu in enumerate(spread_cpus(config.cpus, config.queues))]
         self.device: dict = {}                   # broadcast requests -> (payload, fds)
+        self.slot_users: dict = {}               # memory slots: region -> ADD_MEM_REG count (serve_device)
         self.features = 0
         self.protocol_acked = 0
         self.status = 0
