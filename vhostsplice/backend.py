@@ -14,8 +14,10 @@ from typing import Callable
 
 from . import protocol as P
 from .datapath import packed_positions, ring_size_ok
-from .errors import ConfigError, FeatureError, GuestFaultError, ProtocolError
+from .errors import ConfigError, FeatureError, ProtocolError
 from .memory import DirtyLog, GuestMemory
+from .memory_requests import add_mem_reg_exec, get_max_mem_slots_exec, region_fds, rem_fds, rem_mem_reg_exec, \
+    set_mem_table_exec
 from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, VRING_F_LOG, Feature as F, \
     ProtocolFeature as PF, Req, bit, mask
 from .statepage import StatePage
@@ -39,7 +41,10 @@ LOG_PROTOCOL_FEATURES = bit(PF.LOG_SHMFD)
 # SEND_RARP: after a move the front-end asks the back-end to announce the guest's MAC (a guest without
 # GUEST_ANNOUNCE cannot); `run` writes the RARP to its host fd (`serve`: its first running worker).
 RARP_PROTOCOL_FEATURES = bit(PF.RARP)
-RUN_PROTOCOL_FEATURES = PROTOCOL_FEATURES | LOG_PROTOCOL_FEATURES | RARP_PROTOCOL_FEATURES
+# CONFIGURE_MEM_SLOTS: memory hot-plug, one region at a time (ADD/REM_MEM_REG), up to MAX_MEM_SLOTS
+# regions; a front-end that acks it sends no SET_MEM_TABLE (QEMU). `serve` hands them to every worker.
+MEM_SLOTS_PROTOCOL_FEATURES = bit(PF.CONFIGURE_MEM_SLOTS)
+RUN_PROTOCOL_FEATURES = PROTOCOL_FEATURES | LOG_PROTOCOL_FEATURES | RARP_PROTOCOL_FEATURES | MEM_SLOTS_PROTOCOL_FEATURES
 # The packed virtqueue (virtio 1.2 2.8, the core's vs_packed.c); --no-packed leaves it out. IN_ORDER is
 # in BASE_FEATURES: the device completes every ring's chains in the order it takes them.
 PACKED_FEATURES = bit(F.F_RING_PACKED)
@@ -147,7 +152,7 @@ class Backend:
         return ring.base
 
     def _maybe_start(self, ring: RingState) -> None:
-        if ring.running or not ring.ready(self.memory is not None):
+        if ring.running or not ring.ready(self.memory is not None and bool(self.memory.regions)):
             return
         if not self._acked(F.F_VERSION_1):
             raise FeatureError("the driver did not accept VIRTIO_F_VERSION_1 (legacy virtio is not served)")
@@ -176,11 +181,6 @@ class Backend:
 
 def _fd(fd: int | None) -> int:
     return -1 if fd is None else fd
-
-
-def _close_memory(memory: GuestMemory | None) -> None:
-    if memory is not None:
-        memory.close()
 
 
 # -- handlers: one per request ----------------------------------------------------------------------------
@@ -239,27 +239,6 @@ def set_protocol_features_exec(b: Backend, msg: P.Message) -> None:
 
 def get_queue_num_exec(b: Backend, msg: P.Message) -> bytes:
     return P.encode_u64(1)
-
-
-def set_mem_table_exec(b: Backend, msg: P.Message) -> None:
-    try:
-        memory = GuestMemory(P.decode_mem_table(msg), msg.fds)
-    finally:
-        close_fds(msg.fds)    # the mappings stay valid without the fds
-    old, b.memory = b.memory, memory
-    try:
-        b.datapath.set_memory(memory.regions)  # re-maps running rings onto the new table
-    except GuestFaultError:
-        _close_memory(old)     # installed, but a running ring fell outside it (stopped): the old one goes
-        raise
-    except BaseException:
-        b.memory = old         # not installed: the core still points into the old mappings
-        memory.close()
-        raise
-    _close_memory(old)
-    b._check_log_coverage()
-    for ring in b.rings:
-        b._maybe_start(ring)
 
 
 def set_vring_num_exec(b: Backend, msg: P.Message) -> None:
@@ -462,10 +441,6 @@ def _one_fd(b: Backend, msg: P.Message) -> int:
     return 1
 
 
-def _region_fds(b: Backend, msg: P.Message) -> int:
-    return len(P.decode_mem_table(msg).regions)
-
-
 def _vring_fds(b: Backend, msg: P.Message) -> int:
     return 0 if P.decode_vring_file(msg).nofd else 1
 
@@ -478,7 +453,7 @@ HANDLERS: dict[int, tuple[Callable[[Backend, P.Message], bytes | None], Callable
     Req.GET_PROTOCOL_FEATURES: (get_protocol_features_exec, _no_fds),
     Req.SET_PROTOCOL_FEATURES: (set_protocol_features_exec, _no_fds),
     Req.GET_QUEUE_NUM: (get_queue_num_exec, _no_fds),
-    Req.SET_MEM_TABLE: (set_mem_table_exec, _region_fds),
+    Req.SET_MEM_TABLE: (set_mem_table_exec, region_fds),
     Req.SET_VRING_NUM: (set_vring_num_exec, _no_fds),
     Req.SET_VRING_ADDR: (set_vring_addr_exec, _no_fds),
     Req.SET_VRING_BASE: (set_vring_base_exec, _no_fds),
@@ -492,4 +467,7 @@ HANDLERS: dict[int, tuple[Callable[[Backend, P.Message], bytes | None], Callable
     Req.SET_LOG_BASE: (set_log_base_exec, _one_fd),
     Req.SET_LOG_FD: (set_log_fd_exec, _one_fd),
     Req.SEND_RARP: (send_rarp_exec, _no_fds),
+    Req.GET_MAX_MEM_SLOTS: (get_max_mem_slots_exec, _no_fds),
+    Req.ADD_MEM_REG: (add_mem_reg_exec, _one_fd),
+    Req.REM_MEM_REG: (rem_mem_reg_exec, rem_fds),
 }

@@ -32,6 +32,7 @@ WORKER_FAMILIES = (
     ("uptime_seconds", "gauge", "Seconds since the worker started", ("uptime_s",)),
     ("dirty_log_writes", "counter", "Dirty-log writes (live migration)", ("dirty_log", "log_writes")),
     ("dirty_log_overflow", "counter", "Guest writes past the end of the dirty log", ("dirty_log", "log_overflow")),
+    ("memory_regions", "gauge", "Guest memory regions mapped (memory hot-plug adds some)", ("memory", "regions")),
 )
 PREFIX = "vhostsplice_"
 

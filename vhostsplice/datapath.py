@@ -12,9 +12,9 @@ import errno as _errno
 from typing import Any, Iterable
 
 from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
-from .spec import MAX_REGIONS, NET_HDR_LEN, RX_RING, TX_RING
+from .spec import MAX_MEM_SLOTS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 7  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 8  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from ._vs_core import ffi, lib
@@ -166,10 +166,13 @@ class Datapath:
         return int(self._pair.hdr_len - self._pair.hdr_omit)
 
     def set_memory(self, regions: Iterable[Any]) -> None:
-        """Install a region table (objects with .gpa .uva .size .buf) and re-map running rings."""
+        """Install a region table (objects with .gpa .uva .size .buf) and re-map running rings. A table of
+        more than VS_LINEAR_REGIONS goes to the core sorted by gpa (its lookup there is a binary search)."""
         regions = list(regions)
-        if len(regions) > MAX_REGIONS:
-            raise ConfigError(f"{len(regions)} memory regions, at most {MAX_REGIONS}")
+        if len(regions) > lib.VS_LINEAR_REGIONS:
+            regions.sort(key=lambda r: r.gpa)
+        if len(regions) > MAX_MEM_SLOTS:
+            raise ConfigError(f"{len(regions)} memory regions, at most {MAX_MEM_SLOTS}")
         keep = []
         for r in regions:
             cbuf = ffi.from_buffer("uint8_t[]", r.buf, require_writable=True)
@@ -190,6 +193,11 @@ class Datapath:
             names = " and ".join(RING_NAMES[i] for i in failed)
             raise GuestFaultError(f"{names} ring no longer inside guest memory after the new table",
                                   _errno.EFAULT)
+
+    def memory_stats(self) -> dict:
+        """The installed region table: how many regions, how many bytes."""
+        mem = self._pair.mem
+        return {"regions": int(mem.n), "bytes": sum(int(mem.r[i].size) for i in range(mem.n))}
 
     def close(self) -> None:
         """Stop both rings and let go of every guest buffer and the log (so they can be unmapped)."""

@@ -19,6 +19,7 @@ VRING_STATE = struct.Struct("<II")
 VRING_ADDR = struct.Struct("<IIQQQQ")
 MEM_HEADER = struct.Struct("<II")
 MEM_REGION = struct.Struct("<QQQQ")
+MEM_REG = struct.Struct("<QQQQQ")     # ADD/REM_MEM_REG: u64 padding, then one region
 LOG = struct.Struct("<QQ")
 
 
@@ -183,6 +184,17 @@ def decode_mem_table(msg: Message) -> MemTable:
     regions = tuple(MemRegion(*MEM_REGION.unpack_from(msg.payload, MEM_HEADER.size + i * MEM_REGION.size))
                     for i in range(count))
     return MemTable(regions)
+
+
+def decode_mem_reg(msg: Message) -> MemRegion:
+    """ADD_MEM_REG / REM_MEM_REG ("Single memory region description"): u64 padding (any value, as
+    QEMU leaves it), then gpa, size, uva, mmap_offset."""
+    _pad, gpa, size, uva, offset = _exact(msg, MEM_REG)
+    return MemRegion(gpa, size, uva, offset)
+
+
+def encode_mem_reg(region: MemRegion) -> bytes:
+    return MEM_REG.pack(0, region.gpa, region.size, region.uva, region.mmap_offset)
 
 
 def decode_log(msg: Message) -> LogArea:

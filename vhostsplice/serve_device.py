@@ -2,7 +2,8 @@
 
 The supervisor (supervisor.py) owns the workers; this mixin owns the requests. Device-wide requests
 (features, protocol features, GET_QUEUE_NUM, status, SET_LOG_FD) are answered here. SET_OWNER,
-RESET_OWNER, SET_MEM_TABLE and SET_FEATURES go to every worker and are kept for replacements. A ring
+RESET_OWNER, SET_MEM_TABLE and SET_FEATURES go to every worker and are kept for replacements; so do the
+memory slots' ADD_MEM_REG / REM_MEM_REG (checked here as a worker would, the table kept as it stands). A ring
 request for device ring 2k+j goes to worker k as ring j, with the index rewritten. SET_LOG_BASE goes to
 every worker and is answered once all have it; SEND_RARP goes out through one worker. An ack
 (REPLY_ACK) for a forwarded request is sent only once every worker has applied it (`barrier`).
@@ -17,8 +18,8 @@ from . import protocol as P
 from .backend import RUN_PROTOCOL_FEATURES, offered_features
 from .channel import Channel
 from .errors import Backoff, ProtocolError
-from .memory import DirtyLog
-from .spec import Feature as F, ProtocolFeature as PF, Req, bit
+from .memory import DirtyLog, check_table
+from .spec import MAX_MEM_SLOTS, Feature as F, ProtocolFeature as PF, Req, bit
 from .vring import close_fd, close_fds
 
 
@@ -30,7 +31,9 @@ BROADCAST = {Req.SET_OWNER, Req.RESET_OWNER, Req.SET_MEM_TABLE}
 # serve offers what run offers, migration included: every worker logs into the one dirty log (atomic
 # ORs into shared memory), and the first running worker sends the RARP announce.
 PROTOCOL_FEATURES = RUN_PROTOCOL_FEATURES
-WORKER_PROTOCOL = bit(PF.LOG_SHMFD) | bit(PF.RARP)    # the protocol bits a worker must know were acked
+# the protocol bits a worker must know were acked
+WORKER_PROTOCOL = bit(PF.LOG_SHMFD) | bit(PF.RARP) | bit(PF.CONFIGURE_MEM_SLOTS)
+MEM_SLOT_REQUESTS = {Req.ADD_MEM_REG, Req.REM_MEM_REG}
 
 
 def ring_index(msg: P.Message) -> int:
@@ -70,7 +73,8 @@ class Pair:
 
 class DeviceRequests:
     """Request handling for `Supervisor`, which provides: pairs, device, features, protocol_acked, status,
-    front, config, start_worker, send_worker, worker_reply."""
+    front, config, start_worker, send_worker, worker_reply; and slot_users (region key -> how many
+    ADD_MEM_REG the front-end sent for it)."""
 
     def handle(self, msg: P.Message) -> None:
         req = msg.request
@@ -89,6 +93,8 @@ class DeviceRequests:
             return                              # its reply is the answer (no separate ack)
         elif req == Req.SEND_RARP:
             self.send_rarp(msg)
+        elif req in MEM_SLOT_REQUESTS:
+            self.mem_slot(msg)
         else:
             close_fds(msg.fds)
             raise ProtocolError(f"{msg.name}: unsupported request")
@@ -124,6 +130,8 @@ class DeviceRequests:
             if old:
                 close_fds(old[1])
             self.device[msg.request] = (payload, msg.fds)
+            if msg.request == Req.SET_MEM_TABLE:    # the whole table anew: regions added before are gone
+                self._drop_slots()
             if msg.request == Req.RESET_OWNER:      # workers drop their log and features: so does serve
                 self.features = 0
                 log_base = self.device.pop(Req.SET_LOG_BASE, None)
@@ -193,6 +201,97 @@ class DeviceRequests:
         """What the workers offer (offloads only while the tap carries a vnet header), plus MQ."""
         return offered_features(offloads=self.config.offloads, packed=self.config.packed) | DEVICE_ONLY
 
+    # -- memory slots ------------------------------------------------------------------------------------
+    def mem_slot(self, msg: P.Message) -> None:
+        """ADD_MEM_REG / REM_MEM_REG: checked against the device's table (as a worker checks it: a region
+        every worker would refuse is never kept), kept for replacements, sent to every running worker.
+        QEMU sends them once per queue pair (each vhost_dev its own; 7.2 does, with queues=N): the same
+        region again (same payload, same file) is counted, not sent, and its REM_MEM_REG goes out with
+        the last one."""
+        if self._repeat_slot(msg):
+            return
+        try:
+            if not self.protocol_acked & bit(PF.CONFIGURE_MEM_SLOTS):
+                raise ProtocolError(f"{msg.name} without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS negotiated")
+            region = P.decode_mem_reg(msg)
+            if msg.request == Req.ADD_MEM_REG:
+                if len(msg.fds) != 1:
+                    raise ProtocolError(f"ADD_MEM_REG: {len(msg.fds)} file descriptors, expected 1")
+                check_table(P.MemTable(self.mem_regions() + (region,)), msg.fds)
+            elif len(msg.fds) > 1:
+                raise ProtocolError(f"REM_MEM_REG: {len(msg.fds)} file descriptors, expected 0 or 1")
+            else:
+                self._forget_region(region)
+        except BaseException:
+            close_fds(msg.fds)
+            raise
+        fds = msg.fds if msg.request == Req.ADD_MEM_REG else ()
+        if msg.request == Req.ADD_MEM_REG:
+            self.device[_slot(region)] = (msg.payload, msg.fds)
+            self.slot_users[_slot(region)] = 1
+        else:
+            close_fds(msg.fds)
+        for pair in self.pairs:
+            self.send_worker(pair, msg.request, msg.payload, fds)
+
+    def _repeat_slot(self, msg: P.Message) -> bool:
+        """An ADD of a region the device has (the same file) or a REM of one added more than once: counted
+        here, the message's fds closed, nothing sent on."""
+        try:
+            key = _slot(P.decode_mem_reg(msg))
+        except ProtocolError:
+            return False                   # mem_slot refuses it
+        kept, users = self.device.get(key), self.slot_users.get(key, 0)
+        if kept is None or not self.protocol_acked & bit(PF.CONFIGURE_MEM_SLOTS):
+            return False
+        if msg.request == Req.ADD_MEM_REG:
+            if len(msg.fds) != 1 or kept[0] != msg.payload or not _same_file(kept[1][0], msg.fds[0]):
+                return False               # another file for the same range: refused as an overlap
+            self.slot_users[key] = users + 1
+        elif users > 1 and len(msg.fds) <= 1:
+            self.slot_users[key] = users - 1
+        else:
+            return False
+        close_fds(msg.fds)
+        return True
+
+    def mem_regions(self) -> tuple[P.MemRegion, ...]:
+        """The device's memory table now: SET_MEM_TABLE's regions, then those added one at a time."""
+        told = self.device.get(Req.SET_MEM_TABLE)
+        base = P.decode_mem_table(P.Message(Req.SET_MEM_TABLE, 0, told[0])).regions if told else ()
+        return base + tuple(P.decode_mem_reg(P.Message(Req.ADD_MEM_REG, 0, payload))
+                            for key, (payload, _fds) in self.device.items() if _is_slot(key))
+
+    def replay_memory(self, pair: Pair) -> None:
+        """A replacement gets the table as it stands: SET_MEM_TABLE, then every region added since."""
+        for key, (payload, fds) in list(self.device.items()):
+            if key == Req.SET_MEM_TABLE or _is_slot(key):
+                self.send_worker(pair, Req.ADD_MEM_REG if _is_slot(key) else key, payload, fds)
+
+    def _forget_region(self, region: P.MemRegion) -> None:
+        kept = self.device.pop(_slot(region), None)
+        if kept is not None:
+            self.slot_users.pop(_slot(region), None)
+            close_fds(kept[1])
+            return
+        told = self.device.get(Req.SET_MEM_TABLE)
+        regions = P.decode_mem_table(P.Message(Req.SET_MEM_TABLE, 0, told[0])).regions if told else ()
+        i = next((i for i, r in enumerate(regions) if _slot(r) == _slot(region)), None)
+        if i is None:
+            raise ProtocolError(f"REM_MEM_REG: no region at gpa {region.gpa:#x} size {region.size:#x}"
+                                f" uva {region.uva:#x}")
+        close_fd(told[1][i])               # a region of SET_MEM_TABLE: the kept table loses it
+        rest, fds = regions[:i] + regions[i + 1:], told[1][:i] + told[1][i + 1:]
+        if rest:
+            self.device[Req.SET_MEM_TABLE] = (P.encode_mem_table(P.MemTable(rest)), fds)
+        else:
+            del self.device[Req.SET_MEM_TABLE]
+
+    def _drop_slots(self) -> None:
+        for key in [k for k in self.device if _is_slot(k)]:
+            close_fds(self.device.pop(key)[1])
+        self.slot_users.clear()
+
     # -- migration ---------------------------------------------------------------------------------------
     def set_log_base(self, msg: P.Message) -> None:
         """One dirty log for the device: every running worker maps it (a replacement gets it in replay),
@@ -241,6 +340,15 @@ def _same_file(a: int, b: int) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
+def _slot(region: P.MemRegion) -> tuple:
+    """The key a region added one at a time is kept under (REM_MEM_REG names it by these three)."""
+    return (Req.ADD_MEM_REG, region.gpa, region.size, region.uva)
+
+
+def _is_slot(key) -> bool:
+    return isinstance(key, tuple) and key[0] == Req.ADD_MEM_REG
+
+
 def _get_features(s: DeviceRequests, msg) -> bytes:
     return P.encode_u64(s.offered())
 
@@ -257,6 +365,12 @@ def _set_protocol_features(s: DeviceRequests, msg) -> None:
     for pair in s.pairs:
         if pair.chan is not None and value & WORKER_PROTOCOL:
             s.send_worker(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(value & WORKER_PROTOCOL))
+
+
+def _get_max_mem_slots(s: DeviceRequests, msg) -> bytes:
+    if not s.protocol_acked & bit(PF.CONFIGURE_MEM_SLOTS):
+        raise ProtocolError("GET_MAX_MEM_SLOTS without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS negotiated")
+    return P.encode_u64(MAX_MEM_SLOTS)
 
 
 def _set_log_fd(s: DeviceRequests, msg) -> None:
@@ -279,7 +393,8 @@ def _get_status(s: DeviceRequests, msg) -> bytes:
 
 LOCAL = {Req.GET_FEATURES: _get_features, Req.GET_PROTOCOL_FEATURES: _get_protocol_features,
          Req.SET_PROTOCOL_FEATURES: _set_protocol_features, Req.GET_QUEUE_NUM: _get_queue_num,
-         Req.SET_STATUS: _set_status, Req.GET_STATUS: _get_status, Req.SET_LOG_FD: _set_log_fd}
+         Req.SET_STATUS: _set_status, Req.GET_STATUS: _get_status, Req.SET_LOG_FD: _set_log_fd,
+         Req.GET_MAX_MEM_SLOTS: _get_max_mem_slots}
 LOCAL_ACKS = {Req.SET_PROTOCOL_FEATURES: True, Req.SET_STATUS: True, Req.SET_LOG_FD: True}
 
 

@@ -54,7 +54,10 @@ FLAG_NEED_REPLY = 0x8
 VRING_IDX_MASK = 0xFF
 VRING_NOFD_MASK = 0x100
 
-MAX_REGIONS = 8       # VHOST_MEMORY_BASELINE_NREGIONS
+MAX_REGIONS = 8       # VHOST_MEMORY_BASELINE_NREGIONS: the most SET_MEM_TABLE carries
+# Memory slots with CONFIGURE_MEM_SLOTS (ADD_MEM_REG one region at a time): what GET_MAX_MEM_SLOTS
+# answers, the size of the C core's region table (VS_MAX_REGIONS, which says why 509).
+MAX_MEM_SLOTS = 509
 MAX_FDS = 8
 MAX_PAYLOAD = 4096    # larger than any message this back-end accepts; a bigger size is a violation
 

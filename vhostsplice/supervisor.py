@@ -70,6 +70,7 @@ class Supervisor(DeviceRequests):
         self.listener, self.config = listener, config
         self.pairs = [Pair(k, cpu) for k, cpu in enumerate(spread_cpus(config.cpus, config.queues))]
         self.device: dict = {}                   # broadcast requests -> (payload, fds)
+        self.slot_users: dict = {}               # memory slots: region -> ADD_MEM_REG count (serve_device)
         self.features = 0
         self.protocol_acked = 0
         self.status = 0
@@ -125,8 +126,7 @@ class Supervisor(DeviceRequests):
             self.send_worker(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(self.protocol_acked & WORKER_PROTOCOL))
         if self.features:
             self.send_worker(pair, Req.SET_FEATURES, P.encode_u64(self.features & ~DEVICE_ONLY))
-        if Req.SET_MEM_TABLE in self.device:
-            self.send_worker(pair, Req.SET_MEM_TABLE, *self.device[Req.SET_MEM_TABLE])
+        self.replay_memory(pair)          # SET_MEM_TABLE, then the regions added one at a time
         if Req.SET_LOG_BASE in self.device:
             self.send_worker(pair, Req.SET_LOG_BASE, *self.device[Req.SET_LOG_BASE])
             self.worker_reply(pair, Req.SET_LOG_BASE)

@@ -420,6 +420,7 @@ class Worker:
             out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped
         out["resume"] = self.config.state.report()      # where each ring resumed from (the state page)
         out["dirty_log"] = self.datapath.log_stats()    # live migration: log_all, log_size, writes, overflow
+        out["memory"] = self.datapath.memory_stats()    # the region table: regions, bytes (memory hot-plug)
         out["sandbox"] = dict(self.config.sandbox.report) if self.config.sandbox else {"mode": "off"}
         return out
 

@@ -111,7 +111,8 @@ def test_the_layout_is_chosen_in_one_place():
 
 def test_python_and_c_share_their_limits():
     assert spec.MAX_QUEUE_SIZE == lib.VS_MAX_QUEUE_SIZE
-    assert spec.MAX_REGIONS == lib.VS_MAX_REGIONS
+    assert spec.MAX_MEM_SLOTS == lib.VS_MAX_REGIONS
+    assert spec.MAX_REGIONS <= spec.MAX_MEM_SLOTS
     assert spec.NET_HDR_LEN == lib.VS_NET_HDR_LEN
     assert spec.LOG_PAGE == 1 << lib.VS_LOG_PAGE_SHIFT
 

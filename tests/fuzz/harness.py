@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass
 
 import ref
+from vhostsplice.spec import MAX_MEM_SLOTS
 
 PAGE = mmap.PAGESIZE
 AREA_SIZES = (0x4000, 0x4000, 0x2000)
@@ -153,6 +154,18 @@ def memory() -> GuardedMemory:
 def default_table() -> list[tuple]:
     return [(GPA0, UVA[0], AREA_SIZES[0], 0, 0, 0), (GPA1, UVA[1], AREA_SIZES[1], 1, 0, 0),
             (GPA2, UVA[2], AREA_SIZES[2], 2, 0, 0)]
+
+
+def sliced(table: list, piece: int) -> list:
+    """The table cut into `piece`-byte regions (more than 8: the core gets them sorted by gpa and searches
+    by halves, the reference walks them), if no two regions overlap in gpa or uva and none wraps (where
+    any lookup order finds the one region holding an address); else the table as it was."""
+    for col in (0, 1):
+        spans = sorted((r[col], r[col] + r[2]) for r in table)
+        if any(e > ref.U64 + 1 for _s, e in spans) or any(b < a_end for (_a, a_end), (b, _e) in zip(spans, spans[1:])):
+            return table
+    return [[g + k, u + k, min(piece, size - k), a, o + k, (o + k) & 15]
+            for g, u, size, a, o, _ in table for k in range(0, size, piece)]
 
 
 class Scenario:
@@ -313,7 +326,7 @@ class Scenario:
         got = self.call_core(self.dp.set_memory, self.region_objs(table))
         if got[0] == "ok":
             got = ("ok", None)
-        want = self.ref.set_memory(table) if len(table) <= 8 else ("ConfigError", 22)
+        want = self.ref.set_memory(table) if len(table) <= MAX_MEM_SLOTS else ("ConfigError", 22)
         self.check("set_memory", got, want)
 
     def start(self, i: int, num: int, desc: int, avail: int, used: int) -> None:
@@ -530,8 +543,9 @@ class Scenario:
                 r[0] = ref.U64 - s.below(0x3000)
             else:
                 table.reverse()
-        if s.below(16) == 0:
-            table = table * 3              # more than 8 regions: refused, nothing changes
+        if s.below(16) == 0:    # memory slots: many small regions (searched by halves), or too many (refused)
+            k = s.below(3)
+            table = sliced(table, (0x200, 0x800)[k]) if k < 2 else table * (MAX_MEM_SLOTS + 1)
         self.set_memory([tuple(r) for r in table])
 
     def op_configure(self) -> None:

@@ -6,7 +6,7 @@ socketpair, so memory tables are really mapped and rings really started):
   it says, 0..12 fds of any kind (memfd, eventfd, pipe, socket, /dev/null), a peer that closes mid-way;
 - structured messages into Backend.handle(): every request, payload sizes off by some bytes, region
   tables (counts, gpa/uva/size/offset at edges, wrapping, overlapping, memfds smaller than the
-  region, fds that cannot be mapped), ring sizes, addresses, indices, features, kick/call/err fds;
+  region, fds that cannot be mapped), memory slots (ADD/REM_MEM_REG: one region, 0 or 1 fd), ring sizes, addresses, indices, features, kick/call/err fds;
 - a datapath poll while rings run.
 Oracle: only the documented exceptions (VhostspliceError subclasses, each carrying an exit code from
 errors.EXIT_TABLE) come out; anything else (KeyError, struct.error, OverflowError, ValueError...) is a
@@ -39,8 +39,8 @@ class FdLeak(AssertionError):
 
 
 def feedback_files() -> list[str]:
-    from vhostsplice import backend, channel, memory, protocol, vring
-    return [m.__file__ for m in (backend, channel, memory, protocol, vring)]
+    from vhostsplice import backend, channel, memory, memory_requests, protocol, vring
+    return [m.__file__ for m in (backend, channel, memory, memory_requests, protocol, vring)]
 
 
 def open_fds() -> set[int]:
@@ -100,25 +100,28 @@ class Session:
     def mem_table(self) -> tuple[bytes, int]:
         s = self.src
         count = s.pick((1, 1, 1, 2, 3, 8, 0, 9, 255))
-        regions = []
-        for i in range(min(count, 10)):
-            if s.below(3):
-                gpa, size, uva, off = GPA + i * MEM_SIZE, MEM_SIZE, UVA + i * MEM_SIZE, 0
-                k = s.below(6)
-                if k == 1:
-                    size = s.pick((0, 1, MEM_SIZE + 1, MEM_SIZE - 4096, 1 << 40, (1 << 64) - 1))
-                elif k == 2:
-                    off = s.pick((1, 4096, MEM_SIZE, (1 << 64) - 4096))
-                elif k == 3:
-                    gpa = s.pick(((1 << 64) - 4096, (1 << 64) - MEM_SIZE, GPA + 4096, 0))
-                elif k == 4:
-                    uva = s.pick(((1 << 64) - 4096, UVA + 4096, 0))
-            else:
-                gpa, size, uva, off = self.u64(), self.u64(), self.u64(), self.u64()
-            regions.append(struct.pack("<QQQQ", gpa, size, uva, off))
+        regions = [self.region(i) for i in range(min(count, 10))]
         payload = struct.pack("<II", count, 0) + b"".join(regions)
         nfds = min(count, 8) if s.below(4) else s.below(11)
         return payload, nfds
+
+    def region(self, i: int) -> bytes:
+        """One region (gpa, size, uva, offset): slot i of the memfd, often bent at an edge."""
+        s = self.src
+        if s.below(3):
+            gpa, size, uva, off = GPA + i * MEM_SIZE, MEM_SIZE, UVA + i * MEM_SIZE, 0
+            k = s.below(6)
+            if k == 1:
+                size = s.pick((0, 1, MEM_SIZE + 1, MEM_SIZE - 4096, 1 << 40, (1 << 64) - 1))
+            elif k == 2:
+                off = s.pick((1, 4096, MEM_SIZE, (1 << 64) - 4096))
+            elif k == 3:
+                gpa = s.pick(((1 << 64) - 4096, (1 << 64) - MEM_SIZE, GPA + 4096, 0))
+            elif k == 4:
+                uva = s.pick(((1 << 64) - 4096, UVA + 4096, 0))
+        else:
+            gpa, size, uva, off = self.u64(), self.u64(), self.u64(), self.u64()
+        return struct.pack("<QQQQ", gpa, size, uva, off)
 
     def vring_addr(self, index: int) -> bytes:
         s = self.src
@@ -137,6 +140,9 @@ class Session:
             return self.mem_table()
         if req == Req.SET_VRING_ADDR:
             return self.vring_addr(index), 0
+        if req in (Req.ADD_MEM_REG, Req.REM_MEM_REG):   # memory slots: u64 padding, one region
+            pad = 0 if s.below(2) else self.u64()
+            return struct.pack("<Q", pad) + self.region(s.below(4)), int(req == Req.ADD_MEM_REG or s.below(2) == 0)
         if req in (Req.SET_VRING_NUM, Req.SET_VRING_BASE, Req.GET_VRING_BASE, Req.SET_VRING_ENABLE):
             value = s.pick((0, 1, 2, 3, 16, 256, 1024, 32768, 65535, 65536, 0xFFFFFFFF))
             return struct.pack("<II", index, value), 0

@@ -21,7 +21,6 @@ Needs root, QEMU; run under `flock /tmp/vs-heavy.lock` when other heavy work sha
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import select
@@ -34,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from support import guest as G
+from support.qmp import Qmp
 from support.serving import Served
 from support.waiting import wait_for
 from vhostsplice.testing.harness import live_stats
@@ -69,46 +69,6 @@ vs_check mig_ping cat /tmp/mig.ping
 vs_check mig_stream cat /tmp/mig.iperf
 vs_ping ping_after 5
 """
-
-
-class Qmp:
-    """A minimal QMP client over QEMU's `-qmp unix:PATH,server=on,wait=off` socket."""
-
-    def __init__(self, path: Path, timeout: float = 60.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.connect(str(path))
-                break
-            except OSError:
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        self.sock.settimeout(timeout)
-        self.file = self.sock.makefile("rb")
-        self._read()                            # the greeting
-        self.cmd("qmp_capabilities")
-
-    def _read(self) -> dict:
-        line = self.file.readline()
-        if not line:
-            raise ConnectionError("QMP socket closed")
-        return json.loads(line)
-
-    def cmd(self, name: str, **arguments) -> object:
-        self.sock.sendall(json.dumps({"execute": name, **({"arguments": arguments} if arguments else {})}).encode())
-        while True:
-            msg = self._read()
-            if "return" in msg:
-                return msg["return"]
-            if "error" in msg:
-                raise AssertionError(f"QMP {name}: {msg['error']}")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def snapshot(worker) -> dict:

@@ -121,6 +121,7 @@ class Guest:
     device_opts: str = ""
     name: str = "guest"
     memory: str = "512M"
+    memory_slots: str = ""             # more -m options for pc-dimm hot-plug, e.g. "slots=16,maxmem=2G"
     # One vCPU, but maxcpus=2: QEMU 7.2's TCG drops the guest's memory barriers when max_cpus == 1
     # (no CF_PARALLEL; fixed in QEMU 8.1, "tcg: Do not elide memory barriers for !CF_PARALLEL in system
     # mode"), and then the driver's avail-idx store / avail_event load can pass each other while the
@@ -154,7 +155,8 @@ class Guest:
         else:
             net = ["-netdev", self.netdev]
         device = "virtio-net-pci,netdev=n0,vectors=0" + (f",{self.device_opts}" if self.device_opts else "")
-        return [*self.image.qemu, "-accel", "tcg", "-m", mem, "-smp", self.smp, "-nodefaults", "-no-reboot",
+        size = ",".join(filter(None, (mem, self.memory_slots)))
+        return [*self.image.qemu, "-accel", "tcg", "-m", size, "-smp", self.smp, "-nodefaults", "-no-reboot",
                 "-display", "none", "-monitor", "none",
                 "-object", f"memory-backend-memfd,id=mem,size={mem},share=on", "-machine", "memory-backend=mem",
                 *net, "-device", device,

@@ -20,8 +20,14 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 7
-#define VS_MAX_REGIONS 8
+#define VS_API_VERSION 8
+/* Memory slots (vhost-user CONFIGURE_MEM_SLOTS): the size of the region table, which GET_MAX_MEM_SLOTS
+ * advertises: 509, libvhost-user's VHOST_USER_MAX_RAM_SLOTS (KVM's old x86 limit, 512 less 3 it used
+ * itself); QEMU uses at most its own limit (x86: 256 ACPI DIMM slots).  Python hands a table of more
+ * than VS_LINEAR_REGIONS sorted by gpa, and a guest-physical lookup there is a binary search; a smaller
+ * one is walked. */
+#define VS_MAX_REGIONS 509
+#define VS_LINEAR_REGIONS 8
 #define VS_MAX_IOV 1024
 #define VS_MAX_QUEUE_SIZE 32768
 #define VS_NET_HDR_LEN 12

@@ -14,21 +14,63 @@ static uint32_t mem_count(const struct vs_mem *m)
     return m->n < VS_MAX_REGIONS ? m->n : VS_MAX_REGIONS;
 }
 
+/* The region of a large table (memory hot-plug) that holds gpa, or NULL: a search by halves, which
+ * needs Python's sort by gpa.  On an unsorted table it may miss (a dropped chain), never return a
+ * region that does not hold gpa (the last line checks).  Inlined like the walk below: a call here
+ * would make the walk save and restore registers on every lookup. */
+static inline __attribute__((always_inline))
+const struct vs_region *gpa_search(const struct vs_mem *m, uint64_t gpa, uint32_t n)
+{
+    /* The last region starting at or below gpa is in [lo, lo + n); halving without a branch on the
+     * comparison (a conditional move): random addresses would mispredict every other step. */
+    uint32_t lo = 0;
+    while (n > 1) {
+        uint32_t half = n / 2;
+        lo = m->r[lo + half].gpa <= gpa ? lo + half : lo;   /* SAFETY: lo + half < lo + n <= count */
+        n -= half;
+    }
+    const struct vs_region *r = &m->r[lo];
+    return gpa >= r->gpa && gpa - r->gpa < r->size ? r : NULL;
+}
+
+/* Region holding gpa, or NULL.  A few regions (the common case) are walked, inline. */
+static inline __attribute__((always_inline))
+const struct vs_region *gpa_region(const struct vs_mem *m, uint64_t gpa)
+{
+    uint32_t n = mem_count(m);
+    if (n > VS_LINEAR_REGIONS)
+        return gpa_search(m, gpa, n);
+    for (uint32_t i = 0; i < n; i++) {
+        const struct vs_region *r = &m->r[i];
+        if (gpa >= r->gpa && gpa - r->gpa < r->size)
+            return r;
+    }
+    return NULL;
+}
+
+/* Region holding the front-end user address uva, or NULL (ring addresses only: a walk). */
+static const struct vs_region *uva_region(const struct vs_mem *m, uint64_t uva)
+{
+    for (uint32_t i = 0; i < mem_count(m); i++) {
+        const struct vs_region *r = &m->r[i];
+        if (uva >= r->uva && uva - r->uva < r->size)
+            return r;
+    }
+    return NULL;
+}
+
 /* Address of [addr, addr + len) if it lies wholly inside one region, else NULL; addr is a front-end
  * user address (by_uva) or a guest-physical one. */
 static uint8_t *range_hva(const struct vs_mem *m, uint64_t addr, uint64_t len, int by_uva)
 {
-    for (uint32_t i = 0; i < mem_count(m); i++) {
-        const struct vs_region *r = &m->r[i];
-        uint64_t base = by_uva ? r->uva : r->gpa;
-        if (addr < base || addr - base >= r->size)
-            continue;
-        if (len > r->size - (addr - base))
-            return NULL;
-        /* SAFETY: addr - base < size and the whole range fits in the region's size bytes. */
-        return r->hva + (addr - base);
-    }
-    return NULL;
+    const struct vs_region *r = by_uva ? uva_region(m, addr) : gpa_region(m, addr);
+    if (r == NULL)
+        return NULL;
+    uint64_t off = addr - (by_uva ? r->uva : r->gpa);
+    if (len > r->size - off)
+        return NULL;
+    /* SAFETY: off < size and the whole range fits in the region's size bytes. */
+    return r->hva + off;
 }
 
 /* Ring addresses (SET_VRING_ADDR) are front-end user addresses. */
@@ -41,17 +83,6 @@ uint8_t *vs_uva_to_hva(const struct vs_mem *m, uint64_t uva, uint64_t len)
 uint8_t *vs_gpa_to_hva(const struct vs_mem *m, uint64_t gpa, uint64_t len)
 {
     return range_hva(m, gpa, len, 0);
-}
-
-/* Region holding gpa, or NULL. */
-static const struct vs_region *gpa_region(const struct vs_mem *m, uint64_t gpa)
-{
-    for (uint32_t i = 0; i < mem_count(m); i++) {
-        const struct vs_region *r = &m->r[i];
-        if (gpa >= r->gpa && gpa - r->gpa < r->size)
-            return r;
-    }
-    return NULL;
 }
 
 /* Append iovecs for [gpa, gpa + len) at iov[*niov], splitting where the range crosses from one

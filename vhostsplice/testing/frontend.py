@@ -170,6 +170,19 @@ class Frontend:
         region = P.MemRegion(gpa=0, size=len(self.map), uva=UVA_BASE, mmap_offset=0)
         self.command(Req.SET_MEM_TABLE, P.encode_mem_table(P.MemTable((region,))), fds=(self.memfd,))
 
+    def slot_region(self, k: int, count: int) -> P.MemRegion:
+        """Slice k of `count` equal slices of the memory, as a memory slot (QEMU: one pc-dimm)."""
+        size = len(self.map) // count
+        return P.MemRegion(gpa=k * size, size=size, uva=UVA_BASE + k * size, mmap_offset=k * size)
+
+    def add_memory_slots(self, count: int) -> None:
+        """The memory as `count` regions, one ADD_MEM_REG each (CONFIGURE_MEM_SLOTS: no SET_MEM_TABLE)."""
+        for k in range(count):
+            self.command(Req.ADD_MEM_REG, P.encode_mem_reg(self.slot_region(k, count)), fds=(self.memfd,))
+
+    def remove_memory_slot(self, k: int, count: int) -> None:
+        self.command(Req.REM_MEM_REG, P.encode_mem_reg(self.slot_region(k, count)))
+
     @property
     def packed(self) -> bool:
         return bool(self.acked & bit(F.F_RING_PACKED))
