@@ -44,6 +44,7 @@ FEATURE_BITS = {
     "GUEST_UFO": 10, "HOST_TSO4": 11, "HOST_TSO6": 12, "HOST_ECN": 13, "HOST_UFO": 14, "MRG_RXBUF": 15,
     "STATUS": 16, "CTRL_VQ": 17, "GUEST_ANNOUNCE": 21, "MQ": 22, "INDIRECT_DESC": 28, "EVENT_IDX": 29, "PROTOCOL_FEATURES": 30,
     "VERSION_1": 32, "ACCESS_PLATFORM": 33, "RING_PACKED": 34, "IN_ORDER": 35,
+    "GUEST_USO4": 54, "GUEST_USO6": 55, "HOST_USO": 56,
 }
 # QEMU virtio-net-pci properties that cut the data-path features (all of them: minimal device).
 MINIMAL_DEVICE = ("mrg_rxbuf=off,event_idx=off,indirect_desc=off,csum=off,guest_csum=off,gso=off,"
