@@ -14,9 +14,9 @@ import pytest
 from support.netns import entered_netns
 from vhostsplice.hostfd import open_tap
 from vhostsplice.offloads import probe_uso
-from vhostsplice.spec import GSO_NONE, GSO_UDP_L4, HDR_F_NEEDS_CSUM, TUN_F_CSUM, TUN_F_TSO4, Feature as F, mask
+from vhostsplice.spec import GSO_NONE, GSO_UDP_L4, TUN_F_CSUM, TUN_F_TSO4, Feature as F, mask
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
-from vhostsplice.testing.harness import WorkerProcess
+from vhostsplice.testing.harness import WorkerProcess, uso_frame, uso_header
 
 pytestmark = pytest.mark.root
 TAP = "vsu0"
@@ -42,24 +42,6 @@ def _start(worker, features) -> tuple[Frontend, bytes]:
     return fe, bytes.fromhex(json.loads(link)[0]["address"].replace(":", ""))
 
 
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _gso_frame(dst_mac: bytes, payload: bytes) -> bytes:
-    """Ethernet + IPv4 + UDP as a USO sender hands it over: the UDP checksum field holds the
-    pseudo-header sum only (CHECKSUM_PARTIAL), the IP header is for the whole payload."""
-    src, dst = socket.inet_aton(GUEST_IP), socket.inet_aton(HOST_IP)
-    ulen = 8 + len(payload)
-    pseudo = _fold(sum(struct.unpack("!4H", src + dst)) + 17 + ulen)
-    udp = struct.pack("!HHHH", 40001, 9998, ulen, pseudo) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 7, 0x4000, 64, 17, 0, src, dst)
-    ip_sum = ~_fold(sum(struct.unpack("!10H", ip))) & 0xFFFF
-    return dst_mac + GUEST_MAC + b"\x08\x00" + ip[:10] + struct.pack("!H", ip_sum) + ip[12:] + udp
-
-
 @pytest.mark.parametrize("hdr_len, want", [(12, True), (0, False)])
 def test_the_probe_asks_the_tap_and_a_tap_without_vnet_header_never_offers_uso(hdr_len, want):
     with entered_netns("vsu"):
@@ -78,8 +60,8 @@ def test_guest_gso_udp_frame_reaches_the_host_as_segments(worker):
     rx.bind((HOST_IP, 9998))
     rx.settimeout(5)
     payload = bytes(range(256)) * 13 + bytes(PAYLOAD - 256 * 13)
-    hdr = struct.pack("<BBHHHHH", HDR_F_NEEDS_CSUM, GSO_UDP_L4, 42, SEG, 34, 6, 0)
-    fe.send([_gso_frame(tap_mac, payload)], hdr=hdr)
+    frame = uso_frame((GUEST_MAC, tap_mac), (GUEST_IP, HOST_IP), (40001, 9998), payload)
+    fe.send([frame], hdr=uso_header(SEG))
     got = [rx.recvfrom(65536)[0] for _ in range(4)]
     assert [len(g) for g in got] == [SEG, SEG, SEG, PAYLOAD - 3 * SEG]
     assert b"".join(got) == payload

@@ -432,15 +432,21 @@ VS_ETHTOOL_C = (GUEST_DIR / "vs-ethtool.c").read_text()
 
 def build_vs_ethtool(workdir: str | Path) -> Path:
     """Compile VS_ETHTOOL_C into WORKDIR/vs-ethtool (host cc, dynamic: the guest image has the host's libc)."""
+    return build_guest_tool(VS_ETHTOOL, workdir)
+
+
+def build_guest_tool(name: str, workdir: str | Path, *cflags: str) -> Path:
+    """Compile tests/guest/NAME.c into WORKDIR/NAME with the host's cc, for fw_cfg_file (vs_fwcfg_bin)."""
     workdir = Path(workdir)
-    src, out = workdir / "vs-ethtool.c", workdir / VS_ETHTOOL
-    src.write_text(VS_ETHTOOL_C)
+    src, out = workdir / f"{name}.c", workdir / name
+    src.write_text((GUEST_DIR / f"{name}.c").read_text())
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
-        raise RuntimeError("no C compiler (cc) to build the guest's vs-ethtool")
-    proc = subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(src)], capture_output=True, text=True, timeout=120)
+        raise RuntimeError(f"no C compiler (cc) to build the guest's {name}")
+    proc = subprocess.run([cc, "-O2", "-Wall", *cflags, "-o", str(out), str(src)], capture_output=True, text=True,
+                          timeout=120)
     if proc.returncode != 0:
-        raise RuntimeError(f"cc vs-ethtool.c exited {proc.returncode}:\n{proc.stderr}")
+        raise RuntimeError(f"cc {name}.c exited {proc.returncode}:\n{proc.stderr}")
     return out
 
 
