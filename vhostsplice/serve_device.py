@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import protocol as P
-from .backend import ANNOUNCE_FEATURES, BASE_FEATURES, LOG_FEATURES, OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES
+from .backend import ANNOUNCE_FEATURES, BASE_FEATURES, LOG_FEATURES, RUN_PROTOCOL_FEATURES, offload_features
 from .channel import Channel
 from .errors import Backoff, ProtocolError
 from .memory import DirtyLog
@@ -191,7 +191,7 @@ class DeviceRequests:
 
     def offered(self) -> int:
         """What the workers offer (offloads only while the tap carries a vnet header), plus MQ."""
-        offloads = OFFLOAD_FEATURES if self.config.offloads else 0
+        offloads = offload_features(self.config.offloads, uso=False)   # serve does not probe its taps for USO
         return BASE_FEATURES | offloads | LOG_FEATURES | ANNOUNCE_FEATURES | DEVICE_ONLY
 
     # -- migration ---------------------------------------------------------------------------------------
