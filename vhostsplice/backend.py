@@ -18,8 +18,9 @@ from .errors import ConfigError, FeatureError, ProtocolError
 from .memory import DirtyLog, GuestMemory
 from .memory_requests import add_mem_reg_exec, get_max_mem_slots_exec, region_fds, rem_fds, rem_mem_reg_exec, \
     set_mem_table_exec
-from .spec import GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, VRING_F_LOG, Feature as F, \
-    ProtocolFeature as PF, Req, bit, mask
+from .offloads import check_dependencies, tun_offload
+from .spec import GUEST_GSO, GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, USO_OFFLOADS, \
+    VRING_F_LOG, Feature as F, ProtocolFeature as PF, Req, bit, mask
 from .statepage import StatePage
 from .vring import RingState, close_fds
 
@@ -28,6 +29,7 @@ log = logging.getLogger("vhostsplice")
 BASE_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC, F.RING_F_EVENT_IDX,
                      F.F_IN_ORDER, F.VHOST_USER_F_PROTOCOL_FEATURES)
 OFFLOAD_FEATURES = mask(*GUEST_OFFLOAD_TO_TUN, *HOST_OFFLOADS)
+USO_FEATURES = mask(*USO_OFFLOADS)      # only with the offloads, and only where the host fd takes UDP GSO
 PROTOCOL_FEATURES = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
 # Dirty logging for live migration (docs/migration.md), on top of the sets above. `serve` offers them
 # too: its supervisor hands SET_LOG_BASE to every worker and answers once (serve_device.py).
@@ -51,9 +53,10 @@ PACKED_FEATURES = bit(F.F_RING_PACKED)
 GSO_MAX = 65550 + 4        # largest frame a tap hands over with guest TSO/UFO on (64 KiB + Ethernet + VLAN)
 
 
-def offered_features(*, offloads: bool, packed: bool) -> int:
-    """The one offered-features policy: `run`'s Backend offers it, `serve`'s device adds MQ to it."""
-    return (BASE_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES | (OFFLOAD_FEATURES if offloads else 0)
+def offered_features(*, offloads: bool, packed: bool, uso: bool = False) -> int:
+    """The one offered-features policy: `run`'s Backend offers it, `serve`'s device adds MQ to it (and
+    never USO: serve does not probe its taps)."""
+    return (BASE_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES | offload_features(offloads, uso)
             | (PACKED_FEATURES if packed else 0))
 
 
@@ -61,6 +64,7 @@ def offered_features(*, offloads: bool, packed: bool) -> int:
 class BackendConfig:
     offloads: bool = True
     packed: bool = True
+    uso: bool = False           # the host fd takes GSO_UDP_L4 both ways (HostFd.uso_ok)
     fault_exit: bool = False
     mtu: int = 1500
 
@@ -68,7 +72,7 @@ class BackendConfig:
 class Backend:
     def __init__(self, channel, datapath, hostfd, config: BackendConfig):
         self.channel, self.datapath, self.hostfd, self.config = channel, datapath, hostfd, config
-        self.offered = offered_features(offloads=config.offloads, packed=config.packed)
+        self.offered = offered_features(offloads=config.offloads, packed=config.packed, uso=config.uso)
         self.acked: int | None = None
         self.protocol_acked = 0
         self.status = 0
@@ -166,17 +170,18 @@ class Backend:
 
     def _configure_datapath(self) -> None:
         acked = self.acked or 0
-        guest_gso = acked & mask(F.NET_F_GUEST_TSO4, F.NET_F_GUEST_TSO6, F.NET_F_GUEST_UFO)
+        guest_gso = acked & mask(*GUEST_GSO)
         rx_max = NET_HDR_LEN + (GSO_MAX if guest_gso else self.config.mtu + 18)
         self.datapath.configure(mrg_rxbuf=self._acked(F.NET_F_MRG_RXBUF), event_idx=self._acked(F.RING_F_EVENT_IDX),
                                 indirect=self._acked(F.RING_F_INDIRECT_DESC), rx_max=rx_max,
                                 fault_exit=self.config.fault_exit, packed=self.packed,
                                 in_order=self._acked(F.F_IN_ORDER))
-        tun = 0
-        for feature, flag in GUEST_OFFLOAD_TO_TUN.items():
-            if acked & bit(feature):
-                tun |= flag
-        self.hostfd.set_offload(tun)
+        self.hostfd.set_offload(tun_offload(acked))
+
+
+def offload_features(offloads: bool, uso: bool) -> int:
+    """The offload bits offered: none with --no-offloads, USO only where the host fd takes it."""
+    return (OFFLOAD_FEATURES | (USO_FEATURES if uso else 0)) if offloads else 0
 
 
 def _fd(fd: int | None) -> int:
@@ -193,6 +198,7 @@ def set_features_exec(b: Backend, msg: P.Message) -> None:
     extra = features & ~b.offered
     if extra:
         raise ProtocolError(f"SET_FEATURES acks bits never offered: {extra:#x}")
+    check_dependencies(features)
     log_all = bool(features & bit(F.VHOST_F_LOG_ALL))
     if b.rings_running and features != b.acked:
         if features ^ (b.acked or 0) != bit(F.VHOST_F_LOG_ALL):

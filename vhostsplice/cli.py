@@ -164,7 +164,8 @@ def busy_poll_option(command):
 @click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
               help="Per-chain guest faults (bad address, bad descriptor) are counted, or end the worker (EFAULT).")
 @click.option("--offloads/--no-offloads", default=True, show_default=True,
-              help="Offer checksum/TSO/UFO/ECN offloads (passed through the tap's vnet header). With "
+              help="Offer checksum/TSO/UFO/ECN offloads, and USO where the host fd takes it (passed through the "
+                   "tap's vnet header). With "
                    "--no-offloads a tap opened by --tap carries no vnet header (unless other queues of it "
                    "already do): the kernel then builds none per frame.")
 @click.option("--packed/--no-packed", default=True, show_default=True, envvar="VHOSTSPLICE_PACKED",

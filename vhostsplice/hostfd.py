@@ -77,6 +77,7 @@ class HostFd:
     refused_drop: bool = False
     stream: bool = False        # a byte stream in QEMU's -netdev stream framing (4-byte length, frame)
     vnet_hdr_switchable: bool = False   # --packet with a vnet header: it follows the negotiated offloads
+    uso_ok: bool = False        # its kernel path takes GSO_UDP_L4 both ways (offloads.probe_uso)
 
     @property
     def offloads_ok(self) -> bool:

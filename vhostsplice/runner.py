@@ -22,6 +22,7 @@ from .placement import apply_placement
 from .errors import ConfigError, SetupError, VhostspliceError, errno_name, from_oserror
 from .hostfd import open_tap
 from .hostfd_inspect import inspect_fd, open_packet
+from .offloads import probe_uso
 from .sandbox import Sandbox
 from .statepage import StatePage, open_state
 from .worker import Worker, WorkerConfig
@@ -175,6 +176,7 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
         if offloads and not hostfd.offloads_ok:
             log.info("%s %s carries no vnet header: offloads are not offered", hostfd.kind, hostfd.name)
         page = StatePage(open_state(state_file, state_fd))     # mapped before the sandbox: no syscall per write
+        uso = offloads and probe_uso(hostfd)       # once, before privileges and the sandbox go
         apply_placement(*placement)
         door = _open_door(socket_path, connect_path, inherited_fd, ownership)
         confinement.prepare()
@@ -182,8 +184,8 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
             drop_privileges(*ownership.user)
             _check_writable_as_user(stats_file, socket_path)
             log.info("serving as uid %d gid %d", *ownership.user)
-        backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, fault_exit=fault_exit, mtu=hostfd.mtu,
-                                packed=packed)
+        backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, uso=uso, fault_exit=fault_exit,
+                                mtu=hostfd.mtu, packed=packed)
         config = WorkerConfig(backend, stats_file, allow_uids=ownership.allow_uids,
                               sandbox=confinement if sandbox != "off" else None,
                               stats_format=stats_format, stats_interval=stats_interval, busy_poll_us=busy_poll_us,

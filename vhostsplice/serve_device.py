@@ -199,6 +199,7 @@ class DeviceRequests:
 
     def offered(self) -> int:
         """What the workers offer (offloads only while the tap carries a vnet header), plus MQ."""
+        # serve does not probe its taps for USO: offered by `run` only
         return offered_features(offloads=self.config.offloads, packed=self.config.packed) | DEVICE_ONLY
 
     # -- memory slots ------------------------------------------------------------------------------------

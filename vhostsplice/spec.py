@@ -90,6 +90,9 @@ class Feature(enum.IntEnum):
     F_ACCESS_PLATFORM = 33
     F_RING_PACKED = 34
     F_IN_ORDER = 35
+    NET_F_GUEST_USO4 = 54                # the driver takes UDP GSO (gso_type UDP_L4) over IPv4 on RX
+    NET_F_GUEST_USO6 = 55                # ... over IPv6
+    NET_F_HOST_USO = 56                  # the device takes UDP GSO frames on TX
 
 
 class ProtocolFeature(enum.IntEnum):
@@ -125,6 +128,8 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
 TUN_F_UFO = 0x10
+TUN_F_USO4 = 0x20       # Linux 6.2 and later; tun and tap take USO4 only together with USO6 and CSUM
+TUN_F_USO6 = 0x40
 GUEST_OFFLOAD_TO_TUN = {
     Feature.NET_F_GUEST_CSUM: TUN_F_CSUM,
     Feature.NET_F_GUEST_TSO4: TUN_F_TSO4,
@@ -134,6 +139,34 @@ GUEST_OFFLOAD_TO_TUN = {
 }
 HOST_OFFLOADS = (Feature.NET_F_CSUM, Feature.NET_F_HOST_TSO4, Feature.NET_F_HOST_TSO6,
                  Feature.NET_F_HOST_ECN, Feature.NET_F_HOST_UFO)
+# UDP segmentation offload (virtio 1.2 5.1.6.2, gso_type 5): offered only where the host fd's kernel
+# path takes GSO_UDP_L4 (HostFd.uso_ok). The tap needs TUN_F_USO4 and TUN_F_USO6 at once (tun.c
+# set_offload refuses one alone with EINVAL), so a driver acking one of them gets neither on the tap:
+# the kernel then segments before the tap, and the guest sees plain datagrams.
+GUEST_USO_TO_TUN = {Feature.NET_F_GUEST_USO4: TUN_F_USO4, Feature.NET_F_GUEST_USO6: TUN_F_USO6}
+USO_OFFLOADS = (*GUEST_USO_TO_TUN, Feature.NET_F_HOST_USO)
+# The guest-side bits that let the host hand over frames larger than the MTU (rx buffers: GSO size).
+GUEST_GSO = (Feature.NET_F_GUEST_TSO4, Feature.NET_F_GUEST_TSO6, Feature.NET_F_GUEST_UFO, *GUEST_USO_TO_TUN)
+
+# Feature dependencies (virtio 1.2 5.1.3.1) among the offloads: each bit needs one of its set acked too.
+# A driver acking a bit without its dependency is refused at SET_FEATURES.
+OFFLOAD_REQUIRES = {
+    Feature.NET_F_GUEST_TSO4: (Feature.NET_F_GUEST_CSUM,),
+    Feature.NET_F_GUEST_TSO6: (Feature.NET_F_GUEST_CSUM,),
+    Feature.NET_F_GUEST_ECN: (Feature.NET_F_GUEST_TSO4, Feature.NET_F_GUEST_TSO6),
+    Feature.NET_F_GUEST_UFO: (Feature.NET_F_GUEST_CSUM,),
+    Feature.NET_F_GUEST_USO4: (Feature.NET_F_GUEST_CSUM,),
+    Feature.NET_F_GUEST_USO6: (Feature.NET_F_GUEST_CSUM,),
+    Feature.NET_F_HOST_TSO4: (Feature.NET_F_CSUM,),
+    Feature.NET_F_HOST_TSO6: (Feature.NET_F_CSUM,),
+    Feature.NET_F_HOST_ECN: (Feature.NET_F_HOST_TSO4, Feature.NET_F_HOST_TSO6),
+    Feature.NET_F_HOST_UFO: (Feature.NET_F_CSUM,),
+    Feature.NET_F_HOST_USO: (Feature.NET_F_CSUM,),
+}
+
+# virtio_net_hdr gso_type values (virtio 1.2 5.1.6); the kernel validates the header, not the core.
+GSO_NONE, GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4 = 0, 1, 3, 4, 5
+HDR_F_NEEDS_CSUM = 1
 
 # The largest Queue Size of both layouts (virtio 1.2 2.7 split, 2.8 packed: the C core's VS_MAX_QUEUE_SIZE;
 # the size rule itself is the core's vs_ring_num_ok, asked through datapath.ring_size_ok).

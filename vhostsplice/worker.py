@@ -415,6 +415,7 @@ class Worker:
         }
         if self.backend is not None:
             out["features"] = f"{self.backend.acked or 0:#x}"
+            out["offered"] = f"{self.backend.offered:#x}"
             out["protocol_features"] = f"{self.backend.protocol_acked:#x}"
             out["messages"] = self.backend.messages
             out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped

@@ -15,9 +15,9 @@ import pytest
 
 from support.netns import entered_netns
 from vhostsplice.selfexec import self_argv, self_env
-from vhostsplice.spec import Feature as F, bit
+from vhostsplice.spec import Feature as F, bit, mask
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
-from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
+from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket, uso_frame, uso_header
 
 pytestmark = pytest.mark.root
 DEV, PEER = "vshA", "vshB"
@@ -147,6 +147,31 @@ def test_checksum_offload_reaches_the_peer(make_worker):
     code, stats = w.wait()
     assert code == 0, w.stderr
     assert stats["host"]["vnet_hdr_len"] == 12 and stats["rings"]["tx"]["packets"] == 2
+
+
+def test_uso_frame_reaches_the_peer_as_segments(make_worker):
+    """Linux >= 6.2: USO is offered on a packet socket with a vnet header, and a GSO_UDP_L4 frame from
+    the guest crosses (packet_snd: virtio_net_hdr_to_skb) to arrive at the peer as gso_size datagrams."""
+    uso = CSUM | mask(F.NET_F_HOST_USO, F.NET_F_GUEST_USO4, F.NET_F_GUEST_USO6)
+    ip("addr", "add", f"{PEER_IP}/24", "dev", PEER)
+    with tap_socket(PEER) as probe:
+        mac = probe.getsockname()[4]
+    rcv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rcv.bind((PEER_IP, 0))
+    rcv.settimeout(5)
+    w = make_worker()
+    fe = Frontend.connect(w.sock, features=DEFAULT_FEATURES | uso).start()
+    assert fe.acked & uso == uso
+    payload = bytes(i & 0xFF for i in range(2500))
+    frame = uso_frame((b"\x02\x00\x00\x00\x00\x07", mac), (SRC_IP, PEER_IP), (40002, rcv.getsockname()[1]),
+                      payload)
+    fe.send([frame], hdr=uso_header(1000))
+    got = [rcv.recv(65536) for _ in range(3)]
+    assert [len(g) for g in got] == [1000, 1000, 500] and b"".join(got) == payload
+    rcv.close()
+    fe.stop()
+    fe.close()
+    assert w.wait()[0] == 0, w.stderr
 
 
 def test_interface_down_is_counted_then_up_serves_again(make_worker):

@@ -9,7 +9,8 @@ from vhostsplice import protocol as P
 from vhostsplice.backend import BASE_FEATURES, Backend, BackendConfig
 from vhostsplice.channel import Channel
 from vhostsplice.errors import FeatureError, ProtocolError
-from vhostsplice.spec import TUN_F_CSUM, TUN_F_TSO4, Feature as F, ProtocolFeature as PF, Req, bit, mask
+from vhostsplice.spec import TUN_F_CSUM, TUN_F_TSO4, TUN_F_USO4, TUN_F_USO6, Feature as F, ProtocolFeature as PF, Req, \
+    bit, mask
 from vhostsplice.testing.hostfd import FakeHostFd
 
 
@@ -481,3 +482,35 @@ def test_send_rarp_to_a_failing_host_fd_is_a_counted_drop(rarp_env):
     host.peer.close()                                   # the write now fails (ECONNREFUSED)
     send(backend, Req.SEND_RARP, P.encode_rarp_mac(GUEST_MAC))
     assert backend.rarp == {"sent": 0, "dropped": 1, "skipped": 0}
+
+
+USO_ACK = mask(F.F_VERSION_1, F.NET_F_CSUM, F.NET_F_GUEST_CSUM, F.NET_F_HOST_USO, F.NET_F_GUEST_USO4,
+               F.NET_F_GUEST_USO6)
+
+
+@pytest.mark.parametrize("uso", [True, False])
+def test_uso_is_offered_only_where_the_host_fd_takes_it(uso):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    backend = Backend(Channel(a), RecordingDatapath(), FakeHostFd(), BackendConfig(uso=uso))
+    uso_bits = mask(F.NET_F_GUEST_USO4, F.NET_F_GUEST_USO6, F.NET_F_HOST_USO)
+    assert backend.offered & uso_bits == (uso_bits if uso else 0)
+    if not uso:     # never offered: acking them is the front-end's violation
+        with pytest.raises(ProtocolError, match="never offered"):
+            send(backend, Req.SET_FEATURES, P.encode_u64(USO_ACK))
+    backend.close()
+    a.close()
+    b.close()
+
+
+def test_acked_uso_reaches_the_tap_and_sizes_rx_for_gso():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    dp, host = RecordingDatapath(), FakeHostFd()
+    backend = Backend(Channel(a), dp, host, BackendConfig(uso=True))
+    send(backend, Req.SET_FEATURES, P.encode_u64(USO_ACK))
+    assert host.offload == TUN_F_CSUM | TUN_F_USO4 | TUN_F_USO6
+    assert [kw for name, kw in dp.calls if name == "configure"][-1]["rx_max"] > 65536
+    with pytest.raises(ProtocolError, match="GUEST_USO4 without NET_F_GUEST_CSUM"):
+        send(backend, Req.SET_FEATURES, P.encode_u64(USO_ACK & ~bit(F.NET_F_GUEST_CSUM)))
+    backend.close()
+    a.close()
+    b.close()

@@ -44,6 +44,7 @@ FEATURE_BITS = {
     "GUEST_UFO": 10, "HOST_TSO4": 11, "HOST_TSO6": 12, "HOST_ECN": 13, "HOST_UFO": 14, "MRG_RXBUF": 15,
     "STATUS": 16, "CTRL_VQ": 17, "GUEST_ANNOUNCE": 21, "MQ": 22, "INDIRECT_DESC": 28, "EVENT_IDX": 29, "PROTOCOL_FEATURES": 30,
     "VERSION_1": 32, "ACCESS_PLATFORM": 33, "RING_PACKED": 34, "IN_ORDER": 35,
+    "GUEST_USO4": 54, "GUEST_USO6": 55, "HOST_USO": 56,
 }
 # QEMU virtio-net-pci properties that cut the data-path features (all of them: minimal device).
 MINIMAL_DEVICE = ("mrg_rxbuf=off,event_idx=off,indirect_desc=off,csum=off,guest_csum=off,gso=off,"
@@ -433,15 +434,21 @@ VS_ETHTOOL_C = (GUEST_DIR / "vs-ethtool.c").read_text()
 
 def build_vs_ethtool(workdir: str | Path) -> Path:
     """Compile VS_ETHTOOL_C into WORKDIR/vs-ethtool (host cc, dynamic: the guest image has the host's libc)."""
+    return build_guest_tool(VS_ETHTOOL, workdir)
+
+
+def build_guest_tool(name: str, workdir: str | Path, *cflags: str) -> Path:
+    """Compile tests/guest/NAME.c into WORKDIR/NAME with the host's cc, for fw_cfg_file (vs_fwcfg_bin)."""
     workdir = Path(workdir)
-    src, out = workdir / "vs-ethtool.c", workdir / VS_ETHTOOL
-    src.write_text(VS_ETHTOOL_C)
+    src, out = workdir / f"{name}.c", workdir / name
+    src.write_text((GUEST_DIR / f"{name}.c").read_text())
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
-        raise RuntimeError("no C compiler (cc) to build the guest's vs-ethtool")
-    proc = subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(src)], capture_output=True, text=True, timeout=120)
+        raise RuntimeError(f"no C compiler (cc) to build the guest's {name}")
+    proc = subprocess.run([cc, "-O2", "-Wall", *cflags, "-o", str(out), str(src)], capture_output=True, text=True,
+                          timeout=120)
     if proc.returncode != 0:
-        raise RuntimeError(f"cc vs-ethtool.c exited {proc.returncode}:\n{proc.stderr}")
+        raise RuntimeError(f"cc {name}.c exited {proc.returncode}:\n{proc.stderr}")
     return out
 
 

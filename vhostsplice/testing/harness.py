@@ -9,11 +9,13 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import time
 
 from ..counters import read_stats
 from ..selfexec import self_argv, self_env
+from ..spec import GSO_UDP_L4, HDR_F_NEEDS_CSUM
 
 ETH_P_ALL = 0x0003
 DEMO_ETHERTYPE = 0x88B5          # IEEE local experimental: never confused with real traffic
@@ -122,6 +124,29 @@ def demo_frame(seq: int, size: int, src: bytes = b"\x02\x00\x00\x00\x00\x01") ->
     head = b"\xff" * 6 + src + DEMO_ETHERTYPE.to_bytes(2, "big") + seq.to_bytes(4, "big")
     body = bytes((seq + i) & 0xFF for i in range(size - len(head)))
     return head + body
+
+
+def uso_frame(macs: tuple[bytes, bytes], ips: tuple[str, str], ports: tuple[int, int], payload: bytes) -> bytes:
+    """Ethernet + IPv4 + UDP (MACS, IPS, PORTS: (src, dst)) as a USO sender hands it over with a
+    GSO_UDP_L4 header: the UDP checksum field holds the pseudo-header sum only (NEEDS_CSUM, csum_start
+    34, csum_offset 6), the lengths are the whole payload's."""
+    src, dst = socket.inet_aton(ips[0]), socket.inet_aton(ips[1])
+    ulen = 8 + len(payload)
+    udp = struct.pack("!HHHH", *ports, ulen, _fold(sum(struct.unpack("!4H", src + dst)) + 17 + ulen)) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 7, 0x4000, 64, 17, 0, src, dst)
+    ip_sum = ~_fold(sum(struct.unpack("!10H", ip))) & 0xFFFF
+    return macs[1] + macs[0] + b"\x08\x00" + ip[:10] + struct.pack("!H", ip_sum) + ip[12:] + udp
+
+
+def uso_header(gso_size: int) -> bytes:
+    """The virtio_net_hdr_v1 of uso_frame: NEEDS_CSUM, GSO_UDP_L4, hdr_len 42, GSO_SIZE, csum 34/6."""
+    return struct.pack("<BBHHHHH", HDR_F_NEEDS_CSUM, GSO_UDP_L4, 42, gso_size, 34, 6, 0)
+
+
+def _fold(total: int) -> int:
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
 
 
 def collect(sock: socket.socket, count: int, timeout: float = 5.0) -> list[bytes]:
