@@ -289,7 +289,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
         worker_args += ["--user", run_as]
     _check_stats(stats_file, stats_interval)
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
-                         worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox,
+                         worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox, worker_entry=main,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 
