@@ -267,7 +267,9 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     eventfds are signalled when it failed, and it is replaced per --restart with the policy's back-off
     (`vhostsplice exit-codes`: doubling to a cap, jittered, reset by a stable run; each exit event carries
     it); the replacement resumes from used->idx. The tap is held by a detached queue for serve's lifetime,
-    so it and what the host set on it outlive the workers. SIGTERM/SIGINT stop every worker, exit 0 (from
+    so it and what the host set on it outlive the workers. Workers are forked (no exec) by a template
+    process started with serve, which then confines itself (docs/security.md "serve"); `ps` names them
+    vs-serve, vs-template, vs-worker. SIGTERM/SIGINT stop every worker, exit 0 (from
     serve's start: held until its loop runs; workers start with them blocked).
     Ownership as for `run`: one front-end, --socket-mode/--socket-group, --allow-uid (refused peers are
     'refused' events), --user (every worker drops to it once its tap queue is open). Live migration as

@@ -2,7 +2,8 @@
 
 vhost-user carries every ring of a device over one socket. The supervisor answers the device-wide
 requests itself and forwards the rest to the worker of the pair they concern over a socketpair, as a
-front-end would: ring 2k+j of the device is ring j of worker k (`vhostsplice run --fd N`); which request
+front-end would: ring 2k+j of the device is ring j of worker k (`vhostsplice run --fd N`, forked by the
+template: template.py); which request
 goes where is serve_device.py's business, this module runs the workers and the loop. Everything a
 worker was told is kept (fds duplicated), so a worker that dies is replaced and told again; it resumes
 from used->idx like any restarted back-end. A pair's worker starts when the front-end first enables one
@@ -106,7 +107,8 @@ class Supervisor(DeviceRequests):
         pair.chan = Channel(ours)
         pair.pidfd = os.pidfd_open(pair.proc.pid)
         self._watch(pair.pidfd, "exit", pair.index)
-        self.emit("start", pair=pair.index, pid=pair.proc.pid, cpu=pair.cpu, restarts=pair.restarts)
+        self.emit("start", pair=pair.index, pid=pair.proc.pid, cpu=pair.cpu, restarts=pair.restarts,
+                  stats_file=pair.stats_file)       # SIGUSR1 rewrites it (a forked worker's cmdline is serve's)
         self.replay(pair)
 
     def worker_spec(self) -> WorkerSpec:
