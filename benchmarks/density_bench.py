@@ -57,10 +57,30 @@ def proc_figures(pid: int) -> dict[str, int]:
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """PID's children, grandchildren...: serve's template and the workers it forked."""
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def confined(pid: int) -> bool:
-    """A worker past its set-up (the sandbox is loaded last, right before its first message)."""
+    """A worker past its set-up (the sandbox is loaded last, right before its first message); serve's
+    template is never confined (it is not measured for that)."""
     try:
-        return "Seccomp:\t2" in Path(f"/proc/{pid}/status").read_text()
+        text = Path(f"/proc/{pid}/status").read_text()
+        return "Seccomp:\t2" in text or "Name:\tvs-template" in text
     except FileNotFoundError:
         return True
 
@@ -154,7 +174,7 @@ def shape_serve(n: int, workdir: Path, window: float) -> dict:
                 while len(workers()) < n and time.monotonic() < deadline:
                     time.sleep(0.05)
                 startup = time.monotonic() - t0
-                d = measure_idle(lambda: [sup.pid, *workers()], window)
+                d = measure_idle(lambda: [sup.pid, *descendants(sup.pid)], window)
                 pmd.stop()
             return {"startup_s": round(startup, 2), "workers_started": len(workers()), **d}
         finally:

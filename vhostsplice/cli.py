@@ -281,9 +281,11 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     reported as a JSON event line (pair, pid, exit code, errno name, counters), its rings' VRING_ERR
     eventfds are signalled when it failed, and it is replaced per --restart with the policy's back-off
     (`vhostsplice exit-codes`: doubling to a cap, jittered, reset by a stable run; each exit event carries
-    it); the replacement resumes from used->idx (a packed ring: from the front-end's SET_VRING_BASE, README
-    "What it negotiates"). The tap is held by a detached queue for serve's lifetime,
-    so it and what the host set on it outlive the workers. SIGTERM/SIGINT stop every worker, exit 0 (from
+    it); the replacement resumes from used->idx (a packed ring: from the pair's state page, README
+    "Restarts"). The tap is held by a detached queue for serve's lifetime,
+    so it and what the host set on it outlive the workers. Workers are forked (no exec) by a template
+    process started with serve, which then confines itself (docs/security.md "serve"); `ps` names them
+    vs-serve, vs-template, vs-worker. SIGTERM/SIGINT stop every worker, exit 0 (from
     serve's start: held until its loop runs; workers start with them blocked).
     Ownership as for `run`: one front-end, --socket-mode/--socket-group, --allow-uid (refused peers are
     'refused' events), --user (every worker drops to it once its tap queue is open). Live migration as
@@ -306,6 +308,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     _check_stats(stats_file, stats_interval)
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
                          worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox, packed=packed,
+                         worker_entry=main,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 

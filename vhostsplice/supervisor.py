@@ -2,7 +2,8 @@
 
 vhost-user carries every ring of a device over one socket. The supervisor answers the device-wide
 requests itself and forwards the rest to the worker of the pair they concern over a socketpair, as a
-front-end would: ring 2k+j of the device is ring j of worker k (`vhostsplice run --fd N`); which request
+front-end would: ring 2k+j of the device is ring j of worker k (`vhostsplice run --fd N`, forked by the
+template: template.py); which request
 goes where is serve_device.py's business, this module runs the workers and the loop. Everything a
 worker was told is kept (fds duplicated), so a worker that dies is replaced and told again; it resumes
 where its predecessor stopped from the pair's state page (a memfd serve holds, `run --state-fd`;
@@ -26,19 +27,21 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from . import protocol as P
 from .channel import Channel, Listener
 from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, Backoff, FrontendGone, ProtocolError,
-                     errno_name, release_stop_signals, restart_action, signals_held)
+                     errno_name, release_stop_signals, restart_action)
 from .runner import Ownership
 from .sandbox.audit import KillLog
-from .sandbox.serve import ServeFacts, confine_serve
+from .sandbox.serve import ServeFacts, confine_serve, name_process
 from .counters import StatsOutput, device_text, worker_name, write_atomically
-from .selfexec import self_argv, self_env
+from .selfexec import self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
 from .spec import Req
 from .statepage import new_memfd
+from .template import Template, WorkerSpec
 from .vring import close_fd, close_fds
 
 log = logging.getLogger("vhostsplice")
@@ -57,6 +60,7 @@ class ServeConfig:
     offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
     packed: bool = True          # the workers offer RING_PACKED (not with --no-packed)
     stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
+    worker_entry: Callable[[list[str]], int] | None = None     # cli.main: what the template runs per worker
     sandbox: str = "strict"      # serve's own confinement (sandbox/serve.py) and, passed on, every worker's
 
 
@@ -85,6 +89,7 @@ class Supervisor(DeviceRequests):
         self.events = open(config.events, "a") if config.events else sys.stderr
         self.stopping = False
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)    # workers' stdin, opened before confining
+        self.template: Template | None = None     # run_supervisor forks it
         self.kills = KillLog()           # names a worker's seccomp kill: /dev/kmsg, opened before confining
         # each pair's ring-position state page (a sealed memfd), made before confining: every worker gets it
         self.state_fds = {pair.index: new_memfd(f"vhostsplice-pair{pair.index}-state") for pair in self.pairs}
@@ -99,23 +104,26 @@ class Supervisor(DeviceRequests):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pair.stats_file = os.path.join(self.rundir, f"pair{pair.index}.json")
         state = self.state_fds[pair.index]
-        argv = [*self_argv(), "run", "--fd", str(theirs.fileno()), "--tap", self.config.tap,
-                "--state-fd", str(state), "--stats-file", pair.stats_file, *self.config.worker_args]
-        if self.config.stats and self.config.stats.interval:
-            argv += ["--stats-interval", str(self.config.stats.interval)]
-        if pair.cpu is not None:
-            argv += ["--cpu", str(pair.cpu)]
-        # The worker starts with the stop signals blocked and unblocks them once its handlers are in
-        # (worker.py): a stop during its start-up is a clean stop, never a death by the signal.
-        with signals_held(drain=False):
-            pair.proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(), state), env=worker_env(), stdin=self.devnull)
+        # The template forks the worker (template.py): its command line is built there, from this
+        # serve's own options, and it starts with the stop signals blocked until its handlers are in.
+        try:
+            pair.proc = self.template.spawn(pair.index, [theirs.fileno(), state])
+        finally:
+            theirs.close()
         pair.started, pair.started_at = True, time.monotonic()
-        theirs.close()
         pair.chan = Channel(ours)
         pair.pidfd = os.pidfd_open(pair.proc.pid)
         self._watch(pair.pidfd, "exit", pair.index)
-        self.emit("start", pair=pair.index, pid=pair.proc.pid, cpu=pair.cpu, restarts=pair.restarts)
+        self.emit("start", pair=pair.index, pid=pair.proc.pid, cpu=pair.cpu, restarts=pair.restarts,
+                  stats_file=pair.stats_file)       # SIGUSR1 rewrites it (a forked worker's cmdline is serve's)
         self.replay(pair)
+
+    def worker_spec(self) -> WorkerSpec:
+        """The template's fixed recipe for this device's workers (template.WorkerSpec)."""
+        stats = self.config.stats
+        return WorkerSpec(tap=self.config.tap, run_dir=self.rundir, cpus=tuple(p.cpu for p in self.pairs),
+                          worker_args=tuple(self.config.worker_args), env=worker_env(),
+                          stats_interval=stats.interval if stats and stats.interval else None)
 
     def replay(self, pair: Pair) -> None:
         """Tell a (new) worker everything the front-end has said that concerns it, in protocol order."""
@@ -390,16 +398,22 @@ def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
     if not probe.set_queue_attached(False):
         log.info("tap %s is single-queue: not held between workers", config.tap)
         probe.close()
+    sup = None
     try:
         own = config.ownership
         owner = own.user[0] if own.user else -1
         group = own.socket_group if own.socket_group != -1 else (own.user[1] if own.user else -1)
         listener = Listener(socket_path, mode=own.socket_mode, owner=owner, group=group)
         sup = Supervisor(listener, config)
-        # set-up done (tap held, socket listening, run directory made): confined before any front-end
+        sup.template = Template(sup.worker_spec(), config.worker_entry)      # forked now: before confinement, after the imports
+        name_process(b"vs-serve")
+        # set-up done (tap held, socket listening, run directory made, template forked): confined
+        # before any front-end
         stats_dir = os.path.dirname(os.path.abspath(config.stats.path)) if config.stats else None
         sup.emit("sandbox", **confine_serve(config.sandbox, ServeFacts(
             run_dir=sup.rundir, stats_dir=stats_dir, socket_dir=os.path.dirname(os.path.abspath(socket_path)))))
         return sup.run()
     finally:
+        if sup is not None and sup.template is not None:
+            sup.template.close()
         probe.close()

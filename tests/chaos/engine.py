@@ -75,7 +75,7 @@ def kill_serve_workers(chaos: Chaos, rig: ServeRig, pairs: tuple[int, ...], firs
         chaos.check(backoff <= BACKOFF.cap, f"pair {k}: back-off {backoff} beyond the cap {BACKOFF.cap}")
         chaos.check(backoff - 0.01 <= gap <= backoff + START_SLACK_S, f"pair {k}: restart {gap:.2f} s after "
                     f"its exit with a back-off of {backoff}")
-        moved = wait_for(lambda: tx_packets(start[0]["pid"]), 30)
+        moved = wait_for(lambda: tx_packets(start[0]["pid"], start[0]["stats_file"]), 30)
         chaos.check(moved > 0, f"pair {k}: replacement {start[0]['pid']} moved no frames")
         chaos.rounds.append({"t": round(t_kill - chaos.t0, 2), "rig": "serve", "pair": k, "pairs_down": len(pairs),
                              "backoff_s": backoff, "restart_gap_s": round(gap, 3), "failures": ended[0]["failures"],

@@ -42,9 +42,10 @@ def stats_file_of(pid: int) -> str | None:
     return argv[argv.index(b"--stats-file") + 1].decode() if b"--stats-file" in argv else None
 
 
-def tx_packets(pid: int, timeout: float = 5.0) -> int:
-    """Frames the running worker PID has taken from the guest's TX ring so far (0 if it cannot say)."""
-    path = stats_file_of(pid)
+def tx_packets(pid: int, stats_file: str | None = None, timeout: float = 5.0) -> int:
+    """Frames the running worker PID has taken from the guest's TX ring so far (0 if it cannot say).
+    STATS_FILE: its --stats-file (serve's start event names it), else read from its command line."""
+    path = stats_file or stats_file_of(pid)
     stats = live_stats(Pid(pid), path, timeout) if path else None
     return (stats or {}).get("rings", {}).get("tx", {}).get("packets", 0)
 

@@ -1,6 +1,6 @@
 """`serve` confines itself (issue 17, sandbox/serve.py, docs/security.md "serve"): after its set-up and
-before a front-end, with the smaller set a supervisor needs; the filter and Landlock bite; the worker's
-own list stacks beneath serve's. As root, in a private netns (prefix vsz).
+before a front-end, as far as a worker does (its workers come from the template, template.py); the
+filter and Landlock bite. As root, in a private netns (prefix vsz).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from support.confined import status, unconfined
 from support.netns import entered_netns
 from support.waiting import wait_for
-from vhostsplice.sandbox import allowlist, kernel
+from vhostsplice.sandbox import kernel
 from vhostsplice.sandbox import serve as serve_box
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
@@ -24,7 +24,6 @@ from vhostsplice.testing.harness import demo_frame
 
 pytestmark = pytest.mark.root
 TAP = "vsz0"
-KEEP_MASK = sum(1 << cap for cap in serve_box.KEEP_CAPS)
 
 
 @pytest.fixture
@@ -55,15 +54,15 @@ def _stop(proc) -> int:
 def test_serve_is_confined_before_a_front_end_and_its_workers_still_serve(ns, tmp_path):
     proc, sock, events = _serve(tmp_path)
     try:
-        st = status(proc.pid)       # listening, no front-end yet: already confined
-        assert st["Seccomp"] == "2" and st["NoNewPrivs"] == "1", st
-        caps = {name: int(st[name], 16) for name in ("CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb")}
-        assert caps == {"CapEff": KEEP_MASK, "CapPrm": KEEP_MASK, "CapBnd": KEEP_MASK, "CapInh": 0, "CapAmb": 0}
+        assert unconfined(proc.pid) == []       # listening, no front-end yet: confined like a worker
         [box] = _events(events, "sandbox")
-        assert box["seccomp"] == "kill" and box["capabilities_kept"] == sorted(serve_box.KEEP_CAPS)
+        assert box["seccomp"] == "kill" and box["bounding_dropped"] is True
         fe = Frontend.connect(sock).start()
         pids = wait_for(lambda: [e["pid"] for e in _events(events, "start")])
         assert wait_for(lambda: not unconfined(pids[0])), unconfined(pids[0])
+        template = int(status(pids[0])["PPid"])     # the worker is the template's child, not serve's
+        assert template != proc.pid and int(status(template)["PPid"]) == proc.pid
+        assert open(f"/proc/{template}/comm").read().strip() == "vs-template"
         fe.send([demo_frame(i, 120) for i in range(8)])
         assert fe.wait_used(fe.tx, 8)
         os.kill(pids[0], signal.SIGKILL)            # a replacement starts beneath serve's confinement
@@ -91,8 +90,8 @@ def test_serve_sandbox_off_confines_nothing(ns, tmp_path):
 CHILD = textwrap.dedent("""
     import ctypes, os, socket, sys
     from vhostsplice.sandbox.serve import ServeFacts, confine_serve
-    run_dir = sys.argv[2]
-    confine_serve("strict", ServeFacts(run_dir=run_dir, stats_dir=None, socket_dir=run_dir))
+    run_dir, stats_dir = os.path.join(sys.argv[2], "run"), os.path.join(sys.argv[2], "stats")
+    confine_serve("strict", ServeFacts(run_dir=run_dir, stats_dir=stats_dir, socket_dir=sys.argv[2]))
     os.write(1, b"confined\\n")
     libc = ctypes.CDLL(None, use_errno=True)
     def try_open(path):
@@ -101,20 +100,16 @@ CHILD = textwrap.dedent("""
             return "opened"
         except OSError as exc:
             return f"errno {exc.errno}"
-    def run(argv):
-        try:
-            return f"exit {subprocess.run(argv).returncode}"
-        except OSError as exc:
-            return f"errno {exc.errno}"
-    import subprocess
     attempt = {
-        "socket_inet": lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+        "socket_unix": lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM),
         "ptrace": lambda: libc.ptrace(0, 0, None, None),
         "mount": lambda: libc.mount(b"none", b"/mnt", b"tmpfs", 0, None),
-        "clone_newuser": lambda: libc.unshare(0x10000000),
-        "exec_other": lambda: run(["/bin/true"]),
-        "exec_python": lambda: run([sys.executable, "-c", "pass"]),
+        "unshare": lambda: libc.unshare(0x10000000),
+        "fork": lambda: os.fork(),
+        "execve": lambda: os.execv(sys.executable, [sys.executable, "-c", "pass"]),
+        "kill": lambda: os.kill(1, 0),
         "write_outside": lambda: try_open("/tmp/vhostsplice-serve-sandbox-must-not-exist"),
+        "write_stats_dir": lambda: try_open(os.path.join(stats_dir, "s.json")),
         "write_run_dir": lambda: try_open(os.path.join(run_dir, "w.json")),
     }[sys.argv[1]]
     os.write(1, f"survived {attempt()}\\n".encode())
@@ -122,25 +117,26 @@ CHILD = textwrap.dedent("""
 
 
 def _child(what, tmp_path):
+    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "stats").mkdir(exist_ok=True)
     proc = subprocess.run([*self_argv()[:-2], "-c", CHILD, what, str(tmp_path)], env=self_env(),
                           capture_output=True, text=True, timeout=60)
     assert proc.stdout.startswith("confined\n"), proc.stderr
     return proc
 
 
-@pytest.mark.parametrize("what", ["socket_inet", "ptrace", "mount", "clone_newuser"])
+@pytest.mark.parametrize("what", ["socket_unix", "ptrace", "mount", "unshare", "fork", "execve", "kill"])
 def test_serve_filter_kills_what_a_compromised_serve_would_try(what, tmp_path):
     out = _child(what, tmp_path)
     assert out.returncode == -signal.SIGSYS, (out.returncode, out.stdout, out.stderr)
 
 
 @pytest.mark.parametrize("what, expect", [
-    ("exec_other", f"survived errno {errno.EACCES}"),       # Landlock: only this interpreter executes
-    ("exec_python", "survived exit 0"),                      # what starting a worker needs
     ("write_outside", f"survived errno {errno.EACCES}"),     # Landlock: read-only file system
-    ("write_run_dir", "survived opened"),                    # the workers' stats files
+    ("write_run_dir", f"survived errno {errno.EACCES}"),     # the workers write there, serve only reads
+    ("write_stats_dir", "survived opened"),                  # --stats-file
 ])
-def test_serve_landlock_executes_only_the_interpreter_and_writes_only_its_run_dir(what, expect, tmp_path):
+def test_serve_landlock_writes_only_its_stats_directory(what, expect, tmp_path):
     if not kernel.landlock_abi():
         pytest.skip("this kernel has no Landlock")
     out = _child(what, tmp_path)
@@ -148,10 +144,9 @@ def test_serve_landlock_executes_only_the_interpreter_and_writes_only_its_run_di
     assert not os.path.exists("/tmp/vhostsplice-serve-sandbox-must-not-exist")
 
 
-def test_the_worker_list_stacks_beneath_serves():
-    """Filters are inherited across exec: a worker of serve runs beneath serve's filter, so every call the
-    worker's own list allows must be in serve's (else the worker dies of serve's filter, not its own)."""
-    serves = serve_box.table()
-    assert {name for name, _rule, _why in allowlist.ALLOW} <= set(serves)
-    assert all(rule in serve_box.SERVE_RULES and why for rule, why in serves.values())
-    assert all(why for why in serve_box.KEEP_CAPS.values())
+def test_serve_filter_holds_nothing_that_starts_or_reaches_another_process():
+    """serve's workers come from the template: serve's own list has no way to make or touch a process."""
+    allowed = set(serve_box.table())
+    assert not allowed & {"fork", "vfork", "clone", "clone3", "execve", "execveat", "kill", "tkill", "tgkill",
+                          "ptrace", "process_vm_writev", "socket", "connect", "bind", "unshare", "setns"}
+    assert all(rule in serve_box.SERVE_RULES and why for rule, why in serve_box.table().values())

@@ -20,7 +20,6 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 # a --user drop (setresuid) still clears every capability (SECBIT_NO_SETUID_FIXUP must stay off)
 SECUREBITS_LOCKED_NOROOT = 0x01 | 0x02 | 0x20
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
-U32 = 0xFFFFFFFF
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 
 # Landlock (kernel >= 5.13): the syscall numbers are the same on every architecture.
@@ -30,7 +29,6 @@ LANDLOCK_RULE_PATH_BENEATH = 1
 FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR, FS_REMOVE_DIR, FS_REMOVE_FILE = (1 << n for n in range(6))
 FS_MAKE_REG = 1 << 8
 FS_TRUNCATE = 1 << 14
-FS_IOCTL_DEV = 1 << 15      # ABI 5
 # Every file-system right each ABI version knows (all of them are handled: none is granted by default).
 FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
 NET_BIND_TCP, NET_CONNECT_TCP = 1, 2        # ABI 4
@@ -75,25 +73,9 @@ def drop_capabilities() -> None:
         raise _err("capset (drop every capability)")
 
 
-def limit_capabilities(keep: set[int], last: int) -> list[int]:
-    """The bounding set cut to KEEP, then permitted and effective to KEEP (what the process has of it),
-    inheritable and ambient empty (capset v3): an exec'd child (root, no_new_privs) gets at most KEEP.
-    Returns the capabilities kept."""
-    for cap in range(last + 1):
-        if cap not in keep:
-            prctl(PR_CAPBSET_DROP, cap, f"PR_CAPBSET_DROP {cap}")
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "PR_CAP_AMBIENT_CLEAR_ALL")
-    header = ctypes.create_string_buffer(struct.pack("Ii", LINUX_CAPABILITY_VERSION_3, 0))
-    data = ctypes.create_string_buffer(24)
-    if _libc.capget(header, data) != 0:
-        raise _err("capget")
-    mask = sum(1 << cap for cap in keep)
-    eff0, perm0, _inh0, eff1, perm1, _inh1 = struct.unpack("6I", data.raw)
-    have = (perm0 | perm1 << 32) & mask
-    data = ctypes.create_string_buffer(struct.pack("6I", have & U32, have & U32, 0, have >> 32, have >> 32, 0))
-    if _libc.capset(header, data) != 0:
-        raise _err("capset (keep only what workers need)")
-    return sorted(cap for cap in keep if have >> cap & 1)
+def prctl_str(option: int, value: bytes) -> None:
+    if _libc.prctl(option, ctypes.c_char_p(value), 0, 0, 0) != 0:
+        raise _err(f"prctl {option}")
 
 
 def no_new_privs() -> None:
