@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from support.netns import NetNs, is_root
+from support.netns import NetNs, entered_netns, is_root
 
 
 def pytest_collection_modifyitems(config, items):
@@ -22,4 +22,11 @@ def netns():
     if not is_root():
         pytest.skip("needs root to create a network namespace")
     with NetNs() as ns:
+        yield ns
+
+
+@pytest.fixture
+def ns(request):
+    """The test module's private namespace (prefix: its NETNS), entered for the test, then removed."""
+    with entered_netns(getattr(request.module, "NETNS", "vst")) as ns:
         yield ns

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from support.netns import entered_netns
 from vhostsplice.drive import read_pcap
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing import faults
@@ -18,12 +17,7 @@ from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_
 
 pytestmark = pytest.mark.root
 TAP = "vsd0"
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsd") as ns:
-        yield ns
+NETNS = "vsd"        # the ns fixture's namespace prefix (conftest.py)
 
 
 def start_worker(tmp_path, *extra) -> WorkerProcess:

@@ -15,7 +15,6 @@ import subprocess
 
 import pytest
 
-from support.netns import entered_netns
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
@@ -241,12 +240,7 @@ def test_host_side_options_conflict_is_einval(args, words):
 TUNSETIFF, TUNSETVNETHDRSZ = 0x400454CA, 0x400454D8
 IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x0002, 0x1000, 0x4000
 TAP = "vsh0"
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsh") as ns:
-        yield ns
+NETNS = "vsh"        # the ns fixture's namespace prefix (conftest.py)
 
 
 def open_tap_fd(name: str, flags: int, hdr_len: int | None = None) -> int:

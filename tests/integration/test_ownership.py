@@ -17,7 +17,6 @@ import time
 
 import pytest
 
-from support.netns import entered_netns
 from vhostsplice import protocol as P
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, Req, bit
@@ -26,6 +25,7 @@ from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_
 
 pytestmark = pytest.mark.root
 TAP = "vso0"
+NETNS = "vso"        # the ns fixture's namespace prefix (conftest.py)
 NOBODY = pwd.getpwnam("nobody")
 OFFLOADS = bit(F.NET_F_CSUM) | bit(F.NET_F_GUEST_CSUM)     # acking them makes the worker call TUNSETOFFLOAD
 
@@ -39,12 +39,6 @@ def open_dir():
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vso") as ns:
-        yield ns
 
 
 _names = iter(range(1 << 30))

@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from support.netns import entered_netns
 from vhostsplice.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
@@ -21,15 +20,10 @@ from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live
 
 pytestmark = pytest.mark.root
 TAP = "vst0"
+NETNS = "vsr"        # the ns fixture's namespace prefix (conftest.py)
 GUEST_MAC = bytes.fromhex("020000000002")
 HOST_IP, GUEST_IP = "10.77.0.1", "10.77.0.2"
 OFFLOADS = bit(F.NET_F_CSUM) | bit(F.NET_F_GUEST_CSUM)
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsr") as ns:
-        yield ns
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import textwrap
 import pytest
 
 from support.confined import status, unconfined
-from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice.errors import SIGSYS_EXIT, errno_name
 from vhostsplice.sandbox import audit, kernel
@@ -24,12 +23,7 @@ from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live
 
 pytestmark = pytest.mark.root
 TAP = "vsx0"
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsx") as ns:
-        yield ns
+NETNS = "vsx"        # the ns fixture's namespace prefix (conftest.py)
 
 
 def test_a_connected_run_worker_is_confined_and_still_serves(ns, tmp_path):

@@ -20,7 +20,6 @@ import subprocess
 import pytest
 
 from support.guest import read_events
-from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice import protocol as P
 from vhostsplice.selfexec import self_argv, self_env
@@ -30,13 +29,8 @@ from vhostsplice.testing.harness import demo_frame, tap_socket
 
 pytestmark = pytest.mark.root
 TAP = "vsq0"
+NETNS = "vsq"        # the ns fixture's namespace prefix (conftest.py)
 SLOTS = 12
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsq") as ns:
-        yield ns
 
 
 def events_of(path: str, kind: str) -> list[dict]:

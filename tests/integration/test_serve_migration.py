@@ -21,7 +21,6 @@ import time
 
 import pytest
 
-from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice import protocol as P
 from vhostsplice.selfexec import self_argv, self_env
@@ -32,14 +31,9 @@ from vhostsplice.testing.virtq import DriverQueue
 
 pytestmark = pytest.mark.root
 TAP = "vsl0"
+NETNS = "vsl"        # the ns fixture's namespace prefix (conftest.py)
 PAGE = 4096
 GUEST_MAC = bytes.fromhex("525400abcdef")
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsl") as ns:
-        yield ns
 
 
 def events(path: str, kind: str) -> list[dict]:

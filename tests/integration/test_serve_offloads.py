@@ -13,7 +13,6 @@ import subprocess
 
 import pytest
 
-from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
 from vhostsplice.selfexec import self_argv, self_env
@@ -23,13 +22,8 @@ from vhostsplice.testing.harness import collect, demo_frame, tap_socket
 
 pytestmark = pytest.mark.root
 TAP = "vsn0"
+NETNS = "vsn"        # the ns fixture's namespace prefix (conftest.py)
 OFFLOADS = bit(F.NET_F_CSUM) | bit(F.NET_F_GUEST_CSUM) | bit(F.NET_F_HOST_TSO4)
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsn") as ns:
-        yield ns
 
 
 def test_serve_no_offloads_offers_none_and_its_worker_serves(ns, tmp_path):

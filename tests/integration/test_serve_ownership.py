@@ -14,20 +14,14 @@ import time
 
 import pytest
 
-from support.netns import entered_netns
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import collect, demo_frame, tap_socket
 
 pytestmark = pytest.mark.root
 TAP = "vsu0"
+NETNS = "vsu"        # the ns fixture's namespace prefix (conftest.py)
 NOBODY = pwd.getpwnam("nobody")
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsu") as ns:
-        yield ns
 
 
 class Serve:

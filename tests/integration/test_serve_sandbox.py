@@ -14,7 +14,6 @@ import textwrap
 import pytest
 
 from support.confined import status, unconfined
-from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice.sandbox import kernel
 from vhostsplice.sandbox import serve as serve_box
@@ -24,12 +23,7 @@ from vhostsplice.testing.harness import demo_frame
 
 pytestmark = pytest.mark.root
 TAP = "vsz0"
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsz") as ns:
-        yield ns
+NETNS = "vsz"        # the ns fixture's namespace prefix (conftest.py)
 
 
 def _serve(tmp_path, *extra):

@@ -10,7 +10,6 @@ import subprocess
 import pytest
 
 from support.guest import read_events
-from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
@@ -18,12 +17,7 @@ from vhostsplice.testing.harness import demo_frame
 
 pytestmark = pytest.mark.root
 TAP = "vst0"
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vst") as ns:
-        yield ns
+NETNS = "vst"        # the ns fixture's namespace prefix (conftest.py)
 
 
 def events(path: str, kind: str) -> list[dict]:

@@ -11,18 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from support.netns import entered_netns
 from support.waiting import wait_for
 from vhostsplice.selfexec import self_argv, self_env
 
 pytestmark = pytest.mark.root
+NETNS = "vsv"        # the ns fixture's namespace prefix (conftest.py)
 SCRIPT = Path(__file__).resolve().parents[2] / "bin" / "vhostsplice-vmm-example"
-
-
-@pytest.fixture
-def ns():
-    with entered_netns("vsv") as ns:
-        yield ns
 
 
 def launch(tmp_path, *cpus, nics=2):
