@@ -65,8 +65,9 @@ iperf3 -c "$VS_PEER" -t {STREAM_SECONDS} -b 100M -J -i 0 > /tmp/hp.iperf 2>&1 &
 vs_mark STREAMING base=$base per=$per
 vs_check onlined until_true 180 online_ge $(( base + {DIMMS} * per ))
 vs_check offlined offline_last $per
+plugged=$(blocks)     # counted before the mark: the host may eject the DIMM before the next line runs
 vs_mark OFFLINED
-vs_check removed until_true 120 blocks_le $(( $(blocks) - per ))
+vs_check removed until_true 120 blocks_le $(( plugged - per ))
 wait
 vs_check stream cat /tmp/hp.iperf
 vs_ping ping_after 5
