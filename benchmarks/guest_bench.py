@@ -42,6 +42,7 @@ other figures are still written); 1 not root or a tool is missing; 2 a usage err
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -62,6 +63,7 @@ import measured  # noqa: E402  (puts tests/ on sys.path; preflight)
 from measured import ROOT  # noqa: E402
 from support import guest as G  # noqa: E402
 from support import testpmd as T  # noqa: E402
+from support.peers import COLUMNS, find_qemu  # noqa: E402
 from vhostsplice.testing.harness import live_stats  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -482,7 +484,7 @@ def median_of(results, backend, test, path) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def machine_facts() -> dict:
+def machine_facts(qemu: str = "qemu-system-x86_64") -> dict:
     def first(cmd):
         try:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.splitlines()[0].strip()
@@ -504,7 +506,7 @@ def machine_facts() -> dict:
                            capture_output=True, text=True).stdout.strip()
     return {"host_kernel": platform.release(), "cpu_model": cpu, "cpus": os.cpu_count(), "mem_gib": round(mem, 1),
             "os": first(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]),
-            "qemu": first(["qemu-system-x86_64", "--version"]),
+            "qemu": first([qemu, "--version"]),
             "dpdk": first(["dpkg-query", "-W", "-f", "${Version}", "dpdk"]),
             "iperf3": first(["iperf3", "--version"]).split(" (")[0],
             "python": platform.python_version(), "vhostsplice_module": vs_path,
@@ -748,6 +750,9 @@ def main() -> int:
     g.add_argument("--udp-rate", default="10G", help="iperf3 -b for UDP (default 10G: as fast as the sender goes)")
     g.add_argument("--device-opts", default="", help="extra virtio-net-pci properties, e.g. mrg_rxbuf=off")
     g.add_argument("--worker-arg", action="append", default=[], help="extra `vhostsplice run` argument (repeatable)")
+    g.add_argument("--peer", default=COLUMNS[0].id, choices=[c.id for c in COLUMNS],
+                   help="QEMU and guest kernel: a column of the test matrix, tests/support/peers.py (default "
+                        f"{COLUMNS[0].id}, the system QEMU; the backports one is unpacked by tests/guest/qemu.sh)")
     g = ap.add_argument_group("placement")
     g.add_argument("--worker-cpu", help="pin the worker (vhostsplice run --cpu)")
     g.add_argument("--qemu-cpu", help="pin QEMU (its threads right after start) to these CPUs")
@@ -808,8 +813,14 @@ def main() -> int:
     repeat = args.repeat
     tests = tests_for(args.seconds, sizes, args.udp_rate)
 
-    image = G.build_image()
-    print(f"guest kernel {image.kver}; image ready in {image.build_seconds:.1f} s; back-ends {backends}; "
+    column = next(c for c in COLUMNS if c.id == args.peer)
+    qemu, missing = find_qemu(column)
+    if qemu is None:
+        print(f"--peer {column.id}: {missing}", file=sys.stderr)
+        return 1
+    image = dataclasses.replace(G.build_image(kernel=column.kernel), qemu=qemu.argv)
+    print(f"QEMU {qemu.version}; guest kernel {image.kver}; image ready in {image.build_seconds:.1f} s; "
+          f"back-ends {backends}; "
           f"{repeat} boot(s) each; tests {[t['name'] for t in tests]}; load {loadavg()}", flush=True)
     base = Path(args.workdir or tempfile.mkdtemp(prefix="guest-bench-"))
     started, t_start, load_before = datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), time.monotonic(), loadavg()
@@ -844,7 +855,8 @@ def main() -> int:
                                        for t in tests))
     script = os.path.relpath(Path(__file__).resolve(), Path.cwd())
     doc = {"command": shlex.join(["python3", script, *sys.argv[1:]]), "args": vars(args), "backends": backends,
-           "tests": tests, "guest_kernel": image.kver, "machine": machine_facts(), "started": started,
+           "tests": tests, "guest_kernel": image.kver, "peer": column.id, "machine": machine_facts(qemu.binary),
+           "started": started,
            "finished": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
            "elapsed_s": round(time.monotonic() - t_start, 1), "load_before": load_before, "load_after": loadavg(),
            "logs": str(base), "summary": summ, "results": results}
