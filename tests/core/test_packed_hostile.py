@@ -3,13 +3,14 @@ wrap-counter contradiction, indirect in indirect) breaks the ring for good; per-
 counted and survived, as on a split ring (test_hostile.py).  And the packed dirty log."""
 from __future__ import annotations
 
+import errno
 import struct
 
 import pytest
 
 from vhostsplice.errors import GuestFaultError
 from vhostsplice.testing.virtq import DESC_F_INDIRECT, DESC_F_NEXT
-from vhostsplice.testing.virtq_packed import DESC_F_AVAIL, DESC_F_USED
+from vhostsplice.testing.virtq_packed import DESC_F_AVAIL, DESC_F_USED, DESC_F_WRITE
 
 from .test_dirty_log import dirty, logged_rig, pages, USED_LOG
 from .test_hostile import broken
@@ -66,8 +67,8 @@ def test_indirect_inside_indirect(make_rig):
 
 def test_indirect_table_longer_than_the_ring(make_rig):
     rig = make_rig(packed=True, num=4)
-    t = table(rig, [(data(rig), 16, 0)] * 4)
-    rig.tx.raw_desc(0, t, 64, id=0, flags=AV | DESC_F_INDIRECT)
+    t = table(rig, [(data(rig), 16, 0)] * 5)
+    rig.tx.raw_desc(0, t, 80, id=0, flags=AV | DESC_F_INDIRECT)
     broken(rig, "chain_len")
 
 
@@ -130,3 +131,60 @@ def test_used_descriptor_stores_are_logged_at_log_addr_plus_offset(make_rig):
         assert pages(bufs[0][0], n) <= dirty(log)
         rig.rx.read_in(bid, n)
     assert pages(USED_LOG + 8, 16 + 8) <= dirty(log)
+
+
+# -- findings of the packed differential fuzzer (docs/fuzzing.md, "Bugs found") ---------------------------
+def test_indirect_table_of_exactly_the_queue_size_is_served(make_rig):
+    """2.8.5: "If not limited, the maximum number of descriptors in a list is the virt queue size": a
+    table of num entries is a legal list (it was broken as chain_len, the ring descriptor counted in;
+    one entry more still is: test_indirect_table_longer_than_the_ring)."""
+    rig = make_rig(packed=True, num=4)
+    pkt = bytes(12) + rig.frame(52)
+    gpa = data(rig, 64)
+    rig.mem.write(gpa, pkt)
+    t = table(rig, [(gpa, 16, 0), (gpa + 16, 16, 0), (gpa + 32, 16, 0), (gpa + 48, 16, 0)])
+    rig.tx.raw_desc(0, t, 64, id=2, flags=AV | DESC_F_INDIRECT)
+    rig.poll_idle()
+    assert rig.wire() == [pkt]
+    st = rig.stats("tx")
+    assert st["packets"] == 1 and st["broken"] is None
+    assert struct.unpack("<IHH", rig.mem.read(rig.tx.desc_gpa + 8, 8)) == (0, 2, DESC_F_AVAIL | DESC_F_USED)
+
+
+@pytest.mark.parametrize("mrg", [False, True])
+def test_faulted_rx_chain_is_used_without_the_write_flag(make_rig, mrg):
+    """2.8.3: in a used descriptor WRITE says the device wrote data into the buffer. An RX chain
+    completed with length 0 (here: its buffer outside guest memory) had WRITE with length 0; now only a
+    buffer that received bytes is marked WRITE."""
+    rig = make_rig(packed=True, num=8, mrg=mrg)
+    rig.rx.raw_desc(0, 1 << 40, 2048, id=5, flags=AV | DESC_F_WRITE)
+    rig.rx.next_avail = 1
+    rig.rx.add_in(1, 2048)
+    rig.inject(rig.hdr() + rig.frame(100))
+    rig.poll_idle()
+    assert struct.unpack("<IHH", rig.mem.read(rig.rx.desc_gpa + 8, 8)) == (0, 5, DESC_F_AVAIL | DESC_F_USED)
+    assert rig.rx.desc_flags(1) == DESC_F_AVAIL | DESC_F_USED | DESC_F_WRITE       # 112 bytes written
+    st = rig.stats("rx")
+    assert st["drops_fault"] == 1 and st["packets"] == 1 and st["broken"] is None
+
+
+@pytest.mark.parametrize("shift", [4, 8, 1])
+def test_descriptor_ring_misaligned_in_our_mapping_is_refused(make_rig, shift):
+    """2.8.10: the descriptor ring is 16-aligned in guest memory; a region whose host buffer is shifted
+    against its uva (an odd mmap offset) made our mapping of it 4- or 8-aligned only, and the core's
+    struct and atomic accesses to it misaligned (UB, UBSan: "member access within misaligned address").
+    Such a ring is refused like a misaligned split ring (EINVAL), at start and when a new table moves it."""
+    from vhostsplice.errors import ConfigError
+    from vhostsplice.testing.virtq import Region
+    rig = make_rig(packed=True, num=8, start=False)
+    q, mem = rig.tx, rig.mem
+    shifted = [Region(mem.gpa_base, mem.uva_base, mem.size - 16, mem.view[shift:mem.size - 16 + shift])]
+    rig.dp.set_memory(shifted)
+    with pytest.raises(ConfigError) as e:
+        rig.dp.start_ring(1, num=8, desc=q.desc_uva, avail=q.avail_uva, used=q.used_uva, base=q.base)
+    assert e.value.errno == errno.EINVAL and not rig.dp.running(1)
+    rig.dp.set_memory(mem.regions())
+    rig.start(1)
+    with pytest.raises(GuestFaultError):
+        rig.dp.set_memory(shifted)
+    assert not rig.dp.running(1)
