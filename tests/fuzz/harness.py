@@ -636,6 +636,10 @@ class PackedScenario(Scenario):
             self.start(i, num, UVA[0] + desc, UVA[0] + avail, UVA[0] + used, rp.WRAP | rp.WRAP << 16)
         self.layout_end = max(off, RING_AREA)
 
+    def op_poll(self) -> None:
+        super().op_poll()
+        self.features.update(("batch",) + b for b in self.ref.batches)
+
     def configure(self) -> None:
         s = self.src
         flags = s.u8() & 0x17 | rp.RF_PACKED
@@ -675,9 +679,14 @@ class PackedScenario(Scenario):
         return s.below(n) if s.below(8) else s.pick((n, n + 1, 0xFFFF, s.u16()))
 
     def op_chain(self) -> None:
-        """A well-formed list at the driver's position: 1..4 descriptors, or one indirect table."""
+        """1..3 well-formed lists at the driver's position (one batch: IN_ORDER may collapse it)."""
+        i = self.src.below(2)
+        for _ in range(1 + self.src.below(3)):
+            self._list(i)
+
+    def _list(self, i: int) -> None:
+        """One well-formed list: 1..4 descriptors, or one indirect table."""
         s = self.src
-        i = s.below(2)
         lay, n = self._ring_loc(i)
         count = 1 + s.below(4)
         write = rp.F_WRITE if i == 0 else 0

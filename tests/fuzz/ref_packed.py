@@ -97,6 +97,7 @@ class PackedPair(ref.Pair):
     def __init__(self, mem: ref.Memory):
         super().__init__(mem)
         self.rx, self.tx = PackedRing(), PackedRing()
+        self.batches: set[tuple[bool, int]] = set()     # (one used descriptor for the batch, later entries)
 
     # -- set-up (datapath.Datapath.start_ring/stop_ring for a packed ring) ----------------------------
     def _map(self, r: PackedRing):
@@ -228,14 +229,18 @@ class PackedPair(ref.Pair):
         if r.used_idx == old:
             return
         first = idx(old)
-        if r.flags & RF_IN_ORDER and not r.batch_writable:
+        rest, pos = [], old
+        for _ in range(r.num):                        # every later used descriptor of the batch
+            pos = r.advance(pos, r.list_len(idx(pos)))
+            if pos == r.used_idx:
+                break
+            rest.append(pos)
+        collapse = bool(r.flags & RF_IN_ORDER and not r.batch_writable)
+        self.batches.add((collapse, min(len({idx(p) for p in rest} - {first}), 3)))   # the harness's features
+        if collapse:
             self.mem.write(r.desc, 16 * first + 8, struct.pack("<IH", 0, r.batch_last_id))
         else:
-            pos = old
-            for _ in range(r.num):                    # every later used descriptor of the batch
-                pos = r.advance(pos, r.list_len(idx(pos)))
-                if pos == r.used_idx:
-                    break
+            for pos in rest:
                 r.st16(self.mem, r.desc, 16 * idx(pos) + 14, self.used_flags(r, pos))
         r.st16(self.mem, r.desc, 16 * first + 14, self.used_flags(r, old))   # the first one last
         r.batch_writable = False
