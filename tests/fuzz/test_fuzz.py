@@ -156,7 +156,7 @@ def test_the_core_oracle_catches_planted_bugs(monkeypatch, plant):
 
 
 @needs_root
-@pytest.mark.parametrize("plant", ["need_call", "used_write", "indirect_limit", "wrap"])
+@pytest.mark.parametrize("plant", ["need_call", "used_write", "in_order", "indirect_limit", "wrap"])
 def test_the_packed_oracle_catches_planted_bugs(monkeypatch, plant):
     """ref_packed with one deliberate mistake: the core-packed corpus must expose it as a Mismatch."""
     import ref_packed as rp
@@ -166,6 +166,16 @@ def test_the_packed_oracle_catches_planted_bugs(monkeypatch, plant):
         real_flags = rp.PackedPair.used_flags
         monkeypatch.setattr(rp.PackedPair, "used_flags", lambda self, r, pos: real_flags(self, r, pos) | (
             rp.F_WRITE if r.lists.get(rp.idx(pos), (0, False, False))[1] else 0))
+    elif plant == "in_order":            # the reference's publish never collapses an IN_ORDER batch
+        real_publish = rp.PackedPair.used_publish
+
+        def publish(self, r, old):
+            keep, r.flags = r.flags, r.flags & ~rp.RF_IN_ORDER
+            try:
+                real_publish(self, r, old)
+            finally:
+                r.flags = keep
+        monkeypatch.setattr(rp.PackedPair, "used_publish", publish)
     elif plant == "indirect_limit":      # finding (c) planted back: the ring descriptor counted in the list
         real_table = rp.PackedPair.table
 
