@@ -299,18 +299,23 @@ class Scenario:
         self.configure()
         off = 0
         for i in (0, 1):
-            num = s.pick(NUMS) if s.below(4) else 16
+            num = s.pick(NUMS) if s.below(4) else self.usual_num()
             n = max(1, min(num, 256))
             desc = (off + 15) & ~15
-            avail = desc + 16 * n
-            used = (avail + 6 + 2 * n + 3) & ~3
-            off = used + 6 + 8 * n
-            self.layout[i] = {"num": num, "desc": desc, "avail": avail, "used": used, "next": 0}
+            avail, used, off = self.areas_after(desc, n)
+            self.layout[i] = {"num": num, "desc": desc, "avail": avail, "used": used, "next": 0, "pos": 0x8000}
             self.start(i, num, UVA[0] + desc, UVA[0] + avail, UVA[0] + used)
-        if off > RING_AREA:
-            self.layout_end = off
-        else:
-            self.layout_end = RING_AREA
+        self.layout_end = max(off, RING_AREA)
+
+    def usual_num(self) -> int:
+        return 16
+
+    @staticmethod
+    def areas_after(desc: int, n: int) -> tuple[int, int, int]:
+        """Where the avail and used rings of n entries go after a descriptor table at desc, and their end."""
+        avail = desc + 16 * n
+        used = (avail + 6 + 2 * n + 3) & ~3
+        return avail, used, used + 6 + 8 * n
 
     def configure(self) -> None:
         s = self.src
@@ -411,12 +416,7 @@ class Scenario:
         lay, n = self._ring_loc(i)
         count = 1 + s.below(4)
         write = ref.F_WRITE if i == 0 else 0
-        pieces = [self._buffer() for _ in range(count)]
-        if i == 1:
-            for gpa, length in pieces:
-                area_off = self._phys(gpa)
-                if area_off:
-                    self.poke(area_off[0], area_off[1], _PATTERN[gpa & 0xFF:(gpa & 0xFF) + min(length, 64)])
+        pieces = self._pieces(i, count)
         if s.below(3) == 0:
             table_off = 16 * s.below(64)          # area 1, where buffers may overlap it (hostile, legal)
             for k, (gpa, length) in enumerate(pieces):
@@ -436,6 +436,16 @@ class Scenario:
                            idxs[(k + 1) % count])
             head = idxs[0]
         self._publish(i, [head])
+
+    def _pieces(self, i: int, count: int) -> list[tuple[int, int]]:
+        """count buffers (gpa, len) for a chain of ring i; TX ones hold a pattern (their first 64 bytes)."""
+        pieces = [self._buffer() for _ in range(count)]
+        if i == 1:
+            for gpa, length in pieces:
+                area_off = self._phys(gpa)
+                if area_off:
+                    self.poke(area_off[0], area_off[1], _PATTERN[gpa & 0xFF:(gpa & 0xFF) + min(length, 64)])
+        return pieces
 
     def _phys(self, gpa: int):
         loc = self.ref.mem.gpa(gpa, 1)
@@ -490,28 +500,35 @@ class Scenario:
         self.peer.close()
         self.ref.peer_closed = True
 
+    RESTART_KINDS = 8           # op_restart's ways of starting again (the packed scenario has two more)
+    AREA_TAILS = (6, 4)         # bytes the avail and used areas end with (moved to the end of memory)
+
     def op_restart(self) -> None:
         s = self.src
         i = s.below(2)
         lay, _ = self._ring_loc(i)
         got = self.call_core(self.dp.stop_ring, i)
-        self.check(f"stop {i}", got, ("ok", self.ref.stop(i)))
+        state = self.ref.stop(i)
+        self.check(f"stop {i}", got, ("ok", state))
         if s.below(4) == 0:
             return
         num = lay["num"] if s.below(2) else s.pick(NUMS)
-        k = s.below(8)
+        k = s.below(self.RESTART_KINDS)
         desc, avail, used = UVA[0] + lay["desc"], UVA[0] + lay["avail"], UVA[0] + lay["used"]
         if k == 1:
             desc += s.pick((1, 8, 0x4000, -16))
         elif k == 2:
-            avail += s.pick((1, 2, 0x4000 - lay["avail"] - 6))
+            avail += s.pick((1, 2, 0x4000 - lay["avail"] - self.AREA_TAILS[0]))
         elif k == 3:
-            used += s.pick((1, 2, 4, 0x4000 - lay["used"] - 4))
+            used += s.pick((1, 2, 4, 0x4000 - lay["used"] - self.AREA_TAILS[1]))
         elif k == 4:
             desc, avail, used = s.u64(), s.u64(), s.u64()
         elif k == 5:
             num = s.pick((num, num * 2, 32768))
-        self.start(i, num, desc & ref.U64, avail & ref.U64, used & ref.U64)
+        self.restart(i, num, desc & ref.U64, avail & ref.U64, used & ref.U64, k, state)
+
+    def restart(self, i: int, num: int, desc: int, avail: int, used: int, k: int, state: int) -> None:
+        self.start(i, num, desc, avail, used)
 
     def op_table(self) -> None:
         """Replace the memory table while rings run: shifted, shrunk, overlapping, wrapping, odd offsets."""
@@ -558,10 +575,13 @@ class Scenario:
         area = s.below(3)
         off = s.below(len(self.gm.areas[area]))
         if area == 0 and s.below(2):
-            lay, n = self._ring_loc(s.below(2))
-            off = s.pick((lay["desc"], lay["avail"], lay["used"])) + s.below(16)
+            off = self.ring_spot(*self._ring_loc(s.below(2))) + s.below(16)
         self.poke(area, off, s.bytes(1 + s.below(16)))
         self.check("scribble", "ok", "ok")
+
+    def ring_spot(self, lay: dict, n: int) -> int:
+        """Where in a ring a scribble starts: its descriptor table, avail or used ring."""
+        return self.src.pick((lay["desc"], lay["avail"], lay["used"]))
 
     def op_indirect(self) -> None:
         """A hostile indirect table: random entries, nested INDIRECT, loops, huge lengths."""
@@ -617,28 +637,14 @@ class PackedScenario(Scenario):
 
     REF = rp.PackedPair
 
-    def setup(self) -> None:
-        s = self.src
-        table = default_table()
-        if s.below(4) == 0:
-            table = table[:1 + s.below(3)]
-        self.set_memory(table)
-        self.configure()
-        off = 0
-        for i in (0, 1):
-            num = s.pick(NUMS) if s.below(4) else s.pick((7, 16, 5, 3))
-            n = max(1, min(num, 256))
-            desc = (off + 15) & ~15
-            avail = desc + 16 * n
-            used = avail + 4
-            off = used + 4
-            self.layout[i] = {"num": num, "desc": desc, "avail": avail, "used": used, "pos": rp.WRAP}
-            self.start(i, num, UVA[0] + desc, UVA[0] + avail, UVA[0] + used, rp.WRAP | rp.WRAP << 16)
-        self.layout_end = max(off, RING_AREA)
+    def usual_num(self) -> int:
+        return self.src.pick((7, 16, 5, 3))
 
-    def op_poll(self) -> None:
-        super().op_poll()
-        self.features.update(("batch",) + b for b in self.ref.batches)
+    @staticmethod
+    def areas_after(desc: int, n: int) -> tuple[int, int, int]:
+        """The driver and device event areas (4 bytes each) after a descriptor ring of n at desc."""
+        avail = desc + 16 * n
+        return avail, avail + 4, avail + 8
 
     def configure(self) -> None:
         s = self.src
@@ -653,7 +659,8 @@ class PackedScenario(Scenario):
         self.features.add(("flags", flags))
         self.check("configure", "ok", "ok")
 
-    def start(self, i: int, num: int, desc: int, avail: int, used: int, base: int = 0) -> None:
+    def start(self, i: int, num: int, desc: int, avail: int, used: int, base: int = rp.WRAP | rp.WRAP << 16) -> None:
+        """Start a ring from the vhost-user packed state `base` (default: both positions 0, lap 1)."""
         got = self.call_core(lambda: self.dp.start_ring(i, num=num, desc=desc, avail=avail, used=used,
                                                         call_fd=self.call[i], err_fd=self.err[i], base=base))
         self.check(f"start {i}", got, self.ref.start(i, num, desc, avail, used, base))
@@ -690,12 +697,7 @@ class PackedScenario(Scenario):
         lay, n = self._ring_loc(i)
         count = 1 + s.below(4)
         write = rp.F_WRITE if i == 0 else 0
-        pieces = [self._buffer() for _ in range(count)]
-        if i == 1:
-            for gpa, length in pieces:
-                area_off = self._phys(gpa)
-                if area_off:
-                    self.poke(area_off[0], area_off[1], _PATTERN[gpa & 0xFF:(gpa & 0xFF) + min(length, 64)])
+        pieces = self._pieces(i, count)
         bid = self._bid(n)
         slots = []
         if s.below(3) == 0:
@@ -751,46 +753,25 @@ class PackedScenario(Scenario):
             self.poke(0, lay["avail"], struct.pack("<HH", off, mode))
         self.check("flags", "ok", "ok")
 
-    def op_restart(self) -> None:
+    RESTART_KINDS = 10
+    AREA_TAILS = (2, 2)
+
+    def restart(self, i: int, num: int, desc: int, avail: int, used: int, k: int, state: int) -> None:
+        """Kinds 6 and 7 start from another vhost-user packed state (the driver's shadow may follow)."""
         s = self.src
-        i = s.below(2)
-        lay, _ = self._ring_loc(i)
-        got = self.call_core(self.dp.stop_ring, i)
-        state = self.ref.stop(i)
-        self.check(f"stop {i}", got, ("ok", state))
-        if s.below(4) == 0:
-            return
-        num = lay["num"] if s.below(2) else s.pick(NUMS)
-        k = s.below(10)
-        desc, avail, used = UVA[0] + lay["desc"], UVA[0] + lay["avail"], UVA[0] + lay["used"]
         base = state
-        if k == 1:
-            desc += s.pick((1, 8, 0x4000, -16))
-        elif k == 2:
-            avail += s.pick((1, 2, 0x4000 - lay["avail"] - 2))
-        elif k == 3:
-            used += s.pick((1, 2, 4, 0x4000 - lay["used"] - 2))
-        elif k == 4:
-            desc, avail, used = s.u64(), s.u64(), s.u64()
-        elif k == 5:
-            num = s.pick((num, num * 2, 32768))
-        elif k == 6:
+        if k == 6:
             base = s.u32() if s.below(2) else s.u16()       # any state; DPDK's sends the low half only
         elif k == 7:
             base = state & 0xFFFF                            # used = avail
         if k in (6, 7) and s.below(2):
-            lay["pos"] = base & 0xFFFF
-        self.start(i, num, desc & ref.U64, avail & ref.U64, used & ref.U64, base)
+            self.layout[i]["pos"] = base & 0xFFFF
+        self.start(i, num, desc, avail, used, base)
 
-    def op_scribble(self) -> None:
+    def ring_spot(self, lay: dict, n: int) -> int:
+        """Any descriptor of the ring, or one of the two event areas."""
         s = self.src
-        area = s.below(3)
-        off = s.below(len(self.gm.areas[area]))
-        if area == 0 and s.below(2):
-            lay, n = self._ring_loc(s.below(2))
-            off = s.pick((lay["desc"] + 16 * s.below(n), lay["avail"], lay["used"])) + s.below(16)
-        self.poke(area, off, s.bytes(1 + s.below(16)))
-        self.check("scribble", "ok", "ok")
+        return s.pick((lay["desc"] + 16 * s.below(n), lay["avail"], lay["used"]))
 
     def op_indirect(self) -> None:
         """A hostile indirect table at the driver's position: random entry flags (nested INDIRECT), bad
