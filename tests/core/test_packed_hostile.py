@@ -170,7 +170,7 @@ def test_faulted_rx_chain_is_used_without_the_write_flag(make_rig, mrg):
 
 @pytest.mark.parametrize("shift", [4, 8, 1])
 def test_descriptor_ring_misaligned_in_our_mapping_is_refused(make_rig, shift):
-    """2.8.10: the descriptor ring is 16-aligned in guest memory; a region whose host buffer is shifted
+    """2.8.10.1: the descriptor ring is 16-aligned in guest memory; a region whose host buffer is shifted
     against its uva (an odd mmap offset) made our mapping of it 4- or 8-aligned only, and the core's
     struct and atomic accesses to it misaligned (UB, UBSan: "member access within misaligned address").
     Such a ring is refused like a misaligned split ring (EINVAL), at start and when a new table moves it."""

@@ -14,10 +14,10 @@ It models the DEVICE side of a packed virtqueue from virtio 1.2 section 2.8, not
   (2.8.6); AVAIL = USED = the used wrap counter; WRITE when the device wrote data into the buffer
   (2.8.3: "In a used descriptor, this bit is used to specify whether any data has been written"), so a
   device-writable list completed with length 0 has no WRITE; a batch's first used descriptor's flags are
-  stored last (2.8.12 "Multi-buffer requests");
+  stored last (2.8.9 "Multi-buffer requests");
 - IN_ORDER (2.8.8): a batch of device-readable buffers gets one used descriptor with the id of its last
   buffer (a batch with a device-writable buffer keeps one per buffer: the lengths matter);
-- event suppression (2.8.14): the driver area (SET_VRING_ADDR's avail address) says whether to call -
+- event suppression (2.8.10): the driver area (SET_VRING_ADDR's avail address) says whether to call -
   ENABLE, DISABLE, or (EVENT_IDX) DESC: only when the descriptor at off_wrap was made used; the device
   area (its used address) is what the device asks of the driver's kicks.
 
@@ -106,7 +106,7 @@ class PackedPair(ref.Pair):
         u = self.mem.uva(r.used_uva, 4)
         if d is None or a is None or u is None:
             return -errno.EFAULT
-        if d[2] & 15 or a[2] & 3 or u[2] & 3:     # our mapping must be as aligned as the guest's (2.8.10)
+        if d[2] & 15 or a[2] & 3 or u[2] & 3:     # our mapping must be as aligned as the guest's (2.8.10.1)
             return -errno.EINVAL
         r.desc, r.avail, r.used = d, a, u
         return 0

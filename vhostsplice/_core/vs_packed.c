@@ -121,7 +121,7 @@ static int pk_check(const struct vs_ring *r)
 }
 
 /* The descriptor ring (16 * num bytes) and the two 4-byte event suppression areas.  Our mapping of the
- * ring must be 16-aligned like the guest's (2.8.10): pk_slot's struct pk_desc pointers and the atomics
+ * ring must be 16-aligned like the guest's (2.8.10.1): pk_slot's struct pk_desc pointers and the atomics
  * on their fields need it (a region whose host buffer is shifted against its uva, an odd mmap offset,
  * would give 4- or 8-aligned pointers: UB, not just slow). */
 static int pk_map(const struct vs_mem *m, struct vs_ring *r)
