@@ -171,11 +171,13 @@ def sliced(table: list, piece: int) -> list:
 class Scenario:
     """One decoded input running against the core and the reference side by side."""
 
+    REF = ref.Pair          # the reference model of the ring layout this scenario drives
+
     def __init__(self, src: Source, dp_cls, max_len: int):
         self.src, self.max_len = src, max_len
         self.gm = memory()
         self.gm.reset()
-        self.ref = ref.Pair(ref.Memory([bytearray(len(a)) for a in self.gm.areas]))
+        self.ref = self.REF(ref.Memory([bytearray(len(a)) for a in self.gm.areas]))
         self.host, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (self.host, self.peer):
             s.setblocking(False)
@@ -188,7 +190,7 @@ class Scenario:
         self.err = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
         self.dp = self._datapath(dp_cls)
         self.log = None
-        self.used_uva = [0, 0]
+        self.log_uva = [0, 0]       # the ring area whose stores are logged at log_addr + offset
         if hasattr(self.dp, "set_log"):          # a core with dirty logging (API 4)
             global _LOG
             _LOG = _LOG or GuardedLog()
@@ -297,18 +299,23 @@ class Scenario:
         self.configure()
         off = 0
         for i in (0, 1):
-            num = s.pick(NUMS) if s.below(4) else 16
+            num = s.pick(NUMS) if s.below(4) else self.usual_num()
             n = max(1, min(num, 256))
             desc = (off + 15) & ~15
-            avail = desc + 16 * n
-            used = (avail + 6 + 2 * n + 3) & ~3
-            off = used + 6 + 8 * n
-            self.layout[i] = {"num": num, "desc": desc, "avail": avail, "used": used, "next": 0}
+            avail, used, off = self.areas_after(desc, n)
+            self.layout[i] = {"num": num, "desc": desc, "avail": avail, "used": used, "next": 0, "pos": 0x8000}
             self.start(i, num, UVA[0] + desc, UVA[0] + avail, UVA[0] + used)
-        if off > RING_AREA:
-            self.layout_end = off
-        else:
-            self.layout_end = RING_AREA
+        self.layout_end = max(off, RING_AREA)
+
+    def usual_num(self) -> int:
+        return 16
+
+    @staticmethod
+    def areas_after(desc: int, n: int) -> tuple[int, int, int]:
+        """Where the avail and used rings of n entries go after a descriptor table at desc, and their end."""
+        avail = desc + 16 * n
+        used = (avail + 6 + 2 * n + 3) & ~3
+        return avail, used, used + 6 + 8 * n
 
     def configure(self) -> None:
         s = self.src
@@ -333,7 +340,7 @@ class Scenario:
         got = self.call_core(lambda: self.dp.start_ring(i, num=num, desc=desc, avail=avail, used=used,
                                                         call_fd=self.call[i], err_fd=self.err[i]))
         self.check(f"start {i}", got, self.ref.start(i, num, desc, avail, used))
-        self.used_uva[i] = used
+        self.log_uva[i] = used
 
     # -- operations -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -353,7 +360,7 @@ class Scenario:
         before = [bytes(a) for a in self.gm.areas[:2]] if self.log is not None else None
         if before is not None:
             self.log.view[:] = bytes(LOG_BYTES)
-            for i, used in enumerate(self.used_uva):     # as QEMU does: the used ring's own GPA
+            for i, used in enumerate(self.log_uva):      # as QEMU does: the used (packed: descriptor) ring's GPA
                 gpa = next(((g + used - u) & ref.U64 for g, u, sz, *_ in self.ref.mem.table if u <= used < u + sz),
                            used)
                 self.dp.set_ring_log(i, True, gpa)
@@ -409,12 +416,7 @@ class Scenario:
         lay, n = self._ring_loc(i)
         count = 1 + s.below(4)
         write = ref.F_WRITE if i == 0 else 0
-        pieces = [self._buffer() for _ in range(count)]
-        if i == 1:
-            for gpa, length in pieces:
-                area_off = self._phys(gpa)
-                if area_off:
-                    self.poke(area_off[0], area_off[1], _PATTERN[gpa & 0xFF:(gpa & 0xFF) + min(length, 64)])
+        pieces = self._pieces(i, count)
         if s.below(3) == 0:
             table_off = 16 * s.below(64)          # area 1, where buffers may overlap it (hostile, legal)
             for k, (gpa, length) in enumerate(pieces):
@@ -434,6 +436,16 @@ class Scenario:
                            idxs[(k + 1) % count])
             head = idxs[0]
         self._publish(i, [head])
+
+    def _pieces(self, i: int, count: int) -> list[tuple[int, int]]:
+        """count buffers (gpa, len) for a chain of ring i; TX ones hold a pattern (their first 64 bytes)."""
+        pieces = [self._buffer() for _ in range(count)]
+        if i == 1:
+            for gpa, length in pieces:
+                area_off = self._phys(gpa)
+                if area_off:
+                    self.poke(area_off[0], area_off[1], _PATTERN[gpa & 0xFF:(gpa & 0xFF) + min(length, 64)])
+        return pieces
 
     def _phys(self, gpa: int):
         loc = self.ref.mem.gpa(gpa, 1)
@@ -488,28 +500,35 @@ class Scenario:
         self.peer.close()
         self.ref.peer_closed = True
 
+    RESTART_KINDS = 8           # op_restart's ways of starting again (the packed scenario has two more)
+    AREA_TAILS = (6, 4)         # bytes the avail and used areas end with (moved to the end of memory)
+
     def op_restart(self) -> None:
         s = self.src
         i = s.below(2)
         lay, _ = self._ring_loc(i)
         got = self.call_core(self.dp.stop_ring, i)
-        self.check(f"stop {i}", got, ("ok", self.ref.stop(i)))
+        state = self.ref.stop(i)
+        self.check(f"stop {i}", got, ("ok", state))
         if s.below(4) == 0:
             return
         num = lay["num"] if s.below(2) else s.pick(NUMS)
-        k = s.below(8)
+        k = s.below(self.RESTART_KINDS)
         desc, avail, used = UVA[0] + lay["desc"], UVA[0] + lay["avail"], UVA[0] + lay["used"]
         if k == 1:
             desc += s.pick((1, 8, 0x4000, -16))
         elif k == 2:
-            avail += s.pick((1, 2, 0x4000 - lay["avail"] - 6))
+            avail += s.pick((1, 2, 0x4000 - lay["avail"] - self.AREA_TAILS[0]))
         elif k == 3:
-            used += s.pick((1, 2, 4, 0x4000 - lay["used"] - 4))
+            used += s.pick((1, 2, 4, 0x4000 - lay["used"] - self.AREA_TAILS[1]))
         elif k == 4:
             desc, avail, used = s.u64(), s.u64(), s.u64()
         elif k == 5:
             num = s.pick((num, num * 2, 32768))
-        self.start(i, num, desc & ref.U64, avail & ref.U64, used & ref.U64)
+        self.restart(i, num, desc & ref.U64, avail & ref.U64, used & ref.U64, k, state)
+
+    def restart(self, i: int, num: int, desc: int, avail: int, used: int, k: int, state: int) -> None:
+        self.start(i, num, desc, avail, used)
 
     def op_table(self) -> None:
         """Replace the memory table while rings run: shifted, shrunk, overlapping, wrapping, odd offsets."""
@@ -556,10 +575,13 @@ class Scenario:
         area = s.below(3)
         off = s.below(len(self.gm.areas[area]))
         if area == 0 and s.below(2):
-            lay, n = self._ring_loc(s.below(2))
-            off = s.pick((lay["desc"], lay["avail"], lay["used"])) + s.below(16)
+            off = self.ring_spot(*self._ring_loc(s.below(2))) + s.below(16)
         self.poke(area, off, s.bytes(1 + s.below(16)))
         self.check("scribble", "ok", "ok")
+
+    def ring_spot(self, lay: dict, n: int) -> int:
+        """Where in a ring a scribble starts: its descriptor table, avail or used ring."""
+        return self.src.pick((lay["desc"], lay["avail"], lay["used"]))
 
     def op_indirect(self) -> None:
         """A hostile indirect table: random entries, nested INDIRECT, loops, huge lengths."""
@@ -589,10 +611,190 @@ def _drain(fd: int) -> int:
         return 0
 
 
-def run_one(data: bytes, dp_cls, max_len: int = 1 << 20) -> Scenario:
-    sc = Scenario(Source(data), dp_cls, max_len)
+def run_one(data: bytes, dp_cls, max_len: int = 1 << 20, scenario=Scenario) -> Scenario:
+    sc = scenario(Source(data), dp_cls, max_len)
     try:
         sc.run()
     finally:
         sc.close()
     return sc
+
+
+# -- the packed ring (target core-packed) -----------------------------------------------------------------
+import ref_packed as rp  # noqa: E402
+
+
+def _lap_flags(lap: int) -> int:
+    """AVAIL/USED bits of a descriptor the driver makes available in the lap of wrap counter `lap`."""
+    return rp.F_AVAIL if lap else rp.F_USED
+
+
+class PackedScenario(Scenario):
+    """The same scenario over packed rings (virtio 1.2 2.8) against ref_packed.PackedPair: the driver's
+    shadow position per ring (lay["pos"], index | wrap << 15) is where its next list goes; hostile
+    operations write descriptors with any flags and ids, jump that position, rewrite the event areas,
+    and restart rings from any 32-bit vhost-user packed state."""
+
+    REF = rp.PackedPair
+
+    def usual_num(self) -> int:
+        return self.src.pick((7, 16, 5, 3))
+
+    @staticmethod
+    def areas_after(desc: int, n: int) -> tuple[int, int, int]:
+        """The driver and device event areas (4 bytes each) after a descriptor ring of n at desc."""
+        avail = desc + 16 * n
+        return avail, avail + 4, avail + 8
+
+    def configure(self) -> None:
+        s = self.src
+        flags = s.u8() & 0x17 | rp.RF_PACKED
+        rx_max = s.pick((ref.NET_HDR + 1514, ref.NET_HDR, 13, 2048, 65562 + 12, 0xFFFFFFFF))
+        budgets = (1, 2, 3, 8, 256)
+        fault_exit, tx, rx = s.below(5) == 0, s.pick(budgets), s.pick(budgets)
+        self.dp.configure(mrg_rxbuf=bool(flags & ref.RF_MRG), event_idx=bool(flags & ref.RF_EVENT_IDX),
+                          indirect=bool(flags & ref.RF_INDIRECT), rx_max=rx_max, fault_exit=fault_exit,
+                          tx_budget=tx, rx_budget=rx, packed=True, in_order=bool(flags & rp.RF_IN_ORDER))
+        self.ref.configure(flags, rx_max, int(fault_exit), tx, rx)
+        self.features.add(("flags", flags))
+        self.check("configure", "ok", "ok")
+
+    def start(self, i: int, num: int, desc: int, avail: int, used: int, base: int = rp.WRAP | rp.WRAP << 16) -> None:
+        """Start a ring from the vhost-user packed state `base` (default: both positions 0, lap 1)."""
+        got = self.call_core(lambda: self.dp.start_ring(i, num=num, desc=desc, avail=avail, used=used,
+                                                        call_fd=self.call[i], err_fd=self.err[i], base=base))
+        self.check(f"start {i}", got, self.ref.start(i, num, desc, avail, used, base))
+        self.log_uva[i] = desc
+
+    # -- the driver's side ---------------------------------------------------------------------------
+    def _step(self, lay: dict, n: int) -> tuple[int, int]:
+        """The driver's next slot and its lap; the shadow position moves on by one."""
+        pos = lay["pos"]
+        i, lap = rp.idx(pos) % n, rp.wrap(pos)
+        i += 1
+        if i >= n:
+            i, lap = 0, lap ^ 1
+        old = lay["pos"]
+        lay["pos"] = i | lap << 15
+        return rp.idx(old) % n, rp.wrap(old)
+
+    def _pdesc(self, off: int, addr: int, length: int, bid: int, flags: int, area: int = 0) -> None:
+        self.poke(area, off, struct.pack("<QIHH", addr & ref.U64, length & 0xFFFFFFFF, bid & 0xFFFF, flags & 0xFFFF))
+
+    def _bid(self, n: int) -> int:
+        s = self.src
+        return s.below(n) if s.below(8) else s.pick((n, n + 1, 0xFFFF, s.u16()))
+
+    def op_chain(self) -> None:
+        """1..3 well-formed lists at the driver's position (one batch: IN_ORDER may collapse it)."""
+        i = self.src.below(2)
+        for _ in range(1 + self.src.below(3)):
+            self._list(i)
+
+    def _list(self, i: int) -> None:
+        """One well-formed list: 1..4 descriptors, or one indirect table."""
+        s = self.src
+        lay, n = self._ring_loc(i)
+        count = 1 + s.below(4)
+        write = rp.F_WRITE if i == 0 else 0
+        pieces = self._pieces(i, count)
+        bid = self._bid(n)
+        slots = []
+        if s.below(3) == 0:
+            table_off = 16 * s.below(64)
+            for k, (gpa, length) in enumerate(pieces):
+                self._pdesc(table_off + 16 * k, gpa, length, 0, write, area=1)
+            slot, lap = self._step(lay, n)
+            slots.append((slot, self.gpa_of(1, table_off), 16 * count, rp.F_INDIRECT | _lap_flags(lap)))
+        else:
+            for k, (gpa, length) in enumerate(pieces):
+                slot, lap = self._step(lay, n)
+                slots.append((slot, gpa, length, write | (rp.F_NEXT if k < count - 1 else 0) | _lap_flags(lap)))
+        for slot, addr, length, flags in reversed(slots):     # the first descriptor's flags last (2.8.6)
+            self._pdesc(lay["desc"] + 16 * slot, addr, length, bid, flags)
+
+    def op_raw_desc(self) -> None:
+        s = self.src
+        i = s.below(2)
+        lay, n = self._ring_loc(i)
+        slot = s.below(n)
+        lap = rp.wrap(lay["pos"])
+        kind = s.below(5)
+        mark = (_lap_flags(lap), _lap_flags(lap ^ 1), rp.F_AVAIL | rp.F_USED, 0, s.u16())[kind]
+        flags = (s.u8() & 7) | (mark & ~7) if kind < 4 else mark
+        length = s.pick(LENS) if s.below(2) else s.u32()
+        self._pdesc(lay["desc"] + 16 * slot, self.interesting_gpa(), length, self._bid(n), flags)
+        self.check("raw_desc", "ok", "ok")
+
+    def op_avail(self) -> None:
+        """The driver's shadow position jumps (the next list goes somewhere else, maybe another lap)."""
+        s = self.src
+        lay, n = self._ring_loc(s.below(2))
+        k = s.below(4)
+        if k == 0:
+            lay["pos"] ^= rp.WRAP
+        else:
+            for _ in range(s.below(n + 1)):
+                self._step(lay, n)
+        self.check("avail", "ok", "ok")
+
+    def op_flags(self) -> None:
+        """The driver area (when the device may call: ENABLE, DISABLE, DESC at some position) or a write
+        over the device area."""
+        s = self.src
+        i = s.below(2)
+        lay, n = self._ring_loc(i)
+        if s.below(4) == 0:
+            self.poke(0, lay["used"] + 2 * s.below(2), struct.pack("<H", s.u16()))
+        else:
+            mode = s.pick((rp.EVENT_ENABLE, rp.EVENT_DISABLE, rp.EVENT_DESC, rp.EVENT_DESC, 3))
+            used = self.ref.ring(i).used_idx
+            off = s.pick((used, lay["pos"], (used + 1) & 0xFFFF, used ^ rp.WRAP, s.u16()))
+            self.poke(0, lay["avail"], struct.pack("<HH", off, mode))
+        self.check("flags", "ok", "ok")
+
+    RESTART_KINDS = 10
+    AREA_TAILS = (2, 2)
+
+    def restart(self, i: int, num: int, desc: int, avail: int, used: int, k: int, state: int) -> None:
+        """Kinds 6 and 7 start from another vhost-user packed state (the driver's shadow may follow)."""
+        s = self.src
+        base = state
+        if k == 6:
+            base = s.u32() if s.below(2) else s.u16()       # any state; DPDK's sends the low half only
+        elif k == 7:
+            base = state & 0xFFFF                            # used = avail
+        if k in (6, 7) and s.below(2):
+            self.layout[i]["pos"] = base & 0xFFFF
+        self.start(i, num, desc, avail, used, base)
+
+    def ring_spot(self, lay: dict, n: int) -> int:
+        """Any descriptor of the ring, or one of the two event areas."""
+        s = self.src
+        return s.pick((lay["desc"] + 16 * s.below(n), lay["avail"], lay["used"]))
+
+    def op_indirect(self) -> None:
+        """A hostile indirect table at the driver's position: random entry flags (nested INDIRECT), bad
+        lengths, tables as long as the ring or longer, INDIRECT with NEXT."""
+        s = self.src
+        i = s.below(2)
+        lay, n = self._ring_loc(i)
+        count = s.pick((1, 2, 3, 5, 6, n - 1, n, n + 1)) if s.below(2) else 1 + s.below(6)
+        count = max(1, min(count, 64))
+        table_off = (self.layout_end + 16 * s.below(64)) & ~15
+        table_off = min(table_off, len(self.gm.areas[0]) - 16 * count) & ~15
+        for k in range(count):
+            addr = self.interesting_gpa() if s.below(3) == 0 else self._buffer()[0]
+            length = s.pick(LENS) if s.below(3) == 0 else s.pick((12, 64, 1526))
+            flags = s.u8() & 7 if s.below(2) else (rp.F_WRITE if i == 0 else 0)
+            self._pdesc(table_off + 16 * k, addr, length, s.u16(), flags)
+        length = 16 * count if s.below(4) else s.pick((0, 8, 16 * count + 16, 0xFFFFFFF0))
+        slot, lap = self._step(lay, n)
+        extra = rp.F_NEXT if s.below(8) == 0 else 0
+        if extra:
+            nslot, nlap = self._step(lay, n)
+            self._pdesc(lay["desc"] + 16 * nslot, self._buffer()[0], 64, self._bid(n),
+                        _lap_flags(nlap) | (rp.F_WRITE if i == 0 else 0))
+        self._pdesc(lay["desc"] + 16 * slot, self.gpa_of(0, table_off), length, self._bid(n),
+                    rp.F_INDIRECT | extra | _lap_flags(lap) | (s.u8() & rp.F_WRITE))
+        self.check("indirect", "ok", "ok")

@@ -111,6 +111,7 @@ class Ring:
         self.desc_uva = self.avail_uva = self.used_uva = 0
         self.desc = self.avail = self.used = None
         self.last_avail = self.used_idx = self.signalled_used = 0
+        self.at = 0             # the avail position of the chain pop_chain took last
         self.signalled_valid = 0
         self.running = 0
         self.broken = 0
@@ -329,6 +330,7 @@ class Pair:
         head = r.ld16(self.mem, r.avail, 4 + 2 * (r.last_avail & (r.num - 1)))
         if head >= r.num:
             r.fail(HEAD)
+        r.at = r.last_avail                 # the chain's avail position: a rewind goes back here
         r.last_avail = (r.last_avail + 1) & 0xFFFF
         return (head,) + self.walk(r, head, writable, max_iov)
 
@@ -479,7 +481,7 @@ class Pair:
             return self.chain_fault(r, head, rc)
         got = self.readv(iov, length)
         if got <= 0 or got < NET_HDR or got > length:
-            r.last_avail = (r.last_avail - 1) & 0xFFFF
+            r.last_avail = r.at
         if got <= 0:
             return self.rx_error(r, got)
         if got < NET_HDR:
@@ -497,7 +499,7 @@ class Pair:
         return 0
 
     def rx_merge(self, r: Ring) -> int:
-        m = {"heads": [], "cap": [], "iov": [], "ndesc": 0, "total": 0, "start": r.last_avail}
+        m = {"heads": [], "cap": [], "ends": [], "iov": [], "ndesc": 0, "total": 0, "start": r.last_avail}
         try:
             rc = self.rx_collect(r, m)
         except (Broken, Fatal):
@@ -528,7 +530,7 @@ class Pair:
             self.used_add(r, head, k)
             left -= k
             used += 1
-        r.last_avail = (m["start"] + used) & 0xFFFF
+        r.last_avail = m["ends"][used - 1] if used else m["start"]
         self.zero_omitted(m["iov"])
         self.num_buffers(m["iov"], used)
         r.st["packets"] += 1
@@ -552,14 +554,15 @@ class Pair:
         if rc == OK and length < NET_HDR:
             rc = SHORT
         if rc and m["heads"]:
-            r.last_avail = (r.last_avail - 1) & 0xFFFF
+            r.last_avail = r.at
             return 2
         if rc:
             m["start"] = r.last_avail
             return self.chain_fault(r, head, rc)
         if not m["heads"]:
-            m["start"] = (r.last_avail - 1) & 0xFFFF
+            m["start"] = r.at
         m["heads"].append(head)
+        m["ends"].append(r.last_avail)
         m["cap"].append(length)
         m["iov"].extend(iov)
         m["ndesc"] += ndesc

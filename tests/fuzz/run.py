@@ -9,8 +9,9 @@
     python3 tests/fuzz/run.py --reproduce FILE --target core
     python3 tests/fuzz/run.py --pytest tests/core tests/protocol   # those suites on the ASan+UBSan core
 
-Targets: `core` (harness.py: the split ring/datapath against the reference in ref.py) and `protocol`
-(proto.py: vhost-user messages into channel.py/backend.py/memory.py). The engine is a small
+Targets: `core` (harness.py: the split ring/datapath against the reference in ref.py), `core-packed`
+(harness.PackedScenario: the packed ring against ref_packed.py) and `protocol` (proto.py: vhost-user
+messages into channel.py/backend.py/memory.py); the fuzzing time is shared by SHARES. The engine is a small
 structure-aware mutational fuzzer: inputs are bytes that the targets decode into scenarios; an input
 that reaches a new feature (a reference-model line, a result, a counter bucket) joins the working
 corpus. A failing input is written to --crash-dir (default /tmp/vs-fuzz-crashes) and the run exits 1.
@@ -34,6 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 CORPUS = os.path.join(HERE, "corpus")
 SAN_FLAGS = "-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -O1 -g"
 GCOV_FLAGS = "--coverage -O0 -g"
+TARGETS = ("core", "core-packed", "protocol")
+SHARES = {"core": 0.45, "core-packed": 0.35, "protocol": 0.2}    # of the fuzzing time, with every target
 INTERESTING = (b"\x00", b"\xff", b"\x7f", b"\x80", b"\x01\x00", b"\xff\xff", b"\x00\x80",
                b"\x10\x00\x00\x00", b"\xff\xff\xff\xff", b"\xf0\xff\xff\xff")
 
@@ -236,9 +239,14 @@ def child(args) -> int:
         feats.clear()
         feats.update(harness.run_one(data, Datapath, max_len).features)
 
-    core.last_features = lambda: feats
+    def core_packed(data: bytes) -> None:
+        feats.clear()
+        feats.update(harness.run_one(data, Datapath, max_len, scenario=harness.PackedScenario).features)
+
+    core.last_features = core_packed.last_features = lambda: feats
     targets = {
         "core": (core, [harness.__file__, harness.ref.__file__]),
+        "core-packed": (core_packed, [harness.__file__, harness.ref.__file__, harness.rp.__file__]),
         "protocol": (proto.run_one, [proto.__file__] + proto.feedback_files()),
     }
     chosen = list(targets) if args.target == "all" else [args.target]
@@ -250,7 +258,7 @@ def child(args) -> int:
     seconds = 0 if args.replay_only else args.seconds + 60 * args.minutes
     results = []
     for name in chosen:
-        share = seconds if len(chosen) == 1 else seconds * (0.75 if name == "core" else 0.25)
+        share = seconds if len(chosen) == 1 else seconds * SHARES[name]
         fn, files = targets[name]
         r = fuzz_target(name, fn, files, share, rng, args)
         results.append(r)
@@ -293,7 +301,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=0, help="fuzzing time after the corpus replay")
     ap.add_argument("--minutes", type=float, default=0, help="added to --seconds")
-    ap.add_argument("--target", choices=("all", "core", "protocol"), default="all")
+    ap.add_argument("--target", choices=("all",) + TARGETS, default="all")
     ap.add_argument("--replay-only", action="store_true", help="replay the corpora, do not fuzz")
     ap.add_argument("--seed", type=int, default=None, help="engine seed (default: random, printed)")
     ap.add_argument("--save", action="store_true", help="add inputs with new features to tests/fuzz/corpus")
@@ -344,7 +352,7 @@ def main(argv=None) -> int:
     if show_reports(args.crash_dir):
         rc = rc or 1
     if rc != 0:
-        for name in ("core", "protocol"):
+        for name in TARGETS:
             cur = os.path.join(args.crash_dir, f".current-{name}")
             if os.path.exists(cur):
                 with open(cur, "rb") as f:

@@ -38,7 +38,7 @@ def corpus(target: str) -> list[bytes]:
 @needs_root
 @pytest.mark.slow
 def test_sanitizer_fuzz_run(tmp_path):
-    """Build the core with ASan+UBSan, replay both corpora, fuzz both targets: no report, no mismatch."""
+    """Build the core with ASan+UBSan, replay the corpora, fuzz every target: no report, no mismatch."""
     seconds = os.environ.get("VS_FUZZ_SECONDS", "45")
     res = subprocess.run([sys.executable, os.path.join(HERE, "run.py"), "--seconds", seconds,
                           "--build-dir", str(tmp_path / "build"), "--crash-dir", str(tmp_path / "crashes")],
@@ -46,7 +46,7 @@ def test_sanitizer_fuzz_run(tmp_path):
     print(res.stdout[-4000:], res.stderr[-4000:])
     assert res.returncode == 0, res.stderr[-4000:]
     assert "core build asan" in res.stdout and "_vs_core" in res.stdout
-    for target in ("core", "protocol"):
+    for target in run.TARGETS:
         m = re.search(rf"fuzz {target}: (\d+) execs \((\d+) corpus replays\)", res.stdout)
         assert m, res.stdout
         execs, replayed = int(m.group(1)), int(m.group(2))
@@ -70,6 +70,12 @@ def test_core_and_protocol_suites_under_sanitizers(tmp_path):
 def test_core_corpus_replays_clean():
     for data in corpus("core"):
         harness.run_one(data, Datapath)
+
+
+@needs_root
+def test_core_packed_corpus_replays_clean():
+    for data in corpus("core-packed"):
+        harness.run_one(data, Datapath, scenario=harness.PackedScenario)
 
 
 def test_protocol_corpus_replays_clean():
@@ -147,6 +153,43 @@ def test_the_core_oracle_catches_planted_bugs(monkeypatch, plant):
         monkeypatch.setattr(ref.Pair, "avail_pending", pending)
     exc = _first_failure("core", lambda d: harness.run_one(d, Datapath))
     assert isinstance(exc, harness.Mismatch), f"planted bug {plant!r} went unnoticed by the core corpus"
+
+
+@needs_root
+@pytest.mark.parametrize("plant", ["need_call", "used_write", "in_order", "indirect_limit", "wrap"])
+def test_the_packed_oracle_catches_planted_bugs(monkeypatch, plant):
+    """ref_packed with one deliberate mistake: the core-packed corpus must expose it as a Mismatch."""
+    import ref_packed as rp
+    if plant == "need_call":
+        monkeypatch.setattr(rp.PackedPair, "need_call", lambda self, r: True)
+    elif plant == "used_write":          # finding (b) planted back: WRITE on every device-writable used entry
+        real_flags = rp.PackedPair.used_flags
+        monkeypatch.setattr(rp.PackedPair, "used_flags", lambda self, r, pos: real_flags(self, r, pos) | (
+            rp.F_WRITE if r.lists.get(rp.idx(pos), (0, False, False))[1] else 0))
+    elif plant == "in_order":            # the reference's publish never collapses an IN_ORDER batch
+        real_publish = rp.PackedPair.used_publish
+
+        def publish(self, r, old):
+            keep, r.flags = r.flags, r.flags & ~rp.RF_IN_ORDER
+            try:
+                real_publish(self, r, old)
+            finally:
+                r.flags = keep
+        monkeypatch.setattr(rp.PackedPair, "used_publish", publish)
+    elif plant == "indirect_limit":      # finding (c) planted back: the ring descriptor counted in the list
+        real_table = rp.PackedPair.table
+
+        def table(self, r, writable, addr, n, flags, count, iov, max_iov):
+            if count == 1 and not flags & rp.F_NEXT and n and n % 16 == 0 and n // 16 == r.num \
+                    and r.flags & ref.RF_INDIRECT:
+                r.fail(ref.CHAIN_LEN)
+            return real_table(self, r, writable, addr, n, flags, count, iov, max_iov)
+        monkeypatch.setattr(rp.PackedPair, "table", table)
+    else:                                # a descriptor used in this lap taken as not available
+        monkeypatch.setattr(rp, "availability", lambda flags, lap: 1 if bool(flags & rp.F_AVAIL) == bool(lap)
+                            and bool(flags & rp.F_USED) != bool(lap) else 0)
+    exc = _first_failure("core-packed", lambda d: harness.run_one(d, Datapath, scenario=harness.PackedScenario))
+    assert isinstance(exc, harness.Mismatch), f"planted bug {plant!r} went unnoticed by the core-packed corpus"
 
 
 def test_the_protocol_oracle_catches_an_fd_leak(monkeypatch):

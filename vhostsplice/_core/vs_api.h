@@ -63,6 +63,7 @@
 /* Packed ring positions (and the vhost-user packed vring state, each 16-bit half): index | wrap << 15 */
 #define VS_PK_WRAP 0x8000
 #define VS_PK_WRITABLE 0x10000  /* struct vs_ring.chain entries: the chain was device-writable */
+#define VS_PK_WROTE 0x20000     /* ... and its used entry has a length > 0 (WRITE in its used flags) */
 
 struct vs_layout;               /* the ring layout's functions (vs_split.c, vs_packed.c): C only */
 
@@ -116,7 +117,7 @@ struct vs_ring {
     /* Packed only.  last_avail, used_idx and signalled_used hold positions (index | wrap << 15): the
      * device cannot read its used position back from guest memory.  chain is Python's table of
      * chain_cap (>= num) entries: for the chain taken at ring index i, chain[i] is its descriptor
-     * count (| VS_PK_WRITABLE), which its used entry skips.  used_last_id and batch_writable describe
+     * count (| VS_PK_WRITABLE | VS_PK_WROTE), which its used entry skips.  used_last_id and batch_writable describe
      * the batch vs_used_publish makes visible. */
     uint32_t *chain;
     uint32_t chain_cap;

@@ -120,10 +120,13 @@ static int pk_check(const struct vs_ring *r)
     return 0;
 }
 
-/* The descriptor ring (16 * num bytes) and the two 4-byte event suppression areas. */
+/* The descriptor ring (16 * num bytes) and the two 4-byte event suppression areas.  Our mapping of the
+ * ring must be 16-aligned like the guest's (2.8.10.1): pk_slot's struct pk_desc pointers and the atomics
+ * on their fields need it (a region whose host buffer is shifted against its uva, an odd mmap offset,
+ * would give 4- or 8-aligned pointers: UB, not just slow). */
 static int pk_map(const struct vs_mem *m, struct vs_ring *r)
 {
-    return vs_ring_map(m, r, 16 * (uint64_t)r->num, sizeof(struct pk_event), sizeof(struct pk_event), 3 << 8 | 3);
+    return vs_ring_map(m, r, 16 * (uint64_t)r->num, sizeof(struct pk_event), sizeof(struct pk_event), 3 << 8 | 15);
 }
 
 /* The rings are mapped: start at the used position Python set.  Buffers between it and the old avail
@@ -153,15 +156,16 @@ static int pk_to_iov(const struct vs_mem *m, int writable, const struct pk_desc 
 
 /* 2.8, "Indirect Flag": a table of len / 16 descriptors, used in order (their NEXT flag means nothing).
  * INDIRECT only on a chain's first and only ring descriptor (a per-chain fault otherwise); INDIRECT
- * inside the table breaks the ring (like split); `seen` ring descriptors plus the table's never exceed
- * the queue size. */
+ * inside the table breaks the ring (like split).  The table is the list: at most the queue size of
+ * descriptors (2.8.5, "If not limited, the maximum number of descriptors in a list is the virt queue
+ * size"; the ring descriptor that points at it is not one of them). */
 static int pk_indirect(const struct vs_mem *m, struct vs_ring *r, int writable, const struct pk_desc *d,
                        uint32_t seen, struct vs_walk *w)
 {
     if (seen != 1 || (d->flags & PK_F_NEXT) || !(r->flags & VS_RF_INDIRECT) || d->len == 0 || d->len % 16)
         return VS_CHAIN_BAD_DESC;
     uint32_t n = d->len / 16;
-    if (n > r->num - seen)
+    if (n > r->num)
         return vs_ring_fail(r, VS_BROKEN_CHAIN_LEN);
     const uint8_t *tab = vs_gpa_to_hva(m, d->addr, d->len);
     if (tab == NULL)
@@ -259,7 +263,7 @@ static uint32_t pk_chain_len(const struct vs_ring *r, uint32_t i)
 }
 
 /* Complete the oldest chain taken: its id and length on the slot of its first descriptor, its flags
- * only when the batch is published. */
+ * only when the batch is published (WRITE if the device wrote bytes into it: VS_PK_WROTE). */
 static void pk_used_add(struct vs_ring *r, uint16_t id, uint32_t len)
 {
     uint32_t i = pk_idx(r->used_idx);
@@ -267,15 +271,19 @@ static void pk_used_add(struct vs_ring *r, uint16_t id, uint32_t len)
     __atomic_store_n(&d->id, htole16(id), __ATOMIC_RELAXED);
     __atomic_store_n(&d->len, htole32(len), __ATOMIC_RELAXED);
     r->used_last_id = id;
+    if ((r->chain[i] & VS_PK_WRITABLE) && len > 0)
+        r->chain[i] |= VS_PK_WROTE;                     /* SAFETY: i < num <= chain_cap */
     r->batch_writable |= !!(r->chain[i] & VS_PK_WRITABLE);
     r->used_idx = pk_advance(r, r->used_idx, pk_chain_len(r, i));
 }
 
-/* The flags of a used descriptor at pos: AVAIL and USED both the used wrap counter (2.8.1). */
+/* The flags of a used descriptor at pos: AVAIL and USED both the used wrap counter (2.8.1), WRITE when
+ * the device wrote data into the buffer (2.8.3: a device-writable chain completed with length 0, a
+ * per-chain fault, has none). */
 static uint16_t pk_used_flags(const struct vs_ring *r, uint16_t pos)
 {
     uint16_t f = pk_wrap(pos) ? (PK_F_AVAIL | PK_F_USED) : 0;
-    return f | ((r->chain[pk_idx(pos)] & VS_PK_WRITABLE) ? PK_F_WRITE : 0);
+    return f | ((r->chain[pk_idx(pos)] & VS_PK_WROTE) ? PK_F_WRITE : 0);   /* SAFETY: index < num <= chain_cap */
 }
 
 /* Store (flags) or log every entry of the batch [old, used_idx) after the first; the walk follows the
