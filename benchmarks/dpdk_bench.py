@@ -11,6 +11,9 @@ CPU 0), in the same run, interleaved sample by sample:
                 package (python -P -m vhostsplice); --tree DIR: a source tree with its core built in place
   dpdk          testpmd net_vhost0 (listening on S) + net_tap0 (vsk0) in io forwarding, lcore on CPU 1
 Every sample gets a fresh private network namespace, a fresh back-end and a fresh front-end.
+More columns in the same run: --busy-poll 50,200 (a worker with `run --busy-poll USEC` each: the
+"Busy polling" table) and --layouts split,packed (both back-ends again under virtio-user packed_vq=1:
+the "Ring layouts" table); the headline table stays the default worker against DPDK on split rings.
 
 Figures (median over --repeat samples; min..max kept in the JSON):
   tx64/tx1500   guest -> tap. testpmd txonly; Mpps = the tap's kernel rx_packets over a fixed window.
@@ -662,7 +665,7 @@ def _live_blocks(fe: T.Testpmd) -> list[int]:
 
 
 def sample_latency(col: Column, workdir: Path, args) -> dict:
-    """ping -i 5 ms through the back-end to testpmd icmpecho; the back-end's CPU (utime + stime of
+    """ping -i --ping-interval through the back-end to testpmd icmpecho; the back-end's CPU (utime + stime of
     /proc/PID/stat) over the pings, and the worker's busy-poll counters over the same window."""
     with Sample(col, workdir) as s:
         s.be.start()
@@ -673,8 +676,8 @@ def sample_latency(col: Column, workdir: Path, args) -> dict:
         c0 = s.be.counters()
         w0 = Window(s.be.pid, s.own_pids(), True)
         pin = ["taskset", "-c", str(args.ping_cpu)] if args.ping_cpu is not None else []
-        r = s.ns.run([*pin, "ping", "-c", str(args.pings), "-i", "0.005", "-W", "1", PEER_IP], check=False,
-                     timeout=60 + args.pings * 0.1)
+        r = s.ns.run([*pin, "ping", "-c", str(args.pings), "-i", str(args.ping_interval), "-W", "1", PEER_IP],
+                     check=False, timeout=60 + args.pings * (args.ping_interval + 0.1))
         w1 = Window(s.be.pid, s.own_pids(), True)
         c1 = s.be.counters()
         s.fe.stop()
@@ -790,7 +793,8 @@ def run(args) -> dict:
     work = Path(args.workdir or f"/tmp/vsbench-{os.getpid()}")
     results: dict = {"facts": facts, "command": " ".join(["python3", "benchmarks/dpdk_bench.py", *sys.argv[1:]]),
                      "settings": {k: getattr(args, k) for k in ("repeat", "window", "warmup", "idle", "pings",
-                                                                 "rx_frames", "rx_sender", "ping_cpu", "perf", "quiet", "min_share",
+                                                                 "rx_frames", "rx_sender", "ping_interval", "ping_cpu",
+                                                                 "perf", "quiet", "min_share",
                                                                  "quiet_wait", "quiet_budget", "noisy",
                                                                  "retries", "busy_poll", "layouts")},
                      "columns": [c.name for c in args.columns],
@@ -1087,14 +1091,17 @@ def _busy_poll_table(results: dict, rows: dict) -> list[str]:
                    + f" | {_ratio(med['p50_us'], d50) if col.backend != 'dpdk' else ''}"
                    + f" | {'<= %.1f (issue 18)' % goal if goal is not None else ''} | {met}"
                    + f" | {_ratio(med['p99_us'], d99) if col.backend != 'dpdk' else ''}"
-                   + f" | {_fmt(_median(rows, 'latency_backend_cpu', c))} | {_fmt(_median(rows, 'idle_cpu_percent', c))} | "
+                   + f" | {_fmt(_median(rows, 'latency_backend_cpu', c))}"
+                   + f" | {_fmt(_median(rows, 'idle_cpu_percent', c))} | "
                    + " | ".join(extra) + " |")
-    out += ["", f"`ping -i 0.005` ({results['settings']['pings']} per sample) from the tap's namespace to testpmd "
-            "icmpecho behind the back-end. The back-end's CPU is utime + stime of /proc/PID/stat (all its threads) "
-            "over the pings, per second of wall time; busy polls, found work, timed out (windows that ran out) and "
-            "wake-ups (epoll returns) come from the worker's counters over the same window (SIGUSR1: one, subtracted); "
-            "'recheck found work' counts the one extra pass after a batch that published (every worker makes it) "
-            "finding work, e.g. the echo reply already in the TX ring.", ""]
+    st = results["settings"]
+    out += ["", f"`ping -i {st.get('ping_interval', 0.005)}` ({st['pings']} per sample) from the tap's namespace "
+            "to testpmd icmpecho behind the back-end. The back-end's CPU is utime + stime of /proc/PID/stat "
+            "(all its threads) over the pings, per second of wall time; busy polls, windows that found work or "
+            "timed out (ran out), and wake-ups (epoll returns) come from the worker's counters over the same "
+            "window (SIGUSR1: one wake-up, subtracted); 'recheck found work' counts the one extra pass after a "
+            "batch that published (every worker makes it) finding work, e.g. the echo reply already in the TX "
+            "ring.", ""]
     return out
 
 
@@ -1227,6 +1234,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="traffic before a TX window starts, s")
     p.add_argument("--idle", type=float, default=5.0, help="idle CPU window, s")
     p.add_argument("--pings", type=int, help="pings per latency sample (default 400, quick 150)")
+    p.add_argument("--ping-interval", type=float, default=0.005, metavar="S",
+                   help="seconds between pings (ping -i; default 0.005): the gap a busy-poll window must span")
     p.add_argument("--ping-cpu", type=int, choices=(FE_CPU, BE_CPU), metavar="CPU",
                    help="run ping on this CPU (default: where the scheduler puts it; %d: the front-end's, %d: "
                         "the back-end's)" % (FE_CPU, BE_CPU))
