@@ -15,6 +15,7 @@ from typing import Callable
 from . import protocol as P
 from .datapath import packed_positions, ring_size_ok
 from .errors import ConfigError, FeatureError, ProtocolError
+from .hostfd import HostState
 from .memory import DirtyLog, GuestMemory
 from .memory_requests import add_mem_reg_exec, get_max_mem_slots_exec, region_fds, rem_fds, rem_mem_reg_exec, \
     set_mem_table_exec
@@ -82,6 +83,9 @@ class Backend:
         self.messages = 0
         self.rarp = {"sent": 0, "dropped": 0, "skipped": 0}     # SEND_RARP outcomes
         self.state = StatePage(None)    # the worker's ring-position state page (statepage.py), or none
+        # whether the front-end has a ring of the pair enabled, as SET_VRING_ENABLE left it (None: it never
+        # enabled one): the tap queue follows it (host_state)
+        self.pair_enabled: bool | None = None
 
     # -- dispatch ---------------------------------------------------------------------------------------
     def handle(self, msg: P.Message) -> None:
@@ -100,10 +104,28 @@ class Backend:
             close_fds(msg.fds)
             raise ProtocolError(f"{msg.name}: {len(msg.fds)} file descriptors, expected {expected}")
         reply = handler(self, msg)    # a handler owns msg.fds from here: it keeps or closes each
+        self._configure_host()
         if reply is not None:
             self.channel.send(msg.request, reply, reply=True)
         elif msg.need_reply and self.protocol_acked & bit(PF.REPLY_ACK):
             self.channel.send(msg.request, P.encode_u64(0), reply=True)
+
+    def host_state(self) -> HostState:
+        """What the negotiated state asks of the host fd: the offloads acked (TUNSETOFFLOAD once
+        VERSION_1 is, a --packet socket's vnet header from the first SET_FEATURES on) and the tap queue
+        attached unless the front-end disabled the pair. A ring stopped by GET_VRING_BASE or RESET_OWNER
+        alone leaves the queue attached (the front-end is leaving or resetting)."""
+        acked = self.acked
+        return HostState(offload=tun_offload(acked) if self._acked(F.F_VERSION_1) else None,
+                         vnet_hdr=None if acked is None else bool(acked & OFFLOAD_FEATURES),
+                         attached=self.pair_enabled is not False)
+
+    def _configure_host(self) -> None:
+        """The one place the host fd is configured (HostFd.apply), after each request and before its
+        reply; the datapath follows the header a --packet socket carries."""
+        carried = self.hostfd.apply(self.host_state())
+        if carried is not None:
+            self.datapath.set_host_hdr_len(carried)
 
     @property
     def rings_running(self) -> bool:
@@ -176,7 +198,6 @@ class Backend:
                                 indirect=self._acked(F.RING_F_INDIRECT_DESC), rx_max=rx_max,
                                 fault_exit=self.config.fault_exit, packed=self.packed,
                                 in_order=self._acked(F.F_IN_ORDER))
-        self.hostfd.set_offload(tun_offload(acked))
 
 
 def offload_features(offloads: bool, uso: bool) -> int:
@@ -214,8 +235,7 @@ def set_features_exec(b: Backend, msg: P.Message) -> None:
     else:
         b._configure_datapath()
     if not features & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
-        for ring in b.rings:      # without protocol features a ring is enabled as soon as it starts
-            ring.enabled = True
+        _enable_at_start(b, b.rings)
     for ring in b.rings:
         b._maybe_start(ring)
 
@@ -318,8 +338,17 @@ def set_vring_kick_exec(b: Backend, msg: P.Message) -> None:
     b._stop(ring)
     ring.kicked = True
     if not (b.acked or 0) & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
-        ring.enabled = True     # without protocol features a ring is enabled as soon as it starts
+        _enable_at_start(b, [ring])
     b._maybe_start(ring)
+
+
+def _enable_at_start(b: Backend, rings: list[RingState]) -> None:
+    """Without protocol features a ring is enabled as soon as it starts; a pair the front-end had
+    disabled (SET_VRING_ENABLE 0) counts as enabled again."""
+    for ring in rings:
+        ring.enabled = True
+    if b.pair_enabled is False:
+        b.pair_enabled = True
 
 
 def set_vring_call_exec(b: Backend, msg: P.Message) -> None:
@@ -362,6 +391,9 @@ def set_vring_enable_exec(b: Backend, msg: P.Message) -> None:
     if state.num not in (0, 1):
         raise ProtocolError(f"SET_VRING_ENABLE: value {state.num} is neither 0 nor 1")
     ring.enabled = bool(state.num)
+    pair = any(r.enabled for r in b.rings)
+    if pair or b.pair_enabled is not None:     # disabling a pair never enabled leaves its queue alone
+        b.pair_enabled = pair
     if ring.enabled:
         b._maybe_start(ring)
     else:

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError, HostFdError, SetupError, from_oserror
 
@@ -57,6 +57,19 @@ _IFREQ = struct.Struct("16sH22x")  # struct ifreq: ifr_name + ifr_flags, 40 byte
 TUN_KINDS = ("tap", "macvtap")     # char devices that take TUNSETOFFLOAD
 
 
+@dataclass(frozen=True)
+class HostState:
+    """What the negotiated state asks of the host fd (backend.py's Backend.host_state, after each request).
+
+    offload: the TUNSETOFFLOAD flags of the acked guest offloads (None: features with VERSION_1 not set
+    yet, the fd keeps what it has); vnet_hdr: an offload is acked, so a --packet socket carries its vnet
+    header (None: no SET_FEATURES yet); attached: the pair's tap queue takes host flows (False while the
+    front-end has disabled every ring of a pair it had enabled)."""
+    offload: int | None = None
+    vnet_hdr: bool | None = None
+    attached: bool = True
+
+
 @dataclass
 class HostFd:
     """An open host packet fd. `created` is True when opening it created the interface.
@@ -78,6 +91,13 @@ class HostFd:
     stream: bool = False        # a byte stream in QEMU's -netdev stream framing (4-byte length, frame)
     vnet_hdr_switchable: bool = False   # --packet with a vnet header: it follows the negotiated offloads
     uso_ok: bool = False        # its kernel path takes GSO_UDP_L4 both ways (offloads.probe_uso)
+    # what apply() has made of the fd: its TUNSETOFFLOAD flags (None: not set through apply yet), whether
+    # its tap queue is attached (it is when opened) and can be detached, whether a --packet socket
+    # carries its vnet header (it does when opened with one)
+    offload_now: int | None = field(default=None, repr=False)
+    queue_attached: bool = field(default=True, repr=False)
+    detachable: bool = field(default=True, repr=False)
+    hdr_on: bool = field(default=True, repr=False)
 
     @property
     def offloads_ok(self) -> bool:
@@ -88,11 +108,46 @@ class HostFd:
     def is_socket(self) -> bool:
         return self.kind not in TUN_KINDS
 
+    def apply(self, state: HostState) -> int | None:
+        """Make the fd what the negotiated state asks: the one place it is configured, after every request
+        (Backend.handle). Only what differs from what the fd is now is done: a request that changes
+        nothing costs no syscall.
+
+        - offload: TUNSETOFFLOAD (set_offload).
+        - attached: a tap queue is attached while the front-end has a ring of the pair enabled; when it
+          disables both (a guest going from 4 pairs to 1) the queue is detached so the kernel steers no
+          host flow to it, and attached again before a ring runs (set_queue_attached). A queue without
+          the knob (not a tap, a single-queue tap) stays attached and is not asked again.
+        - vnet_hdr: --packet: the socket carries a vnet header only while the driver acked an offload
+          (checksum, TSO, UFO, ECN, either direction); with none acked it carries bare frames, which spares
+          the kernel the header on every frame (set_packet_vnet_hdr). The rings' first batch runs only
+          after the request is handled, and SET_FEATURES cannot change offloads while rings run, so no
+          frame is read or written with the other header layout.
+
+        Returns the header bytes the fd carries from now on when that changed (the datapath follows), else None."""
+        if state.offload is not None and state.offload != self.offload_now:
+            self.set_offload(state.offload)
+            self.offload_now = state.offload
+        if state.attached != self.queue_attached and self.detachable:
+            if self.set_queue_attached(state.attached) or state.attached:
+                self.queue_attached = state.attached
+                log.info("tap queue %s (rings %s)", "attached" if state.attached else "detached",
+                         "enabled" if state.attached else "disabled")
+            else:
+                self.detachable = False
+        if state.vnet_hdr is None or not self.vnet_hdr_switchable or state.vnet_hdr == self.hdr_on:
+            return None
+        now = self.set_packet_vnet_hdr(state.vnet_hdr)
+        self.hdr_on = state.vnet_hdr
+        log.info("packet socket %s: vnet header %d bytes (offloads %s)", self.name, now,
+                 "acked" if state.vnet_hdr else "not acked")
+        return now
+
     def set_offload(self, tun_flags: int) -> None:
         """TUNSETOFFLOAD with spec.TUN_F_* flags: the offloads the guest side can take.
 
         Only tap/macvtap queues have the knob; an AF_PACKET socket's vnet header is all or nothing
-        (set_packet_vnet_hdr, which the worker calls after SET_FEATURES), and a socket without one is
+        (set_packet_vnet_hdr, which apply calls after SET_FEATURES), and a socket without one is
         never offered offloads (flags 0 is all it can be asked)."""
         if self.is_socket and (self.vnet_hdr_len or not tun_flags):
             return

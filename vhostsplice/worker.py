@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 from . import counters
 from . import datapath as dp
-from .backend import OFFLOAD_FEATURES, Backend, BackendConfig
+from .backend import Backend, BackendConfig
 from .channel import Listener
 from .errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
                      from_oserror, release_stop_signals)
-from .protocol import Req
 from .sandbox import Facts, Sandbox
 from .statepage import StatePage
 
@@ -83,8 +82,6 @@ class Worker:
         self.reason = ""
         self.refused = {"busy": 0, "peer_uid": 0}     # connections closed unserved, by reason
         self.host_err_mask = ERR_ONLY
-        self.queue_attached = True      # a tap queue is attached when opened
-        self.pair_was_enabled = False
         # --stats-file is written through its directory, opened now: a confined worker opens nothing else
         self.stats_dir_fd = -1
         self.next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
@@ -313,43 +310,9 @@ class Worker:
             self.reason = "front-end closed the connection"
             return True
         log.debug("<- %s %s", msg.name, msg.payload[:32].hex())     # -vv: every request, payload head
-        self.backend.handle(msg)
-        if msg.request == Req.SET_VRING_ENABLE or not self.queue_attached:
-            self._follow_enable()
-        if msg.request == Req.SET_FEATURES and self.hostfd.vnet_hdr_switchable:
-            self._follow_offloads()
+        self.backend.handle(msg)       # the host fd follows the negotiated state in there (HostFd.apply)
         self.rx_starved = False        # a ring may have (re)started: look at everything again
         return False
-
-    def _follow_enable(self) -> None:
-        """A tap queue is attached while the front-end has a ring of this pair enabled. When it disables
-        both with SET_VRING_ENABLE 0 (a guest going from 4 pairs to 1), the queue is detached so the
-        kernel steers no host flow to it; it is attached again before a ring runs. A ring stopped by
-        GET_VRING_BASE alone leaves the queue attached (the front-end is leaving or resetting), and a
-        queue is attached from its opening on."""
-        enabled = any(ring.enabled for ring in self.backend.rings)
-        if enabled:
-            self.pair_was_enabled = True
-        if not self.pair_was_enabled or enabled == self.queue_attached:
-            return
-        if self.hostfd.set_queue_attached(enabled) or enabled:
-            self.queue_attached = enabled
-            log.info("tap queue %s (rings %s)", "attached" if enabled else "detached",
-                     "enabled" if enabled else "disabled")
-
-    def _follow_offloads(self) -> None:
-        """--packet: the socket carries a vnet header only while the driver acked an offload (checksum,
-        TSO, UFO, ECN, either direction); with none acked it carries bare frames, which spares the kernel
-        the header on every frame. A ring SET_FEATURES started runs its first batch only after this
-        returns to the loop, and SET_FEATURES cannot change offloads while rings run, so no frame is
-        read or written with the other header layout."""
-        want = bool((self.backend.acked or 0) & OFFLOAD_FEATURES)
-        if want == bool(self.datapath.host_hdr_len):
-            return
-        now = self.hostfd.set_packet_vnet_hdr(want)
-        self.datapath.set_host_hdr_len(now)
-        log.info("packet socket %s: vnet header %d bytes (offloads %s)", self.hostfd.name, now,
-                 "acked" if want else "not acked")
 
     def _on_host(self, ev: int) -> None:
         if self.hostfd.is_socket:

@@ -21,7 +21,7 @@ from vhostsplice import protocol as P
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
-from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
+from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, tap_socket
 
 pytestmark = pytest.mark.root
 TAP = "vso0"
@@ -158,8 +158,8 @@ def test_allow_uid_refuses_other_peers_keeps_listening_then_serves_an_allowed_on
     w = _worker(ns, None, "--allow-uid", "nobody", "--socket-mode", "0666", workdir=open_dir)
     try:
         assert _refused_unserved(w.sock)
-        time.sleep(0.2)
-        assert w.proc.poll() is None, "a refused peer must not end a listening worker"
+        live = live_stats(w.proc, w.stats_file)     # answered after the refusal: still serving
+        assert live is not None and live["refused"]["peer_uid"] == 1, "a refused peer must not end a listening worker"
         tap = tap_socket(TAP)
         assert _frontend_as(NOBODY.pw_uid, NOBODY.pw_gid, w.sock, demo_frame(7, 200)) == 0
         code, stats = w.wait()              # the served front-end left cleanly: exit 0

@@ -18,6 +18,8 @@ from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import collect, demo_frame, tap_socket
 
+from support.waiting import wait_for
+
 pytestmark = pytest.mark.root
 TAP = "vsu0"
 NETNS = "vsu"        # the ns fixture's namespace prefix (conftest.py)
@@ -73,8 +75,12 @@ def test_serve_allow_uid_refuses_an_unlisted_peer_and_keeps_listening(ns, tmp_pa
         probe.close()
         refused = s.wait_event("refused")
         assert refused["reason"] == "peer_uid" and refused["uid"] == 0 and refused["pid"] == os.getpid()
-        time.sleep(0.2)
-        assert s.proc.poll() is None, "a refused peer must not end serve"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as again:     # still listening after it
+            again.settimeout(5)
+            again.connect(s.sock)
+            assert again.recv(1) == b""
+        assert wait_for(lambda: len(s.events("refused")) == 2), "a refused peer must not end serve"
+        assert s.proc.poll() is None
         assert s.events("start") == []
         assert s.stop() == 0
     finally:

@@ -78,12 +78,11 @@ stop_by_signal() {
     start_worker
     worker_exit
     [ "$code" -eq 98 ]
-    sleep 0.3
     # The second worker's probe connects and closes: the idle first worker must keep listening.
-    kill -0 "$first"
+    WPID=$first
+    wait_settled
     drive --send 3                  # still serving: a front-end is served
     [ "$dcode" -eq 0 ]
-    WPID=$first
     worker_exit
     [ "$code" -eq 0 ]
 }

@@ -86,6 +86,38 @@ wait_exit() {
     wait "$pid" || code=$?
 }
 
+# live_stats_have KEY: the worker ($WPID), asked now (SIGUSR1 rewrites --stats-file, a new inode), counts KEY.
+live_stats_have() {
+    local before i
+    before=$(stat -c %i "$STATS" 2>/dev/null || echo none)
+    kill -USR1 "$WPID" 2>/dev/null || return 1
+    for ((i = 0; i < 100; i++)); do
+        [[ $(stat -c %i "$STATS" 2>/dev/null || echo none) != "$before" ]] && break
+        sleep 0.05
+    done
+    "$PY" -c 'import json, sys; sys.exit(sys.argv[2] not in json.load(open(sys.argv[1])))' "$STATS" "$1"
+}
+
+# wait_settled [SECONDS]: until the worker ($WPID) has dealt with every connection made to it so far: none
+# waits at its socket to be accepted (ss: the listener's Recv-Q) and none is attached (its live statistics
+# name no front-end's messages). Fails if the worker exits first.
+wait_settled() {
+    local i queued
+    for ((i = 0; i < ${1:-10} * 20; i++)); do
+        if ! kill -0 "$WPID" 2>/dev/null; then
+            echo "worker $WPID exited" >&2
+            return 1
+        fi
+        queued=$(ip netns exec "$NS" ss -xlnH src "$SOCK" | awk '$2 == "LISTEN" { print $3 }')
+        if [[ $queued == 0 ]] && ! live_stats_have messages; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "worker $WPID still has a connection to deal with" >&2
+    return 1
+}
+
 # worker_exit [SECONDS]: wait for the worker; its exit code in $code (and shown on failure).
 worker_exit() {
     wait_exit "$WPID" "${1:-15}"
