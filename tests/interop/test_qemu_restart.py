@@ -292,7 +292,7 @@ class PackedRun:
 class PackedServe(Served):
     """`serve --queues MQ_QUEUES`, both pairs enabled by the guest, both workers SIGKILLed at once; serve
     replaces each from its pair's page. serve keeps QEMU's socket: the guest's link never goes down."""
-    carrier = ("vs_wait_carrier 0 10", "-ne")
+    carrier = ("vs_wait_carrier 0 8", "-ne")         # across the 6 s stream (the kill: 2 s into it)
     pairs = MQ_QUEUES
 
     def __init__(self, net: G.HostNet, workdir: Path):
