@@ -11,7 +11,7 @@ import pytest
 
 from support import testpmd
 from support.netns import NetNs, is_root
-from support.peers import COLUMNS, Column, Qemu, find_qemu, require_peer
+from support.peers import COLUMNS, SPLIT, Column, Layout, Qemu, find_qemu, require_peer, runs
 
 
 def vhostsplice_argv() -> list[str]:
@@ -63,7 +63,7 @@ def qemu_peer(column) -> Qemu:
 
 
 @pytest.fixture(scope="session")
-def image(column, qemu_peer):
+def column_image(column, qemu_peer):
     """The column's guest image (tests/guest/build.sh --kernel SERIES, cached; built once per session)
     booted by the column's QEMU. Missing root or tools: skip, or fail under CI."""
     from support import guest as G
@@ -73,6 +73,30 @@ def image(column, qemu_peer):
     built = G.build_image(kernel=column.kernel)
     assert built.kver.startswith(column.kernel + "."), (column, built.kver)
     return dataclasses.replace(built, qemu=qemu_peer.argv, migration_memory=column.migration_memory)
+
+
+def pytest_collection_modifyitems(config, items):
+    """An @on_layouts test runs each column on the layouts that column lists (peers.Column.layouts): the
+    other column x layout pairs are deselected (they are not in the matrix), not skipped."""
+    def outside(item) -> bool:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        return "layout" in params and "column" in params and not runs(params["column"], params["layout"])
+    off = [item for item in items if outside(item)]
+    if off:
+        config.hook.pytest_deselected(items=off)
+        items[:] = [item for item in items if not outside(item)]
+
+
+@pytest.fixture
+def layout(request) -> Layout:
+    """The test's virtqueue layout: the one peers.on_layouts gave it, else split (QEMU's default)."""
+    return getattr(request, "param", SPLIT)
+
+
+@pytest.fixture
+def image(column_image, layout):
+    """The column's image whose guests get the layout's device properties (every Guest of the test)."""
+    return dataclasses.replace(column_image, device_opts=layout.device)
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,7 @@ SLACK = {"rx": 4, "tx": 32}
 
 
 @pytest.fixture(scope="module")
-def libvirtd(image):
+def libvirtd(column_image):
     missing = L.missing_tools()
     if missing:
         msg = f"missing {', '.join(missing)} (apt-get install libvirt-daemon-system; tests/run.sh does it)"

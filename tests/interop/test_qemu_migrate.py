@@ -6,9 +6,11 @@ two hosts on one L2. The source QEMU's back-end serves one, the destination's (s
 unix:...`) the other. The guest pings the host every 20 ms and streams TCP to it (iperf3, paced) across
 every move.
 
-- `test_live_migration_keeps_the_guest_network` (`run`): QMP says `completed` and the destination runs;
-  worker B's rings run only after the move and start where A stopped; A logged dirty pages and exits 0
-  when its QEMU quits; B announced the guest MAC on vsm1 (SEND_RARP); lost pings form one window.
+- `test_live_migration_keeps_the_guest_network` (`run`, on each ring layout of the column: packed rings
+  too on QEMU 10.0, peers.on_layouts): QMP says `completed` and the destination runs; worker B's rings
+  run only after the move and start exactly where A stopped (resumed_where_it_stopped); A logged dirty
+  pages (packed: the used descriptors it wrote) and exits 0 when its QEMU quits; B announced the guest
+  MAC on vsm1 (SEND_RARP); lost pings form one window.
 - `test_migration_pingpong` (`run`): the guest moves back and forth (VS_MIG_ROUNDS, default 4); after
   each move it keeps running, streaming and answering the host, and its console shows no oops.
   VS_MIG_NETDEV=tap runs the same with QEMU's own virtio-net on the taps, as a control.
@@ -33,9 +35,11 @@ from pathlib import Path
 import pytest
 
 from support import guest as G
+from support.peers import Layout, on_layouts
 from support.qmp import Qmp
 from support.serving import Served
 from support.waiting import wait_for
+from vhostsplice.datapath import packed_state
 from vhostsplice.testing.harness import live_stats
 
 pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
@@ -156,7 +160,24 @@ def host_ping_gap(text: str) -> tuple[int, list[int], float]:
     return sent, sorted(set(range(1, sent + 1)) - got), gap
 
 
-def test_live_migration_keeps_the_guest_network(image, tmp_path):
+def resumed_where_it_stopped(stopped: dict, started: dict, layout: Layout) -> None:
+    """The destination's worker (stats STARTED) starts each ring where the source's (STOPPED, its exit
+    statistics after GET_VRING_BASE) left it. Split: used->idx as the migrated guest memory has it (the
+    source's dirty log carried it) is the source's last used index, and QEMU's SET_VRING_BASE its last
+    avail index. Packed (guest memory keeps no used index): SET_VRING_BASE carries both of the source's
+    positions and their wrap counters, and the ring starts there."""
+    for ring in ("rx", "tx"):
+        a, res = stopped["rings"][ring], started["resume"][ring]
+        got = (res["source"], res["front_end"], res["position"])
+        if layout.packed:
+            base = packed_state(a["last_avail_idx"], a["used_idx"])
+            assert got == ("front-end", base, base), (ring, a, res)
+        else:
+            assert got == ("used-idx", a["last_avail_idx"], a["used_idx"]), (ring, a, res)
+
+
+@on_layouts()
+def test_live_migration_keeps_the_guest_network(image, layout, tmp_path):
     with bridged(tmp_path) as net:
         server = net.iperf3_server()                                 # the guest streams to it across the move
         wa = net.start_worker(name="a", tap="vsm0")
@@ -211,7 +232,10 @@ def test_live_migration_keeps_the_guest_network(image, tmp_path):
         assert code_b == 0 and stats_b["errno"] == "OK", (code_b, stats_b)
         rx, tx = packets(stats_b)
         assert rx > after_move[0] and tx > after_move[1], (after_move, (rx, tx))
-        assert "taken from used->idx" not in wb.stderr, wb.stderr[-2000:]   # B started where A stopped
+        resumed_where_it_stopped(stats_a, stats_b, layout)
+        assert layout.negotiated(src.features()), G.feature_names(src.features())
+        # both workers were told the layout (A's features also have VHOST_F_LOG_ALL: the move's last SET_FEATURES)
+        assert all(layout.negotiated(int(s["features"], 16)) for s in (stats_a, stats_b)), (stats_a, stats_b)
         assert announces and all(f[6:12] == GUEST_MAC and f[22:28] == GUEST_MAC for f in announces), announces
 
         server.terminate()
@@ -268,7 +292,7 @@ def settled(guest: G.Guest, net: G.HostNet) -> str:
     return summary
 
 
-def test_migration_pingpong(image, tmp_path):
+def test_migration_pingpong(image, layout, tmp_path):
     rounds = int(os.environ.get("VS_MIG_ROUNDS", "4"))
     kind = os.environ.get("VS_MIG_NETDEV", "vhostsplice")
     assert kind in ("vhostsplice", "tap"), kind
@@ -293,7 +317,7 @@ def test_migration_pingpong(image, tmp_path):
             return guest, worker, Qmp(tmp_path / f"{name}.qmp")
 
         src, wsrc, qsrc = launch(0, False)
-        results = []
+        results, stopped = [], None          # the last source worker's exit statistics
         try:
             src.wait_marker("PINGING", G.BOOT_TIMEOUT)
             for i in range(1, rounds + 1):
@@ -310,10 +334,11 @@ def test_migration_pingpong(image, tmp_path):
                     assert code == 0 and stats["dirty_log"]["log_writes"] > 0, (i, code, stats, wsrc.stderr[-2000:])
                     assert stats["dirty_log"]["log_overflow"] == 0, stats["dirty_log"]
                     if i > 1:                            # it was the last move's destination: it resumed exactly
-                        assert "taken from used->idx" not in wsrc.stderr, wsrc.stderr[-2000:]
+                        resumed_where_it_stopped(stopped, stats, layout)
                         # the guest acked GUEST_ANNOUNCE, so QEMU asked for no RARP
                         assert int(stats["features"], 16) & 1 << G.FEATURE_BITS["GUEST_ANNOUNCE"], stats
                         assert stats["rarp"]["sent"] == 0, stats["rarp"]
+                    stopped = stats
                 src, wsrc, qsrc = dst, wdst, qdst
                 summary = settled(src, net)
                 with cap:                                # the guest announced itself through the new side

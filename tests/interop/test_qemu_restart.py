@@ -15,6 +15,11 @@ Per back-end door (`run`, and `serve --queues 2` with a multi-queue device), one
 The exit codes are read from what the back-end itself reports: `run`'s exit statistics (one JSON line
 each on stderr) and `serve`'s --events file (its workers' `exit` events and its own `end` event), and
 cross-checked against the supervisor's log. Needs root, QEMU, iperf3; under CI=true a missing tool fails.
+
+Packed rings (issue 15), on the columns that run them (peers.on_layouts: QEMU 10.0 + Linux 6.12), per
+door: the worker SIGKILLed under a bidirectional TCP stream is replaced and resumes both rings from the
+state page, with the stream surviving (`run --state-file`: one worker; `serve --queues 2`: both pairs'
+workers at once). One boot each.
 """
 from __future__ import annotations
 
@@ -29,7 +34,9 @@ from pathlib import Path
 import pytest
 
 from support import guest as G
-from support.waiting import terminate
+from support.peers import on_layouts
+from support.serving import Served
+from support.waiting import terminate, wait_for
 from vhostsplice.selfexec import self_argv, self_env
 
 pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
@@ -141,12 +148,14 @@ vs_check set_combined /tmp/bin/{G.VS_ETHTOOL} set-combined eth0 {MQ_QUEUES}
 """
 
 
-def boot(image, sup: Supervised, workdir: Path, script: str, name: str, ethtool: Path) -> G.Guest:
-    if sup.door == "run":
-        return G.Guest(image, sup.sock, workdir, script, name=name).start()
-    kw = G.vhost_user_mq(sup.sock, MQ_QUEUES)
+def boot(image, door: str, sock: Path, workdir: Path, script: str, name: str, ethtool: Path) -> G.Guest:
+    """A guest on `run`'s socket, or on `serve --queues MQ_QUEUES`'s (a multi-queue device, the ethtool
+    handed over; ENABLE_ALL runs before the script)."""
+    if door == "run":
+        return G.Guest(image, sock, workdir, script, name=name).start()
+    kw = G.vhost_user_mq(sock, MQ_QUEUES)
     kw["qemu_extra"] += G.fw_cfg_file(G.VS_ETHTOOL, ethtool)
-    return G.Guest(image, sup.sock, workdir, ENABLE_ALL + script, name=name, **kw).start()
+    return G.Guest(image, sock, workdir, ENABLE_ALL + script, name=name, **kw).start()
 
 
 def traffic_both_ways(net: G.HostNet, guest: G.Guest) -> None:
@@ -167,13 +176,13 @@ def test_qemu_restart_next_guest_is_served(image, ethtool, tmp_path, door):
         net.iperf3_server()
         pids = [sup.wait_listening(1)]
 
-        with boot(image, sup, tmp_path, SCRIPT_CLEAN, "a", ethtool) as a:          # clean poweroff: exit 0
+        with boot(image, door, sup.sock, tmp_path, SCRIPT_CLEAN, "a", ethtool) as a:    # clean poweroff: exit 0
             traffic_both_ways(net, a)
             assert a.wait_done(120) == 0, a.describe()
         assert sup.wait_exits(1)[0] == (pids[0], 0), sup.log()
         pids.append(sup.wait_listening(2))
 
-        with boot(image, sup, tmp_path, SCRIPT_KILLED, "b", ethtool) as b:         # QEMU vanishes: exit 104
+        with boot(image, door, sup.sock, tmp_path, SCRIPT_KILLED, "b", ethtool) as b:   # QEMU vanishes: exit 104
             traffic_both_ways(net, b)
             b.wait_marker("TRAFFIC", 60)
             time.sleep(1.0)
@@ -181,7 +190,7 @@ def test_qemu_restart_next_guest_is_served(image, ethtool, tmp_path, door):
         assert sup.wait_exits(2)[1] == (pids[1], ECONNRESET), sup.log()
         pids.append(sup.wait_listening(3))
 
-        with boot(image, sup, tmp_path, SCRIPT_AFTER, "c", ethtool) as c:          # the next guest has network
+        with boot(image, door, sup.sock, tmp_path, SCRIPT_AFTER, "c", ethtool) as c:    # the next guest has network
             traffic_both_ways(net, c)
             assert c.wait_done(120) == 0, c.describe()
         assert sup.wait_exits(3)[2] == (pids[2], 0), sup.log()
@@ -246,55 +255,113 @@ def test_qemu_restart_next_guest_is_served(image, ethtool, tmp_path, door):
           f"boot_s={[round(g.boot_seconds() or 0, 2) for g in (a, b, c)]}")
 
 
-# -- a packed ring survives its worker: the state page (issue 15) -------------------------------------------
+# -- packed rings survive their worker: the state page (issue 15) ------------------------------------------
 PACKED_KILL_AFTER = 2.0        # seconds into the guest's TCP stream
-PACKED_SCRIPT = f"""
+
+
+class PackedRun:
+    """`run --state-file PAGE` (tmpfs), SIGKILLed and replaced by a new worker on the same socket and page.
+    QEMU's socket closes with the worker: the guest's link goes down, and up once QEMU has reconnected."""
+    carrier = ("vs_wait_carrier 0 30 && vs_wait_carrier 1 60", "-eq")    # the watch, and its status test
+    pairs = 1
+
+    def __init__(self, net: G.HostNet, workdir: Path):
+        self.net, self.page = net, Path("/dev/shm") / f"vs-packed-restart-{os.getpid()}.state"
+        self.first = net.start_worker("--state-file", str(self.page))
+        self.sock = self.first.sock
+
+    def kill(self) -> None:
+        self.first.proc.send_signal(signal.SIGKILL)      # our own child, by PID
+        self.first.proc.wait(30)
+        self.second = self.net.start_worker("--state-file", str(self.page))
+
+    def replacements(self) -> list[tuple[int, dict, dict]]:
+        """(exit code, resume, ring counters) of every replacement, once the guest has gone."""
+        code, stats = G.stop_worker(self.second)
+        assert self.first.proc.returncode == -signal.SIGKILL
+        assert int(stats["features"], 16) >> G.FEATURE_BITS["RING_PACKED"] & 1, (stats, self.second.stderr)
+        return [(code, stats["resume"], stats["rings"])]
+
+    def __enter__(self) -> "PackedRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.page.unlink(missing_ok=True)
+
+
+class PackedServe(Served):
+    """`serve --queues MQ_QUEUES`, both pairs enabled by the guest, both workers SIGKILLed at once; serve
+    replaces each from its pair's page. serve keeps QEMU's socket: the guest's link never goes down."""
+    carrier = ("vs_wait_carrier 0 8", "-ne")         # across the 6 s stream (the kill: 2 s into it)
+    pairs = MQ_QUEUES
+
+    def __init__(self, net: G.HostNet, workdir: Path):
+        super().__init__(net, workdir, queues=self.pairs)
+
+    def kill(self) -> None:
+        first = wait_for(lambda: len(self.events("start")) == self.pairs, 30)
+        assert first, f"serve did not start a worker per pair: {self.events()}\n{self.stderr()}"
+        self.killed = sorted(e["pid"] for e in self.events("start"))
+        for pid in self.killed:
+            assert G.pid_is(pid, "vhostsplice"), (pid, self.events())
+            os.kill(pid, signal.SIGKILL)
+        again = wait_for(lambda: len([e for e in self.events("start") if e["restarts"] == 1]) == self.pairs, 30)
+        assert again, f"serve did not replace both workers: {self.events()}\n{self.stderr()}"
+
+    def replacements(self) -> list[tuple[int, dict, dict]]:
+        assert self.wait_exit() == 0, self.stderr()
+        exits = self.events("exit")
+        assert sorted(e["pid"] for e in exits if e["exit"] == 128 + signal.SIGKILL) == self.killed, exits
+        return [(e["exit"], e["resume"], e["counters"]) for e in exits if e["pid"] not in self.killed]
+
+
+PACKED_DOORS = {"run": PackedRun, "serve": PackedServe}
+
+
+def packed_script(door: str) -> str:
+    watch, passes = PACKED_DOORS[door].carrier
+    return f"""
 vs_ping before {PINGS}
-( vs_wait_carrier 0 30 && vs_wait_carrier 1 60 ) > /tmp/carrier 2>&1 &
+( {watch} ) > /tmp/carrier 2>&1 &
 watch=$!
 vs_mark TRAFFIC
 vs_iperf during -t 6 --bidir
 wait $watch
+st=$?
+vs_check carrier sh -c "cat /tmp/carrier; [ $st {passes} 0 ]"
 vs_check recover vs_wait_peer 30
 vs_ping after {PINGS}
 """
 
 
-def test_packed_rings_survive_a_worker_sigkill_from_the_state_page(image, column, tmp_path):
-    """QEMU 10 `packed=on` and a Linux 6.12 guest: the worker is SIGKILLed under a bidirectional TCP stream,
-    a new one on the same socket and the same --state-file (tmpfs) resumes both packed rings from the page
-    (QEMU's SET_VRING_BASE after the reconnect cannot know the positions), and the stream survives. One
-    boot, on the qemu10.0-linux6.12 column (the issue's peer for packed rings)."""
-    if column.qemu != "10.0":
-        pytest.skip("the packed-ring restart is asserted on the QEMU 10.0 column only (one boot)")
-    page = Path("/dev/shm") / f"vs-packed-restart-{os.getpid()}.state"
-    try:
-        with G.HostNet(tmp_path) as net:
-            first = net.start_worker("--state-file", str(page))
-            net.iperf3_server()
-            with G.Guest(image, first.sock, tmp_path, PACKED_SCRIPT, device_opts="packed=on") as guest:
-                guest.wait_marker("BOOT", BOOT)
-                guest.wait_marker("TRAFFIC", 60)
-                assert guest.features() >> G.FEATURE_BITS["RING_PACKED"] & 1, G.feature_names(guest.features())
-                time.sleep(PACKED_KILL_AFTER)
-                first.proc.send_signal(signal.SIGKILL)      # our own child, by PID
-                first.proc.wait(30)
-                second = net.start_worker("--state-file", str(page))
-                rc = guest.wait_done(180)
-            code, stats = G.stop_worker(second)
-    finally:
-        page.unlink(missing_ok=True)
-    G.report("packed-restart", resume=stats.get("resume"), rx=stats.get("rings", {}).get("rx"),
-             tx=stats.get("rings", {}).get("tx"))
-    assert first.proc.returncode == -signal.SIGKILL
-    for name in ("before", "recover", "after"):
+@on_layouts("packed")
+@pytest.mark.parametrize("door", list(PACKED_DOORS))
+def test_packed_rings_survive_a_worker_sigkill_from_the_state_page(image, layout, ethtool, tmp_path, door):
+    """A packed-ring guest (peers.on_layouts: QEMU 10, Linux 6.12) whose worker is SIGKILLed under a
+    bidirectional TCP stream (PackedRun, PackedServe): each replacement resumes both packed rings from the
+    state page (QEMU's SET_VRING_BASE after a reconnect, or serve's replay of it, cannot know the
+    positions), the stream survives and the guest's link does what the door says."""
+    with G.HostNet(tmp_path) as net, PACKED_DOORS[door](net, tmp_path) as backend:
+        net.iperf3_server()
+        with boot(image, door, backend.sock, tmp_path, packed_script(door), "guest", ethtool) as guest:
+            guest.wait_marker("BOOT", BOOT)
+            guest.wait_marker("TRAFFIC", 60)
+            time.sleep(PACKED_KILL_AFTER)
+            backend.kill()
+            rc = guest.wait_done(180)
+        replacements = backend.replacements()
+    G.report(f"packed-restart {door}", carrier=guest.checks().get("carrier", G.Check("", False, 0, "")).output.strip(),
+             resume=[r for _, r, _ in replacements],
+             packets=[{ring: c[ring]["packets"] for ring in ("rx", "tx")} for _, _, c in replacements])
+    assert layout.negotiated(guest.features()), G.feature_names(guest.features())
+    for name in ("before", "carrier", "recover", "after"):
         guest.check(name)
     s = G.iperf_summary(guest.iperf("during"))
     assert s["error"] is None and s["bytes_sent"] > 0 and s["bytes_received"] > 0, s
     assert rc == 0, guest.describe()
-    assert code == 0, (stats, second.stderr)
-    assert int(stats["features"], 16) >> G.FEATURE_BITS["RING_PACKED"] & 1, stats["features"]
+    assert [code for code, _, _ in replacements] == [0] * backend.pairs, replacements
     for ring in ("rx", "tx"):
-        resume = stats["resume"][ring]
-        assert resume["source"] == "state-page", (ring, resume)
-        assert stats["rings"][ring]["broken"] is None and stats["rings"][ring]["packets"] > 0, stats["rings"][ring]
+        for _, resume, counters in replacements:
+            assert resume[ring]["source"] == "state-page", (ring, resume)
+            assert counters[ring]["broken"] is None, (ring, counters)
+        assert sum(c[ring]["packets"] for _, _, c in replacements) > 0, (ring, replacements)

@@ -79,6 +79,7 @@ class GuestImage:
     build_seconds: float
     qemu: tuple[str, ...] = (QEMU,)
     migration_memory: str | None = None   # peers.Column.migration_memory of the column it belongs to
+    device_opts: str = ""                 # virtio-net-pci properties of every guest (peers.Layout.device)
 
 
 def build_image(cache_dir: Path | None = None, timeout: float = 900, kernel: str = "6.1") -> GuestImage:
@@ -155,7 +156,8 @@ class Guest:
                    "-netdev", "vhost-user,id=n0,chardev=c0"]
         else:
             net = ["-netdev", self.netdev]
-        device = "virtio-net-pci,netdev=n0,vectors=0" + (f",{self.device_opts}" if self.device_opts else "")
+        device = ",".join(filter(None, ("virtio-net-pci,netdev=n0,vectors=0", self.image.device_opts,
+                                        self.device_opts)))
         size = ",".join(filter(None, (mem, self.memory_slots)))
         return [*self.image.qemu, "-accel", "tcg", "-m", size, "-smp", self.smp, "-nodefaults", "-no-reboot",
                 "-display", "none", "-monitor", "none",

@@ -188,6 +188,7 @@ class LibvirtGuest(G.Guest):
 
     def __init__(self, daemon: Libvirtd, image: G.GuestImage, workdir: Path, script: str, interface: str,
                  *, name: str, fw_cfg: dict | None = None):
+        assert not image.device_opts, f"the domain XML carries no device_opts ({image.device_opts}): add them"
         super().__init__(image, "", workdir, script, name=name)
         self.daemon, self.domain = daemon, f"vsl-{os.getpid()}-{name}"
         self.xml_path = self.workdir / f"{name}.xml"

@@ -8,6 +8,14 @@ tests/interop/conftest.py (`column`, `qemu_peer`, `image`), whose test ids name 
   (never installed), and the backports cloud kernel (tests/guest/build.sh --kernel 6.12).
 tests/unit/test_peers.py fails when build.sh's kernel series or a column's migration RAM size drift.
 
+LAYOUTS is the one table of virtqueue layouts a guest's device can be given (virtio-net-pci `packed=on`
+or QEMU's default, split), and each column lists the layouts it runs (Column.layouts). A test that runs
+per layout says so with `@on_layouts()` (each column, each of its layouts) or `@on_layouts("packed")`;
+the interop fixtures hand every guest of that test the layout's device properties (GuestImage.device_opts)
+and the layout itself (`layout`), so no test writes `packed=on`; pairs a column does not run are
+deselected at collection (conftest.py), never skipped. A test without it runs split rings.
+Packed rings run on the QEMU 10.0 + Linux 6.12 column only (issue 15's peer; one more boot per test).
+
 require_peer() is the one place a missing peer (QEMU, testpmd, root, a tool) turns into a skip, or
 into a failure under CI (CI=true/1, which .ci/run sets, or VHOSTSPLICE_REQUIRE_PEERS=1): CI cannot pass
 by skipping the interop tests.
@@ -25,7 +33,7 @@ import pytest
 
 GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
 QEMU_SCRIPT = GUEST_DIR / "qemu.sh"
-from support.guest import QEMU as SYSTEM_QEMU
+from support.guest import FEATURE_BITS, QEMU as SYSTEM_QEMU
 PAGE = 4096
 # QEMU < 9.0 under TCG corrupts a migrating guest whose RAM block is a multiple of 64 pages (256 KiB):
 # the dirty-bitmap fast path loses stores (fixed by upstream 03bfc2188f, in 9.0). test_qemu_migrate.py
@@ -40,12 +48,40 @@ class Column:
     qemu_source: str           # "system" (installed qemu-system-x86) or "backports" (tests/guest/qemu.sh)
     kernel: str                # the guest kernel series (tests/guest/build.sh --kernel SERIES)
     migration_memory: str      # guest RAM for the live-migration tests (QEMU -m syntax, K or M suffix)
+    layouts: tuple[str, ...]   # the virtqueue layouts (LAYOUTS) its guests run in the @on_layouts tests
 
+
+@dataclass(frozen=True)
+class Layout:
+    """A virtqueue layout (virtio 1.2 2.7 split, 2.8 packed) and how a guest's device is given it."""
+    id: str                    # the pytest parameter id's suffix
+    device: str                # virtio-net-pci properties that choose it ("": QEMU's default)
+    packed: bool               # the driver acks VIRTIO_F_RING_PACKED
+
+    def negotiated(self, features: int) -> bool:
+        """FEATURES (acked by a driver, or told to the back-end) are this layout's: RING_PACKED iff packed."""
+        return bool(features >> FEATURE_BITS["RING_PACKED"] & 1) == self.packed
+
+
+LAYOUTS = {layout.id: layout for layout in (Layout("split", "", False), Layout("packed", "packed=on", True))}
+SPLIT = LAYOUTS["split"]
 
 COLUMNS = (
-    Column("qemu7.2-linux6.1", "7.2", "system", "6.1", "524280K"),
-    Column("qemu10.0-linux6.12", "10.0", "backports", "6.12", "512M"),
+    Column("qemu7.2-linux6.1", "7.2", "system", "6.1", "524280K", ("split",)),
+    Column("qemu10.0-linux6.12", "10.0", "backports", "6.12", "512M", ("split", "packed")),
 )
+
+
+def on_layouts(*ids: str):
+    """Parametrize a QEMU test over the layouts IDS (default: all); with the `column` fixture's columns that
+    is every column x layout pair, of which tests/interop/conftest.py keeps those the column runs."""
+    assert set(ids) <= set(LAYOUTS), ids
+    return pytest.mark.parametrize("layout", [pytest.param(LAYOUTS[i], id=i) for i in ids or LAYOUTS],
+                                   indirect=True)
+
+
+def runs(column: Column, layout: Layout) -> bool:
+    return layout.id in column.layouts
 
 
 def in_ci() -> bool:

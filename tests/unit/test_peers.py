@@ -52,3 +52,20 @@ def test_no_test_reads_ci_itself():
     offenders = [str(p.relative_to(TESTS)) for p in TESTS.rglob("*.py")
                  if p.name != "peers.py" and p != Path(__file__) and pattern.search(p.read_text())]
     assert offenders == []
+
+
+def test_every_column_runs_split_and_only_known_layouts():
+    """split is what a test without @on_layouts runs, so every column must run it; a layout a column
+    names must be in LAYOUTS, and each layout runs on some column (else its tests collect nothing)."""
+    for c in peers.COLUMNS:
+        assert "split" in c.layouts and set(c.layouts) <= set(peers.LAYOUTS), c
+    assert {name for c in peers.COLUMNS for name in c.layouts} == set(peers.LAYOUTS)
+    assert peers.SPLIT.device == ""                 # QEMU's default virtio-net-pci is split
+
+
+@pytest.mark.parametrize("layout", peers.LAYOUTS.values(), ids=lambda layout: layout.id)
+def test_a_layout_chooses_its_ring_and_knows_its_features(layout):
+    packed_bit = 1 << 34                            # VIRTIO_F_RING_PACKED (virtio 1.2 6)
+    assert ("packed=on" in layout.device.split(",")) == layout.packed
+    assert layout.negotiated(1 << 32 | (packed_bit if layout.packed else 0))
+    assert not layout.negotiated(1 << 32 | (0 if layout.packed else packed_bit))
