@@ -159,11 +159,43 @@ class Testpmd:
 QUEUE_SIZE = 256  # virtio_user's default, made explicit: the most a back-end can leave unconsumed
 
 
+@dataclass(frozen=True)
+class Layout:
+    """A ring layout virtio-user asks for (its packed_vq and in_order devargs, both always given: its
+    defaults are packed_vq=0 and in_order=1) and so must negotiate: VIRTIO_F_RING_PACKED (bit 34) is
+    acked exactly when packed_vq, VIRTIO_F_IN_ORDER (bit 35) exactly when in_order."""
+    id: str
+    packed_vq: bool
+    in_order: bool
+
+    @property
+    def devargs(self) -> str:
+        return f"packed_vq={int(self.packed_vq)},in_order={int(self.in_order)}"
+
+
+# The layouts the interop tests run on, by id: split with IN_ORDER (virtio-user's default, what the split
+# tests always ran), packed, and packed with IN_ORDER.
+LAYOUTS = {layout.id: layout for layout in (
+    Layout("split-in-order", packed_vq=False, in_order=True),
+    Layout("packed", packed_vq=True, in_order=False),
+    Layout("packed-in-order", packed_vq=True, in_order=True),
+)}
+DEFAULT_LAYOUT = LAYOUTS["split-in-order"]
+
+
 def virtio_user(sock: Path | str, *, mode: str, log: Path, txpkts: int | None = None,
-                stats_period: int | None = None) -> Testpmd:
-    """testpmd as the front-end (driver) on SOCK: forwarding lcore on CPU 0, main lcore on CPU 1."""
-    return Testpmd([f"net_virtio_user0,path={sock},queues=1,queue_size={QUEUE_SIZE}"], mode=mode, log=log,
-                   lcores="0@1,1@0", txpkts=txpkts, stats_period=stats_period)
+                stats_period: int | None = None, layout: Layout = DEFAULT_LAYOUT) -> Testpmd:
+    """testpmd as the front-end (driver) on SOCK with rings of LAYOUT: forwarding lcore on CPU 0, main
+    lcore on CPU 1."""
+    return Testpmd([f"net_virtio_user0,path={sock},queues=1,queue_size={QUEUE_SIZE},{layout.devargs}"],
+                   mode=mode, log=log, lcores="0@1,1@0", txpkts=txpkts, stats_period=stats_period)
+
+
+def negotiated_features(text: str) -> int | None:
+    """The virtio features DPDK's vhost library (net_vhost) says it negotiated: the last "negotiated Virtio
+    features: 0x..." line of its log (VHOST_CONFIG, logged at its default level), None if there is none."""
+    found = re.findall(r"negotiated Virtio features: (0x[0-9a-fA-F]+)", text)
+    return int(found[-1], 16) if found else None
 
 
 # -- DPDK's back-end standing in for `vhostsplice run` (sanity check of the interop tests) ---------
@@ -192,6 +224,9 @@ def shim_main(argv: Sequence[str] | None = None) -> int:
     port0 = pmd.stop().get(0, Totals(0, 0, 0, 0))  # port 0 is the vhost port
     stats = {"exit": 0, "errno": "OK", "backend": "dpdk-net_vhost",
              "rings": {"rx": {"packets": port0.tx_packets}, "tx": {"packets": port0.rx_packets}}}
+    features = negotiated_features(pmd.text())
+    if features is not None:            # the worker's "features": what the front-end acked
+        stats["features"] = f"{features:#x}"
     Path(args.stats_file).write_text(json.dumps(stats) + "\n")
     return 0
 
