@@ -246,10 +246,9 @@ def column_of(name: str) -> Column:
     return Column(name, backend, layout=rest or "split")
 
 
-def negotiated_features(log_text: str) -> int | None:
-    """The features DPDK's vhost library says it negotiated (its VHOST_CONFIG log line), if it said."""
-    found = re.findall(r"negotiated Virtio features: (0x[0-9a-fA-F]+)", log_text)
-    return int(found[-1], 16) if found else None
+# A column's --layouts name -> the virtio-user layout of the interop tests (support.testpmd.LAYOUTS): both
+# keep virtio-user's default in_order=1, so split and packed rows differ in the layout only.
+FRONT_END_LAYOUTS = {"split": T.LAYOUTS["split-in-order"], "packed": T.LAYOUTS["packed-in-order"]}
 
 
 class Backend:
@@ -376,7 +375,7 @@ class Dpdk(Backend):
             time.sleep(0.01)
 
     def features(self) -> int | None:
-        return negotiated_features(self.log.read_text(errors="replace"))
+        return T.negotiated_features(self.log.read_text(errors="replace"))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -442,10 +441,10 @@ class Sample:
 
     def front_end(self, mode: str, txpkts: int | None = None, stats_period: int | None = None) -> T.Testpmd:
         """testpmd virtio-user as support.testpmd.virtio_user() starts it, plus --no-flush-rx: at start
-        testpmd otherwise reads and discards what already waits in its RX ring (uncounted). A packed
-        column adds packed_vq=1 (virtio-user then asks for VIRTIO_F_RING_PACKED)."""
-        packed = ",packed_vq=1" if self.col.layout == "packed" else ""
-        self.fe = T.Testpmd([f"net_virtio_user0,path={self.be.sock},queues=1,queue_size={T.QUEUE_SIZE}{packed}"],
+        testpmd otherwise reads and discards what already waits in its RX ring (uncounted). The column's
+        layout gives packed_vq and in_order (FRONT_END_LAYOUTS)."""
+        devargs = FRONT_END_LAYOUTS[self.col.layout].devargs
+        self.fe = T.Testpmd([f"net_virtio_user0,path={self.be.sock},queues=1,queue_size={T.QUEUE_SIZE},{devargs}"],
                             mode=mode, log=self.workdir / "frontend.log", lcores=f"0@{BE_CPU},1@{FE_CPU}",
                             txpkts=txpkts, stats_period=stats_period, extra=["--no-flush-rx"])
         self.fe.wait_started()
@@ -1274,7 +1273,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "measured), e.g. 0,50,200 with --figures latency,idle; a table of ping RTT and CPU")
     p.add_argument("--layouts", default="split", metavar="LAYOUT,...",
                    help="ring layouts the front-end asks for: split (default, the headline), packed (testpmd "
-                        "virtio-user packed_vq=1, against both back-ends); a table of layouts")
+                        "virtio-user packed_vq=1, against both back-ends; in_order=1 on both, virtio-user's "
+                        "default); a table of layouts")
     p.add_argument("--combine", nargs="+", metavar="JSON",
                    help="run nothing: medians over the samples of these earlier dpdk_bench.json files")
     p.add_argument("--workdir", help="where logs go (default /tmp/vsbench-PID, deleted unless --keep)")
@@ -1295,7 +1295,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     except ValueError:
         p.error(f"--busy-poll {args.busy_poll}: comma-separated microseconds")
     layouts = [v.strip() for v in args.layouts.split(",") if v.strip()]
-    if set(layouts) - {"split", "packed"} or "split" not in layouts:
+    if set(layouts) - set(FRONT_END_LAYOUTS) or "split" not in layouts:
         p.error(f"--layouts {args.layouts}: split (always measured) and packed")
     args.columns = columns(busy, layouts)
     return args
