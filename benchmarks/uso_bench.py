@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import measured  # noqa: E402  (puts tests/ on sys.path; preflight)
+import measured  # noqa: E402, F401  (puts tests/ on sys.path)
 from measured import ROOT  # noqa: E402
 from support import guest as G  # noqa: E402
 from support.peers import COLUMNS, find_qemu  # noqa: E402

@@ -31,7 +31,7 @@ from typing import Callable
 
 from . import protocol as P
 from .channel import Channel, Listener
-from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, Backoff, FrontendGone, ProtocolError,
+from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, FrontendGone, ProtocolError,
                      errno_name, release_stop_signals, restart_action)
 from .runner import Ownership
 from .sandbox.audit import KillLog

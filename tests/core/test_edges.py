@@ -40,7 +40,7 @@ def test_fault_in_the_middle_of_a_merge(make_rig):
     rig.rx.raw_desc(100, 0x10, 2048, 2, 0)            # device-writable but outside guest memory
     rig.rx.raw_avail(slot % rig.rx.num, 100)
     rig.rx.set_avail_idx(slot + 1)
-    rest = rig.rx.add_in(4, 2048)
+    rig.rx.add_in(4, 2048)
     big = rig.hdr() + rig.frame(3000)
     rig.inject(big, rig.hdr() + rig.frame(1000, seed=1))
     rig.poll_idle()

@@ -7,7 +7,7 @@ import pytest
 
 from vhostsplice.datapath import MORE, Datapath
 from vhostsplice.errors import ConfigError, GuestFaultError
-from vhostsplice.testing.virtq import DriverQueue, Region
+from vhostsplice.testing.virtq import Region
 
 
 @pytest.mark.parametrize("num", [0, 3, 100, 65536])

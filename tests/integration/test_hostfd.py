@@ -10,7 +10,6 @@ import textwrap
 
 import pytest
 
-from vhostsplice import spec
 from vhostsplice.errors import ConfigError
 from vhostsplice.hostfd import (IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, open_tap,
                                 validate_ifname)

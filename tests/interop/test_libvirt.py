@@ -22,7 +22,6 @@ import pwd
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest

@@ -5,18 +5,20 @@ re-mapped when the table changes and stopped (EFAULT) when their region goes."""
 from __future__ import annotations
 
 import errno
-import os
 import struct
 
 import pytest
 
-from protocol.test_hostile_frontend import GPA, MEM, UVA, eproto, env  # noqa: F401 (env: the fixture)
+from protocol import test_hostile_frontend as hostile
+from protocol.test_hostile_frontend import GPA, MEM, UVA, eproto
 from vhostsplice import protocol as P
 from vhostsplice.backend import RUN_PROTOCOL_FEATURES
 from vhostsplice.datapath import lib
 from vhostsplice.errors import GuestFaultError
 from vhostsplice.serve_device import PROTOCOL_FEATURES as SERVE_PROTOCOL_FEATURES
 from vhostsplice.spec import MAX_MEM_SLOTS, Feature as F, ProtocolFeature as PF, Req, bit
+
+env = hostile.env     # the fixture, shared
 
 SLOT = 1 << 16          # the size of the small regions added after the first
 

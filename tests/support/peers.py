@@ -31,9 +31,10 @@ from pathlib import Path
 
 import pytest
 
+from support.guest import FEATURE_BITS, QEMU as SYSTEM_QEMU
+
 GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
 QEMU_SCRIPT = GUEST_DIR / "qemu.sh"
-from support.guest import FEATURE_BITS, QEMU as SYSTEM_QEMU
 PAGE = 4096
 # QEMU < 9.0 under TCG corrupts a migrating guest whose RAM block is a multiple of 64 pages (256 KiB):
 # the dirty-bitmap fast path loses stores (fixed by upstream 03bfc2188f, in 9.0). test_qemu_migrate.py
