@@ -197,7 +197,8 @@ def slope(rows: list[dict], key: str) -> tuple[float, int, int] | None:
 def markdown(results: dict) -> str:
     out = [f"Command: `{results['command']}`  ", f"When: {results['when']}; load average before: "
            f"{results['loadavg']}; package: {results['package']}", "",
-           "| shape | pairs | processes | start-up s | PSS MiB | wake-ups/s | CPU % |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "| shape | pairs | processes | start-up s | PSS MiB | wake-ups/s | CPU % |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for shape, rows in results["shapes"].items():
         for r in rows:
             if "skipped" in r:

@@ -140,13 +140,15 @@ def table(samples: list[dict], args, load: tuple, cmd: str) -> str:
             spread[b, mode] = f"{min(m['mbps'] for m in mine):.0f}-{max(m['mbps'] for m in mine):.0f}" if mine else "-"
             lost[b, mode] = statistics.median(m["lost_pct"] for m in mine) if mine else 100.0
     base = {mode: med.get(("qemu-tap", mode)) or 0.0 for mode in PORTS}
-    rows = ["| back-end | USO bits in the guest | gso Mbit/s (min-max) | plain Mbit/s (min-max) | gso / plain | gso vs qemu-tap "
-            "| plain vs qemu-tap | lost gso / plain |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| back-end | USO bits in the guest | gso Mbit/s (min-max) | plain Mbit/s (min-max) | gso / plain "
+            "| gso vs qemu-tap | plain vs qemu-tap | lost gso / plain |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for b in backends():
         feats = next((s["features"] for s in samples if s["backend"] == b), [])
         uso = ", ".join(f for f in USO_BITS if f in feats) or "none"
         g, p = med[b, "gso"], med[b, "plain"]
-        rows.append(f"| {b} | {uso} | {g:.0f} ({spread[b, 'gso']}) | {p:.0f} ({spread[b, 'plain']}) | {g / p if p else 0:.2f} | "
+        rows.append(f"| {b} | {uso} | {g:.0f} ({spread[b, 'gso']}) | {p:.0f} ({spread[b, 'plain']}) | "
+                    f"{g / p if p else 0:.2f} | "
                     f"{g / base['gso'] if base['gso'] else 0:.2f} | {p / base['plain'] if base['plain'] else 0:.2f} | "
                     f"{lost[b, 'gso']:.1f} % / {lost[b, 'plain']:.1f} % |")
     head = (f"`{cmd}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}): QEMU {args.qemu_version} + Linux "

@@ -181,13 +181,15 @@ def busy_poll_option(command):
 @stats_options
 @ownership_options
 @sandbox_option
-@click.option("--print-capabilities", is_flag=True, help='Print {"type": "net"} and exit (vhost-user backend program convention).')
-@click.option("--print-sandbox", is_flag=True, help="Print the syscall allow-list of --sandbox strict and what this "
-                                                    "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
+@click.option("--print-capabilities", is_flag=True,
+              help='Print {"type": "net"} and exit (vhost-user backend program convention).')
+@click.option("--print-sandbox", is_flag=True,
+              help="Print the syscall allow-list of --sandbox strict and what this "
+                   "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 @signals_held_until_the_loop
-def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched, busy_poll,
-        on_guest_error, offloads, packed, state_file, state_fd, stats_file, stats_format, stats_interval, socket_mode,
-        socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
+def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched,
+        busy_poll, on_guest_error, offloads, packed, state_file, state_fd, stats_file, stats_format, stats_interval,
+        socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -225,7 +227,8 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     from .runner import run_worker
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
-                      host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge, placement=(cpu, nice, sched),
+                      host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge,
+                      placement=(cpu, nice, sched),
                       fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed, stats_file=stats_file,
                       stats_format=stats_format, stats_interval=stats_interval,
                       ownership=ownership, sandbox=sandbox, busy_poll_us=busy_poll, state_file=state_file,
@@ -307,8 +310,8 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
         worker_args += ["--user", run_as]
     _check_stats(stats_file, stats_interval)
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
-                         worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox, packed=packed,
-                         worker_entry=main,
+                         worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox,
+                         packed=packed, worker_entry=main,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 
@@ -436,8 +439,8 @@ def drive(socket_path, connect, connect_timeout, features_text, queue_size, pack
         raise ConfigError(f"--fault {fault!r}: unknown; known: {', '.join(faults.BY_NAME)}")
     features = drv.parse_features(features_text) if features_text else drv.DEFAULT_FEATURES
     opts = drv.DriveOptions(socket_path=socket_path, listen=not connect, connect_timeout=connect_timeout,
-                            features=features, packed=packed, queue_size=queue_size, send=send, size=size, expect=expect,
-                            rx_buffers=rx_buffers, rx_buffer_size=rx_buffer_size, pcap=pcap, fault=fault,
+                            features=features, packed=packed, queue_size=queue_size, send=send, size=size,
+                            expect=expect, rx_buffers=rx_buffers, rx_buffer_size=rx_buffer_size, pcap=pcap, fault=fault,
                             fault_after=fault_after, timeout=timeout, hold=hold, ready_file=ready_file)
     return drv.run_drive(opts)
 

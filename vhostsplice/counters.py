@@ -85,7 +85,8 @@ def prometheus(workers: list[tuple[dict, dict]]) -> str:
         if samples:
             out += _family(name, kind, help_, samples)
     out += _family("refused", "counter", "Front-end connections closed unserved, by reason", [
-        (_labels(**lab, reason=reason), n) for lab, st in workers for reason, n in sorted(st.get("refused", {}).items())])
+        (_labels(**lab, reason=reason), n)
+        for lab, st in workers for reason, n in sorted(st.get("refused", {}).items())])
     return "\n".join(out) + "\n"
 
 
@@ -183,9 +184,10 @@ def table(files: list[str], previous: dict | None = None) -> tuple[str, dict, li
             dt = max(now - t0, 1e-9)
             drops = {r: c.get(f"drops_{r}", 0) for r in DROP_REASONS}
             why = ", ".join(f"{r} {n}" for r, n in drops.items() if n)
-            rows.append((path, ring, str(packets), f"{(packets - p0) / dt / 1e6:.3f}", f"{(nbytes - b0) / dt / 1e6:.1f}",
-                         f"{sum(drops.values())}" + (f" ({why})" if why else ""), str(c.get("kicks", 0)),
-                         str(c.get("notify_sent", 0)), "no" if c.get("broken") is None else f"yes ({c['broken']})"))
+            rows.append((path, ring, str(packets), f"{(packets - p0) / dt / 1e6:.3f}",
+                         f"{(nbytes - b0) / dt / 1e6:.1f}", f"{sum(drops.values())}" + (f" ({why})" if why else ""),
+                         str(c.get("kicks", 0)), str(c.get("notify_sent", 0)),
+                         "no" if c.get("broken") is None else f"yes ({c['broken']})"))
     widths = [max(len(r[i]) if i < len(r) else 0 for r in (HEADER, *rows)) for i in range(len(HEADER))]
     text = "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in (HEADER, *rows))
     return text + "\n" + "".join(f"unreadable: {exc}\n" for exc in errors), snap, errors

@@ -35,7 +35,8 @@ DRIVE_EXITS: tuple[tuple[int, str, str], ...] = (
                              "a --listen path that exists, --packed against a worker that does not offer it"),
     (errno.EPROTO, "EPROTO", "the worker answered a request wrongly or refused it (REPLY_ACK)"),
     (errno.ECONNRESET, "ECONNRESET", "the worker closed the connection when nothing made that expected"),
-    (errno.ETIMEDOUT, "ETIMEDOUT", "connected, but frames, used entries or the fault's reaction did not come within --timeout"),
+    (errno.ETIMEDOUT, "ETIMEDOUT",
+     "connected, but frames, used entries or the fault's reaction did not come within --timeout"),
     (errno.ECONNREFUSED, "ECONNREFUSED", "no worker to talk to within --connect-timeout"),
     (errno.EREMOTEIO, "EREMOTEIO", "the worker reacted to the fault, but not as the fault table says"),
     (1, "-", "internal error (a bug: the traceback is printed)"),
@@ -216,7 +217,8 @@ class Drive:
     def _run(self) -> None:
         self.fe = self._open()
         fault = self.fault
-        want = (self.o.features | (bit(F.F_RING_PACKED) if self.o.packed else 0)) & ~(fault.drop_features if fault else 0)
+        want = (self.o.features | (bit(F.F_RING_PACKED) if self.o.packed else 0)) \
+            & ~(fault.drop_features if fault else 0)
         self.fe.want = want
         if fault:
             self.s["fault"] = dict(fault.row(), after=self.o.fault_after, injected=False, observed=False)

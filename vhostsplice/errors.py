@@ -51,10 +51,11 @@ EXIT_TABLE: tuple[tuple[int, str, str], ...] = (
     (_errno.EINVAL, "EINVAL", "bad usage or configuration (command-line errors included)"),
     (-1, "kernel errno", "set-up failure as the kernel gave it: ENOENT, EPERM, EACCES, ENODEV, EBUSY, EADDRINUSE..."),
     (_errno.ECONNRESET, "ECONNRESET", "the front-end vanished while rings were running"),
-    (_errno.EPROTO, "EPROTO", "vhost-user protocol violation (bad size, fd count, unknown request, bad ring index or size, "
-                                 "the worker's own host fd sent back)"),
+    (_errno.EPROTO, "EPROTO", "vhost-user protocol violation (bad size, fd count, unknown request, bad ring index or "
+                              "size, the worker's own host fd sent back)"),
     (_errno.ENOTSUP, "ENOTSUP", "a required feature (VIRTIO_F_VERSION_1) was not negotiated"),
-    (_errno.EBADMSG, "EBADMSG", "guest ring corruption (avail idx jump, head out of range, descriptor loop, chain too long)"),
+    (_errno.EBADMSG, "EBADMSG",
+     "guest ring corruption (avail idx jump, head out of range, descriptor loop, chain too long)"),
     (_errno.EFAULT, "EFAULT", "guest address outside the memory table (fatal only with --on-guest-error=exit)"),
     (_errno.EBADFD, "EBADFD", "the host packet fd went bad (tap detached or deleted)"),
     (_errno.EIO, "EIO", "host packet fd I/O failure"),

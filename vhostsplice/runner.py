@@ -162,9 +162,10 @@ def open_host(*, tap=None, host_fd=None, packet=None, mtu=None, bridge=None, off
 
 
 def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, placement, fault_exit, offloads,
-               stats_file, packed: bool = True, host_fd=None, packet=None, framing="none", ownership: Ownership = Ownership(),
-               sandbox: str = "strict", stats_format: str = "json", stats_interval: float | None = None,
-               busy_poll_us: int = 0, state_file: str | None = None, state_fd: int | None = None) -> int:
+               stats_file, packed: bool = True, host_fd=None, packet=None, framing="none",
+               ownership: Ownership = Ownership(), sandbox: str = "strict", stats_format: str = "json",
+               stats_interval: float | None = None, busy_poll_us: int = 0, state_file: str | None = None,
+               state_fd: int | None = None) -> int:
     """Set up, serve until stopped, report the counters; returns the exit code. The worker confines
     itself (--sandbox, vhostsplice/sandbox) after all of this and before its first message."""
     confinement = Sandbox(sandbox)

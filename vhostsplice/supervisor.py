@@ -8,9 +8,9 @@ goes where is serve_device.py's business, this module runs the workers and the l
 worker was told is kept (fds duplicated), so a worker that dies is replaced and told again; it resumes
 where its predecessor stopped from the pair's state page (a memfd serve holds, `run --state-fd`;
 statepage.py), not from the SET_VRING_BASE replayed to it. A pair's worker starts when the front-end first enables one
-of its rings (so the tap has a queue only for pairs the driver uses). When the front-end leaves, every worker's channel is closed, so each ends
-by the exit-code contract (0 stopped rings, 104 running ones); serve then ends the same way and says so
-in a last `end` event. The next front-end gets a fresh `serve` from whatever supervises it.
+of its rings (so the tap has a queue only for pairs the driver uses). When the front-end leaves, every worker's channel
+is closed, so each ends by the exit-code contract (0 stopped rings, 104 running ones); serve then ends the same way and
+says so in a last `end` event. The next front-end gets a fresh `serve` from whatever supervises it.
 """
 from __future__ import annotations
 
@@ -185,7 +185,8 @@ class Supervisor(DeviceRequests):
         counters = _read_json(pair.stats_file)
         stable = pair.backoff.after_run(time.monotonic() - pair.started_at)
         delay = None if self.stopping else self._restart_delay(pair, code)
-        killed = {"syscall": self.kills.killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}     # the sandbox's kill
+        # the sandbox's kill
+        killed = {"syscall": self.kills.killed_by(pair.proc.pid)} if code == SIGSYS_EXIT else {}
         self.emit("exit", pair=index, pid=pair.proc.pid, exit=code, errno=errno_name(code), stable=stable,
                   backoff=None if delay is None else round(delay, 3), failures=pair.backoff.failures,
                   counters=counters.get("rings"), dirty_log=counters.get("dirty_log"), resume=counters.get("resume"),
@@ -405,7 +406,8 @@ def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
         group = own.socket_group if own.socket_group != -1 else (own.user[1] if own.user else -1)
         listener = Listener(socket_path, mode=own.socket_mode, owner=owner, group=group)
         sup = Supervisor(listener, config)
-        sup.template = Template(sup.worker_spec(), config.worker_entry)      # forked now: before confinement, after the imports
+        # forked now: before confinement, after the imports
+        sup.template = Template(sup.worker_spec(), config.worker_entry)
         name_process(b"vs-serve")
         # set-up done (tap held, socket listening, run directory made, template forked): confined
         # before any front-end

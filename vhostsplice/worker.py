@@ -123,7 +123,8 @@ class Worker:
             if self.backend.rings_running:
                 # EPOLLERR is asked for always: a tap whose interface is deleted reports it even while
                 # the RX ring is starved and nothing is written to it.
-                want[self.hostfd.fd] = (("host", 0), self.host_err_mask | (IN if rx_on else 0) | (OUT if tx_wait else 0))
+                want[self.hostfd.fd] = (("host", 0),
+                                        self.host_err_mask | (IN if rx_on else 0) | (OUT if tx_wait else 0))
         for fd, (role, _ev) in list(self.watched.items()):
             if role[0] in ("host", "kick") and fd not in want:
                 self._watch(fd, role, 0)

@@ -74,7 +74,8 @@ class TapWatch:
         addrs = self._ip("addr", "show", "dev", self.tap)
         if not link:
             return {"ifindex": None, "address": False, "rx_packets": 0, "mtu": None}
-        held = any(f"{a['local']}/{a['prefixlen']}" == ADDRESS for a in (addrs[0].get("addr_info", []) if addrs else []))
+        infos = addrs[0].get("addr_info", []) if addrs else []
+        held = any(f"{a['local']}/{a['prefixlen']}" == ADDRESS for a in infos)
         return {"ifindex": link[0]["ifindex"], "address": held, "mtu": link[0]["mtu"],
                 "rx_packets": link[0].get("stats64", {}).get("rx", {}).get("packets", 0)}
 

@@ -1,7 +1,7 @@
 """A replacement worker resumes from the state page (statepage.py) over the same guest memory: the first
 datapath is dropped as a SIGKILL would leave it, a second one maps the same page, is given a stale
-SET_VRING_BASE (the ring's start), and takes up exactly the chains the driver added after the last publish: none completed
-twice, none lost. A publish the kill interrupted (seq odd) is settled from guest memory."""
+SET_VRING_BASE (the ring's start), and takes up exactly the chains the driver added after the last publish: none
+completed twice, none lost. A publish the kill interrupted (seq odd) is settled from guest memory."""
 from __future__ import annotations
 
 import logging

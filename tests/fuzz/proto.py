@@ -6,7 +6,8 @@ socketpair, so memory tables are really mapped and rings really started):
   it says, 0..12 fds of any kind (memfd, eventfd, pipe, socket, /dev/null), a peer that closes mid-way;
 - structured messages into Backend.handle(): every request, payload sizes off by some bytes, region
   tables (counts, gpa/uva/size/offset at edges, wrapping, overlapping, memfds smaller than the
-  region, fds that cannot be mapped), memory slots (ADD/REM_MEM_REG: one region, 0 or 1 fd), ring sizes, addresses, indices, features, kick/call/err fds;
+  region, fds that cannot be mapped), memory slots (ADD/REM_MEM_REG: one region, 0 or 1 fd), ring sizes, addresses,
+  indices, features, kick/call/err fds;
 - a datapath poll while rings run.
 Oracle: only the documented exceptions (VhostspliceError subclasses, each carrying an exit code from
 errors.EXIT_TABLE) come out; anything else (KeyError, struct.error, OverflowError, ValueError...) is a
@@ -57,7 +58,8 @@ class Session:
         self.host.setblocking(False)
         self.dp = datapath.Datapath(self.host.fileno())
         # SEND_RARP: the fake has no fd (-1), so an announce is a counted skip
-        self.backend = backend.Backend(channel.Channel(self.a), self.dp, FakeHostFd(name="fuzz"), backend.BackendConfig())
+        self.backend = backend.Backend(channel.Channel(self.a), self.dp, FakeHostFd(name="fuzz"),
+                                       backend.BackendConfig())
         self.mem = os.memfd_create("fuzz-guest")
         os.ftruncate(self.mem, MEM_SIZE)
 

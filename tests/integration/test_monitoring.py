@@ -59,7 +59,8 @@ def test_prometheus_file_is_rewritten_on_its_interval_with_the_frames_that_moved
                 s = samples(worker.stats_file)
             except (FileNotFoundError, ValueError):
                 return None
-            tx, rx = s.get(("vhostsplice_ring_packets_total", "tx", None)), s.get(("vhostsplice_ring_packets_total", "rx", None))
+            tx = s.get(("vhostsplice_ring_packets_total", "tx", None))
+            rx = s.get(("vhostsplice_ring_packets_total", "rx", None))
             return s if tx and rx and (tx[0], rx[0]) == (FRAMES, 5) else None
         s = wait_for(counted, 10)
         assert s, open(worker.stats_file).read() if os.path.exists(worker.stats_file) else "no stats file"

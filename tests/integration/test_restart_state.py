@@ -2,8 +2,8 @@
 driven by the pure-Python front-end. The host side is a SOCK_SEQPACKET socketpair (`--host-fd`): no root.
 
 A worker is SIGKILLed while TX traffic flows; its replacement maps the same page, the front-end sets the
-rings up again with a stale SET_VRING_BASE (the ring's start: the front-end never got the positions), and the replacement
-resumes from the page: every chain the driver made available is completed exactly once, and every frame
+rings up again with a stale SET_VRING_BASE (the ring's start: the front-end never got the positions), and the
+replacement resumes from the page: every chain the driver made available is completed exactly once, and every frame
 reaches the host (a frame of the one batch the kill interrupted may arrive twice: docs/design-notes.md,
 "Restart: the state page"). Split and packed rings alike.
 """

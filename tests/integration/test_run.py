@@ -251,8 +251,8 @@ def test_connect_and_close_before_the_frontend_does_not_end_the_worker(worker):
 
 def test_served_socket_is_eaddrinuse(worker, tmp_path):
     second = subprocess.run([*self_argv(), "run",
-                             "--socket-path", worker.sock, "--tap", "vst1"], capture_output=True, text=True, env=self_env(),
-                            timeout=30)
+                             "--socket-path", worker.sock, "--tap", "vst1"], capture_output=True, text=True,
+                            env=self_env(), timeout=30)
     assert second.returncode == errno.EADDRINUSE, second.stderr
     assert wait_for(lambda: settled(worker), 10)         # the second one's probe, connected and closed
     assert worker.proc.poll() is None, "the served worker must survive the second one's probe"

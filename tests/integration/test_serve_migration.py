@@ -128,7 +128,8 @@ def test_serve_logs_every_pair_into_one_log_and_announces_once(ns, tmp_path):
                 pair1.send(demo_frame(2, 64))
                 # a worker marks the log just after it publishes used->idx (the store first, then its mark)
                 assert wait_for(lambda: marked(log, fe.tx.used_gpa), 5), "pair 0's worker did not log its used ring"
-                assert wait_for(lambda: marked(log, pair1.q[3].used_gpa), 5), "pair 1's worker did not log its used ring"
+                assert wait_for(lambda: marked(log, pair1.q[3].used_gpa), 5), \
+                    "pair 1's worker did not log its used ring"
 
                 # a worker replaced mid-migration is told the log again and logs into it
                 os.kill(pids[1], signal.SIGKILL)

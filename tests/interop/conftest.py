@@ -1,4 +1,5 @@
-"""Interop tests: real peers (DPDK testpmd, QEMU on every column of tests/support/peers.py) against the `vhostsplice run` worker, as root, in a netns."""
+"""Interop tests: real peers (DPDK testpmd, QEMU on every column of tests/support/peers.py) against the
+`vhostsplice run` worker, as root, in a netns."""
 from __future__ import annotations
 
 import dataclasses

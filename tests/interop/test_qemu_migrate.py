@@ -99,7 +99,8 @@ def bridged(tmp_path, multi_queue: bool = True) -> G.HostNet:
     net = G.HostNet(tmp_path, tap="vsm0", ns_prefix="vsm", multi_queue=multi_queue)
     try:
         net.run(["ip", "addr", "del", f"{G.HOST_IP}/{G.PREFIX}", "dev", "vsm0"])
-        net.run(["ip", "tuntap", "add", "dev", "vsm1", "mode", "tap", "vnet_hdr", *(["multi_queue"] if multi_queue else [])])
+        net.run(["ip", "tuntap", "add", "dev", "vsm1", "mode", "tap", "vnet_hdr",
+                 *(["multi_queue"] if multi_queue else [])])
         net.run(["ip", "link", "add", "br0", "type", "bridge"])
         for tap in ("vsm0", "vsm1"):
             net.run(["ip", "link", "set", tap, "master", "br0"])
@@ -153,7 +154,8 @@ def host_ping_gap(text: str) -> tuple[int, list[int], float]:
     m = re.search(r"(\d+) packets transmitted", text)
     assert m, f"no ping summary:\n{text[-2000:]}"
     sent = int(m[1])
-    replies = sorted((int(seq), float(stamp)) for stamp, seq in re.findall(r"^\[(\d+\.\d+)\] .*icmp_seq=(\d+)", text, re.M))
+    replies = sorted((int(seq), float(stamp))
+                     for stamp, seq in re.findall(r"^\[(\d+\.\d+)\] .*icmp_seq=(\d+)", text, re.M))
     got = {seq for seq, _ in replies}
     gap = max((b[1] - a[1] for a, b in zip(replies, replies[1:])), default=0.0) * 1000
     return sent, sorted(set(range(1, sent + 1)) - got), gap
@@ -184,9 +186,11 @@ def test_live_migration_keeps_the_guest_network(image, layout, tmp_path):
         rarp = capture(net, "vsm1")
         mig = tmp_path / "mig.sock"
         # guest_announce=off: QEMU sends SEND_RARP only for a guest without GUEST_ANNOUNCE (the others test that)
-        src = G.Guest(image, wa.sock, tmp_path, SCRIPT, name="src", memory=mig_memory(image), device_opts="guest_announce=off",
+        src = G.Guest(image, wa.sock, tmp_path, SCRIPT, name="src", memory=mig_memory(image),
+                      device_opts="guest_announce=off",
                       qemu_extra=["-qmp", f"unix:{tmp_path}/src.qmp,server=on,wait=off"])
-        dst = G.Guest(image, wb.sock, tmp_path, SCRIPT, name="dst", memory=mig_memory(image), device_opts="guest_announce=off",
+        dst = G.Guest(image, wb.sock, tmp_path, SCRIPT, name="dst", memory=mig_memory(image),
+                      device_opts="guest_announce=off",
                       qemu_extra=["-qmp", f"unix:{tmp_path}/dst.qmp,server=on,wait=off", "-incoming", f"unix:{mig}"])
         with src, dst, rarp:
             qs, qd = Qmp(tmp_path / "src.qmp"), Qmp(tmp_path / "dst.qmp")
@@ -306,7 +310,8 @@ def test_migration_pingpong(image, layout, tmp_path):
                 extra += ["-incoming", f"unix:{tmp_path}/mig{i}.sock"]
             worker = None
             if kind == "tap":
-                guest = G.Guest(image, "", tmp_path, ENDLESS_SCRIPT, name=name, qemu_extra=extra, memory=mig_memory(image),
+                guest = G.Guest(image, "", tmp_path, ENDLESS_SCRIPT, name=name, qemu_extra=extra,
+                                memory=mig_memory(image),
                                 netdev=f"tap,id=n0,ifname={taps[i % 2]},script=no,downscript=no,vhost=off")
                 guest.start(netns=net.ns)
             else:

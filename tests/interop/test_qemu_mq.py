@@ -19,7 +19,8 @@ topped up until every guest queue moved packets both ways.
 Tests: every pair's worker moved packets, in its own process (supervisor's exit events); one worker
 SIGKILLed under load is replaced while the others keep their pids and the guest's traffic goes on; and
 host-initiated flows reach a guest that enabled fewer pairs than the device has (serve starts a pair's
-worker, which attaches its tap queue, only when the guest enables the pair). Needs root, QEMU, iperf3, a C compiler. Under CI=true a missing tool fails.
+worker, which attaches its tap queue, only when the guest enables the pair). Needs root, QEMU, iperf3, a C compiler.
+Under CI=true a missing tool fails.
 """
 from __future__ import annotations
 
@@ -320,7 +321,8 @@ def test_mq_host_flows_reach_guest_with_one_pair_enabled(image, ethtool, tmp_pat
     G.report("mq one pair enabled", channels=guest.check("channels_default").output.strip(),
            udp_one_pair=guest.checks().get("udp_one_pair", G.Check("", False, 0, "")).output.strip(),
            udp_after_enable=guest.checks().get("udp_after_enable", G.Check("", False, 0, "")).output.strip(),
-           tap_tx_packets_1s_after=tap["tx_packets"], tap_flags=",".join(flags), tap_tx_dropped=tap["tx_dropped"], qdisc=qdisc[:400],
+           tap_tx_packets_1s_after=tap["tx_packets"], tap_flags=",".join(flags), tap_tx_dropped=tap["tx_dropped"],
+           qdisc=qdisc[:400],
            worker_rx={e["pair"]: e["counters"] and e["counters"]["rx"]["packets"] for e in exits})
     assert parse_kv(guest.check("channels_default").output).get("combined") == 1   # the 1-vCPU default
     guest.check("udp_one_pair")

@@ -152,7 +152,8 @@ def test_the_queue_follows_the_pair_not_one_ring(session):
     assert ("set_queue_attached", False) not in host.knobs()
     vring_enable(backend, 0, rings=(1,))
     vring_enable(backend, 0)                    # again: the queue is detached already, no second ioctl
-    assert host.knobs()[-1:] == [("set_queue_attached", False)] and host.knobs().count(("set_queue_attached", False)) == 1
+    assert host.knobs()[-1:] == [("set_queue_attached", False)] \
+        and host.knobs().count(("set_queue_attached", False)) == 1
 
 
 def test_reset_owner_leaves_the_queue_attached(session):

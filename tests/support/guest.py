@@ -42,7 +42,8 @@ TAP = "vsg0"
 FEATURE_BITS = {
     "CSUM": 0, "GUEST_CSUM": 1, "MTU": 3, "MAC": 5, "GUEST_TSO4": 7, "GUEST_TSO6": 8, "GUEST_ECN": 9,
     "GUEST_UFO": 10, "HOST_TSO4": 11, "HOST_TSO6": 12, "HOST_ECN": 13, "HOST_UFO": 14, "MRG_RXBUF": 15,
-    "STATUS": 16, "CTRL_VQ": 17, "GUEST_ANNOUNCE": 21, "MQ": 22, "INDIRECT_DESC": 28, "EVENT_IDX": 29, "PROTOCOL_FEATURES": 30,
+    "STATUS": 16, "CTRL_VQ": 17, "GUEST_ANNOUNCE": 21, "MQ": 22, "INDIRECT_DESC": 28, "EVENT_IDX": 29,
+    "PROTOCOL_FEATURES": 30,
     "VERSION_1": 32, "ACCESS_PLATFORM": 33, "RING_PACKED": 34, "IN_ORDER": 35,
     "GUEST_USO4": 54, "GUEST_USO6": 55, "HOST_USO": 56,
 }
@@ -309,7 +310,8 @@ def iperf_summary(doc: dict) -> dict:
            "seconds": start.get("duration")}
     if out["protocol"] == "UDP" and "sum" in end:     # the receiver's view: lost packets, jitter
         s = end["sum"]
-        out.update(bytes_sent=end.get("sum_sent", s).get("bytes"), bytes_received=end.get("sum_received", s).get("bytes"),
+        out.update(bytes_sent=end.get("sum_sent", s).get("bytes"),
+                   bytes_received=end.get("sum_received", s).get("bytes"),
                    packets=s.get("packets"), lost_packets=s.get("lost_packets"), lost_percent=s.get("lost_percent"),
                    gbps=end.get("sum_received", s).get("bits_per_second", 0) / 1e9)
     elif "sum_received" in end:
@@ -384,7 +386,8 @@ class HostNet:
             time.sleep(0.05)
         return proc
 
-    def ping(self, addr: str, count: int = 5, interval: float = 0.2, timeout: float = 30) -> subprocess.CompletedProcess:
+    def ping(self, addr: str, count: int = 5, interval: float = 0.2,
+             timeout: float = 30) -> subprocess.CompletedProcess:
         return self.run(["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "3", addr],
                         timeout=timeout, check=False)
 

@@ -85,7 +85,8 @@ class Libvirtd:
         _wait(VIRTLOGD_SOCK.exists, self.logd, "virtlogd did not listen", workdir / "virtlogd.stderr")
         self.run_dir = workdir / "run"
         self.run_dir.mkdir(mode=0o700)
-        self.conf, self.pidfile, self.log = workdir / "libvirtd.conf", workdir / "libvirtd.pid", workdir / "libvirtd.log"
+        self.conf, self.pidfile = workdir / "libvirtd.conf", workdir / "libvirtd.pid"
+        self.log = workdir / "libvirtd.log"
         self.conf.write_text(f'unix_sock_dir = "{self.run_dir}"\nunix_sock_rw_perms = "0700"\n'
                              'auth_unix_rw = "none"\nauth_unix_ro = "none"\n'
                              f'log_outputs = "3:file:{self.log}"\n')

@@ -21,8 +21,8 @@ class Served:
     def __init__(self, net: G.HostNet, workdir: Path, queues: int = 4, cpus: str = "0-1", tap: str | None = None):
         self.sock, self.events_path = workdir / "dev.sock", workdir / "serve.events.jsonl"
         self.stderr_path = workdir / "serve.stderr"
-        argv = [*self_argv(), "serve", "--socket-path", str(self.sock), "--tap", tap or net.tap, "--queues", str(queues),
-                "--cpus", cpus, "--events", str(self.events_path)]
+        argv = [*self_argv(), "serve", "--socket-path", str(self.sock), "--tap", tap or net.tap,
+                "--queues", str(queues), "--cpus", cpus, "--events", str(self.events_path)]
         with net.ns.entered(), open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(argv, env=self_env(), stdin=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 30

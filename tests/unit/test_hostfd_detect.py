@@ -45,7 +45,8 @@ def test_connected_udp_drops_refused_and_names_its_peer(closing):
     u.connect(("127.0.0.1", 9))
     host = inspect(u, mtu=9000)
     closing(host)
-    assert (host.kind, host.name, host.empty_ok, host.refused_drop, host.mtu) == ("udp", "127.0.0.1:9", True, True, 9000)
+    assert (host.kind, host.name, host.empty_ok, host.refused_drop, host.mtu) == \
+        ("udp", "127.0.0.1:9", True, True, 9000)
 
 
 def test_stream_needs_framing_qemu(closing):

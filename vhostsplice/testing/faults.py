@@ -52,7 +52,8 @@ class Fault:
         """The row as JSON-able data (drive --list-faults --json, the drive summary)."""
         return {"name": self.name, "phase": self.phase, "reaction": self.reaction,
                 "exit": self.exit, "errno": _name(self.exit),
-                "exit_on_guest_error_exit": self.exit_fault_exit, "errno_on_guest_error_exit": _name(self.exit_fault_exit),
+                "exit_on_guest_error_exit": self.exit_fault_exit,
+                "errno_on_guest_error_exit": _name(self.exit_fault_exit),
                 "stat": self.stat, "value": self.value, "text": self.text}
 
 
