@@ -34,7 +34,9 @@ install_apt() {
     local missing
     missing=$(missing_apt_packages)
     if [[ -z $missing ]]; then log "apt packages present"; return; fi
+    # shellcheck disable=SC2086  # split on purpose: the package list (one a line) on one log line
     if [[ $(id -u) -ne 0 ]]; then log "not root: not installing missing packages:" $missing; return; fi
+    # shellcheck disable=SC2086  # as above
     log "installing:" $missing
     apt-get update -q
     # shellcheck disable=SC2086

@@ -28,6 +28,7 @@ WANTED_MODULES=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev v
                 virtio_net qemu_fw_cfg)
 # Debian packages: installed on the host (tools used here and by the tests) / only downloaded here.
 HOST_PACKAGES=(qemu-system-x86 iperf3 cpio kmod xz-utils zstd gzip iproute2 iputils-ping)
+# shellcheck disable=SC2034  # not read: it lists for the reader what fetch_deb is called for below
 DOWNLOADED=(busybox-static "linux-image-*-cloud-amd64 (via linux-image-cloud-amd64)")
 
 log() { printf 'guest/build.sh: %s\n' "$*" >&2; }
@@ -95,6 +96,8 @@ log "kernel package $KPKG"
 # --- downloads (cached) -----------------------------------------------------------------------------------
 DEBS=$CACHE/debs
 mkdir -p "$DEBS"
+# shellcheck disable=SC2012  # ls for the glob: .deb names (PKG_VERSION_ARCH.deb) have no blanks, and ls
+# sorts and fails (quietly here) when nothing matches
 fetch_deb() {        # fetch_deb PACKAGE -> prints the .deb path (downloaded once)
     local pkg=$1 found
     found=$(ls "$DEBS/${pkg}"_*.deb 2>/dev/null | head -n1 || true)
@@ -131,14 +134,13 @@ install -m 0644 "$HERE/vs.sh" "$ROOT/lib/vs.sh"
 mknod -m 0600 "$ROOT/dev/console" c 5 1 2>/dev/null || log "not root: no /dev/console node in the initramfs"
 
 # Modules: find each, read depends=, order dependencies first, store uncompressed (busybox insmod).
-declare -A MODFILE=() DEPENDS=() DONE=()
+declare -A DEPENDS=() VISITED=()
 ORDER=()
 find_module() {
     local name=$1 f
-    for f in $(find "$MODDIR/kernel" -name "$name.ko" -o -name "$name.ko.xz" -o -name "$name.ko.zst" \
-                                     -o -name "$name.ko.gz"); do
-        echo "$f"; return
-    done
+    f=$(find "$MODDIR/kernel" \( -name "$name.ko" -o -name "$name.ko.xz" -o -name "$name.ko.zst" \
+                                 -o -name "$name.ko.gz" \) -print -quit)
+    if [[ -n $f ]]; then echo "$f"; return; fi
     # file names use - where module names use _ (or the other way round)
     find "$MODDIR/kernel" \( -name "${name//_/-}.ko*" -o -name "${name//-/_}.ko*" \) | head -n1
 }
@@ -153,20 +155,20 @@ unpack_module() {    # unpack_module SRC DST
 }
 visit() {
     local name=$1 dep src
-    [[ ${DONE[$name]:-} == visiting ]] && die "module dependency loop at $name"
-    [[ -n ${DONE[$name]:-} ]] && return
+    [[ ${VISITED[$name]:-} == visiting ]] && die "module dependency loop at $name"
+    [[ -n ${VISITED[$name]:-} ]] && return
     src=$(find_module "$name")
     if [[ -z $src ]]; then
         # built into the kernel: nothing to load
         grep -q "/$name.ko" "$MODDIR/modules.builtin" 2>/dev/null || die "module $name not found in $KPKG"
-        DONE[$name]=builtin
+        VISITED[$name]=builtin
         return
     fi
     unpack_module "$src" "$ROOT/lib/vsmod/$name.ko"
     DEPENDS[$name]=$(modinfo -F depends "$ROOT/lib/vsmod/$name.ko")
-    DONE[$name]=visiting
+    VISITED[$name]=visiting
     for dep in ${DEPENDS[$name]//,/ }; do visit "$dep"; done
-    DONE[$name]=yes
+    VISITED[$name]=yes
     ORDER+=("$name")
 }
 for m in "${WANTED_MODULES[@]}"; do visit "$m"; done

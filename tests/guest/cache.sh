@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by build.sh and qemu.sh: the one place the guest cache directory is chosen.
 # guest_cache_dir [DIR]: DIR if given, else $VHOSTSPLICE_GUEST_CACHE, else /var/cache/vhostsplice-guest as
 # root, else ~/.cache/vhostsplice-guest. Creates it and prints its absolute path.

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Helpers for guest test scripts (busybox sh), installed as /lib/vs.sh. The host reads the VSG: lines
 # off the serial console (tests/support/guest.py parses them):
 #   VSG:CHECK NAME ok|fail rc=N     one check; its output follows between BEGIN NAME / END NAME
@@ -69,7 +70,7 @@ vs_iperf() {
 vs_wait_carrier() {
     _t0=$(vs_uptime)
     _end=$(( $(cut -d. -f1 /proc/uptime) + $2 ))
-    while [ "$(cat /sys/class/net/$VS_DEV/carrier 2>/dev/null)" != "$1" ]; do
+    while [ "$(cat "/sys/class/net/$VS_DEV/carrier" 2>/dev/null)" != "$1" ]; do
         [ "$(cut -d. -f1 /proc/uptime)" -ge "$_end" ] && { echo "carrier still not $1 after $2 s"; return 1; }
         sleep 0.05
     done
@@ -102,5 +103,6 @@ vs_fwcfg_bin() {
 
 # vs_queues [DEV]: DEV's queue directories in sysfs (rx-N tx-N), on one line.
 vs_queues() {
+    # shellcheck disable=SC2046,SC2005  # split on purpose: echo joins ls's lines with single spaces
     echo $(ls "/sys/class/net/${1:-$VS_DEV}/queues")
 }

@@ -9,6 +9,7 @@
 #   PYTHON                  reads JSON for the checks (default: python3)
 
 VS=${VHOSTSPLICE:-vhostsplice}
+# shellcheck disable=SC2034  # used by the .bats files that load this file
 SUPERVISE=${VHOSTSPLICE_SUPERVISE:-$(cd "$BATS_TEST_DIRNAME/../.." && pwd)/bin/vhostsplice-supervise}
 PY=${PYTHON:-python3}
 TAP=vsb0
@@ -23,6 +24,7 @@ vs_setup() {
     ip netns add "$NS"
     ip -n "$NS" link set lo up
     # no IPv6 autoconfiguration chatter on the tap: what drive receives is what a test sent
+    # shellcheck disable=SC2016  # $k is the inner sh's
     ip netns exec "$NS" sh -c 'for k in all default; do echo 1 >/proc/sys/net/ipv6/conf/$k/disable_ipv6; done' \
         2>/dev/null || true
 }
