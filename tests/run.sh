@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (idempotently), installs this package, runs pytest,
-# then the shell suite (bats tests/shell).
+# The test command: installs what the tests need (idempotently), installs this package, lints the tree
+# (ruff, shellcheck), runs pytest, then the shell suite (bats tests/shell).
 #   bash tests/run.sh [PYTEST ARGS...]      e.g. bash tests/run.sh -k hostfd -x
 # As root it installs Debian packages (apt-get update only when something is missing); as another user
 # it installs nothing from apt and the tests that need root skip themselves.
 # Environment: PYTHON (default python3), VHOSTSPLICE_NO_INSTALL=1 skips all installation,
-# VHOSTSPLICE_BATS=0 skips the shell suite (tests/shell, run with bats after pytest).
+# VHOSTSPLICE_BATS=0 skips the shell suite (tests/shell, run with bats after pytest),
+# VHOSTSPLICE_LINT=0 skips the lint step (ruff and shellcheck, run before pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(dpdk dpdk-dev iproute2 bats gcc libc6-dev python3-dev python3-pip procps libseccomp2
-              libvirt-daemon-system libvirt-clients)   # libvirt: tests/interop/test_libvirt.py
-PIP_PACKAGES=(pytest pytest-timeout pyroute2 cffi prometheus_client)   # prometheus_client: its parser checks --stats-format prometheus
+              libvirt-daemon-system libvirt-clients   # libvirt: tests/interop/test_libvirt.py
+              shellcheck)                              # the lint step
+# prometheus_client: its parser checks --stats-format prometheus; ruff: the lint step (pinned: a newer
+# ruff may find more in the same rules)
+PIP_PACKAGES=(pytest pytest-timeout pyroute2 cffi prometheus_client ruff==0.17.6)
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 
 log() { printf '== tests/run.sh: %s\n' "$*" >&2; }
@@ -91,6 +95,39 @@ if [[ ${VHOSTSPLICE_NO_INSTALL:-0} != 1 ]]; then
     fetch_peers
 fi
 
+# The lint step (issue 14): ruff over the Python (pyproject.toml's [tool.ruff]: E, F, W, lines up to 120)
+# and shellcheck over the shell scripts (.shellcheckrc; the .bats files are left out: shellcheck 0.9 does
+# not read them). Before pytest; its findings fail the run at the end, after pytest and bats have run.
+LINT_PYTHON=(vhostsplice tests benchmarks bin/vhostsplice setup.py)
+LINT_SHELL=(bin/vhostsplice-supervise bin/vhostsplice-vmm-example tests/run.sh .ci/run
+            tests/guest/*.sh tests/guest/init tests/shell/*.bash)
+run_lint() {
+    local lrc=0 out
+    local ruff=()
+    if "$PYTHON" -c 'import ruff' 2>/dev/null; then ruff=("$PYTHON" -m ruff)
+    elif command -v ruff >/dev/null; then ruff=(ruff)
+    else log "FAILED: lint: ruff is not installed (pip install ruff)"; lrc=1
+    fi
+    if [[ ${#ruff[@]} -gt 0 ]] && ! out=$("${ruff[@]}" check -q --output-format concise "${LINT_PYTHON[@]}" 2>&1); then
+        printf '%s\n' "$out"
+        lrc=1
+    fi
+    if ! command -v shellcheck >/dev/null; then
+        log "FAILED: lint: shellcheck is not installed (Debian package shellcheck)"
+        lrc=1
+    elif ! out=$(shellcheck -f gcc "${LINT_SHELL[@]}" 2>&1); then
+        printf '%s\n' "$out"
+        lrc=1
+    fi
+    if [[ $lrc -eq 0 ]]; then echo "lint: ok"; else log "FAILED: lint (the findings above)"; fi
+    return "$lrc"
+}
+lrc=0
+if [[ ${VHOSTSPLICE_LINT:-1} != 0 ]]; then
+    log "lint: ruff check ${LINT_PYTHON[*]}; shellcheck ${LINT_SHELL[*]}"
+    run_lint || lrc=1
+fi
+
 # -P: do not put the current directory first on sys.path, so the tests import the INSTALLED
 # vhostsplice (with its compiled extension), not the source tree; pytest.ini adds tests/ for helpers.
 # No path given: pytest.ini's testpaths (tests/) applies; given paths replace it.
@@ -150,4 +187,7 @@ fi
 if [[ $rc -ne 0 ]]; then
     exit "$rc"
 fi
-exit "$brc"
+if [[ $brc -ne 0 ]]; then
+    exit "$brc"
+fi
+exit "$lrc"
