@@ -42,7 +42,6 @@ other figures are still written); 1 not root or a tool is missing; 2 a usage err
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -63,7 +62,7 @@ import measured  # noqa: E402  (puts tests/ on sys.path; preflight)
 from measured import ROOT  # noqa: E402
 from support import guest as G  # noqa: E402
 from support import testpmd as T  # noqa: E402
-from support.peers import COLUMNS, find_qemu  # noqa: E402
+from support.peers import COLUMNS  # noqa: E402
 from vhostsplice.testing.harness import live_stats  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -814,11 +813,11 @@ def main() -> int:
     tests = tests_for(args.seconds, sizes, args.udp_rate)
 
     column = next(c for c in COLUMNS if c.id == args.peer)
-    qemu, missing = find_qemu(column)
-    if qemu is None:
+    found, missing = measured.peer_image(column)
+    if found is None:
         print(f"--peer {column.id}: {missing}", file=sys.stderr)
         return 1
-    image = dataclasses.replace(G.build_image(kernel=column.kernel), qemu=qemu.argv)
+    image, qemu = found
     print(f"QEMU {qemu.version}; guest kernel {image.kver}; image ready in {image.build_seconds:.1f} s; "
           f"back-ends {backends}; "
           f"{repeat} boot(s) each; tests {[t['name'] for t in tests]}; load {loadavg()}", flush=True)

@@ -77,3 +77,15 @@ def preflight(timeout: float = 60.0) -> None:
         sys.exit(f"stopping before the first sample: the vhostsplice worker from {where} did not "
                  f"{'stop cleanly' if listening else 'start'} (exit {proc.returncode}).\n"
                  f"command: {' '.join(cmd)}\n{err.decode(errors='replace')[-3000:]}")
+
+
+def peer_image(column):
+    """(the guest image of a test-matrix column, booting that column's QEMU, its Qemu) or (None, why not):
+    tests/support/peers.py finds (or unpacks) the QEMU, tests/support/guest.py builds the image."""
+    import dataclasses
+    from support import guest as G
+    from support.peers import find_qemu
+    qemu, missing = find_qemu(column)
+    if qemu is None:
+        return None, missing
+    return (dataclasses.replace(G.build_image(kernel=column.kernel), qemu=qemu.argv), qemu), None

@@ -25,7 +25,6 @@ unless --no-write; --json FILE keeps every sample. Exit 0, or 1 when a boot or a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -37,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import measured  # noqa: E402, F401  (puts tests/ on sys.path)
+import measured  # noqa: E402  (puts tests/ on sys.path; peer_image)
 from measured import ROOT  # noqa: E402
 from support import guest as G  # noqa: E402
-from support.peers import COLUMNS, find_qemu  # noqa: E402
+from support.peers import COLUMNS  # noqa: E402
 
 SENDER = "vs-udpsend"
 SIZE = 1400
@@ -176,11 +175,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
     args = ap.parse_args(argv)
     column = next(c for c in COLUMNS if c.qemu == "10.0")
-    qemu, missing = find_qemu(column)
-    if qemu is None:
+    found, missing = measured.peer_image(column)
+    if found is None:
         print(f"uso_bench: {missing}", file=sys.stderr)
         return 1
-    image = dataclasses.replace(G.build_image(kernel=column.kernel), qemu=qemu.argv)
+    image, qemu = found
     args.qemu_version, args.kver = qemu.version, image.kver
     sender = G.build_guest_tool(SENDER, tempfile.mkdtemp(prefix="uso-sender-"), "-static")
     load0, samples, failed = os.getloadavg()[0], [], 0
