@@ -6,14 +6,14 @@
 # it installs nothing from apt and the tests that need root skip themselves.
 # Environment: PYTHON (default python3), VHOSTSPLICE_NO_INSTALL=1 skips all installation,
 # VHOSTSPLICE_BATS=0 skips the shell suite (tests/shell, run with bats after pytest),
-# VHOSTSPLICE_LINT=0 skips the lint step (ruff and shellcheck, run before pytest).
+# VHOSTSPLICE_LINT=0 skips the lint step (ruff, shellcheck and clang-format, run before pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 APT_PACKAGES=(dpdk dpdk-dev iproute2 bats gcc libc6-dev python3-dev python3-pip procps libseccomp2
               libvirt-daemon-system libvirt-clients   # libvirt: tests/interop/test_libvirt.py
-              shellcheck)                              # the lint step
+              shellcheck clang-format)                 # the lint step
 # prometheus_client: its parser checks --stats-format prometheus; ruff: the lint step (pinned: a newer
 # ruff may find more in the same rules)
 PIP_PACKAGES=(pytest pytest-timeout pyroute2 cffi prometheus_client ruff==0.17.6)
@@ -95,12 +95,14 @@ if [[ ${VHOSTSPLICE_NO_INSTALL:-0} != 1 ]]; then
     fetch_peers
 fi
 
-# The lint step (issue 14): ruff over the Python (pyproject.toml's [tool.ruff]: E, F, W, lines up to 120)
-# and shellcheck over the shell scripts (.shellcheckrc; the .bats files are left out: shellcheck 0.9 does
-# not read them). Before pytest; its findings fail the run at the end, after pytest and bats have run.
+# The lint step (issue 14): ruff over the Python (pyproject.toml's [tool.ruff]: E, F, W, lines up to 120),
+# the shell scripts through shellcheck (.shellcheckrc; the .bats files are left out: shellcheck 0.9 does
+# not read them) and clang-format over the C (.clang-format; `clang-format -i FILE` applies it). Before
+# pytest; its findings fail the run at the end, after pytest and bats have run.
 LINT_PYTHON=(vhostsplice tests benchmarks bin/vhostsplice setup.py)
 LINT_SHELL=(bin/vhostsplice-supervise bin/vhostsplice-vmm-example tests/run.sh .ci/run
             tests/guest/*.sh tests/guest/init tests/shell/*.bash)
+mapfile -t LINT_C < <(git ls-files '*.c' '*.h' 2>/dev/null || find vhostsplice tests -name '*.[ch]')
 run_lint() {
     local lrc=0 out
     local ruff=()
@@ -119,12 +121,19 @@ run_lint() {
         printf '%s\n' "$out"
         lrc=1
     fi
+    if ! command -v clang-format >/dev/null; then
+        log "FAILED: lint: clang-format is not installed (Debian package clang-format)"
+        lrc=1
+    elif ! out=$(clang-format --dry-run -Werror "${LINT_C[@]}" 2>&1); then
+        printf '%s\n' "$out"
+        lrc=1
+    fi
     if [[ $lrc -eq 0 ]]; then echo "lint: ok"; else log "FAILED: lint (the findings above)"; fi
     return "$lrc"
 }
 lrc=0
 if [[ ${VHOSTSPLICE_LINT:-1} != 0 ]]; then
-    log "lint: ruff check ${LINT_PYTHON[*]}; shellcheck ${LINT_SHELL[*]}"
+    log "lint: ruff check ${LINT_PYTHON[*]}; shellcheck ${LINT_SHELL[*]}; clang-format ${LINT_C[*]}"
     run_lint || lrc=1
 fi
 

@@ -3,9 +3,9 @@
    packets and bytes only through the netdev netlink family (qstats-get), not ethtool: `stats` then adds
    them from there, under the same rx_queue_N_packets / tx_queue_N_bytes names. */
 #include <errno.h>
+#include <linux/ethtool.h>
 #include <linux/genetlink.h>
 #include <linux/netlink.h>
-#include <linux/ethtool.h>
 #include <linux/sockios.h>
 #include <net/if.h>
 #include <stdio.h>
@@ -31,16 +31,29 @@ static void channels(void)
 {
     struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
     eth(&ch, "ETHTOOL_GCHANNELS");
-    printf("max_combined=%u combined=%u max_rx=%u rx=%u max_tx=%u tx=%u\n", ch.max_combined,
-           ch.combined_count, ch.max_rx, ch.rx_count, ch.max_tx, ch.tx_count);
+    printf("max_combined=%u combined=%u max_rx=%u rx=%u max_tx=%u tx=%u\n", ch.max_combined, ch.combined_count,
+           ch.max_rx, ch.rx_count, ch.max_tx, ch.tx_count);
 }
 
-
 /* netdev netlink (include/uapi/linux/netdev.h, Linux 6.9+; absent from bookworm's 6.1 headers) */
-enum { NETDEV_CMD_QSTATS_GET = 12, QS_IFINDEX = 1, QS_QUEUE_TYPE = 2, QS_QUEUE_ID = 3, QS_SCOPE = 4,
-       QS_RX_PACKETS = 8, QS_RX_BYTES = 9, QS_TX_PACKETS = 10, QS_TX_BYTES = 11, QS_SCOPE_QUEUE = 1 };
+enum {
+    NETDEV_CMD_QSTATS_GET = 12,
+    QS_IFINDEX = 1,
+    QS_QUEUE_TYPE = 2,
+    QS_QUEUE_ID = 3,
+    QS_SCOPE = 4,
+    QS_RX_PACKETS = 8,
+    QS_RX_BYTES = 9,
+    QS_TX_PACKETS = 10,
+    QS_TX_BYTES = 11,
+    QS_SCOPE_QUEUE = 1
+};
 
-struct nlreq { struct nlmsghdr n; struct genlmsghdr g; char attrs[64]; };
+struct nlreq {
+    struct nlmsghdr n;
+    struct genlmsghdr g;
+    char attrs[64];
+};
 
 static void put_attr(struct nlreq *r, unsigned short type, const void *data, unsigned short len)
 {
@@ -54,8 +67,12 @@ static void put_attr(struct nlreq *r, unsigned short type, const void *data, uns
 static unsigned long long attr_uint(const struct nlattr *a)
 {
     unsigned long long v = 0;
-    if (a->nla_len == NLA_HDRLEN + 4) { __u32 x; memcpy(&x, (const char *)a + NLA_HDRLEN, 4); v = x; }
-    else if (a->nla_len >= NLA_HDRLEN + 8) memcpy(&v, (const char *)a + NLA_HDRLEN, 8);
+    if (a->nla_len == NLA_HDRLEN + 4) {
+        __u32 x;
+        memcpy(&x, (const char *)a + NLA_HDRLEN, 4);
+        v = x;
+    } else if (a->nla_len >= NLA_HDRLEN + 8)
+        memcpy(&v, (const char *)a + NLA_HDRLEN, 8);
     return v;
 }
 
@@ -79,8 +96,8 @@ static int nl_talk(int fd, struct nlreq *r, void (*fn)(const struct nlattr *, vo
             for (; left >= NLA_HDRLEN && a->nla_len >= NLA_HDRLEN && a->nla_len <= left;
                  left -= NLA_ALIGN(a->nla_len), a = (const struct nlattr *)((const char *)a + NLA_ALIGN(a->nla_len)))
                 fn(a, arg);
-            fn(NULL, arg);               /* end of one reply message */
-            if (!(r->n.nlmsg_flags & NLM_F_DUMP))     /* a dump ends with DONE (its parts need not say MULTI) */
+            fn(NULL, arg);                        /* end of one reply message */
+            if (!(r->n.nlmsg_flags & NLM_F_DUMP)) /* a dump ends with DONE (its parts need not say MULTI) */
                 return 0;
         }
     }
@@ -92,14 +109,18 @@ static void family_id(const struct nlattr *a, void *arg)
         memcpy(arg, (const char *)a + NLA_HDRLEN, 2);
 }
 
-struct qrow { unsigned long long v[QS_TX_BYTES + 1]; int have[QS_TX_BYTES + 1]; };
+struct qrow {
+    unsigned long long v[QS_TX_BYTES + 1];
+    int have[QS_TX_BYTES + 1];
+};
 
 static void qstats_row(const struct nlattr *a, void *arg)
 {
     struct qrow *q = arg;
-    static const char *names[] = { [QS_RX_PACKETS] = "packets", [QS_RX_BYTES] = "bytes",
-                                   [QS_TX_PACKETS] = "packets", [QS_TX_BYTES] = "bytes" };
-    if (a == NULL) {                     /* one queue done: print what it had */
+    static const char *names[] = {
+        [QS_RX_PACKETS] = "packets", [QS_RX_BYTES] = "bytes", [QS_TX_PACKETS] = "packets", [QS_TX_BYTES] = "bytes"
+    };
+    if (a == NULL) { /* one queue done: print what it had */
         const char *dir = q->v[QS_QUEUE_TYPE] ? "tx" : "rx";
         for (int t = QS_RX_PACKETS; t <= QS_TX_BYTES; t++)
             if (q->have[t])
@@ -119,12 +140,15 @@ static void qstats(unsigned ifindex)
     int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_GENERIC);
     if (fd < 0)
         return;
-    struct nlreq r = { .n = { .nlmsg_len = NLMSG_LENGTH(GENL_HDRLEN), .nlmsg_type = GENL_ID_CTRL,
-                              .nlmsg_flags = NLM_F_REQUEST }, .g = { .cmd = CTRL_CMD_GETFAMILY, .version = 1 } };
+    struct nlreq r = {
+        .n = { .nlmsg_len = NLMSG_LENGTH(GENL_HDRLEN), .nlmsg_type = GENL_ID_CTRL, .nlmsg_flags = NLM_F_REQUEST },
+        .g = { .cmd = CTRL_CMD_GETFAMILY, .version = 1 }
+    };
     put_attr(&r, CTRL_ATTR_FAMILY_NAME, "netdev", 7);
     __u16 id = 0;
     if (nl_talk(fd, &r, family_id, &id) == 0 && id) {
-        struct nlreq q = { .n = { .nlmsg_len = NLMSG_LENGTH(GENL_HDRLEN), .nlmsg_type = id,
+        struct nlreq q = { .n = { .nlmsg_len = NLMSG_LENGTH(GENL_HDRLEN),
+                                  .nlmsg_type = id,
                                   .nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP },
                            .g = { .cmd = NETDEV_CMD_QSTATS_GET, .version = 1 } };
         __u32 scope = QS_SCOPE_QUEUE;

@@ -31,14 +31,14 @@
 #define VS_MAX_IOV 1024
 #define VS_MAX_QUEUE_SIZE 32768
 #define VS_NET_HDR_LEN 12
-#define VS_LOG_PAGE_SHIFT 12     /* dirty log: one bit per 4 KiB page of guest-physical address */
+#define VS_LOG_PAGE_SHIFT 12 /* dirty log: one bit per 4 KiB page of guest-physical address */
 
 /* struct vs_ring.flags: negotiated features that change the datapath */
 #define VS_RF_EVENT_IDX 1
 #define VS_RF_INDIRECT 2
 #define VS_RF_MRG 4
-#define VS_RF_PACKED 8          /* VIRTIO_F_RING_PACKED: vs_ring_start picks the packed layout */
-#define VS_RF_IN_ORDER 16       /* VIRTIO_F_IN_ORDER: a packed batch of device-readable buffers gets one used entry */
+#define VS_RF_PACKED 8    /* VIRTIO_F_RING_PACKED: vs_ring_start picks the packed layout */
+#define VS_RF_IN_ORDER 16 /* VIRTIO_F_IN_ORDER: a packed batch of device-readable buffers gets one used entry */
 
 /* vs_pair_poll() result bits */
 #define VS_MORE 1
@@ -46,10 +46,11 @@
 #define VS_RX_STARVED 4
 
 /* struct vs_pair.host_flags: how the host fd behaves where fds differ */
-#define VS_HOST_EMPTY_OK 1      /* a 0-byte read is an empty datagram (dropped), not the peer closing */
-#define VS_HOST_REFUSED_DROP 2  /* ECONNREFUSED is one lost packet (connected UDP), not the end */
-#define VS_HOST_STREAM 4        /* a byte stream: each frame is a 4-byte big-endian length, then the frame
-                                   (QEMU -netdev stream); needs the tx/rx stage buffers and hdr_omit == hdr_len */
+#define VS_HOST_EMPTY_OK 1     /* a 0-byte read is an empty datagram (dropped), not the peer closing */
+#define VS_HOST_REFUSED_DROP 2 /* ECONNREFUSED is one lost packet (connected UDP), not the end */
+/* VS_HOST_STREAM: a byte stream: each frame is a 4-byte big-endian length, then the frame (QEMU -netdev
+ * stream); needs the tx/rx stage buffers and hdr_omit == hdr_len */
+#define VS_HOST_STREAM 4
 
 /* struct vs_ring.broken: why the guest's ring is unusable (0 = not broken) */
 #define VS_BROKEN_AVAIL_IDX 1
@@ -58,20 +59,20 @@
 #define VS_BROKEN_LOOP 4
 #define VS_BROKEN_CHAIN_LEN 5
 #define VS_BROKEN_NESTED_INDIRECT 6
-#define VS_BROKEN_WRAP 7        /* packed: a descriptor's AVAIL/USED flags contradict the wrap counters */
+#define VS_BROKEN_WRAP 7 /* packed: a descriptor's AVAIL/USED flags contradict the wrap counters */
 
 /* Packed ring positions (and the vhost-user packed vring state, each 16-bit half): index | wrap << 15 */
 #define VS_PK_WRAP 0x8000
-#define VS_PK_WRITABLE 0x10000  /* struct vs_ring.chain entries: the chain was device-writable */
-#define VS_PK_WROTE 0x20000     /* ... and its used entry has a length > 0 (WRITE in its used flags) */
+#define VS_PK_WRITABLE 0x10000 /* struct vs_ring.chain entries: the chain was device-writable */
+#define VS_PK_WROTE 0x20000    /* ... and its used entry has a length > 0 (WRITE in its used flags) */
 
-struct vs_layout;               /* the ring layout's functions (vs_split.c, vs_packed.c): C only */
+struct vs_layout; /* the ring layout's functions (vs_split.c, vs_packed.c): C only */
 
 struct vs_region {
-    uint64_t gpa;       /* guest-physical address of byte 0 */
-    uint64_t uva;       /* front-end user address of byte 0 (ring addresses use these) */
+    uint64_t gpa; /* guest-physical address of byte 0 */
+    uint64_t uva; /* front-end user address of byte 0 (ring addresses use these) */
     uint64_t size;
-    uint8_t *hva;       /* our address of byte 0 */
+    uint8_t *hva; /* our address of byte 0 */
 };
 
 /* Dirty log for live migration (vhost-user "Migration"): bit p % 8 of byte p / 8 is page p of
@@ -81,32 +82,32 @@ struct vs_log {
     uint8_t *base;
     uint64_t size;
     uint32_t all;
-    uint64_t overflow;          /* log calls that reached past the log's end (those pages not marked) */
-    uint64_t writes;            /* log calls that marked pages */
+    uint64_t overflow; /* log calls that reached past the log's end (those pages not marked) */
+    uint64_t writes;   /* log calls that marked pages */
 };
 
 struct vs_mem {
     uint32_t n;
     struct vs_region r[VS_MAX_REGIONS];
-    struct vs_log *log;         /* NULL, or the dirty log every device store into this memory is marked in */
+    struct vs_log *log; /* NULL, or the dirty log every device store into this memory is marked in */
 };
 
 struct vs_ring_stats {
     uint64_t packets, bytes, chains;
     uint64_t drops_fault, drops_bad_desc, drops_short, drops_hostfd;
     uint64_t rx_starved, notify_sent, notify_suppressed, batches;
-    uint64_t drops_oversize;    /* RX: a frame larger than the buffers the driver gave (dropped, not cut) */
+    uint64_t drops_oversize; /* RX: a frame larger than the buffers the driver gave (dropped, not cut) */
 };
 
 struct vs_ring {
     uint32_t num;
-    uint32_t flags;             /* VS_RF_* */
-    int call_fd, err_fd;        /* -1: none */
+    uint32_t flags;      /* VS_RF_* */
+    int call_fd, err_fd; /* -1: none */
     uint64_t desc_uva, avail_uva, used_uva;
-    void *desc, *avail, *used;  /* host pointers, set by vs_ring_start/vs_ring_remap */
+    void *desc, *avail, *used; /* host pointers, set by vs_ring_start/vs_ring_remap */
     uint16_t last_avail, used_idx, signalled_used;
     uint8_t signalled_valid, running;
-    int broken;                 /* 0 or VS_BROKEN_* */
+    int broken; /* 0 or VS_BROKEN_* */
     struct vs_ring_stats st;
     /* Dirty logging of this ring's used ring (SET_VRING_ADDR flag VHOST_VRING_F_LOG): every used-ring
      * store at offset off is logged at log_addr + off (log_addr is the front-end's, any value). */
@@ -130,41 +131,41 @@ struct vs_ring {
  * (ring addresses, num, live, the start positions); C writes only seq and the positions, around each
  * publish (vs_net_publish): next_* and seq odd before the release store, avail/used_pos and seq even after. */
 struct vs_ring_slot {
-    uint64_t desc_uva, avail_uva, used_uva;     /* the ring this slot describes */
+    uint64_t desc_uva, avail_uva, used_uva; /* the ring this slot describes */
     uint32_t num;
-    uint32_t live;              /* 1 from the ring's start until the front-end is given its positions */
-    uint32_t seq;               /* odd: a publish is between its two records */
-    uint16_t avail_pos, used_pos;       /* after the last publish (vs_avail_pos, vs_used_pos) */
-    uint16_t next_avail, next_used;     /* seq odd: what the publish in progress makes visible */
+    uint32_t live;                  /* 1 from the ring's start until the front-end is given its positions */
+    uint32_t seq;                   /* odd: a publish is between its two records */
+    uint16_t avail_pos, used_pos;   /* after the last publish (vs_avail_pos, vs_used_pos) */
+    uint16_t next_avail, next_used; /* seq odd: what the publish in progress makes visible */
     uint32_t reserved;
 };
 struct vs_ring_state {
     uint32_t magic, version, size, layout;
-    uint64_t generation;        /* workers that have taken the page */
-    struct vs_ring_slot ring[2];        /* virtqueue 0 (rx) and 1 (tx) */
+    uint64_t generation;         /* workers that have taken the page */
+    struct vs_ring_slot ring[2]; /* virtqueue 0 (rx) and 1 (tx) */
 };
 
 struct vs_pair {
     struct vs_mem mem;
-    struct vs_ring rx, tx;      /* virtqueue 0 and 1 */
+    struct vs_ring rx, tx; /* virtqueue 0 and 1 */
     int host_fd;
-    uint32_t hdr_len;           /* virtio-net header bytes in the guest's buffers: VS_NET_HDR_LEN */
-    uint32_t rx_max;            /* largest packet the host fd can deliver, header included */
+    uint32_t hdr_len; /* virtio-net header bytes in the guest's buffers: VS_NET_HDR_LEN */
+    uint32_t rx_max;  /* largest packet the host fd can deliver, header included */
     uint32_t tx_budget, rx_budget;
-    int fault_exit;             /* per-chain guest faults end the poll with -EFAULT */
-    uint8_t *scratch;           /* Python's buffer behind the guest's RX iovecs: catches oversize frames */
+    int fault_exit;   /* per-chain guest faults end the poll with -EFAULT */
+    uint8_t *scratch; /* Python's buffer behind the guest's RX iovecs: catches oversize frames */
     uint32_t scratch_len;
-    uint32_t hdr_omit;          /* last bytes of the guest's header the host fd does not carry: 0 (vnet
+    uint32_t hdr_omit;   /* last bytes of the guest's header the host fd does not carry: 0 (vnet
                                    header of hdr_len), 2 (10-byte legacy vnet header), hdr_len (none) */
-    uint32_t host_flags;        /* VS_HOST_* */
+    uint32_t host_flags; /* VS_HOST_* */
     /* VS_HOST_STREAM only: Python's buffers for the unsent tail of a partly written frame (len bytes
      * from off) and for stream bytes read but not yet delivered (len bytes, length prefixes included). */
     uint8_t *tx_stage;
     uint32_t tx_stage_cap, tx_stage_len, tx_stage_off;
     uint8_t *rx_stage;
     uint32_t rx_stage_cap, rx_stage_len;
-    struct vs_log log;          /* mem.log points here (Python sets it once) */
-    struct vs_ring_state *state;    /* NULL, or the ring-position state page (vhostsplice/statepage.py) */
+    struct vs_log log;           /* mem.log points here (Python sets it once) */
+    struct vs_ring_state *state; /* NULL, or the ring-position state page (vhostsplice/statepage.py) */
 };
 
 /* vs_pair.c */
@@ -183,23 +184,23 @@ int vs_log_write(struct vs_log *l, uint64_t gpa, uint64_t len);
 #include <stddef.h>
 #include <sys/uio.h>
 
-#define VS_NUM_BUFFERS_OFF 10     /* virtio_net_hdr_v1.num_buffers */
+#define VS_NUM_BUFFERS_OFF 10 /* virtio_net_hdr_v1.num_buffers */
 
 /* Per-chain outcome of a walk (> 0); a broken ring is -EBADMSG. */
 enum vs_chain_result {
     VS_CHAIN_OK = 0,
-    VS_CHAIN_FAULT,         /* address outside guest memory: drops_fault */
-    VS_CHAIN_BAD_DESC,      /* wrong direction, bad indirect: drops_bad_desc */
-    VS_CHAIN_TOO_MANY,      /* more than the iovecs left: drops_bad_desc (or stop a merge) */
-    VS_CHAIN_SHORT,         /* shorter than the virtio-net header: drops_short */
+    VS_CHAIN_FAULT,    /* address outside guest memory: drops_fault */
+    VS_CHAIN_BAD_DESC, /* wrong direction, bad indirect: drops_bad_desc */
+    VS_CHAIN_TOO_MANY, /* more than the iovecs left: drops_bad_desc (or stop a merge) */
+    VS_CHAIN_SHORT,    /* shorter than the virtio-net header: drops_short */
 };
 
 /* vs_mem.c: guest address translation */
 uint8_t *vs_uva_to_hva(const struct vs_mem *m, uint64_t uva, uint64_t len);
 uint8_t *vs_gpa_to_hva(const struct vs_mem *m, uint64_t gpa, uint64_t len);
 int vs_uva_to_gpa(const struct vs_mem *m, uint64_t uva, uint64_t len, uint64_t *gpa);
-int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
-                  struct iovec *iov, uint64_t *gpas, uint32_t *niov, uint32_t max);
+int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len, struct iovec *iov, uint64_t *gpas, uint32_t *niov,
+                  uint32_t max);
 void vs_iov_write(const struct iovec *iov, uint32_t niov, uint64_t off, const void *src, size_t n);
 
 /* vs_log.c: the dirty log (live migration).  Callers test vs_logging() first: with logging off each
@@ -216,14 +217,14 @@ void vs_log_ring(struct vs_log *l, const struct vs_ring *r, uint64_t off, uint64
  * every function below through the ring's table.  Every function takes the memory table and its ring,
  * never the net device (docs/architecture.md). ---- */
 struct vs_walk {
-    struct iovec *iov;      /* where the chain's iovecs go */
-    uint64_t *gpa;          /* NULL, or where each iovec's guest-physical address goes (RX: dirty log) */
-    uint32_t max;           /* room in iov */
-    uint32_t niov;          /* out */
-    uint64_t len;           /* out: total bytes */
-    uint32_t ndesc;         /* out: ring descriptors the chain holds (an indirect table counts 1) */
-    uint16_t head;          /* out: split, the head index; packed, the buffer id */
-    uint16_t at;            /* out: the chain's avail position (vs_avail_rewind(r, at) gives it back) */
+    struct iovec *iov; /* where the chain's iovecs go */
+    uint64_t *gpa;     /* NULL, or where each iovec's guest-physical address goes (RX: dirty log) */
+    uint32_t max;      /* room in iov */
+    uint32_t niov;     /* out */
+    uint64_t len;      /* out: total bytes */
+    uint32_t ndesc;    /* out: ring descriptors the chain holds (an indirect table counts 1) */
+    uint16_t head;     /* out: split, the head index; packed, the buffer id */
+    uint16_t at;       /* out: the chain's avail position (vs_avail_rewind(r, at) gives it back) */
 };
 /* vs_ring_num_ok, vs_ring_start, vs_ring_remap: declared in the cdef section above */
 int vs_avail_pending(struct vs_ring *r);
@@ -240,17 +241,17 @@ int vs_notify_enable(const struct vs_mem *m, struct vs_ring *r, uint16_t seen);
 /* vs_ring.c: what both layouts share */
 int vs_ring_fail(struct vs_ring *r, int reason);
 void vs_ring_call(struct vs_ring *r, int want);
-int vs_ring_map(const struct vs_mem *m, struct vs_ring *r, uint64_t desc_len, uint64_t avail_len,
-                uint64_t used_len, uint32_t masks);
+int vs_ring_map(const struct vs_mem *m, struct vs_ring *r, uint64_t desc_len, uint64_t avail_len, uint64_t used_len,
+                uint32_t masks);
 int vs_walk_add(const struct vs_mem *m, int writable, int desc_writable, uint64_t addr, uint32_t len,
                 struct vs_walk *w);
 
 /* One layout: the functions above, each with the same contract. */
 struct vs_layout {
     int (*num_ok)(uint32_t num);
-    int (*check)(const struct vs_ring *r);                       /* alignment, the layout's fields */
-    int (*map)(const struct vs_mem *m, struct vs_ring *r);       /* translate the ring areas */
-    int (*start)(const struct vs_mem *m, struct vs_ring *r);     /* mapped: the positions to resume from */
+    int (*check)(const struct vs_ring *r);                   /* alignment, the layout's fields */
+    int (*map)(const struct vs_mem *m, struct vs_ring *r);   /* translate the ring areas */
+    int (*start)(const struct vs_mem *m, struct vs_ring *r); /* mapped: the positions to resume from */
     int (*avail_pending)(struct vs_ring *r);
     int (*pop_chain)(const struct vs_mem *m, struct vs_ring *r, int writable, struct vs_walk *w);
     void (*prefetch_chain)(const struct vs_mem *m, const struct vs_ring *r, uint16_t at);
@@ -259,8 +260,8 @@ struct vs_layout {
     void (*notify_disable)(const struct vs_mem *m, struct vs_ring *r);
     int (*notify_enable)(const struct vs_mem *m, struct vs_ring *r, uint16_t seen);
 };
-extern const struct vs_layout vs_split_layout;     /* vs_split.c */
-extern const struct vs_layout vs_packed_layout;    /* vs_packed.c */
+extern const struct vs_layout vs_split_layout;  /* vs_split.c */
+extern const struct vs_layout vs_packed_layout; /* vs_packed.c */
 
 /* vs_net.c: what the net device's TX and RX share (host fd errors, the header bytes it carries) */
 /* Iovecs one walk may fill with guest pieces: readv/writev take at most UIO_MAXIOV (1024), and a header

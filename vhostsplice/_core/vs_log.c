@@ -26,7 +26,7 @@ int vs_log_write(struct vs_log *l, uint64_t gpa, uint64_t len)
     uint64_t first = gpa >> VS_LOG_PAGE_SHIFT, last;
     int over = 0;
     if (len - 1 > UINT64_MAX - gpa) {
-        last = UINT64_MAX >> VS_LOG_PAGE_SHIFT;     /* wraps: mark up to the top, count it */
+        last = UINT64_MAX >> VS_LOG_PAGE_SHIFT; /* wraps: mark up to the top, count it */
         over = 1;
     } else {
         last = (gpa + (len - 1)) >> VS_LOG_PAGE_SHIFT;
@@ -78,7 +78,7 @@ void vs_log_ring(struct vs_log *l, const struct vs_ring *r, uint64_t off, uint64
 {
     if (!r->log_used)
         return;
-    if (off > UINT64_MAX - r->log_addr) {   /* the front-end's log_addr wraps: never a real page */
+    if (off > UINT64_MAX - r->log_addr) { /* the front-end's log_addr wraps: never a real page */
         if (l->base != NULL)
             l->overflow++;
         return;

@@ -18,15 +18,15 @@ static uint32_t mem_count(const struct vs_mem *m)
  * needs Python's sort by gpa.  On an unsorted table it may miss (a dropped chain), never return a
  * region that does not hold gpa (the last line checks).  Inlined like the walk below: a call here
  * would make the walk save and restore registers on every lookup. */
-static inline __attribute__((always_inline))
-const struct vs_region *gpa_search(const struct vs_mem *m, uint64_t gpa, uint32_t n)
+static inline __attribute__((always_inline)) const struct vs_region *gpa_search(const struct vs_mem *m, uint64_t gpa,
+                                                                                uint32_t n)
 {
     /* The last region starting at or below gpa is in [lo, lo + n); halving without a branch on the
      * comparison (a conditional move): random addresses would mispredict every other step. */
     uint32_t lo = 0;
     while (n > 1) {
         uint32_t half = n / 2;
-        lo = m->r[lo + half].gpa <= gpa ? lo + half : lo;   /* SAFETY: lo + half < lo + n <= count */
+        lo = m->r[lo + half].gpa <= gpa ? lo + half : lo; /* SAFETY: lo + half < lo + n <= count */
         n -= half;
     }
     const struct vs_region *r = &m->r[lo];
@@ -34,8 +34,7 @@ const struct vs_region *gpa_search(const struct vs_mem *m, uint64_t gpa, uint32_
 }
 
 /* Region holding gpa, or NULL.  A few regions (the common case) are walked, inline. */
-static inline __attribute__((always_inline))
-const struct vs_region *gpa_region(const struct vs_mem *m, uint64_t gpa)
+static inline __attribute__((always_inline)) const struct vs_region *gpa_region(const struct vs_mem *m, uint64_t gpa)
 {
     uint32_t n = mem_count(m);
     if (n > VS_LINEAR_REGIONS)
@@ -88,8 +87,8 @@ uint8_t *vs_gpa_to_hva(const struct vs_mem *m, uint64_t gpa, uint64_t len)
 /* Append iovecs for [gpa, gpa + len) at iov[*niov], splitting where the range crosses from one
  * region into the next; gpas (NULL or as long as iov) gets each piece's guest-physical address, which
  * the dirty log needs.  Returns 0, VS_CHAIN_FAULT (a byte outside memory) or VS_CHAIN_TOO_MANY. */
-int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
-                  struct iovec *iov, uint64_t *gpas, uint32_t *niov, uint32_t max)
+int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len, struct iovec *iov, uint64_t *gpas, uint32_t *niov,
+                  uint32_t max)
 {
     while (len > 0) {
         const struct vs_region *r = gpa_region(m, gpa);
@@ -103,7 +102,7 @@ int vs_gpa_to_iov(const struct vs_mem *m, uint64_t gpa, uint64_t len,
         iov[*niov].iov_base = r->hva + off;
         iov[*niov].iov_len = (size_t)take;
         if (gpas != NULL)
-            gpas[*niov] = gpa;  /* SAFETY: gpas has as many entries as iov, and *niov < max */
+            gpas[*niov] = gpa; /* SAFETY: gpas has as many entries as iov, and *niov < max */
         (*niov)++;
         len -= take;
         if (len > 0 && gpa > UINT64_MAX - take)

@@ -31,8 +31,7 @@ int vs_host_drops(const struct vs_pair *p, int err)
 {
     if (err == ECONNREFUSED && (p->host_flags & VS_HOST_REFUSED_DROP))
         return 1; /* connected UDP: an ICMP port unreachable for an earlier datagram */
-    return err == EINVAL || err == EMSGSIZE || err == ENOBUFS || err == EFAULT || err == ENETDOWN
-        || err == EIO;
+    return err == EINVAL || err == EMSGSIZE || err == ENOBUFS || err == EFAULT || err == ENETDOWN || err == EIO;
 }
 
 /* Copy the n iovecs of `in` to `out`, leaving out bytes [from, from + len) of the sequence.

@@ -14,10 +14,9 @@
 
 #include "vs_api.h"
 
-#define VS_RX_IDLE 0x100   /* internal: the host fd has nothing to read */
+#define VS_RX_IDLE 0x100 /* internal: the host fd has nothing to read */
 
-static void put_num_buffers(const struct vs_pair *p, const struct iovec *iov, uint32_t niov,
-                            uint16_t n)
+static void put_num_buffers(const struct vs_pair *p, const struct iovec *iov, uint32_t niov, uint16_t n)
 {
     uint16_t le = htole16(n);
     if (p->hdr_len >= VS_NUM_BUFFERS_OFF + 2)
@@ -76,8 +75,8 @@ static void zero_omitted(const struct vs_pair *p, const struct iovec *iov, uint3
 
 /* A frame dropped as short or oversize still landed in the guest's buffers (up to their length): log
  * those bytes too, so that every byte the device changes is in a marked page. */
-static void rx_log_dropped(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov,
-                           uint64_t got, uint64_t cap)
+static void rx_log_dropped(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t got,
+                           uint64_t cap)
 {
     vs_log_iov(p->mem.log, iov, gpa, niov, got < cap ? got : cap);
 }
@@ -100,8 +99,7 @@ static int rx_starved(struct vs_pair *p, struct vs_ring *r, uint16_t seen)
 }
 
 /* Without MRG_RXBUF: one packet into one chain. */
-static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t *gpa,
-                     struct iovec *cut)
+static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t *gpa, struct iovec *cut)
 {
     struct vs_walk w = { .iov = iov, .gpa = gpa, .max = VS_GUEST_IOV };
     int rc = vs_avail_pending(r);
@@ -130,7 +128,7 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, ui
     zero_omitted(p, iov, w.niov);
     put_num_buffers(p, iov, w.niov, 1);
     if (vs_logging(p->mem.log))
-        vs_log_iov(p->mem.log, iov, gpa, w.niov, (uint64_t)got);   /* the frame, the header and its fix-ups */
+        vs_log_iov(p->mem.log, iov, gpa, w.niov, (uint64_t)got); /* the frame, the header and its fix-ups */
     vs_used_add(r, w.head, (uint32_t)got);
     r->st.packets++;
     r->st.bytes += (uint64_t)got - p->hdr_len;
@@ -140,22 +138,22 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, ui
 
 /* With MRG_RXBUF (5.1.6.4): one packet over as many chains as it needs. */
 struct rx_merge {
-    struct iovec iov[VS_MAX_IOV + 1];   /* + 1: the scratch iovec */
-    struct iovec cut[VS_MAX_IOV + 2];   /* iov without the omitted header bytes (+ 1 split, + 1 scratch) */
-    uint64_t gpa[VS_MAX_IOV + 1];       /* guest-physical address of each iov (the dirty log's) */
+    struct iovec iov[VS_MAX_IOV + 1]; /* + 1: the scratch iovec */
+    struct iovec cut[VS_MAX_IOV + 2]; /* iov without the omitted header bytes (+ 1 split, + 1 scratch) */
+    uint64_t gpa[VS_MAX_IOV + 1];     /* guest-physical address of each iov (the dirty log's) */
     uint16_t heads[VS_MAX_IOV];
     uint64_t cap[VS_MAX_IOV];
     uint32_t n, niov, ndesc;
     uint64_t total;
-    uint16_t ends[VS_MAX_IOV];          /* the avail position after each collected chain */
-    uint16_t start;         /* the avail position before the first collected chain */
+    uint16_t ends[VS_MAX_IOV]; /* the avail position after each collected chain */
+    uint16_t start;            /* the avail position before the first collected chain */
 };
 
 /* What rx_take did with the next chain (or < 0: -errno). */
 enum rx_take_result {
-    RX_TAKE_SKIPPED = 0,    /* a faulty first chain, completed with length 0 */
-    RX_TAKE_TAKEN,          /* added to the merge */
-    RX_TAKE_STOP,           /* a faulty chain after the first: left to start the next packet */
+    RX_TAKE_SKIPPED = 0, /* a faulty first chain, completed with length 0 */
+    RX_TAKE_TAKEN,       /* added to the merge */
+    RX_TAKE_STOP,        /* a faulty chain after the first: left to start the next packet */
 };
 
 /* Add one chain to the merge: an rx_take_result, or < 0. */
@@ -223,7 +221,7 @@ static void rx_finish(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, 
     zero_omitted(p, m->iov, m->niov);
     put_num_buffers(p, m->iov, m->niov, used);
     if (vs_logging(p->mem.log))
-        vs_log_iov(p->mem.log, m->iov, m->gpa, m->niov, got);   /* every chain's bytes: their iovecs are contiguous */
+        vs_log_iov(p->mem.log, m->iov, m->gpa, m->niov, got); /* every chain's bytes: their iovecs are contiguous */
     r->st.packets++;
     r->st.bytes += got - p->hdr_len;
     r->st.chains += used;
@@ -293,8 +291,7 @@ static void rx_consume(struct vs_pair *p, uint64_t flen)
 }
 
 /* Without MRG_RXBUF: the staged frame into one chain. */
-static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t *gpa,
-                            uint64_t flen)
+static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t *gpa, uint64_t flen)
 {
     struct vs_walk w = { .iov = iov, .gpa = gpa, .max = VS_MAX_IOV };
     uint64_t total = flen + p->hdr_len;

@@ -33,8 +33,8 @@ struct pk_desc {
     uint16_t flags;
 };
 struct pk_event {
-    uint16_t off_wrap;          /* bits 0-14 descriptor index, bit 15 its wrap counter */
-    uint16_t flags;             /* PK_EVENT_* */
+    uint16_t off_wrap; /* bits 0-14 descriptor index, bit 15 its wrap counter */
+    uint16_t flags;    /* PK_EVENT_* */
 };
 
 #define PK_F_NEXT 1
@@ -44,8 +44,8 @@ struct pk_event {
 #define PK_F_USED (1 << 15)
 #define PK_EVENT_ENABLE 0
 #define PK_EVENT_DISABLE 1
-#define PK_EVENT_DESC 2         /* with EVENT_IDX: only when the descriptor at off_wrap is reached */
-#define PK_DESC_LOG_OFF 8       /* len, id, flags: the bytes of a descriptor the device writes */
+#define PK_EVENT_DESC 2   /* with EVENT_IDX: only when the descriptor at off_wrap is reached */
+#define PK_DESC_LOG_OFF 8 /* len, id, flags: the bytes of a descriptor the device writes */
 
 static uint32_t pk_idx(uint16_t pos)
 {
@@ -159,8 +159,8 @@ static int pk_to_iov(const struct vs_mem *m, int writable, const struct pk_desc 
  * inside the table breaks the ring (like split).  The table is the list: at most the queue size of
  * descriptors (2.8.5, "If not limited, the maximum number of descriptors in a list is the virt queue
  * size"; the ring descriptor that points at it is not one of them). */
-static int pk_indirect(const struct vs_mem *m, struct vs_ring *r, int writable, const struct pk_desc *d,
-                       uint32_t seen, struct vs_walk *w)
+static int pk_indirect(const struct vs_mem *m, struct vs_ring *r, int writable, const struct pk_desc *d, uint32_t seen,
+                       struct vs_walk *w)
 {
     if (seen != 1 || (d->flags & PK_F_NEXT) || !(r->flags & VS_RF_INDIRECT) || d->len == 0 || d->len % 16)
         return VS_CHAIN_BAD_DESC;
@@ -183,8 +183,8 @@ static int pk_indirect(const struct vs_mem *m, struct vs_ring *r, int writable, 
 }
 
 /* One ring descriptor of the chain: its table or its data.  0, a VS_CHAIN_* fault, or -EBADMSG. */
-static int pk_desc_walk(const struct vs_mem *m, struct vs_ring *r, int writable, const struct pk_desc *d,
-                        uint32_t seen, int fault, struct vs_walk *w)
+static int pk_desc_walk(const struct vs_mem *m, struct vs_ring *r, int writable, const struct pk_desc *d, uint32_t seen,
+                        int fault, struct vs_walk *w)
 {
     if (d->flags & PK_F_INDIRECT)
         return pk_indirect(m, r, writable, d, seen, w);
@@ -208,10 +208,10 @@ static int pk_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable,
     w->head = 0;
     do {
         if (++seen > r->num)
-            return vs_ring_fail(r, VS_BROKEN_LOOP);     /* 2.8: never longer than the queue */
+            return vs_ring_fail(r, VS_BROKEN_LOOP); /* 2.8: never longer than the queue */
         uint16_t flags = pk_flags(r, i);
         if (pk_avail_state(flags, wrap) != 1)
-            return vs_ring_fail(r, VS_BROKEN_WRAP);     /* a chain into descriptors not made available */
+            return vs_ring_fail(r, VS_BROKEN_WRAP); /* a chain into descriptors not made available */
         pk_load(r->desc, i, &d);
         d.flags = flags;
         int rc = pk_desc_walk(m, r, writable, &d, seen, fault, w);
@@ -228,7 +228,7 @@ static int pk_pop_chain(const struct vs_mem *m, struct vs_ring *r, int writable,
         return vs_ring_fail(r, VS_BROKEN_HEAD);
     w->head = d.id;
     w->ndesc = seen;
-    r->chain[pk_idx(at)] = seen | (writable ? VS_PK_WRITABLE : 0);  /* SAFETY: pk_idx(at) < num <= chain_cap */
+    r->chain[pk_idx(at)] = seen | (writable ? VS_PK_WRITABLE : 0); /* SAFETY: pk_idx(at) < num <= chain_cap */
     r->last_avail = pk_advance(r, at, seen);
     return fault;
 }
@@ -258,7 +258,7 @@ static void pk_prefetch_chain(const struct vs_mem *m, const struct vs_ring *r, u
 /* Descriptors the chain taken at ring index i held (1 for an index never taken: cannot happen). */
 static uint32_t pk_chain_len(const struct vs_ring *r, uint32_t i)
 {
-    uint32_t n = r->chain[i] & (VS_PK_WRITABLE - 1);     /* SAFETY: i < num <= chain_cap */
+    uint32_t n = r->chain[i] & (VS_PK_WRITABLE - 1); /* SAFETY: i < num <= chain_cap */
     return n == 0 || n > r->num ? 1 : n;
 }
 
@@ -272,7 +272,7 @@ static void pk_used_add(struct vs_ring *r, uint16_t id, uint32_t len)
     __atomic_store_n(&d->len, htole32(len), __ATOMIC_RELAXED);
     r->used_last_id = id;
     if ((r->chain[i] & VS_PK_WRITABLE) && len > 0)
-        r->chain[i] |= VS_PK_WROTE;                     /* SAFETY: i < num <= chain_cap */
+        r->chain[i] |= VS_PK_WROTE; /* SAFETY: i < num <= chain_cap */
     r->batch_writable |= !!(r->chain[i] & VS_PK_WRITABLE);
     r->used_idx = pk_advance(r, r->used_idx, pk_chain_len(r, i));
 }
@@ -283,7 +283,7 @@ static void pk_used_add(struct vs_ring *r, uint16_t id, uint32_t len)
 static uint16_t pk_used_flags(const struct vs_ring *r, uint16_t pos)
 {
     uint16_t f = pk_wrap(pos) ? (PK_F_AVAIL | PK_F_USED) : 0;
-    return f | ((r->chain[pk_idx(pos)] & VS_PK_WROTE) ? PK_F_WRITE : 0);   /* SAFETY: index < num <= chain_cap */
+    return f | ((r->chain[pk_idx(pos)] & VS_PK_WROTE) ? PK_F_WRITE : 0); /* SAFETY: index < num <= chain_cap */
 }
 
 /* Store (flags) or log every entry of the batch [old, used_idx) after the first; the walk follows the
@@ -327,7 +327,7 @@ static int pk_need_call(struct vs_ring *r)
     if (flags == PK_EVENT_DISABLE)
         return 0;
     if (flags != PK_EVENT_DESC || !(r->flags & VS_RF_EVENT_IDX) || !valid)
-        return 1;   /* ENABLE (and the reserved 3, or DESC without EVENT_IDX: notifying is never wrong) */
+        return 1; /* ENABLE (and the reserved 3, or DESC without EVENT_IDX: notifying is never wrong) */
     uint16_t ev = le16toh(__atomic_load_n(&drv->off_wrap, __ATOMIC_RELAXED));
     return pk_event_crossed(r, ev, old, new);
 }

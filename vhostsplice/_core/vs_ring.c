@@ -24,8 +24,8 @@ int vs_ring_fail(struct vs_ring *r, int reason)
  * region, and keep them when our mapping has the alignment the layout's atomics need: `masks` holds
  * the desc and avail masks (align - 1) in its low and high byte; the used area is always 4-aligned.
  * 0, -EFAULT (outside memory) or -EINVAL. */
-int vs_ring_map(const struct vs_mem *m, struct vs_ring *r, uint64_t desc_len, uint64_t avail_len,
-                uint64_t used_len, uint32_t masks)
+int vs_ring_map(const struct vs_mem *m, struct vs_ring *r, uint64_t desc_len, uint64_t avail_len, uint64_t used_len,
+                uint32_t masks)
 {
     uintptr_t desc_mask = masks & 0xFF, avail_mask = masks >> 8;
     uint8_t *desc = vs_uva_to_hva(m, r->desc_uva, desc_len);
@@ -43,8 +43,7 @@ int vs_ring_map(const struct vs_mem *m, struct vs_ring *r, uint64_t desc_len, ui
 
 /* Add one data descriptor (both layouts: guest-physical addr, len, and whether it is device-writable)
  * to the chain's iovecs: 0, VS_CHAIN_BAD_DESC (the wrong direction), or vs_gpa_to_iov's fault. */
-int vs_walk_add(const struct vs_mem *m, int writable, int desc_writable, uint64_t addr, uint32_t len,
-                struct vs_walk *w)
+int vs_walk_add(const struct vs_mem *m, int writable, int desc_writable, uint64_t addr, uint32_t len, struct vs_walk *w)
 {
     if (!!desc_writable != !!writable)
         return VS_CHAIN_BAD_DESC;

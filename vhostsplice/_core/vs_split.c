@@ -24,7 +24,7 @@ struct vs_desc {
 };
 struct vs_avail {
     uint16_t flags, idx;
-    uint16_t ring[];            /* num entries, then used_event */
+    uint16_t ring[]; /* num entries, then used_event */
 };
 struct vs_used_elem {
     uint32_t id, len;
@@ -69,7 +69,7 @@ static int split_check(const struct vs_ring *r)
 static int split_map(const struct vs_mem *m, struct vs_ring *r)
 {
     uint64_t n = r->num;
-    return vs_ring_map(m, r, 16 * n, 6 + 2 * n, 6 + 8 * n, 1 << 8);    /* descriptors are copied: any */
+    return vs_ring_map(m, r, 16 * n, 6 + 2 * n, 6 + 8 * n, 1 << 8); /* descriptors are copied: any */
 }
 
 /* The rings are mapped: resume from used->idx (the chains after it were never completed). */
@@ -113,8 +113,7 @@ static void desc_load(const struct desc_table *t, uint32_t i, struct vs_desc *d)
 }
 
 /* 2.7.5.3: switch to the table an INDIRECT descriptor points at. */
-static int enter_indirect(const struct vs_mem *m, struct vs_ring *r,
-                          struct desc_table *t, const struct vs_desc *d)
+static int enter_indirect(const struct vs_mem *m, struct vs_ring *r, struct desc_table *t, const struct vs_desc *d)
 {
     if (t->indirect) /* 2.7.5.3.1: the driver MUST NOT set INDIRECT within an indirect table */
         return vs_ring_fail(r, VS_BROKEN_NESTED_INDIRECT);
@@ -130,8 +129,7 @@ static int enter_indirect(const struct vs_mem *m, struct vs_ring *r,
 }
 
 /* Add one data descriptor to the chain's iovecs. */
-static int desc_to_iov(const struct vs_mem *m, int writable, const struct vs_desc *d,
-                       struct vs_walk *w)
+static int desc_to_iov(const struct vs_mem *m, int writable, const struct vs_desc *d, struct vs_walk *w)
 {
     return vs_walk_add(m, writable, d->flags & VS_DESC_F_WRITE, d->addr, d->len, w);
 }
@@ -156,9 +154,9 @@ static int walk(const struct vs_mem *m, struct vs_ring *r, int writable, struct 
         desc_load(&t, i, &d);
         w->ndesc += !t.indirect;
         int rc = (d.flags & VS_DESC_F_INDIRECT) ? enter_indirect(m, r, &t, &d)
-                                                 : (fault ? 0 : desc_to_iov(m, writable, &d, w));
+                                                : (fault ? 0 : desc_to_iov(m, writable, &d, w));
         if (rc < 0 || (rc > 0 && (d.flags & VS_DESC_F_INDIRECT)))
-            return rc;             /* an unusable indirect table ends the walk: nothing to follow */
+            return rc; /* an unusable indirect table ends the walk: nothing to follow */
         if (rc > 0)
             fault = rc;
         if (d.flags & VS_DESC_F_INDIRECT) {
