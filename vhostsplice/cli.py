@@ -369,7 +369,17 @@ def _drive_help() -> str:
     return "drive's own exit codes:\n\n\b\n" + exit_table_text()
 
 
-@cli.command(context_settings=CONTEXT, epilog=_drive_help())
+class _EpilogWhenShown(click.Command):
+    """A command whose epilog is a function, called when the help is shown: drive's table lives in drive.py,
+    which imports the test kit, and a worker (`run`) must not carry that (issue 18: idle PSS)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        super().format_epilog(ctx, formatter)
+
+
+@cli.command(cls=_EpilogWhenShown, context_settings=CONTEXT, epilog=_drive_help)
 @click.option("--socket-path", metavar="PATH", envvar="VHOSTSPLICE_SOCKET",
               help="The worker's vhost-user socket (or, with --listen, where to listen for it).")
 @click.option("--connect/--listen", "connect", default=True, show_default=True,
