@@ -42,11 +42,24 @@ def cli(verbose: int) -> None:
     the calling thread, until it is stopped; its exit code is an errno. `demo` shows it working with
     nothing else installed.
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("vhostsplice[%(process)d]: %(message)s"))
-    log.addHandler(handler)
+    handler = _stderr_handler(log)
+    if handler.stream is not sys.stderr:    # the stderr of now (not flushed: an earlier one may be closed)
+        handler.stream = sys.stderr
     log.setLevel(logging.WARNING - 10 * verbose)
     log.propagate = False
+
+
+def _stderr_handler(log: logging.Logger) -> logging.Handler:
+    """The one stderr handler of the log: made once per process. A worker forked by serve's template
+    inherits serve's (a second one would print every line twice)."""
+    for handler in log.handlers:
+        if handler.get_name() == "vhostsplice-stderr":
+            return handler
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("vhostsplice-stderr")
+    handler.setFormatter(logging.Formatter("vhostsplice[%(process)d]: %(message)s"))
+    log.addHandler(handler)
+    return handler
 
 
 def signals_held_until_the_loop(command):

@@ -1,5 +1,6 @@
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -120,3 +121,13 @@ def test_run_passes_no_packed_to_the_backend(monkeypatch):
     assert seen["packed"] is False
     monkeypatch.setenv("VHOSTSPLICE_PACKED", "0")
     assert main(["run", "--socket-path", "/tmp/x.sock", "--tap", "t"]) == 0 and seen["packed"] is False
+
+
+def test_one_stderr_handler_however_often_the_command_line_runs(capsys):
+    """A worker forked by serve's template runs the command line again in serve's image: a second handler
+    printed each of its log lines twice."""
+    for _ in range(2):
+        assert main(["exit-codes", "--json"]) == 0
+    capsys.readouterr()
+    logging.getLogger("vhostsplice").warning("said once")
+    assert capsys.readouterr().err.count("said once") == 1
