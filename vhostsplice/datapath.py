@@ -9,6 +9,7 @@ call that runs one TX batch and one RX batch.  The ring functions take the memor
 from __future__ import annotations
 
 import errno as _errno
+import mmap
 from typing import Any, Iterable
 
 from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
@@ -46,6 +47,14 @@ STAGE_LEN = 4 + 69632     # a length prefix and the largest frame QEMU's -netdev
 RING_NAMES = {RX_RING: "rx", TX_RING: "tx"}
 HOST_HDR_LENS = (0, 10, NET_HDR_LEN)
 _HOST_ERRNOS = {_errno.EBADFD, _errno.EIO, _errno.EPIPE}
+
+
+def _untouched(size: int) -> tuple[mmap.mmap, Any]:
+    """A buffer of `size` bytes the core writes into only now and then (the scratch, the stream stages): an
+    anonymous mapping of its own, so its pages cost nothing until used (ffi.new zeroes, and so touches,
+    every page: 128 KiB of PSS per idle worker). The mapping is kept with its pointer."""
+    area = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return area, ffi.from_buffer("uint8_t[]", area)
 
 
 def ring_size_ok(num: int, packed: bool = False) -> bool:
@@ -118,14 +127,14 @@ class Datapath:
                         | (lib.VS_HOST_REFUSED_DROP if refused_drop else 0)
                         | (lib.VS_HOST_STREAM if stream else 0))
         if stream:      # a partly written frame's tail, and stream bytes not yet delivered
-            self._stages = (ffi.new("uint8_t[]", STAGE_LEN), ffi.new("uint8_t[]", STAGE_LEN))
-            p.tx_stage, p.rx_stage = self._stages
+            self._stages = (_untouched(STAGE_LEN), _untouched(STAGE_LEN))
+            p.tx_stage, p.rx_stage = (cdata for _map, cdata in self._stages)
             p.tx_stage_cap = p.rx_stage_cap = STAGE_LEN
         p.rx_max = 65536 + hdr_len
         p.tx_budget = p.rx_budget = 256
         # Catches the tail of an RX frame longer than the guest's buffers: dropped, never cut short.
-        self._scratch = ffi.new("uint8_t[]", SCRATCH_LEN)
-        p.scratch, p.scratch_len = self._scratch, SCRATCH_LEN
+        self._scratch = _untouched(SCRATCH_LEN)
+        p.scratch, p.scratch_len = self._scratch[1], SCRATCH_LEN
         for r in (p.rx, p.tx):
             r.call_fd = r.err_fd = -1
         self._chains: dict[int, Any] = {}   # packed rings: the chain-length tables the core writes
