@@ -32,6 +32,7 @@ from typing import Callable
 from .sandbox.serve import name_process
 
 MAX_MESSAGE = 4096
+MAX_FD = os.sysconf("SC_OPEN_MAX")      # no fd at or above the limit was opened (closerange's end)
 SIGNALS_ALLOWED = (signal.SIGTERM, signal.SIGKILL)
 
 
@@ -152,6 +153,8 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)           # serve decides when workers stop
     _close_fds_except({0, 1, 2, sock.fileno(), *keep_fds})
+    os.environ.clear()          # the workers' environment, set once here (the template itself execs nothing)
+    os.environ.update(spec.env)
     rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wfd)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -221,8 +224,8 @@ def _spawn(sock: socket.socket, spec: WorkerSpec, entry, msg: dict, fds: list[in
 
 
 def _worker_main(sock: socket.socket, spec: WorkerSpec, entry, argv: list[str], fds: list[int]) -> None:
-    """The forked worker: the template's fds closed, the environment serve's workers get, stop signals
-    held (the worker's loop releases them), then `vhostsplice run ...` in this process."""
+    """The forked worker: the template's fds closed (the environment is the template's: serve's workers'),
+    stop signals held (the worker's loop releases them), then `vhostsplice run ...` in this process."""
     code = 70
     try:
         sock.close()
@@ -231,8 +234,6 @@ def _worker_main(sock: socket.socket, spec: WorkerSpec, entry, argv: list[str], 
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        os.environ.clear()
-        os.environ.update(spec.env)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
@@ -265,10 +266,11 @@ def _reap(sock: socket.socket | None, children: set[int]) -> None:
 
 
 def _close_fds_except(keep: set[int]) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    """Close every fd but `keep` (close_range between them: nothing listed, nothing allocated per fd).
+    An empty range is never passed: CPython 3.11 turns closerange(n, n) into close_range(n, n - 1), which
+    the kernel takes as n up to the largest fd."""
+    low = 0
+    for fd in [*sorted(keep), MAX_FD]:
+        if low < fd:
+            os.closerange(low, fd)
+        low = fd + 1

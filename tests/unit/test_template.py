@@ -60,6 +60,7 @@ def test_a_worker_gets_the_recipe_its_fds_and_only_them(template, tmp_path):
     assert rec["argv"] == ["run", "--fd", str(fd), "--tap", "vt0", "--stats-file", str(tmp_path / "pair1.json"),
                            "--sandbox", "strict", "--stats-interval", "2.0", "--cpu", "1"]
     assert set(rec["fds"]) - {0, 1, 2} == {fd}      # its channel, nothing of serve's or the template's
+    assert {0, 1, 2} <= set(rec["fds"])             # stdin (/dev/null), stdout and stderr stay
     assert rec["env"] == "yes" and rec["comm"] == "vs-worker"
 
 
