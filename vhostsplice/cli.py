@@ -324,7 +324,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     _check_stats(stats_file, stats_interval)
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
                          worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox,
-                         packed=packed, worker_entry=main,
+                         packed=packed, worker_entry=main, worker_check=check_command_line,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 
@@ -595,6 +595,17 @@ def give_every_option_an_envvar(command: click.Command) -> None:
             param.show_envvar = True
     for sub in getattr(command, "commands", {}).values():
         give_every_option_an_envvar(sub)
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Parse ARGV (`run ...`) as main() does, without running it: serve's template does this once with a
+    worker's command line before it forks any (template.py), so the parser's lazily made state is in the
+    pages the workers share. A usage error raises as in main()."""
+    with cli.make_context("vhostsplice", list(argv[:1])) as ctx:
+        command = cli.get_command(ctx, argv[0])
+        if command is None:
+            raise click.UsageError(f"no such command: {argv[0]!r}")
+        command.make_context(argv[0], list(argv[1:]), parent=ctx).close()
 
 
 def main(argv=None) -> int:

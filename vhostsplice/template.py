@@ -92,9 +92,11 @@ class WorkerHandle:
 class Template:
     """serve's side: fork the template, ask it for workers, learn how they ended."""
 
-    def __init__(self, spec: WorkerSpec, entry: Callable[[list[str]], int], keep_fds: tuple[int, ...] = ()):
+    def __init__(self, spec: WorkerSpec, entry: Callable[[list[str]], int], keep_fds: tuple[int, ...] = (),
+                 check: Callable[[list[str]], None] | None = None):
         """entry: `vhostsplice` with a command line, returning its exit code (cli.main, handed down by
-        `serve`'s command so that this module needs no import of the command line)."""
+        `serve`'s command so that this module needs no import of the command line); check: the same
+        command line parsed and not run (cli.check_command_line), once before the first worker (_warm)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.exits: dict[int, int] = {}
         self.pid = os.fork()
@@ -102,7 +104,7 @@ class Template:
             ours.close()
             code = 1
             try:
-                code = _template_main(theirs, spec, entry, keep_fds)
+                code = _template_main(theirs, spec, entry, keep_fds, check)
             finally:
                 os._exit(code)
         theirs.close()
@@ -148,7 +150,7 @@ class Template:
 
 # ------------------------------------------------------------------------------------ the template side
 
-def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple[int, ...]) -> int:
+def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple[int, ...], check=None) -> int:
     name_process(b"vs-template")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)           # serve decides when workers stop
@@ -159,7 +161,7 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
     signal.set_wakeup_fd(wfd)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-    _warm()
+    _warm(spec, check)
     children: set[int] = set()
     open_ = True
     while open_ or children:
@@ -172,11 +174,19 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
     return 0
 
 
-def _warm() -> None:
-    """What every worker imports, imported once here (then frozen out of the collector's way)."""
+def _warm(spec: WorkerSpec, check) -> None:
+    """What every worker would do first, done once here, then frozen out of the collector's way: its modules
+    imported, libseccomp opened, and its command line parsed (`check`: click's lazily made state is then in
+    the pages the workers share). Every page a worker writes after the fork becomes its own (CPython 3.11
+    writes reference counts even to read an object)."""
     from . import runner, worker  # noqa: F401  (cli and click came with serve)
     from .sandbox import seccomp
     seccomp.library()
+    if check is not None:
+        try:
+            check(spec.argv(0, 0, 0))       # the parser cares for no fd; a worker reports a bad recipe itself
+        except Exception:  # noqa: BLE001
+            pass
     gc.collect()
     gc.freeze()
 

@@ -103,3 +103,25 @@ def test_only_the_template_signals_its_workers(tmp_path, monkeypatch):
             assert handle.wait(30) == -signal.SIGTERM
     finally:
         t.close()
+
+
+def _check(argv: list[str]) -> None:
+    """A stand-in for cli.check_command_line: records what the template asked it (in the template), then
+    fails as a bad recipe would."""
+    with open(os.path.join(os.environ["VS_TEMPLATE_OUT"], "checked.json"), "w") as f:
+        json.dump({"argv": argv, "pid": os.getpid(), "env": os.environ.get("VS_ONLY_THIS")}, f)
+    raise ValueError("a bad recipe")
+
+
+def test_the_template_parses_a_workers_command_line_once_before_forking_and_still_serves(tmp_path):
+    spec = WorkerSpec(tap="vt0", run_dir=str(tmp_path), cpus=(3,), env={"VS_TEMPLATE_OUT": str(tmp_path),
+                                                                       "VS_ONLY_THIS": "yes"})
+    t = Template(spec, _entry, check=_check)
+    try:
+        a, b = socket.socketpair()
+        with a, b:
+            assert t.spawn(0, [b.fileno()]).wait(30) == 7      # the worker still runs (and reports a bad recipe)
+        checked = json.loads((tmp_path / "checked.json").read_text())
+        assert checked == {"argv": spec.argv(0, 0, 0), "pid": t.pid, "env": "yes"}   # in the template, its env set
+    finally:
+        t.close()
