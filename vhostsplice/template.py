@@ -29,6 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import freespace
 from .sandbox.serve import name_process
 
 MAX_MESSAGE = 4096
@@ -176,9 +177,9 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
 
 def _warm(spec: WorkerSpec, check) -> None:
     """What every worker would do first, done once here, then frozen out of the collector's way: its modules
-    imported, libseccomp opened, and its command line parsed (`check`: click's lazily made state is then in
-    the pages the workers share). Every page a worker writes after the fork becomes its own (CPython 3.11
-    writes reference counts even to read an object)."""
+    imported, libseccomp opened, its command line parsed (`check`: click's lazily made state is then in the
+    pages the workers share), and the allocators' free space taken (freespace.py). Every page a worker writes
+    after the fork becomes its own (CPython 3.11 writes reference counts even to read an object)."""
     from . import runner, worker  # noqa: F401  (cli and click came with serve)
     from .sandbox import seccomp
     seccomp.library()
@@ -188,6 +189,10 @@ def _warm(spec: WorkerSpec, check) -> None:
         except Exception:  # noqa: BLE001
             pass
     gc.collect()
+    try:
+        freespace.take()            # last: the workers' allocations then start pages of their own
+    except (OSError, ValueError):   # only memory is at stake
+        pass
     gc.freeze()
 
 
