@@ -324,7 +324,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     _check_stats(stats_file, stats_interval)
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
                          worker_args=worker_args, ownership=ownership, offloads=offloads, sandbox=sandbox,
-                         packed=packed, worker_entry=main, worker_check=check_command_line,
+                         packed=packed, worker_entry=main, worker_prepare=prepare_worker,
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 
@@ -597,21 +597,21 @@ def give_every_option_an_envvar(command: click.Command) -> None:
         give_every_option_an_envvar(sub)
 
 
-def check_command_line(argv: list[str]) -> None:
-    """Parse ARGV (`run ...`) as main() does, without running it: serve's template does this once with a
-    worker's command line before it forks any (template.py), so the parser's lazily made state is in the
-    pages the workers share. A usage error raises as in main()."""
-    with cli.make_context("vhostsplice", list(argv[:1])) as ctx:
-        command = cli.get_command(ctx, argv[0])
-        if command is None:
-            raise click.UsageError(f"no such command: {argv[0]!r}")
-        command.make_context(argv[0], list(argv[1:]), parent=ctx).close()
-
-
 def main(argv=None) -> int:
     """Entry point: every outcome becomes one exit code here."""
+    return exit_code(lambda: cli.main(args=argv, prog_name="vhostsplice", standalone_mode=False))
+
+
+def prepare_worker(argv: list[str]):
+    """main() with a worker's command line parsed already, for serve's template (preparsed.py)."""
+    from .preparsed import prepare
+    return prepare(cli, "vhostsplice", argv, main, exit_code)
+
+
+def exit_code(call) -> int:
+    """Run `call` (a command line, parsed or prepared: preparsed.py) and make its outcome the exit code."""
     try:
-        rv = cli.main(args=argv, prog_name="vhostsplice", standalone_mode=False)
+        rv = call()
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:

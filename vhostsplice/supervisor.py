@@ -61,7 +61,7 @@ class ServeConfig:
     packed: bool = True          # the workers offer RING_PACKED (not with --no-packed)
     stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
     worker_entry: Callable[[list[str]], int] | None = None     # cli.main: what the template runs per worker
-    worker_check: Callable[[list[str]], None] | None = None    # cli.check_command_line: the template parses once
+    worker_prepare: Callable | None = None   # preparsed.prepare: a worker's command line parsed once, in the template
     sandbox: str = "strict"      # serve's own confinement (sandbox/serve.py) and, passed on, every worker's
 
 
@@ -408,7 +408,7 @@ def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
         listener = Listener(socket_path, mode=own.socket_mode, owner=owner, group=group)
         sup = Supervisor(listener, config)
         # forked now: before confinement, after the imports
-        sup.template = Template(sup.worker_spec(), config.worker_entry, check=config.worker_check)
+        sup.template = Template(sup.worker_spec(), config.worker_entry, prepare=config.worker_prepare)
         name_process(b"vs-serve")
         # set-up done (tap held, socket listening, run directory made, template forked): confined
         # before any front-end

@@ -94,10 +94,11 @@ class Template:
     """serve's side: fork the template, ask it for workers, learn how they ended."""
 
     def __init__(self, spec: WorkerSpec, entry: Callable[[list[str]], int], keep_fds: tuple[int, ...] = (),
-                 check: Callable[[list[str]], None] | None = None):
+                 prepare: Callable | None = None):
         """entry: `vhostsplice` with a command line, returning its exit code (cli.main, handed down by
-        `serve`'s command so that this module needs no import of the command line); check: the same
-        command line parsed and not run (cli.check_command_line), once before the first worker (_warm)."""
+        `serve`'s command so that this module needs no import of the command line); prepare: makes an
+        entry that parsed a worker's command line already (preparsed.prepare), called once before the
+        first worker (_warm); the workers then run that one."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.exits: dict[int, int] = {}
         self.pid = os.fork()
@@ -105,7 +106,7 @@ class Template:
             ours.close()
             code = 1
             try:
-                code = _template_main(theirs, spec, entry, keep_fds, check)
+                code = _template_main(theirs, spec, entry, keep_fds, prepare)
             finally:
                 os._exit(code)
         theirs.close()
@@ -151,7 +152,7 @@ class Template:
 
 # ------------------------------------------------------------------------------------ the template side
 
-def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple[int, ...], check=None) -> int:
+def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple[int, ...], prepare=None) -> int:
     name_process(b"vs-template")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)           # serve decides when workers stop
@@ -162,7 +163,7 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
     signal.set_wakeup_fd(wfd)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-    _warm(spec, check)
+    entry = _warm(spec, entry, prepare)
     children: set[int] = set()
     open_ = True
     while open_ or children:
@@ -175,18 +176,18 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
     return 0
 
 
-def _warm(spec: WorkerSpec, check) -> None:
+def _warm(spec: WorkerSpec, entry, prepare):
     """What every worker would do first, done once here, then frozen out of the collector's way: its modules
-    imported, libseccomp opened, its command line parsed (`check`: click's lazily made state is then in the
-    pages the workers share), and the allocators' free space taken (freespace.py). Every page a worker writes
-    after the fork becomes its own (CPython 3.11 writes reference counts even to read an object)."""
+    imported, libseccomp opened, its command line parsed (`prepare`: the entry the workers run), and the
+    allocators' free space taken (freespace.py). Every page a worker writes after the fork becomes its own
+    (CPython 3.11 writes reference counts even to read an object). Returns the workers' entry."""
     from . import runner, worker  # noqa: F401  (cli and click came with serve)
     from .sandbox import seccomp
     seccomp.library()
-    if check is not None:
+    if prepare is not None:
         try:
-            check(spec.argv(0, 0, 0))       # the parser cares for no fd; a worker reports a bad recipe itself
-        except Exception:  # noqa: BLE001
+            entry = prepare(spec.argv(0, 0, 0))     # the parser cares for no fd
+        except Exception:  # noqa: BLE001  (a bad recipe: each worker parses and reports it itself)
             pass
     gc.collect()
     try:
@@ -194,6 +195,7 @@ def _warm(spec: WorkerSpec, check) -> None:
     except (OSError, ValueError):   # only memory is at stake
         pass
     gc.freeze()
+    return entry
 
 
 def _order(sock: socket.socket, spec: WorkerSpec, entry, children: set[int]) -> bool:

@@ -6,10 +6,9 @@ import signal
 import subprocess
 import sys
 
-import click
 import pytest
 
-from vhostsplice.cli import check_command_line, main, parse_cpus
+from vhostsplice.cli import main, parse_cpus
 from vhostsplice.errors import EXIT_TABLE, ConfigError, errno_name
 
 
@@ -133,11 +132,3 @@ def test_one_stderr_handler_however_often_the_command_line_runs(capsys):
     logging.getLogger("vhostsplice").warning("said once")
     assert capsys.readouterr().err.count("said once") == 1
 
-
-def test_check_command_line_parses_without_running():
-    """serve's template parses a worker's command line once this way (template.py): nothing runs (the fd is
-    not looked at), a usage error raises as main() would report it."""
-    check_command_line(["run", "--fd", "987", "--tap", "t0", "--stats-file", "/nonexistent/p.json", "--cpu", "1"])
-    for bad in (["run", "--fd", "x"], ["run", "--no-such-option"], ["nonesuch"]):
-        with pytest.raises(click.UsageError):
-            check_command_line(bad)

@@ -105,23 +105,31 @@ def test_only_the_template_signals_its_workers(tmp_path, monkeypatch):
         t.close()
 
 
-def _check(argv: list[str]) -> None:
-    """A stand-in for cli.check_command_line: records what the template asked it (in the template), then
-    fails as a bad recipe would."""
-    with open(os.path.join(os.environ["VS_TEMPLATE_OUT"], "checked.json"), "w") as f:
+
+def _prepare(argv: list[str]):
+    """A stand-in for cli.prepare_worker: records what the template asked it (in the template) and returns
+    an entry that records how the worker came through it."""
+    with open(os.path.join(os.environ["VS_TEMPLATE_OUT"], "prepared.json"), "w") as f:
         json.dump({"argv": argv, "pid": os.getpid(), "env": os.environ.get("VS_ONLY_THIS")}, f)
-    raise ValueError("a bad recipe")
+    if os.environ.get("VS_TEMPLATE_MODE") == "--bad-recipe":
+        raise ValueError("a bad recipe")
+    return lambda line: _entry(line + ["--prepared"])
 
 
-def test_the_template_parses_a_workers_command_line_once_before_forking_and_still_serves(tmp_path):
-    spec = WorkerSpec(tap="vt0", run_dir=str(tmp_path), cpus=(3,), env={"VS_TEMPLATE_OUT": str(tmp_path),
-                                                                       "VS_ONLY_THIS": "yes"})
-    t = Template(spec, _entry, check=_check)
+@pytest.mark.parametrize("bad", [False, True])
+def test_workers_run_the_entry_prepared_once_in_the_template(tmp_path, bad):
+    spec = WorkerSpec(tap="vt0", run_dir=str(tmp_path), cpus=(3,),
+                      env={"VS_TEMPLATE_OUT": str(tmp_path), "VS_ONLY_THIS": "yes",
+                           "VS_TEMPLATE_MODE": "--bad-recipe" if bad else ""})
+    t = Template(spec, _entry, prepare=_prepare)
     try:
         a, b = socket.socketpair()
         with a, b:
-            assert t.spawn(0, [b.fileno()]).wait(30) == 7      # the worker still runs (and reports a bad recipe)
-        checked = json.loads((tmp_path / "checked.json").read_text())
-        assert checked == {"argv": spec.argv(0, 0, 0), "pid": t.pid, "env": "yes"}   # in the template, its env set
+            handle = t.spawn(0, [b.fileno()])
+            assert handle.wait(30) == 7
+        prepared = json.loads((tmp_path / "prepared.json").read_text())
+        assert prepared == {"argv": spec.argv(0, 0, 0), "pid": t.pid, "env": "yes"}   # in the template, its env set
+        argv = _record(tmp_path, handle.pid)["argv"]
+        assert argv[-1] == "--prepared" if not bad else "--prepared" not in argv   # a bad recipe: the plain entry
     finally:
         t.close()
