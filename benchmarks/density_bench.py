@@ -7,7 +7,11 @@ For each N (--pairs, default 1,8,32), and each shape (--shapes):
           socketpair: no tap or root needed), each connected to a pure-Python front-end (rings running,
           RX buffers posted, one frame sent each way so every worker has done a batch), then left idle;
   serve   one `serve --queues N --tap T` in a private netns driven by DPDK testpmd virtio-user queues=N in
-          rxonly mode (root and dpdk-testpmd needed; skipped with a reason otherwise), idle.
+          rxonly mode (root and dpdk-testpmd needed; skipped with a reason otherwise), idle; DPDK 22.11
+          drives at most 8 pairs;
+  serve-py  the same `serve`, driven by a pure-Python multi-queue front-end (any N: the issue's goal is at
+          32 pairs): every pair's rings running, RX buffers posted, one frame sent on each TX ring (the tap is
+          up), then idle (root needed).
 Measured after a settling second, over --window seconds: start-up to all listening (run) or to every
 worker started (serve); total PSS (smaps_rollup) of the measured processes; PSS per extra pair (the slope
 between the smallest and the largest N); wake-ups per second (voluntary context switches of all measured
@@ -33,7 +37,8 @@ from pathlib import Path
 
 import measured  # noqa: E402  (the installed vhostsplice; puts tests/ on sys.path)
 from measured import ROOT  # noqa: E402
-from vhostsplice.testing.frontend import Frontend  # noqa: E402
+from vhostsplice.spec import Feature, Req, bit  # noqa: E402
+from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend  # noqa: E402
 from vhostsplice.testing.harness import demo_frame  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -183,7 +188,83 @@ def shape_serve(n: int, workdir: Path, window: float) -> dict:
             sup.wait(60)
 
 
-SHAPES = {"run": shape_run, "serve": shape_serve}
+class MultiQueueFrontend(Frontend):
+    """The pure-Python front-end with N queue pairs (MQ): rings 2k and 2k+1 are pair k's, in one memory."""
+
+    def __init__(self, sock: socket.socket, pairs: int, **kw):
+        super().__init__(sock, features=DEFAULT_FEATURES | bit(Feature.NET_F_MQ), **kw)
+        for fds in (self.kick, self.call, self.err):
+            fds.extend(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(2 * pairs - 2))
+        self.pairs, self.queues = pairs, []
+
+    def start(self) -> "MultiQueueFrontend":
+        self.negotiate()
+        self.request(Req.GET_QUEUE_NUM)
+        self.share_memory()
+        self.queues = [(self.setup_ring(2 * k), self.setup_ring(2 * k + 1)) for k in range(self.pairs)]
+        return self
+
+    def one_frame_each(self, timeout: float = 30.0) -> None:
+        """RX buffers posted and one frame sent on every pair; returns when every TX frame was used."""
+        for k, (rx, tx) in enumerate(self.queues):
+            rx.add_in(16, 2048)
+            self.notify(2 * k)
+            tx.add_out([demo_frame(k, 60)])
+            self.notify(2 * k + 1)
+        deadline = time.monotonic() + timeout
+        for k, (_rx, tx) in enumerate(self.queues):
+            while not tx.used():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"pair {k}: the TX frame was not used in {timeout} s")
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self.queues = []        # the driver queues hold views of the memory closed below
+        super().close()
+
+
+def shape_serve_py(n: int, workdir: Path, window: float) -> dict:
+    """serve --queues N driven by MultiQueueFrontend (any N)."""
+    from support.netns import entered_netns
+    if os.geteuid() != 0:
+        return {"skipped": "needs root"}
+    sock, events = workdir / f"serve{n}.sock", workdir / f"serve{n}.events"
+    with entered_netns("vsp"):
+        t0 = time.monotonic()
+        sup = subprocess.Popen([*measured.argv(), "serve", "--socket-path", str(sock), "--tap", "vsp0",
+                                "--queues", str(n), "--events", str(events)], stdin=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=measured.env())
+        fe = None
+        try:
+            while not sock.is_socket():
+                if sup.poll() is not None:
+                    sys.exit(f"serve exited {sup.returncode} before listening")
+                time.sleep(0.01)
+            subprocess.run(["ip", "link", "set", "vsp0", "up"], check=True, capture_output=True, timeout=30)
+            fe = MultiQueueFrontend(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), n, mem_size=16 << 20,
+                                    queue_size=256)
+            fe.chan.sock.connect(str(sock))
+            fe.start()
+
+            def workers() -> list[int]:
+                lines = events.read_text().splitlines() if events.exists() else []
+                return [e["pid"] for e in map(json.loads, lines) if e["event"] == "start"]
+            deadline = time.monotonic() + 120
+            while len(workers()) < n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            startup = time.monotonic() - t0
+            fe.one_frame_each()
+            d = measure_idle(lambda: [sup.pid, *descendants(sup.pid)], window)
+            return {"startup_s": round(startup, 2), "workers_started": len(workers()), **d}
+        finally:
+            if fe is not None:
+                fe.close()
+            if sup.poll() is None:
+                sup.send_signal(signal.SIGTERM)
+            sup.wait(60)
+
+
+SHAPES = {"run": shape_run, "serve": shape_serve, "serve-py": shape_serve_py}
 
 
 def slope(rows: list[dict], key: str) -> tuple[float, int, int] | None:
@@ -217,7 +298,8 @@ def markdown(results: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", default="1,8,32", help="comma-separated pair counts (default 1,8,32; try 128)")
-    ap.add_argument("--shapes", default="run,serve", help="run, serve or both (default run,serve)")
+    ap.add_argument("--shapes", default="run,serve,serve-py",
+                    help="run, serve, serve-py, comma-separated (default all three)")
     ap.add_argument("--window", type=float, default=5.0, help="idle measuring window, s (default 5)")
     ap.add_argument("--out", help="folder for md/json (default benchmarks/results/density-<time>)")
     args = ap.parse_args()
