@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import protocol as P
+from .channel import close_fds
 from .datapath import packed_positions, ring_size_ok
 from .errors import ConfigError, FeatureError, ProtocolError
 from .hostfd import HostState
@@ -23,7 +24,7 @@ from .offloads import check_dependencies, tun_offload
 from .spec import GUEST_GSO, GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, USO_OFFLOADS, \
     VRING_F_LOG, Feature as F, ProtocolFeature as PF, Req, bit, mask
 from .statepage import StatePage
-from .vring import RingState, close_fds
+from .vring import RingState
 
 log = logging.getLogger("vhostsplice")
 

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 from . import protocol as P
 from .backend import RUN_PROTOCOL_FEATURES, offered_features
-from .channel import Channel
+from .channel import Channel, close_fd, close_fds
 from .errors import Backoff, ProtocolError
 from .memory import DirtyLog, check_table
 from .spec import MAX_MEM_SLOTS, Feature as F, ProtocolFeature as PF, Req, bit
-from .vring import close_fd, close_fds
 
 
 log = logging.getLogger("vhostsplice")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import protocol as P
-from .channel import Channel, Listener
+from .channel import Channel, Listener, close_fd, close_fds
 from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, FrontendGone, ProtocolError,
                      errno_name, release_stop_signals, restart_action)
 from .runner import Ownership
@@ -42,7 +42,6 @@ from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
 from .spec import Req
 from .statepage import new_memfd
 from .template import Template, WorkerSpec
-from .vring import close_fd, close_fds
 
 log = logging.getLogger("vhostsplice")
 WORKER_REPLY_TIMEOUT = 10.0       # seconds a worker may take to answer the supervisor
