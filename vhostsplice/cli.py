@@ -501,7 +501,7 @@ def tap_create(name, multi_queue, vnet_hdr, owner, group, mtu, bridge, up, netns
     Example:
       vhostsplice tap create vm1net0 --owner qemu --mtu 9000 --bridge br0
     """
-    from . import tapctl
+    from .host import tapctl
     tapctl.enter_netns(netns)
     spec = tapctl.TapSpec(name=name, multi_queue=multi_queue, vnet_hdr=vnet_hdr, owner=owner, group=group,
                           mtu=mtu, bridge=bridge, up=up)
@@ -514,7 +514,7 @@ def tap_create(name, multi_queue, vnet_hdr, owner, group, mtu, bridge, up, netns
 @_NETNS_OPTION
 def tap_delete(name, netns):
     """Delete tap NAME (ENODEV if absent, EINVAL if NAME is not a tap)."""
-    from . import tapctl
+    from .host import tapctl
     tapctl.enter_netns(netns)
     tapctl.delete(name)
     return 0
@@ -525,7 +525,7 @@ def tap_delete(name, netns):
 @_NETNS_OPTION
 def tap_show(name, netns):
     """Print tap NAME as JSON: flags, owner, queues attached, MTU, state, bridge."""
-    from . import tapctl
+    from .host import tapctl
     tapctl.enter_netns(netns)
     click.echo(json.dumps(tapctl.show(name), sort_keys=True))
     return 0
@@ -547,7 +547,7 @@ def tap_hold(name, netns):
     Example:
       vhostsplice tap hold vm1net0 &
     """
-    from . import tapctl
+    from .host import tapctl
     tapctl.enter_netns(netns)
     tapctl.hold(name, lambda text: click.echo(f"vhostsplice tap hold[{os.getpid()}]: {text}", err=True))
     return 0

@@ -387,7 +387,7 @@ def _signal_eventfd(fd: int) -> None:
 
 def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
     """Listen, serve one multi-queue front-end with a worker per pair; returns the exit code."""
-    from .hostfd import open_tap
+    from .host.hostfd import open_tap
     # create the tap (multi-queue) once, with the errors of `run`, and the header the workers will get
     probe = open_tap(config.tap, vnet_hdr_len=12 if config.offloads else 0)
     if config.offloads and not probe.vnet_hdr_len:

@@ -17,7 +17,7 @@ from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.hostfd import FakeHostFd
 from vhostsplice.worker import Worker, WorkerConfig
 
-APPLY = "vhostsplice/hostfd.py:apply"               # where every knob is turned from
+APPLY = "vhostsplice/host/hostfd.py:apply"          # where every knob is turned from
 ONE_PLACE = "vhostsplice/backend.py:_configure_host"   # where apply is called from
 CSUM = bit(F.NET_F_CSUM) | bit(F.NET_F_GUEST_CSUM)
 

@@ -13,7 +13,7 @@ import grp
 import socket
 from dataclasses import dataclass
 
-from .errors import ConfigError, SetupError, from_oserror
+from ..errors import ConfigError, SetupError, from_oserror
 from .hostfd import validate_ifname
 
 TUN_TYPES = {1: "tun", 2: "tap"}
@@ -207,7 +207,7 @@ def hold(name: str, report, interval: float = 0.1) -> None:
     queue only). report(text) is told each change. The stop signals are taken synchronously."""
     import ctypes
     import signal
-    from .errors import STOP_SIGNALS, signals_held
+    from ..errors import STOP_SIGNALS, signals_held
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     held: tuple[int, int] | None = None          # (queue fd or -1, ifindex)
     with signals_held(drain=True):

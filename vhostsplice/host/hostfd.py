@@ -15,7 +15,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, HostFdError, SetupError, from_oserror
+from ..errors import ConfigError, HostFdError, SetupError, from_oserror
 
 log = logging.getLogger("vhostsplice")
 
