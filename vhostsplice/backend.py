@@ -12,8 +12,8 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from . import protocol as P
-from .channel import close_fds
+from .vhostuser import protocol as P
+from .vhostuser.channel import close_fds
 from .datapath import packed_positions, ring_size_ok
 from .errors import ConfigError, FeatureError, ProtocolError
 from .host.hostfd import HostState

@@ -5,8 +5,8 @@ re-maps running rings onto it) and only then are the old mappings unmapped. `b` 
 """
 from __future__ import annotations
 
-from . import protocol as P
-from .channel import close_fds
+from .vhostuser import protocol as P
+from .vhostuser.channel import close_fds
 from .errors import GuestFaultError, ProtocolError
 from .memory import GuestMemory
 from .spec import MAX_MEM_SLOTS, ProtocolFeature as PF, bit

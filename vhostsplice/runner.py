@@ -16,7 +16,7 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from . import channel
+from .vhostuser import channel
 from .backend import BackendConfig
 from .placement import apply_placement
 from .errors import ConfigError, SetupError, VhostspliceError, errno_name, from_oserror

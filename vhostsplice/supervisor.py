@@ -29,8 +29,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import protocol as P
-from .channel import Channel, Listener, close_fd, close_fds
+from .vhostuser import protocol as P
+from .vhostuser.channel import Channel, Listener, close_fd, close_fds
 from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, FrontendGone, ProtocolError,
                      errno_name, release_stop_signals, restart_action)
 from .runner import Ownership

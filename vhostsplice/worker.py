@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from . import counters
 from . import datapath as dp
 from .backend import Backend, BackendConfig
-from .channel import Listener
+from .vhostuser.channel import Listener
 from .errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
                      from_oserror, release_stop_signals)
 from .sandbox import Facts, Sandbox

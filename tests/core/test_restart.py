@@ -11,7 +11,7 @@ import pytest
 
 from vhostsplice import statepage as S
 from vhostsplice.datapath import Datapath
-from vhostsplice.protocol import VringAddr
+from vhostsplice.vhostuser.protocol import VringAddr
 from vhostsplice.vring import RingState
 
 LAYOUTS = [False, True]     # split, packed

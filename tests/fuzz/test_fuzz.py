@@ -200,7 +200,7 @@ def test_the_protocol_oracle_catches_an_fd_leak(monkeypatch):
 
 
 def test_the_protocol_oracle_catches_an_undocumented_exception(monkeypatch):
-    from vhostsplice import protocol as P
+    from vhostsplice.vhostuser import protocol as P
 
     def broken(msg):
         raise KeyError("planted")

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend

@@ -368,7 +368,7 @@ def test_tap_queue_is_detached_while_the_frontend_disables_the_pair(worker):
     so the kernel steers no host flow to a queue no ring reads; enabling attaches it again. Seen with
     QEMU: without it, host flows hashed to a disabled pair's queue were lost."""
     from vhostsplice.host.hostfd import open_tap
-    from vhostsplice.protocol import Req, VringState, encode_vring_state
+    from vhostsplice.vhostuser.protocol import Req, VringState, encode_vring_state
 
     fe = start(worker)
     other = open_tap(TAP, create=False)          # a second queue of the same tap, read by the test

@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.backend import BASE_FEATURES, Backend, BackendConfig
-from vhostsplice.channel import Channel
+from vhostsplice.vhostuser.channel import Channel
 from vhostsplice.errors import FeatureError, ProtocolError
 from vhostsplice.spec import TUN_F_CSUM, TUN_F_TSO4, TUN_F_USO4, TUN_F_USO6, Feature as F, ProtocolFeature as PF, Req, \
     bit, mask

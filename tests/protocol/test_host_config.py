@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.backend import Backend, BackendConfig
-from vhostsplice.channel import Channel
+from vhostsplice.vhostuser.channel import Channel
 from vhostsplice.spec import TUN_F_CSUM, Feature as F, Req, bit, mask
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.hostfd import FakeHostFd

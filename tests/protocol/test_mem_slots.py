@@ -11,7 +11,7 @@ import pytest
 
 from protocol import test_hostile_frontend as hostile
 from protocol.test_hostile_frontend import GPA, MEM, UVA, eproto
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.backend import RUN_PROTOCOL_FEATURES
 from vhostsplice.datapath import lib
 from vhostsplice.errors import GuestFaultError

@@ -4,7 +4,7 @@ import pytest
 
 from vhostsplice.errors import ProtocolError
 from vhostsplice.memory import GuestMemory
-from vhostsplice.protocol import MemRegion, MemTable
+from vhostsplice.vhostuser.protocol import MemRegion, MemTable
 
 
 @pytest.fixture

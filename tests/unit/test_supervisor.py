@@ -2,7 +2,7 @@ import errno
 
 import pytest
 
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Req
 from vhostsplice.serve_device import ring_index, ring_payload
@@ -114,7 +114,7 @@ class _StandIn:
         import socket
         import subprocess
         import threading
-        from vhostsplice.channel import Channel
+        from vhostsplice.vhostuser.channel import Channel
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.pair = sup.pairs[k]
         self.pair.chan, self.pair.started = Channel(ours), True

@@ -12,9 +12,9 @@ import socket
 import stat
 import struct
 
-from .errors import ConfigError, FrontendGone, ProtocolError, SetupError, from_oserror
+from ..errors import ConfigError, FrontendGone, ProtocolError, SetupError, from_oserror
 from .protocol import HEADER, Message, decode_header, encode
-from .spec import MAX_FDS
+from ..spec import MAX_FDS
 
 RECV_TIMEOUT = 5.0   # a front-end that starts a message must finish it; a stalled one is a violation
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNABORTED)
