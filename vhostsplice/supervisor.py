@@ -40,7 +40,7 @@ from .counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
 from .spec import Req
-from .statepage import new_memfd
+from .device.statepage import new_memfd
 from .template import Template, WorkerSpec
 
 log = logging.getLogger("vhostsplice")

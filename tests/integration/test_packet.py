@@ -230,7 +230,7 @@ def test_inherited_packet_socket_is_detected(veth, tmp_path):
 def test_packet_vnet_header_switches_off_and_on(veth):
     """What the worker does after each SET_FEATURES: the bound socket's header goes off and on again
     (the kernel refuses this only once a PACKET_MMAP ring exists), and the core's header length follows."""
-    from vhostsplice import datapath as dp
+    from vhostsplice.device import datapath as dp
     from vhostsplice.errors import ConfigError
     from vhostsplice.host.hostfd import PACKET_VNET_HDR, SOL_PACKET
     from vhostsplice.host.hostfd_inspect import open_packet

@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from vhostsplice.vhostuser import protocol as P
-from vhostsplice.backend import BASE_FEATURES, Backend, BackendConfig
+from vhostsplice.device.backend import BASE_FEATURES, Backend, BackendConfig
 from vhostsplice.vhostuser.channel import Channel
 from vhostsplice.errors import FeatureError, ProtocolError
 from vhostsplice.spec import TUN_F_CSUM, TUN_F_TSO4, TUN_F_USO4, TUN_F_USO6, Feature as F, ProtocolFeature as PF, Req, \
@@ -268,7 +268,7 @@ def log_fd(size=4096):
 
 
 def test_run_and_serve_offer_log_all_and_log_shmfd():
-    from vhostsplice import backend as B
+    from vhostsplice.device import backend as B
     from vhostsplice import serve_device
     assert B.LOG_FEATURES == bit(F.VHOST_F_LOG_ALL) == 1 << 26
     assert B.RUN_PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
@@ -392,7 +392,7 @@ def expected_rarp(mac):
 
 
 def test_run_and_serve_offer_rarp(env):
-    from vhostsplice import backend as B
+    from vhostsplice.device import backend as B
     from vhostsplice import serve_device
     assert B.RUN_PROTOCOL_FEATURES & bit(PF.RARP)
     assert not B.PROTOCOL_FEATURES & bit(PF.RARP)

@@ -10,7 +10,7 @@ import pytest
 
 from vhostsplice.vhostuser import protocol as P
 from vhostsplice import serve_device
-from vhostsplice.backend import Backend, BackendConfig, offered_features
+from vhostsplice.device.backend import Backend, BackendConfig, offered_features
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Feature as F, Req, bit
 from vhostsplice.supervisor import ServeConfig

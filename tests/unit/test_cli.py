@@ -89,7 +89,7 @@ def test_readme_names_every_feature_and_protocol_feature_the_worker_offers():
     """README "What it negotiates" drifts from backend's tables: every offered bit is named there."""
     import re
     from pathlib import Path
-    from vhostsplice import backend as B
+    from vhostsplice.device import backend as B
     from vhostsplice.spec import Feature, ProtocolFeature
     text = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
     words = set(re.findall(r"[A-Z][A-Z0-9_]+", text.split("### What it negotiates", 1)[1].split("\n## ", 1)[0]))

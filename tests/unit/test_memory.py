@@ -3,7 +3,7 @@ import os
 import pytest
 
 from vhostsplice.errors import ProtocolError
-from vhostsplice.memory import GuestMemory
+from vhostsplice.device.memory import GuestMemory
 from vhostsplice.vhostuser.protocol import MemRegion, MemTable
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .vhostuser.channel import close_fd
-from .vhostuser.protocol import VringAddr
+from ..vhostuser.channel import close_fd
+from ..vhostuser.protocol import VringAddr
 
 
 @dataclass
