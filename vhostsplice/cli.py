@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_TABLE, ConfigError, VhostspliceError, errno_name, signals_held
-from .placement import parse_cpus
+from .worker.placement import parse_cpus
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("vhostsplice")
@@ -224,7 +224,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     if not tap and host_fd is None and not packet:
         raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
     _check_stats(stats_file, stats_interval)
-    from .runner import run_worker
+    from .worker.runner import run_worker
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge,
@@ -237,7 +237,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
 
 def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):
     """The ownership options -> runner.Ownership; names are resolved now (an unknown one is EINVAL)."""
-    from . import runner
+    from .worker import runner
     sets_socket = socket_group is not None or _source("socket_mode") != click.core.ParameterSource.DEFAULT
     if sets_socket and socket_path is None:
         raise ConfigError("--socket-mode/--socket-group apply to --socket-path only")
@@ -300,7 +300,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 4 --cpus 2-5
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 2 --user qemu --allow-uid qemu
     """
-    from .counters import StatsOutput
+    from .worker.counters import StatsOutput
     from .supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll)] + \
@@ -461,7 +461,7 @@ def stats(files, interval):
     Example:
       vhostsplice stats /run/vhostsplice/*.stats.json --watch 2
     """
-    from .counters import watch
+    from .worker.counters import watch
     try:
         errors = watch(list(files), interval, lambda text: click.echo(text, nl=False))
     except KeyboardInterrupt:

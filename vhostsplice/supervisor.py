@@ -33,10 +33,10 @@ from .vhostuser import protocol as P
 from .vhostuser.channel import Channel, Listener, close_fd, close_fds
 from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, FrontendGone, ProtocolError,
                      errno_name, release_stop_signals, restart_action)
-from .runner import Ownership
+from .worker.runner import Ownership
 from .sandbox.audit import KillLog
 from .sandbox.serve import ServeFacts, confine_serve, name_process
-from .counters import StatsOutput, device_text, worker_name, write_atomically
+from .worker.counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
 from .spec import Req

@@ -171,7 +171,7 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
 
 def _warm() -> None:
     """What every worker imports, imported once here (then frozen out of the collector's way)."""
-    from . import runner, worker  # noqa: F401  (cli and click came with serve)
+    from .worker import loop, runner  # noqa: F401  (cli and click came with serve)
     from .sandbox import seccomp
     seccomp.library()
     gc.collect()

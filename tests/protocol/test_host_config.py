@@ -15,7 +15,7 @@ from vhostsplice.vhostuser.channel import Channel
 from vhostsplice.spec import TUN_F_CSUM, Feature as F, Req, bit, mask
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.hostfd import FakeHostFd
-from vhostsplice.worker import Worker, WorkerConfig
+from vhostsplice.worker.loop import Worker, WorkerConfig
 
 APPLY = "vhostsplice/host/hostfd.py:apply"                # where every knob is turned from
 ONE_PLACE = "vhostsplice/device/backend.py:_configure_host"  # where apply is called from

@@ -113,7 +113,7 @@ def test_serve_passes_no_packed_to_its_workers(monkeypatch, args, packed):
 
 
 def test_run_passes_no_packed_to_the_backend(monkeypatch):
-    from vhostsplice import runner
+    from vhostsplice.worker import runner
     seen = {}
     monkeypatch.setattr(runner, "run_worker", lambda **kw: seen.update(kw) or 0)
     assert main(["run", "--socket-path", "/tmp/x.sock", "--tap", "t", "--no-packed"]) == 0

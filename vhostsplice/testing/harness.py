@@ -13,7 +13,7 @@ import struct
 import subprocess
 import time
 
-from ..counters import read_stats
+from ..worker.counters import read_stats
 from ..selfexec import self_argv, self_env
 from ..spec import GSO_UDP_L4, HDR_F_NEEDS_CSUM
 
