@@ -301,7 +301,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 2 --user qemu --allow-uid qemu
     """
     from .worker.counters import StatsOutput
-    from .supervisor import ServeConfig, run_supervisor
+    from .serve.supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll)] + \
         ([] if offloads else ["--no-offloads"]) + ([] if packed else ["--no-packed"])

@@ -92,7 +92,7 @@ def test_protocol_corpus_replays_under_the_worker_sandbox():
 
     import confined
     from support.confined import unconfined
-    from vhostsplice.selfexec import self_env
+    from vhostsplice.serve.selfexec import self_env
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.settimeout(120)
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "confined.py"), str(theirs.fileno()),

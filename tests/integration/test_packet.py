@@ -14,7 +14,7 @@ import time
 import pytest
 
 from support.netns import entered_netns
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, bit, mask
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket, uso_frame, uso_header

@@ -15,7 +15,7 @@ import pytest
 from vhostsplice.host.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, quiet_tap, tap_socket
 
 from support.waiting import accept_queue, asleep_in_epoll, wait_for

@@ -22,7 +22,7 @@ import pytest
 from support.guest import read_events
 from support.waiting import wait_for
 from vhostsplice.vhostuser import protocol as P
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.spec import MAX_MEM_SLOTS, ProtocolFeature as PF, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_PROTOCOL, Frontend
 from vhostsplice.testing.harness import demo_frame, tap_socket

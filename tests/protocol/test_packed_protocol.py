@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 from vhostsplice.vhostuser import protocol as P
-from vhostsplice import serve_device
+from vhostsplice.serve import serve_device
 from vhostsplice.device.backend import Backend, BackendConfig, offered_features
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Feature as F, Req, bit
-from vhostsplice.supervisor import ServeConfig
+from vhostsplice.serve.supervisor import ServeConfig
 from vhostsplice.testing.hostfd import FakeHostFd
 
 from .test_hostile_frontend import Env

@@ -104,7 +104,7 @@ def test_readme_names_every_feature_and_protocol_feature_the_worker_offers():
 @pytest.mark.parametrize("args,packed", [([], True), (["--no-packed"], False), (["--packed"], True)])
 def test_serve_passes_no_packed_to_its_workers(monkeypatch, args, packed):
     """serve's own offer (ServeConfig.packed) and its workers' (--no-packed) follow the one option."""
-    from vhostsplice import supervisor
+    from vhostsplice.serve import supervisor
     seen = {}
     monkeypatch.setattr(supervisor, "run_supervisor", lambda socket_path, config: seen.setdefault("c", config) and 0)
     assert main(["serve", "--socket-path", "/tmp/x.sock", "--tap", "t", *args]) == 0

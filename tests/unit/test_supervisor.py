@@ -5,8 +5,8 @@ import pytest
 from vhostsplice.vhostuser import protocol as P
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Req
-from vhostsplice.serve_device import ring_index, ring_payload
-from vhostsplice.supervisor import ServeConfig, Supervisor, spread_cpus
+from vhostsplice.serve.serve_device import ring_index, ring_payload
+from vhostsplice.serve.supervisor import ServeConfig, Supervisor, spread_cpus
 
 
 def test_pairs_spread_over_cpus_cycling():
@@ -198,7 +198,7 @@ def test_a_worker_gone_during_set_log_base_does_not_end_the_device():
 
 
 def test_a_worker_that_does_not_answer_is_killed_not_waited_for(monkeypatch):
-    from vhostsplice import supervisor as S
+    from vhostsplice.serve import supervisor as S
     monkeypatch.setattr(S, "WORKER_REPLY_TIMEOUT", 0.2)
     sup = _migrating_supervisor()
     silent = _StandIn(sup, 0, mode="silent")
