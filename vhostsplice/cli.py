@@ -360,12 +360,12 @@ def demo(frames, size):
     Creates a private network namespace with a tap, starts `vhostsplice run` on it, drives it with the
     built-in pure-Python front-end (guest -> tap and tap -> guest), prints what moved, and cleans up.
     """
-    from .demo import run_demo
+    from .tools.demo import run_demo
     return run_demo(frames=frames, size=size)
 
 
 def _drive_help() -> str:
-    from .drive import exit_table_text
+    from .tools.drive import exit_table_text
     return "drive's own exit codes:\n\n\b\n" + exit_table_text()
 
 
@@ -424,7 +424,7 @@ def drive(socket_path, connect, connect_timeout, features_text, queue_size, pack
       vhostsplice drive --socket-path /tmp/w.sock --send 3 --fault avail-idx-jump --fault-after 2
       vhostsplice drive --list-faults
     """
-    from . import drive as drv
+    from .tools import drive as drv
     from .testing import faults
     if list_faults:
         click.echo(drv.list_faults(as_json))
