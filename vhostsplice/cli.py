@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .errors import EXIT_TABLE, ConfigError, VhostspliceError, errno_name, signals_held
-from .placement import parse_cpus
+from .worker.placement import parse_cpus
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("vhostsplice")
@@ -224,7 +224,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
     if not tap and host_fd is None and not packet:
         raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
     _check_stats(stats_file, stats_interval)
-    from .runner import run_worker
+    from .worker.runner import run_worker
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
                       host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge,
@@ -237,7 +237,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
 
 def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):
     """The ownership options -> runner.Ownership; names are resolved now (an unknown one is EINVAL)."""
-    from . import runner
+    from .worker import runner
     sets_socket = socket_group is not None or _source("socket_mode") != click.core.ParameterSource.DEFAULT
     if sets_socket and socket_path is None:
         raise ConfigError("--socket-mode/--socket-group apply to --socket-path only")
@@ -300,8 +300,8 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 4 --cpus 2-5
       vhostsplice serve --socket-path /run/vm1/net.sock --tap vm1net --queues 2 --user qemu --allow-uid qemu
     """
-    from .counters import StatsOutput
-    from .supervisor import ServeConfig, run_supervisor
+    from .worker.counters import StatsOutput
+    from .serve.supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll)] + \
         ([] if offloads else ["--no-offloads"]) + ([] if packed else ["--no-packed"])
@@ -360,12 +360,12 @@ def demo(frames, size):
     Creates a private network namespace with a tap, starts `vhostsplice run` on it, drives it with the
     built-in pure-Python front-end (guest -> tap and tap -> guest), prints what moved, and cleans up.
     """
-    from .demo import run_demo
+    from .tools.demo import run_demo
     return run_demo(frames=frames, size=size)
 
 
 def _drive_help() -> str:
-    from .drive import exit_table_text
+    from .tools.drive import exit_table_text
     return "drive's own exit codes:\n\n\b\n" + exit_table_text()
 
 
@@ -424,7 +424,7 @@ def drive(socket_path, connect, connect_timeout, features_text, queue_size, pack
       vhostsplice drive --socket-path /tmp/w.sock --send 3 --fault avail-idx-jump --fault-after 2
       vhostsplice drive --list-faults
     """
-    from . import drive as drv
+    from .tools import drive as drv
     from .testing import faults
     if list_faults:
         click.echo(drv.list_faults(as_json))
@@ -461,7 +461,7 @@ def stats(files, interval):
     Example:
       vhostsplice stats /run/vhostsplice/*.stats.json --watch 2
     """
-    from .counters import watch
+    from .worker.counters import watch
     try:
         errors = watch(list(files), interval, lambda text: click.echo(text, nl=False))
     except KeyboardInterrupt:
@@ -501,7 +501,7 @@ def tap_create(name, multi_queue, vnet_hdr, owner, group, mtu, bridge, up, netns
     Example:
       vhostsplice tap create vm1net0 --owner qemu --mtu 9000 --bridge br0
     """
-    from . import tapctl
+    from .host import tapctl
     tapctl.enter_netns(netns)
     spec = tapctl.TapSpec(name=name, multi_queue=multi_queue, vnet_hdr=vnet_hdr, owner=owner, group=group,
                           mtu=mtu, bridge=bridge, up=up)
@@ -514,7 +514,7 @@ def tap_create(name, multi_queue, vnet_hdr, owner, group, mtu, bridge, up, netns
 @_NETNS_OPTION
 def tap_delete(name, netns):
     """Delete tap NAME (ENODEV if absent, EINVAL if NAME is not a tap)."""
-    from . import tapctl
+    from .host import tapctl
     tapctl.enter_netns(netns)
     tapctl.delete(name)
     return 0
@@ -525,7 +525,7 @@ def tap_delete(name, netns):
 @_NETNS_OPTION
 def tap_show(name, netns):
     """Print tap NAME as JSON: flags, owner, queues attached, MTU, state, bridge."""
-    from . import tapctl
+    from .host import tapctl
     tapctl.enter_netns(netns)
     click.echo(json.dumps(tapctl.show(name), sort_keys=True))
     return 0
@@ -547,7 +547,7 @@ def tap_hold(name, netns):
     Example:
       vhostsplice tap hold vm1net0 &
     """
-    from . import tapctl
+    from .host import tapctl
     tapctl.enter_netns(netns)
     tapctl.hold(name, lambda text: click.echo(f"vhostsplice tap hold[{os.getpid()}]: {text}", err=True))
     return 0

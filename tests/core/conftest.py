@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from vhostsplice.datapath import MORE, Datapath, drain_eventfd
+from vhostsplice.device.datapath import MORE, Datapath, drain_eventfd
 from vhostsplice.testing.virtq import NET_HDR_LEN, DriverQueue, GuestMemory
 from vhostsplice.testing.virtq_packed import PackedDriverQueue
 

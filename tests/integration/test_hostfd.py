@@ -11,15 +11,16 @@ import textwrap
 import pytest
 
 from vhostsplice.errors import ConfigError
-from vhostsplice.hostfd import (IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, open_tap,
-                                validate_ifname)
+from vhostsplice.host.hostfd import (IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, open_tap,
+                                     validate_ifname)
 
 TAP = "vst0"
 ETH_TEST = 0x88B5  # IEEE 802 "local experimental" ethertype: nothing else in the namespace uses it
 
 PRELUDE = textwrap.dedent("""
     import errno, json, os, select, socket, struct, sys, time
-    from vhostsplice import errors, hostfd, spec
+    from vhostsplice import errors, spec
+    from vhostsplice.host import hostfd
     def out(**kw):
         print(json.dumps(kw)); sys.stdout.flush()
     def err_of(fn, *a, **kw):

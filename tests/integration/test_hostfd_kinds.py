@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
@@ -359,7 +359,7 @@ def test_a_kick_and_the_get_vring_base_that_closes_its_fd_in_one_epoll_round_are
     import struct
 
     from support.waiting import wait_for
-    from vhostsplice import protocol as P
+    from vhostsplice.vhostuser import protocol as P
     from vhostsplice.spec import Req
     host, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     w = HostFdWorker(str(tmp_path), host.fileno())

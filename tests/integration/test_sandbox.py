@@ -17,7 +17,7 @@ from support.confined import status, unconfined
 from support.waiting import wait_for
 from vhostsplice.errors import SIGSYS_EXIT, errno_name
 from vhostsplice.sandbox import audit, kernel
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, tap_socket
 

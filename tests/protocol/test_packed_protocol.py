@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from vhostsplice import protocol as P, serve_device
-from vhostsplice.backend import Backend, BackendConfig, offered_features
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.serve import serve_device
+from vhostsplice.device.backend import Backend, BackendConfig, offered_features
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Feature as F, Req, bit
-from vhostsplice.supervisor import ServeConfig
+from vhostsplice.serve.supervisor import ServeConfig
 from vhostsplice.testing.hostfd import FakeHostFd
 
 from .test_hostile_frontend import Env
@@ -80,7 +81,7 @@ def get_base(env, index):
 def test_get_and_set_vring_base_round_trip(env):
     """A packed ring started from a 32-bit state (old front-end style: avail half only) reports the
     full state at GET_VRING_BASE, and a ring set up again from that state resumes there."""
-    from vhostsplice.channel import Channel
+    from vhostsplice.vhostuser.channel import Channel
     env.fe_channel = Channel(env.fe_sock)
     env.handle(Req.SET_FEATURES, P.encode_u64(PACKED))
     env.table()

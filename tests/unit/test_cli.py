@@ -89,7 +89,7 @@ def test_readme_names_every_feature_and_protocol_feature_the_worker_offers():
     """README "What it negotiates" drifts from backend's tables: every offered bit is named there."""
     import re
     from pathlib import Path
-    from vhostsplice import backend as B
+    from vhostsplice.device import backend as B
     from vhostsplice.spec import Feature, ProtocolFeature
     text = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
     words = set(re.findall(r"[A-Z][A-Z0-9_]+", text.split("### What it negotiates", 1)[1].split("\n## ", 1)[0]))
@@ -104,7 +104,7 @@ def test_readme_names_every_feature_and_protocol_feature_the_worker_offers():
 @pytest.mark.parametrize("args,packed", [([], True), (["--no-packed"], False), (["--packed"], True)])
 def test_serve_passes_no_packed_to_its_workers(monkeypatch, args, packed):
     """serve's own offer (ServeConfig.packed) and its workers' (--no-packed) follow the one option."""
-    from vhostsplice import supervisor
+    from vhostsplice.serve import supervisor
     seen = {}
     monkeypatch.setattr(supervisor, "run_supervisor", lambda socket_path, config: seen.setdefault("c", config) and 0)
     assert main(["serve", "--socket-path", "/tmp/x.sock", "--tap", "t", *args]) == 0
@@ -113,7 +113,7 @@ def test_serve_passes_no_packed_to_its_workers(monkeypatch, args, packed):
 
 
 def test_run_passes_no_packed_to_the_backend(monkeypatch):
-    from vhostsplice import runner
+    from vhostsplice.worker import runner
     seen = {}
     monkeypatch.setattr(runner, "run_worker", lambda **kw: seen.update(kw) or 0)
     assert main(["run", "--socket-path", "/tmp/x.sock", "--tap", "t", "--no-packed"]) == 0

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from vhostsplice import errors as E
-from vhostsplice.selfexec import self_argv, self_env
-from vhostsplice.supervisor import ServeConfig, Supervisor
+from vhostsplice.serve.selfexec import self_argv, self_env
+from vhostsplice.serve.supervisor import ServeConfig, Supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "contrib" / "systemd" / "vhostsplice@.service"
@@ -133,7 +133,7 @@ class _Chan:
 def _serve_with_one_pair(events: Path) -> Supervisor:
     """A Supervisor whose pair 0 'ran' a worker (no process, no front-end): enough for on_exit."""
     import select
-    from vhostsplice.supervisor import Pair
+    from vhostsplice.serve.supervisor import Pair
     sup = Supervisor.__new__(Supervisor)
     sup.config = ServeConfig(tap="t", queues=1, cpus=[])
     sup.pairs, sup.stopping, sup.roles = [Pair(0, None)], False, {}

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from unit.test_supervisor import _lazy_supervisor, _memfd
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import ProtocolFeature as PF, Req, bit
 

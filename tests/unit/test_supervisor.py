@@ -2,11 +2,11 @@ import errno
 
 import pytest
 
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Req
-from vhostsplice.serve_device import ring_index, ring_payload
-from vhostsplice.supervisor import ServeConfig, Supervisor, spread_cpus
+from vhostsplice.serve.serve_device import ring_index, ring_payload
+from vhostsplice.serve.supervisor import ServeConfig, Supervisor, spread_cpus
 
 
 def test_pairs_spread_over_cpus_cycling():
@@ -114,7 +114,7 @@ class _StandIn:
         import socket
         import subprocess
         import threading
-        from vhostsplice.channel import Channel
+        from vhostsplice.vhostuser.channel import Channel
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.pair = sup.pairs[k]
         self.pair.chan, self.pair.started = Channel(ours), True
@@ -198,7 +198,7 @@ def test_a_worker_gone_during_set_log_base_does_not_end_the_device():
 
 
 def test_a_worker_that_does_not_answer_is_killed_not_waited_for(monkeypatch):
-    from vhostsplice import supervisor as S
+    from vhostsplice.serve import supervisor as S
     monkeypatch.setattr(S, "WORKER_REPLY_TIMEOUT", 0.2)
     sup = _migrating_supervisor()
     silent = _StandIn(sup, 0, mode="silent")
@@ -223,7 +223,7 @@ def test_reset_owner_forgets_the_log_and_the_features():
 
 
 def test_serve_offers_offloads_only_when_its_workers_do():
-    from vhostsplice.backend import OFFLOAD_FEATURES
+    from vhostsplice.device.backend import OFFLOAD_FEATURES
     sup = _migrating_supervisor()
     assert sup.offered() & OFFLOAD_FEATURES == OFFLOAD_FEATURES
     sup.config.offloads = False

@@ -16,7 +16,7 @@ import stat
 import struct
 from typing import Callable
 
-from .errors import ConfigError, from_oserror
+from ..errors import ConfigError, from_oserror
 from .hostfd import (_IFREQ, DEFAULT_MTU, ETH_P_ALL, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, NET_HDR_V1_LEN,
                      PACKET_IGNORE_OUTGOING, PACKET_VNET_HDR, PACKET_VNET_HDR_SZ, SOL_PACKET, TUN_KINDS, TUN_MISC,
                      TUNGETIFF, TUNGETVNETHDRSZ, VNET_HDR_LENS, HostFd, _link_mtu, _sockopt, errno_text,

@@ -6,24 +6,10 @@ enabled as soon as it starts; with them it waits for SET_VRING_ENABLE 1).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from .protocol import VringAddr
-
-
-def close_fd(fd: int | None) -> None:
-    if fd is not None and fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def close_fds(fds) -> None:
-    """Close every fd of a message (or any iterable of fds); errors are ignored, as for close_fd."""
-    for fd in fds:
-        close_fd(fd)
+from ..vhostuser.channel import close_fd
+from ..vhostuser.protocol import VringAddr
 
 
 @dataclass

@@ -5,11 +5,11 @@ re-maps running rings onto it) and only then are the old mappings unmapped. `b` 
 """
 from __future__ import annotations
 
-from . import protocol as P
-from .errors import GuestFaultError, ProtocolError
+from ..vhostuser import protocol as P
+from ..vhostuser.channel import close_fds
+from ..errors import GuestFaultError, ProtocolError
 from .memory import GuestMemory
-from .spec import MAX_MEM_SLOTS, ProtocolFeature as PF, bit
-from .vring import close_fds
+from ..spec import MAX_MEM_SLOTS, ProtocolFeature as PF, bit
 
 
 def set_mem_table_exec(b, msg: P.Message) -> None:

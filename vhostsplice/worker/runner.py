@@ -16,16 +16,16 @@ import os
 import pwd
 from dataclasses import dataclass
 
-from . import channel
-from .backend import BackendConfig
+from ..vhostuser import channel
+from ..device.backend import BackendConfig
 from .placement import apply_placement
-from .errors import ConfigError, SetupError, VhostspliceError, errno_name, from_oserror
-from .hostfd import open_tap
-from .hostfd_inspect import inspect_fd, open_packet
-from .offloads import probe_uso
-from .sandbox import Sandbox
-from .statepage import StatePage, open_state
-from .worker import Worker, WorkerConfig
+from ..errors import ConfigError, SetupError, VhostspliceError, errno_name, from_oserror
+from ..host.hostfd import open_tap
+from ..host.hostfd_inspect import inspect_fd, open_packet
+from ..host.offloads import probe_uso
+from ..sandbox import Sandbox
+from ..device.statepage import StatePage, open_state
+from .loop import Worker, WorkerConfig
 
 log = logging.getLogger("vhostsplice")
 

@@ -13,9 +13,9 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .errors import ProtocolError
-from .protocol import LogArea, MemRegion, MemTable
-from .spec import LOG_PAGE, MAX_LOG_SIZE, MAX_MEM_SLOTS
+from ..errors import ProtocolError
+from ..vhostuser.protocol import LogArea, MemRegion, MemTable
+from ..spec import LOG_PAGE, MAX_LOG_SIZE, MAX_MEM_SLOTS
 
 U64_MAX = (1 << 64) - 1
 

@@ -14,13 +14,12 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from . import protocol as P
-from .backend import RUN_PROTOCOL_FEATURES, offered_features
-from .channel import Channel
-from .errors import Backoff, ProtocolError
-from .memory import DirtyLog, check_table
-from .spec import MAX_MEM_SLOTS, Feature as F, ProtocolFeature as PF, Req, bit
-from .vring import close_fd, close_fds
+from ..vhostuser import protocol as P
+from ..device.backend import RUN_PROTOCOL_FEATURES, offered_features
+from ..vhostuser.channel import Channel, close_fd, close_fds
+from ..errors import Backoff, ProtocolError
+from ..device.memory import DirtyLog, check_table
+from ..spec import MAX_MEM_SLOTS, Feature as F, ProtocolFeature as PF, Req, bit
 
 
 log = logging.getLogger("vhostsplice")

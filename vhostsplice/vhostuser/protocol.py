@@ -9,8 +9,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .errors import ProtocolError
-from .spec import FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, MAX_PAYLOAD, MAX_REGIONS, VERSION, \
+from ..errors import ProtocolError
+from ..spec import FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION_MASK, MAX_PAYLOAD, MAX_REGIONS, VERSION, \
     VRING_IDX_MASK, VRING_NOFD_MASK, Req
 
 HEADER = struct.Struct("<III")

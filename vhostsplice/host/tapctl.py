@@ -1,4 +1,4 @@
-"""`vhostsplice tap create|delete|show NAME`: persistent taps for workers, through pyroute2.
+"""`vhostsplice tap create|delete|show NAME`: persistent taps for workers, through pyroute2 (netlink.py).
 
 A tap made here outlives every queue fd (TUNSETPERSIST), is owned by a uid (so an unprivileged
 `run --tap NAME` may attach to it), and is set up in one go: MTU, bridge, link state, network
@@ -13,8 +13,9 @@ import grp
 import socket
 from dataclasses import dataclass
 
-from .errors import ConfigError, SetupError, from_oserror
+from ..errors import ConfigError, SetupError, from_oserror
 from .hostfd import validate_ifname
+from .netlink import IFF_UP, bridge_index, iproute, kernel_error, link_setup, netlink_errors, setns
 
 TUN_TYPES = {1: "tun", 2: "tap"}
 
@@ -31,16 +32,6 @@ class TapSpec:
     up: bool = True
 
 
-def _kernel_error(exc: BaseException, what: str) -> SetupError:
-    code = getattr(exc, "code", None) or getattr(exc, "errno", None) or errno.EIO
-    return SetupError(f"{what}: {os.strerror(code)} ({errno.errorcode.get(code, code)})", code)
-
-
-def _netlink_errors() -> tuple[type[BaseException], ...]:
-    from pyroute2 import NetlinkError
-    return (OSError, NetlinkError)
-
-
 def enter_netns(netns: str | None) -> None:
     """Move this process into network namespace NETNS (a name under /run/netns, or a path)."""
     if netns is None:
@@ -51,12 +42,9 @@ def enter_netns(netns: str | None) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise _kernel_error(exc, f"network namespace {netns} ({path})") from None
+        raise kernel_error(exc, f"network namespace {netns} ({path})") from None
     try:
-        from pyroute2.netns import setns
-        setns(fd)
-    except _netlink_errors() as exc:
-        raise _kernel_error(exc, f"setns {netns}") from None
+        setns(fd, netns)
     finally:
         os.close(fd)
 
@@ -78,57 +66,28 @@ def _resolve_id(value: str | None, kind: str) -> int | None:
         raise ConfigError(f"--{kind} {value!r}: no such {'user' if kind == 'owner' else 'group'}") from None
 
 
-def _ipr():
-    from pyroute2 import IPRoute
-    try:
-        return IPRoute()
-    except OSError as exc:
-        raise _kernel_error(exc, "netlink socket") from None
-
-
 def create(spec: TapSpec) -> dict:
     """Create persistent tap spec.name; returns what `show` says of it afterwards."""
     validate_ifname(spec.name)
     if spec.bridge is not None:
         validate_ifname(spec.bridge)
     uid, gid = _resolve_id(spec.owner, "owner"), _resolve_id(spec.group, "group")
-    with _ipr() as ipr:
+    with iproute() as ipr:
         if ipr.link_lookup(ifname=spec.name):
             raise SetupError(f"tap {spec.name}: an interface of that name exists", errno.EEXIST)
-        master = _bridge_index(ipr, spec.bridge)
+        master = bridge_index(ipr, spec.bridge)
         flags = {"no_pi": True, "vnet_hdr": spec.vnet_hdr, "multi_queue": spec.multi_queue}
         ids = {k: v for k, v in (("uid", uid), ("gid", gid)) if v is not None}
         try:
             ipr.link("add", ifname=spec.name, kind="tuntap", mode="tap", ifr=flags, **ids)
-        except _netlink_errors() as exc:
-            raise _kernel_error(exc, f"create tap {spec.name}") from None
+        except netlink_errors() as exc:
+            raise kernel_error(exc, f"create tap {spec.name}") from None
         try:
-            _configure(ipr, spec, master)
+            link_setup(ipr, spec.name, mtu=spec.mtu, master=master, up=spec.up)
         except BaseException:
             _quiet_delete(ipr, spec.name)
             raise
         return _describe(ipr, spec.name)
-
-
-def _bridge_index(ipr, bridge: str | None) -> int | None:
-    if bridge is None:
-        return None
-    found = ipr.link_lookup(ifname=bridge)
-    if not found:
-        raise SetupError(f"bridge {bridge}: no such interface", errno.ENODEV)
-    return found[0]
-
-
-def _configure(ipr, spec: TapSpec, master: int | None) -> None:
-    index = ipr.link_lookup(ifname=spec.name)[0]
-    steps = [("mtu", spec.mtu), ("master", master), ("state", "up" if spec.up else None)]
-    for key, value in steps:
-        if value is None:
-            continue
-        try:
-            ipr.link("set", index=index, **{key: value})
-        except _netlink_errors() as exc:
-            raise _kernel_error(exc, f"tap {spec.name}: set {key} {value}") from None
 
 
 def _quiet_delete(ipr, name: str) -> None:
@@ -136,7 +95,7 @@ def _quiet_delete(ipr, name: str) -> None:
         found = ipr.link_lookup(ifname=name)
         if found:
             ipr.link("del", index=found[0])
-    except _netlink_errors():
+    except netlink_errors():
         pass
 
 
@@ -170,7 +129,7 @@ def _describe(ipr, name: str) -> dict:
     master_name = ipr.get_links(master)[0].get_attr("IFLA_IFNAME") if master else None
     return {
         "name": name, "index": index, "mtu": link.get_attr("IFLA_MTU"),
-        "state": "up" if link["flags"] & 1 else "down", "address": link.get_attr("IFLA_ADDRESS"),
+        "state": "up" if link["flags"] & IFF_UP else "down", "address": link.get_attr("IFLA_ADDRESS"),
         "multi_queue": bool(tun.get("multi_queue")), "vnet_hdr": bool(tun.get("vnet_hdr")),
         "persist": bool(tun.get("persist")), "owner": tun.get("owner"), "group": tun.get("group"),
         "queues": tun.get("queues"), "bridge": master_name,
@@ -178,21 +137,21 @@ def _describe(ipr, name: str) -> dict:
 
 
 def show(name: str) -> dict:
-    with _ipr() as ipr:
+    with iproute() as ipr:
         try:
             return _describe(ipr, name)
-        except _netlink_errors() as exc:
-            raise _kernel_error(exc, f"show {name}") from None
+        except netlink_errors() as exc:
+            raise kernel_error(exc, f"show {name}") from None
 
 
 def delete(name: str) -> None:
     """Delete tap NAME (queues still attached lose it: their workers end with EBADFD)."""
-    with _ipr() as ipr:
+    with iproute() as ipr:
         index, _found = _tap_index(ipr, name)
         try:
             ipr.link("del", index=index)
-        except _netlink_errors() as exc:
-            raise _kernel_error(exc, f"delete tap {name}") from None
+        except netlink_errors() as exc:
+            raise kernel_error(exc, f"delete tap {name}") from None
 
 
 _PR_SET_PDEATHSIG = 1
@@ -207,7 +166,7 @@ def hold(name: str, report, interval: float = 0.1) -> None:
     queue only). report(text) is told each change. The stop signals are taken synchronously."""
     import ctypes
     import signal
-    from .errors import STOP_SIGNALS, signals_held
+    from ..errors import STOP_SIGNALS, signals_held
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     held: tuple[int, int] | None = None          # (queue fd or -1, ifindex)
     with signals_held(drain=True):

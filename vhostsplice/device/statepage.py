@@ -25,7 +25,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from .errors import ConfigError, SetupError, from_oserror
+from ..errors import ConfigError, SetupError, from_oserror
 
 log = logging.getLogger("vhostsplice")
 

@@ -12,10 +12,10 @@ import time
 
 import click
 
-from .errors import SetupError
-from .testing.frontend import Frontend
-from .testing.harness import WorkerProcess, collect, demo_frame, tap_socket
-from .testing.netns import PrivateNetns
+from ..errors import SetupError
+from ..testing.frontend import Frontend
+from ..testing.harness import WorkerProcess, collect, demo_frame, tap_socket
+from ..testing.netns import PrivateNetns
 
 TAP = "vsdemo0"
 

@@ -21,11 +21,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .errors import ConfigError, FrontendGone, VhostspliceError, errno_name
-from .spec import Feature as F, bit
-from .testing import faults as faults_mod
-from .testing.frontend import DEFAULT_FEATURES, Frontend, FrontendClosed, FrontendError
-from .testing.harness import demo_frame
+from ..errors import ConfigError, FrontendGone, VhostspliceError, errno_name
+from ..spec import Feature as F, bit
+from ..testing import faults as faults_mod
+from ..testing.frontend import DEFAULT_FEATURES, Frontend, FrontendClosed, FrontendError
+from ..testing.harness import demo_frame
 
 # drive's own exit codes (README "Scripted error handling"; `drive --help` prints them).
 DRIVE_EXITS: tuple[tuple[int, str, str], ...] = (

@@ -14,5 +14,5 @@ def self_argv() -> list[str]:
 
 
 def self_env() -> dict[str, str]:
-    home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    home = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # holds vhostsplice/
     return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (home, os.environ.get("PYTHONPATH")))))

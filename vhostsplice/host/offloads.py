@@ -8,9 +8,9 @@ import logging
 import os
 import re
 
-from .errors import ProtocolError
+from ..errors import ProtocolError
 from .hostfd import TUN_KINDS, TUNSETOFFLOAD, HostFd, errno_text
-from .spec import GUEST_OFFLOAD_TO_TUN, GUEST_USO_TO_TUN, OFFLOAD_REQUIRES, TUN_F_CSUM, bit, mask
+from ..spec import GUEST_OFFLOAD_TO_TUN, GUEST_USO_TO_TUN, OFFLOAD_REQUIRES, TUN_F_CSUM, bit, mask
 
 log = logging.getLogger("vhostsplice")
 USO_KERNEL = (6, 2)     # virtio_net_hdr GSO_UDP_L4 and TUN_F_USO4/6 (Linux commit 860b7f27b8f7 and its series)

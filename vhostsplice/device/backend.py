@@ -12,18 +12,19 @@ import stat
 from dataclasses import dataclass
 from typing import Callable
 
-from . import protocol as P
+from ..vhostuser import protocol as P
+from ..vhostuser.channel import close_fds
 from .datapath import packed_positions, ring_size_ok
-from .errors import ConfigError, FeatureError, ProtocolError
-from .hostfd import HostState
+from ..errors import ConfigError, FeatureError, ProtocolError
+from ..host.hostfd import HostState
 from .memory import DirtyLog, GuestMemory
 from .memory_requests import add_mem_reg_exec, get_max_mem_slots_exec, region_fds, rem_fds, rem_mem_reg_exec, \
     set_mem_table_exec
-from .offloads import check_dependencies, tun_offload
-from .spec import GUEST_GSO, GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, USO_OFFLOADS, \
+from ..host.offloads import check_dependencies, tun_offload
+from ..spec import GUEST_GSO, GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, USO_OFFLOADS, \
     VRING_F_LOG, Feature as F, ProtocolFeature as PF, Req, bit, mask
 from .statepage import StatePage
-from .vring import RingState, close_fds
+from .vring import RingState
 
 log = logging.getLogger("vhostsplice")
 

@@ -1,8 +1,8 @@
 """Host packet fds: the host side of a queue pair.
 
 Tap queues: we open /dev/net/tun ourselves (pyroute2 can create taps but cannot hand us the queue fd)
-and attach with TUNSETIFF; pyroute2 only does link set-up (MTU, up, bridge master). `HostFd` is what
-every kind of host fd becomes; inherited fds and AF_PACKET sockets are hostfd_inspect.py's.
+and attach with TUNSETIFF; pyroute2 only does link set-up (MTU, up, bridge master: netlink.py). `HostFd`
+is what every kind of host fd becomes; inherited fds and AF_PACKET sockets are hostfd_inspect.py's.
 Every kernel failure keeps its errno (errors.from_oserror); bad arguments are ConfigError (EINVAL).
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, HostFdError, SetupError, from_oserror
+from ..errors import ConfigError, HostFdError, SetupError, from_oserror
+from .netlink import IFF_UP, bridge_index, iproute, link_setup
 
 log = logging.getLogger("vhostsplice")
 
@@ -42,7 +43,6 @@ TUNSETQUEUE = _ioc(_IOC_WRITE, "T", 217, _INT)
 IFF_ATTACH_QUEUE = 0x0200
 IFF_DETACH_QUEUE = 0x0400
 
-IFF_UP = 0x0001       # net_device flags (struct ifinfomsg ifi_flags)
 IFF_TUN = 0x0001
 IFF_TAP = 0x0002
 IFF_MULTI_QUEUE = 0x0100
@@ -247,14 +247,14 @@ def open_tap(name: str, *, create: bool = True, mtu: int | None = None, bridge: 
     _validate_options(mtu, bridge, vnet_hdr_len)
     if mtu is None and bridge is None:
         return _open_tap_plain(raw, name, create=create, up=up, vnet_hdr_len=vnet_hdr_len)
-    with _iproute() as ipr:
+    with iproute() as ipr:
         existed = bool(ipr.link_lookup(ifname=name))
         if not existed and not create:
             raise SetupError(f"tap {name}: no such interface (and create=False)", errno.ENODEV)
-        master = _bridge_index(ipr, bridge)
+        master = bridge_index(ipr, bridge)
         fd, hdr_len = _attach_queue(raw, name, vnet_hdr_len)
         try:
-            actual_mtu = _link_setup(ipr, name, mtu=mtu, master=master, up=up)
+            actual_mtu = link_setup(ipr, name, mtu=mtu, master=master, up=up)
         except BaseException:
             os.close(fd)
             raise
@@ -399,53 +399,3 @@ def _link_mtu(name: str, via: int = -1) -> int | None:
     except (OSError, ConfigError):
         return None
     return _IFREQ_MTU.unpack(res)[1]
-
-
-# -- link set-up through pyroute2 ---------------------------------------------------------------
-
-def _iproute():
-    try:
-        from pyroute2 import IPRoute
-    except ImportError as exc:  # pragma: no cover - a packaging error, not a runtime one
-        raise SetupError(f"pyroute2 is required for tap link set-up: {exc}", errno.ENOPKG) from None
-    try:
-        return IPRoute()
-    except OSError as exc:
-        raise from_oserror(exc, "netlink socket") from None
-
-
-def _netlink_errors() -> tuple[type[BaseException], ...]:
-    from pyroute2 import NetlinkError  # not an OSError; carries the kernel errno in .code
-    return (OSError, NetlinkError)
-
-
-def _bridge_index(ipr, bridge: str | None) -> int | None:
-    if bridge is None:
-        return None
-    found = ipr.link_lookup(ifname=bridge)
-    if not found:
-        raise SetupError(f"bridge {bridge}: no such interface; create it first "
-                         f"(ip link add {bridge} type bridge)", errno.ENODEV)
-    return found[0]
-
-
-def _link_setup(ipr, name: str, *, mtu: int | None, master: int | None, up: bool) -> int:
-    """Apply MTU, master and up state to NAME; return the MTU the link now has. Only what differs is
-    changed: the owner of a tap made with `tap create --owner` attaches without CAP_NET_ADMIN."""
-    changes: dict = {}
-    try:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            raise SetupError(f"link set-up of {name}: the tap vanished", errno.ENODEV)
-        link = ipr.get_links(found[0])[0]
-        wanted = {"mtu": (mtu, link.get_attr("IFLA_MTU")), "master": (master, link.get_attr("IFLA_MASTER")),
-                  "state": ("up" if up else None, "up" if link["flags"] & IFF_UP else "down")}
-        changes = {k: want for k, (want, have) in wanted.items() if want is not None and want != have}
-        if changes:
-            ipr.link("set", index=found[0], **changes)
-            link = ipr.get_links(found[0])[0]
-        return int(link.get_attr("IFLA_MTU"))
-    except _netlink_errors() as exc:
-        code = getattr(exc, "code", None) or getattr(exc, "errno", None) or errno.EIO
-        raise SetupError(f"link set-up of {name} ({changes}): {os.strerror(code)} "
-                         f"({errno.errorcode.get(code, code)})", code) from None

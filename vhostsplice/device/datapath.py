@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno as _errno
 from typing import Any, Iterable
 
-from .errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
-from .spec import MAX_MEM_SLOTS, NET_HDR_LEN, RX_RING, TX_RING
+from ..errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
+from ..spec import MAX_MEM_SLOTS, NET_HDR_LEN, RX_RING, TX_RING
 
 _API_VERSION = 8  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
-    from ._vs_core import ffi, lib
+    from .._vs_core import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(f"vhostsplice._vs_core is missing or unloadable ({exc}); rebuild: pip install .") from exc
 

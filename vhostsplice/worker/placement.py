@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError, from_oserror
+from ..errors import ConfigError, from_oserror
 
 
 def parse_cpus(text: str) -> set[int]:

@@ -29,20 +29,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import protocol as P
-from .channel import Channel, Listener
-from .errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, FrontendGone, ProtocolError,
-                     errno_name, release_stop_signals, restart_action)
-from .runner import Ownership
-from .sandbox.audit import KillLog
-from .sandbox.serve import ServeFacts, confine_serve, name_process
-from .counters import StatsOutput, device_text, worker_name, write_atomically
+from ..vhostuser import protocol as P
+from ..vhostuser.channel import Channel, Listener, close_fd, close_fds
+from ..errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, FrontendGone, ProtocolError,
+                      errno_name, release_stop_signals, restart_action)
+from ..worker.runner import Ownership
+from ..sandbox.audit import KillLog
+from ..sandbox.serve import ServeFacts, confine_serve, name_process
+from ..worker.counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_env
 from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
-from .spec import Req
-from .statepage import new_memfd
+from ..spec import Req
+from ..device.statepage import new_memfd
 from .template import Template, WorkerSpec
-from .vring import close_fd, close_fds
 
 log = logging.getLogger("vhostsplice")
 WORKER_REPLY_TIMEOUT = 10.0       # seconds a worker may take to answer the supervisor
@@ -388,7 +387,7 @@ def _signal_eventfd(fd: int) -> None:
 
 def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
     """Listen, serve one multi-queue front-end with a worker per pair; returns the exit code."""
-    from .hostfd import open_tap
+    from ..host.hostfd import open_tap
     # create the tap (multi-queue) once, with the errors of `run`, and the header the workers will get
     probe = open_tap(config.tap, vnet_hdr_len=12 if config.offloads else 0)
     if config.offloads and not probe.vnet_hdr_len:

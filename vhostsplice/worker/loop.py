@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field
 
 from . import counters
-from . import datapath as dp
-from .backend import Backend, BackendConfig
-from .channel import Listener
-from .errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
-                     from_oserror, release_stop_signals)
-from .sandbox import Facts, Sandbox
-from .statepage import StatePage
+from ..device import datapath as dp
+from ..device.backend import Backend, BackendConfig
+from ..vhostuser.channel import Listener
+from ..errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
+                      from_oserror, release_stop_signals)
+from ..sandbox import Facts, Sandbox
+from ..device.statepage import StatePage
 
 log = logging.getLogger("vhostsplice")
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP

@@ -12,13 +12,26 @@ import socket
 import stat
 import struct
 
-from .errors import ConfigError, FrontendGone, ProtocolError, SetupError, from_oserror
+from ..errors import ConfigError, FrontendGone, ProtocolError, SetupError, from_oserror
 from .protocol import HEADER, Message, decode_header, encode
-from .spec import MAX_FDS
-from .vring import close_fds
+from ..spec import MAX_FDS
 
 RECV_TIMEOUT = 5.0   # a front-end that starts a message must finish it; a stalled one is a violation
 _GONE = (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN, errno.ECONNABORTED)
+
+
+def close_fd(fd: int | None) -> None:
+    if fd is not None and fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def close_fds(fds) -> None:
+    """Close every fd of a message (or any iterable of fds); errors are ignored, as for close_fd."""
+    for fd in fds:
+        close_fd(fd)
 
 
 class Channel:

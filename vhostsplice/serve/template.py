@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .sandbox.serve import name_process
+from ..sandbox.serve import name_process
 
 MAX_MESSAGE = 4096
 SIGNALS_ALLOWED = (signal.SIGTERM, signal.SIGKILL)
@@ -171,8 +171,8 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
 
 def _warm() -> None:
     """What every worker imports, imported once here (then frozen out of the collector's way)."""
-    from . import runner, worker  # noqa: F401  (cli and click came with serve)
-    from .sandbox import seccomp
+    from ..worker import loop, runner  # noqa: F401  (cli and click came with serve)
+    from ..sandbox import seccomp
     seccomp.library()
     gc.collect()
     gc.freeze()
