@@ -405,11 +405,12 @@ static uint32_t rx_slot_iov(struct vs_pair *p, struct rx_slots *s, uint32_t n, u
 }
 
 /* Take up to max chains for one batch, each holding rx_max: how many.  A faulty first chain is
- * completed (count 0); a faulty later one, or one that does not fit the iovecs left, starts the next
- * batch; a first chain smaller than rx_max sets *single (one frame the usual way).  *stop: -EBADMSG or
- * the fault policy's -EFAULT. */
+ * completed (count 0; with MRG_RXBUF the take goes on past it, as rx_collect does, and *skipped says so);
+ * a faulty later one, or one that does not fit the iovecs left, starts the next batch; a first chain
+ * smaller than rx_max sets *single (one frame the usual way).  *stop: -EBADMSG or the fault policy's
+ * -EFAULT.  Budgets and positions come out as one rx_single/rx_merge per frame leaves them. */
 static uint32_t rx_take_batch(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, struct rx_slots *s,
-                              uint32_t max, int *stop, int *single)
+                              uint32_t max, int *stop, int *single, int *skipped)
 {
     uint64_t want = p->rx_max > p->hdr_len ? p->rx_max : p->hdr_len;
     uint32_t n = 0, g = 0, h = 0;
@@ -421,11 +422,17 @@ static uint32_t rx_take_batch(struct vs_pair *p, struct vs_ring *r, struct rx_me
         }
         struct vs_walk *w = &s->w[n];
         *w = (struct vs_walk){ .iov = m->iov + g, .gpa = m->gpa + g, .max = VS_GUEST_IOV - g };
+        uint16_t before = vs_avail_pos(r);
         rc = vs_pop_chain(&p->mem, r, 1, w);
+        if (rc < 0 && (r->flags & VS_RF_MRG))
+            vs_avail_rewind(r, before); /* where a broken ring leaves the position, as rx_merge does */
         if (rc == 0 && w->len < p->hdr_len)
             rc = VS_CHAIN_SHORT;
         if (rc > 0 && n == 0) {
             *stop = vs_chain_fault(p, r, w->head, rc);
+            *skipped = *stop == 0 && (r->flags & VS_RF_MRG);
+            if (*skipped)
+                continue; /* rx_collect goes on past a faulty first chain within the same frame */
             break;
         }
         if (rc != 0 || w->len < want) {
@@ -536,14 +543,16 @@ static int rx_many(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, uin
 {
     struct rx_slots s;
     struct vs_uring *u = &p->uring;
-    int stop = 0, single = 0;
+    int stop = 0, single = 0, skipped = 0;
     int rc = vs_avail_pending(r);
     if (rc <= 0) {
         *done += 1;
         return rc < 0 ? rc : rx_starved(p, r, vs_avail_pos(r));
     }
-    uint32_t n = rx_take_batch(p, r, m, &s, room < u->rx_burst ? room : u->rx_burst, &stop, &single);
+    uint32_t n = rx_take_batch(p, r, m, &s, room < u->rx_burst ? room : u->rx_burst, &stop, &single, &skipped);
     *done += n ? n : 1;
+    if (n == 0 && stop == 0 && !single && skipped)
+        return rx_starved(p, r, vs_avail_pos(r)); /* faulty chains only, then none: as rx_merge */
     if (n == 0)
         return stop != 0 ? stop : single ? rx_one(p, r, m) : 0;
     rc = vs_uring_rw(u, 0, s.host, s.nhost, n, s.res);
