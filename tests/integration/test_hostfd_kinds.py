@@ -287,7 +287,10 @@ def test_inherited_tap_fd_carries_frames_both_ways(ns, tmp_path, flags, hdr_len,
         assert stats["rings"]["tx"]["packets"] == 20 and stats["rings"]["rx"]["packets"] == 20
         io = stats["host"].pop("io")              # the inherited tap in io_uring batches
         assert stats["host"] == {"kind": "tap", "name": TAP, "vnet_hdr_len": hdr_len or 0}
-        assert io["path"] == "io_uring" and io["tx_sqes"] == 20 and io["rx_sqes"] >= 20, io
+        assert io["path"] == "io_uring" and io["tx_sqes"] == 20, io
+        # RX batches need chains that hold the largest frame: with guest TSO (64 KiB) these 2 KiB ones
+        # are merged per frame instead, one readv each
+        assert io["rx_sqes"] == 0 if offloads else io["rx_sqes"] >= 20, io
     finally:
         w.kill()
 
