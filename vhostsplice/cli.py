@@ -129,7 +129,18 @@ def busy_poll_option(command):
         envvar="VHOSTSPLICE_BUSY_POLL",
         help="After a batch, keep polling the rings and the host fd for up to USEC microseconds before sleeping "
              "in epoll (like vhost_net's busyloop timeout and QEMU's tap poll-us): lower latency for a CPU kept "
-             "busy meanwhile (benchmarks/RESULTS.md); 0 sleeps at once.")(command)
+             "busy meanwhile (benchmarks/RESULTS.md); 0 sleeps at once.")(host_io_option(command))
+
+
+def host_io_option(command):
+    """--host-io, shared by `run` and `serve` (applied with --busy-poll)."""
+    return click.option(
+        "--host-io", "host_io", type=click.Choice(["auto", "plain"]), default="auto", show_default=True,
+        envvar="VHOSTSPLICE_HOST_IO",
+        help="How the host fd is read and written: auto, in batches through an io_uring restricted to readv/writev "
+             "of the host fd, made before the sandbox (one syscall per batch; docs/architecture.md), where the "
+             "kernel allows one, else one readv/writev per frame; plain: always one per frame. The stats' "
+             "host.io says which runs.")(command)
 
 
 @cli.command(context_settings=CONTEXT, epilog=_exit_table_help())
@@ -188,8 +199,8 @@ def busy_poll_option(command):
                    "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 @signals_held_until_the_loop
 def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched,
-        busy_poll, on_guest_error, offloads, packed, state_file, state_fd, stats_file, stats_format, stats_interval,
-        socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
+        busy_poll, host_io, on_guest_error, offloads, packed, state_file, state_fd, stats_file, stats_format,
+        stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -232,7 +243,7 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
                       fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed, stats_file=stats_file,
                       stats_format=stats_format, stats_interval=stats_interval,
                       ownership=ownership, sandbox=sandbox, busy_poll_us=busy_poll, state_file=state_file,
-                      state_fd=state_fd)
+                      state_fd=state_fd, host_io=host_io)
 
 
 def _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as):
@@ -276,7 +287,7 @@ def _source(param: str):
 @busy_poll_option
 @signals_held_until_the_loop
 def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offloads, packed, stats_file, stats_format,
-          stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, busy_poll):
+          stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, busy_poll, host_io):
     """Serve a multi-queue device: one `vhostsplice run --fd N` worker per queue pair.
 
     The supervisor terminates the vhost-user socket (features, MQ, GET_QUEUE_NUM, memory table) and hands
@@ -303,7 +314,8 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     from .worker.counters import StatsOutput
     from .serve.supervisor import ServeConfig, run_supervisor
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
-    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll)] + \
+    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll),
+                   "--host-io", host_io] + \
         ([] if offloads else ["--no-offloads"]) + ([] if packed else ["--no-packed"])
     ownership = _ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
     if run_as is not None:

@@ -94,7 +94,9 @@ def test_frames_both_ways_over_veth(make_worker, extra, features, hdr):
     assert code == 0, w.stderr
     # our own transmissions are not read back (PACKET_IGNORE_OUTGOING): RX saw only the 30 from the peer
     assert stats["rings"]["rx"]["packets"] == 30 and stats["rings"]["tx"]["packets"] == 30
+    io = stats["host"].pop("io")                     # the packet socket in io_uring batches
     assert stats["host"] == {"kind": "packet", "name": DEV, "vnet_hdr_len": hdr}
+    assert io["path"] == "io_uring" and io["tx_sqes"] >= 30 and io["rx_sqes"] >= 30, io
 
 
 def _csum16(data: bytes) -> int:

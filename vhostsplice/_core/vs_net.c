@@ -117,3 +117,13 @@ void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used)
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     s->seq++;
 }
+
+/* How many chains the next batch may take through the host fd's io_uring (at most `left`, the budget
+ * still open): 0 when the ring is off or the fd is a byte stream (one readv/writev per frame then). */
+uint32_t vs_batch_room(const struct vs_pair *p, uint32_t left)
+{
+    if (!p->uring.on || (p->host_flags & VS_HOST_STREAM))
+        return 0;
+    uint32_t room = p->uring.entries < VS_URING_BATCH ? p->uring.entries : VS_URING_BATCH;
+    return left < room ? left : room;
+}

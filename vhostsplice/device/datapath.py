@@ -9,12 +9,14 @@ call that runs one TX batch and one RX batch.  The ring functions take the memor
 from __future__ import annotations
 
 import errno as _errno
+import mmap
+import os
 from typing import Any, Iterable
 
 from ..errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
 from ..spec import MAX_MEM_SLOTS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 8  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 9  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from .._vs_core import ffi, lib
@@ -45,6 +47,7 @@ SCRATCH_LEN = 1 << 17     # more than any frame a host fd delivers (64 KiB GSO +
 STAGE_LEN = 4 + 69632     # a length prefix and the largest frame QEMU's -netdev stream sends (NET_BUFSIZE)
 RING_NAMES = {RX_RING: "rx", TX_RING: "tx"}
 HOST_HDR_LENS = (0, 10, NET_HDR_LEN)
+URING_FIELDS = ("enters", "tx_sqes", "rx_sqes", "rx_copies", "confirms", "tx_raced")
 _HOST_ERRNOS = {_errno.EBADFD, _errno.EIO, _errno.EPIPE}
 
 
@@ -130,6 +133,9 @@ class Datapath:
             r.call_fd = r.err_fd = -1
         self._chains: dict[int, Any] = {}   # packed rings: the chain-length tables the core writes
         self._log: Any = None               # from_buffer cdata of the dirty log the core writes into
+        p.uring.fd = -1
+        self._uring: tuple | None = None    # the io_uring's fd, its two mappings and their cdata
+        self.uring_why = "not asked for"    # why the host fd is read and written one frame per syscall
 
     # -- configuration ------------------------------------------------------------------------------
     def configure(self, *, mrg_rxbuf: bool, event_idx: bool, indirect: bool, rx_max: int,
@@ -199,8 +205,65 @@ class Datapath:
         mem = self._pair.mem
         return {"regions": int(mem.n), "bytes": sum(int(mem.r[i].size) for i in range(mem.n))}
 
+    # -- the host fd's io_uring (vs_uring.c) ---------------------------------------------------------
+    def enable_uring(self, entries: int = 32) -> str:
+        """Batch the host fd's reads and writes: one io_uring_enter per batch, on a ring that can only
+        readv/writev the host fd (docs/security.md).  Call before the worker confines itself.  Returns ''
+        when it is on, else why not (one readv/writev per frame stays: uring_why says so too)."""
+        p, u = self._pair, ffi.addressof(self._pair, "uring")
+        if p.host_flags & lib.VS_HOST_STREAM:
+            self.uring_why = "a byte stream"
+            return self.uring_why
+        fd = lib.vs_uring_setup(u, entries)
+        if fd < 0:
+            self.uring_why = f"io_uring_setup: {_errno.errorcode.get(-fd, -fd)}"
+            return self.uring_why
+        self._uring = (fd, [], [])
+        try:
+            for size, off in ((u.ring_len, 0), (u.sqes_len, lib.VS_URING_OFF_SQES)):
+                self._uring[1].append(mmap.mmap(fd, size, mmap.MAP_SHARED, offset=off))
+                self._uring[2].append(ffi.from_buffer(self._uring[1][-1]))
+            ring, sqes = self._uring[2]
+            rc = lib.vs_uring_attach(u, ring, len(ring), sqes, len(sqes)) or lib.vs_uring_restrict(u, p.host_fd)
+        except OSError as exc:
+            rc = -(exc.errno or _errno.EIO)
+        if rc < 0:
+            self.disable_uring()
+            self.uring_why = f"io_uring set-up: {_errno.errorcode.get(-rc, -rc)}"
+        else:
+            self.uring_why = ""
+        return self.uring_why
+
+    def disable_uring(self) -> None:
+        """Back to one readv/writev per frame; the ring is closed (its counters stay in host_io())."""
+        self._pair.uring.on = 0
+        if self._uring is None:
+            return
+        fd, maps, keep = self._uring
+        self._uring = None
+        self._release(keep)
+        for m in maps:
+            m.close()
+        os.close(fd)
+        self._pair.uring.fd = -1
+
+    @property
+    def uring_fd(self) -> int:
+        """The io_uring's fd while batches go through it, else -1 (the sandbox allows io_uring_enter on it)."""
+        return self._uring[0] if self._uring is not None else -1
+
+    def host_io(self) -> dict:
+        """How the host fd is read and written: io_uring batches or one readv/writev per frame (and why)."""
+        u = self._pair.uring
+        out: dict = {"path": "io_uring" if u.on else "readv/writev"}
+        if not u.on:
+            out["why"] = self.uring_why or f"turned off: {_errno.errorcode.get(-u.failed, u.failed)}"
+        out.update({f: int(getattr(u, f)) for f in URING_FIELDS})
+        return out
+
     def close(self) -> None:
         """Stop both rings and let go of every guest buffer and the log (so they can be unmapped)."""
+        self.disable_uring()
         for i in (RX_RING, TX_RING):
             self.stop_ring(i)
         self._pair.mem.n = 0

@@ -45,6 +45,7 @@ class WorkerConfig:
     stats_format: str = "json"                  # --stats-format: json or prometheus (counters.render)
     stats_interval: float | None = None         # --stats-interval: rewrite --stats-file this often (seconds)
     busy_poll_us: int = 0                       # --busy-poll: keep polling this long after a batch
+    host_io: str = "auto"                       # --host-io: auto (io_uring batches where they work) or plain
     state: StatePage = field(default_factory=lambda: StatePage(None))   # --state-file/--state-fd (statepage.py)
 
 
@@ -65,6 +66,8 @@ class Worker:
                                     refused_drop=hostfd.refused_drop, stream=hostfd.stream)
         if config.state.mm is not None:     # the C core records ring positions in it around each publish
             self.datapath.attach_state(config.state.mm)
+        if config.host_io == "auto":        # before confinement: the ring is set up and restricted now
+            self.datapath.enable_uring()
         self.ep = select.epoll()
         self.watched: dict[int, tuple[Role, int]] = {}    # fd -> (role, events)
         self.channel = None
@@ -142,7 +145,8 @@ class Worker:
         self._watch(rfd, ("signal", 0), IN)
         try:
             if self.config.sandbox is not None:
-                self.config.sandbox.confine(Facts(self.stats_dir_fd, getattr(self.door, "dir_fd", -1)))
+                self.config.sandbox.confine(Facts(self.stats_dir_fd, getattr(self.door, "dir_fd", -1),
+                                                  self.datapath.uring_fd))
             self._attach_door()
             self._loop()
         except VhostspliceError as exc:
@@ -375,7 +379,8 @@ class Worker:
             "busy_poll": {"usec": self.config.busy_poll_us, **self.busy},
             "refused": dict(self.refused),
             "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
-            "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.datapath.host_hdr_len},
+            "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.datapath.host_hdr_len,
+                     "io": self.datapath.host_io()},
         }
         if self.backend is not None:
             out["features"] = f"{self.backend.acked or 0:#x}"

@@ -165,7 +165,7 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
                stats_file, packed: bool = True, host_fd=None, packet=None, framing="none",
                ownership: Ownership = Ownership(), sandbox: str = "strict", stats_format: str = "json",
                stats_interval: float | None = None, busy_poll_us: int = 0, state_file: str | None = None,
-               state_fd: int | None = None) -> int:
+               state_fd: int | None = None, host_io: str = "auto") -> int:
     """Set up, serve until stopped, report the counters; returns the exit code. The worker confines
     itself (--sandbox, vhostsplice/sandbox) after all of this and before its first message."""
     confinement = Sandbox(sandbox)
@@ -190,7 +190,7 @@ def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, pla
         config = WorkerConfig(backend, stats_file, allow_uids=ownership.allow_uids,
                               sandbox=confinement if sandbox != "off" else None,
                               stats_format=stats_format, stats_interval=stats_interval, busy_poll_us=busy_poll_us,
-                              state=page)
+                              state=page, host_io=host_io)
         worker = Worker(door, hostfd, config)
         door = None           # the worker owns it now
         code = worker.run()
