@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from vhostsplice.datapath import RX_STARVED, TX_BLOCKED, Datapath
+from vhostsplice.device.datapath import RX_STARVED, TX_BLOCKED, Datapath
 from vhostsplice.errors import GuestFaultError, HostFdError
 
 IO_URING_SETUP = 425                 # the generic syscall table's number (x86_64, arm64)

@@ -14,11 +14,11 @@ import textwrap
 
 import pytest
 
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 
 CHILD = textwrap.dedent("""
     import ctypes, errno, json, os, socket, struct, sys
-    from vhostsplice.datapath import Datapath
+    from vhostsplice.device.datapath import Datapath
     from vhostsplice.sandbox import allowlist, seccomp
     ENTER, REGISTER, SETUP = 426, 427, 425            # the generic syscall table (x86_64, arm64)
     OP_READV, OP_OPENAT = 1, 18

@@ -127,7 +127,7 @@ struct vs_ring {
     uint8_t batch_writable;
 };
 
-/* The ring-position state page (vhostsplice/statepage.py: its layout, validation and use; docs/design-notes.md):
+/* The ring-position state page (vhostsplice/device/statepage.py: its layout, validation and use; docs/design-notes.md):
  * a shared mapping that outlives the worker.  Python writes the header and, when a ring starts, its slot
  * (ring addresses, num, live, the start positions); C writes only seq and the positions, around each
  * publish (vs_net_publish): next_* and seq odd before the release store, avail/used_pos and seq even after. */
@@ -192,7 +192,7 @@ struct vs_pair {
     uint8_t *rx_stage;
     uint32_t rx_stage_cap, rx_stage_len;
     struct vs_log log;           /* mem.log points here (Python sets it once) */
-    struct vs_ring_state *state; /* NULL, or the ring-position state page (vhostsplice/statepage.py) */
+    struct vs_ring_state *state; /* NULL, or the ring-position state page (vhostsplice/device/statepage.py) */
     struct vs_uring uring;       /* uring.on: the host fd's reads and writes go in batches through it */
 };
 

@@ -95,7 +95,7 @@ int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, in
  * killed between any two instructions: next_* and an odd seq before the release store, the positions
  * and an even seq after it.  A killed publish leaves seq odd, and the replacement decides from guest
  * memory (split: used->idx; packed: the flags of the first descriptor the batch wrote) which of the two
- * records the driver saw (vhostsplice/statepage.py).  The reader is a later process, so compiler
+ * records the driver saw (vhostsplice/device/statepage.py).  The reader is a later process, so compiler
  * barriers give the order; a few stores per batch, no syscall. */
 void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used)
 {
