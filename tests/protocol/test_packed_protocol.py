@@ -10,7 +10,8 @@ import pytest
 
 from vhostsplice.vhostuser import protocol as P
 from vhostsplice.serve import serve_device
-from vhostsplice.device.backend import Backend, BackendConfig, offered_features
+from vhostsplice.device.backend import Backend, BackendConfig
+from vhostsplice.device.features import offered_features
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Feature as F, Req, bit
 from vhostsplice.serve.supervisor import ServeConfig

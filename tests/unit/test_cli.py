@@ -89,15 +89,15 @@ def test_readme_names_every_feature_and_protocol_feature_the_worker_offers():
     """README "What it negotiates" drifts from backend's tables: every offered bit is named there."""
     import re
     from pathlib import Path
-    from vhostsplice.device import backend as B
+    from vhostsplice.device import features as offer
     from vhostsplice.spec import Feature, ProtocolFeature
     text = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
     words = set(re.findall(r"[A-Z][A-Z0-9_]+", text.split("### What it negotiates", 1)[1].split("\n## ", 1)[0]))
-    offered = B.offered_features(offloads=True, packed=True)
+    offered = offer.offered_features(offloads=True, packed=True)
     for f in (f for f in Feature if offered >> f & 1):
         spelled = {f.name, f.name.split("_F_", 1)[-1], "VIRTIO_" + f.name, f.name.removeprefix("F_")}
         assert spelled & words, f"README does not name the offered feature {f.name}"
-    for pf in (pf for pf in ProtocolFeature if B.RUN_PROTOCOL_FEATURES >> pf & 1):
+    for pf in (pf for pf in ProtocolFeature if offer.RUN_PROTOCOL_FEATURES >> pf & 1):
         assert pf.name in words, f"README does not name the offered protocol feature {pf.name}"
 
 

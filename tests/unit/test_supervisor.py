@@ -223,7 +223,7 @@ def test_reset_owner_forgets_the_log_and_the_features():
 
 
 def test_serve_offers_offloads_only_when_its_workers_do():
-    from vhostsplice.device.backend import OFFLOAD_FEATURES
+    from vhostsplice.device.features import OFFLOAD_FEATURES
     sup = _migrating_supervisor()
     assert sup.offered() & OFFLOAD_FEATURES == OFFLOAD_FEATURES
     sup.config.offloads = False

@@ -21,45 +21,15 @@ from .memory import DirtyLog, GuestMemory
 from .memory_requests import add_mem_reg_exec, get_max_mem_slots_exec, region_fds, rem_fds, rem_mem_reg_exec, \
     set_mem_table_exec
 from ..host.offloads import check_dependencies, tun_offload
-from ..spec import GUEST_GSO, GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, USO_OFFLOADS, \
-    VRING_F_LOG, Feature as F, ProtocolFeature as PF, Req, bit, mask
+from .features import OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES, offered_features
+from ..spec import GUEST_GSO, MAX_QUEUE_SIZE, NET_HDR_LEN, VRING_F_LOG, Feature as F, ProtocolFeature as PF, Req, bit, \
+    mask
 from .statepage import StatePage
 from .vring import RingState
 
 log = logging.getLogger("vhostsplice")
 
-BASE_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC, F.RING_F_EVENT_IDX,
-                     F.F_IN_ORDER, F.VHOST_USER_F_PROTOCOL_FEATURES)
-OFFLOAD_FEATURES = mask(*GUEST_OFFLOAD_TO_TUN, *HOST_OFFLOADS)
-USO_FEATURES = mask(*USO_OFFLOADS)      # only with the offloads, and only where the host fd takes UDP GSO
-PROTOCOL_FEATURES = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
-# Dirty logging for live migration (docs/migration.md), on top of the sets above. `serve` offers them
-# too: its supervisor hands SET_LOG_BASE to every worker and answers once (serve_device.py).
-LOG_FEATURES = bit(F.VHOST_F_LOG_ALL)
-# GUEST_ANNOUNCE: QEMU offers it to the guest only if the back-end does (it is in QEMU's vhost-net
-# user_feature_bits). A guest that acks it sends its own gratuitous ARP / unsolicited NA after a move
-# (through TX, like any frame; QEMU runs the control queue), which covers VLANs and IPv6; QEMU then sends
-# no SEND_RARP. Nothing in the data path changes.
-ANNOUNCE_FEATURES = bit(F.NET_F_GUEST_ANNOUNCE)
-LOG_PROTOCOL_FEATURES = bit(PF.LOG_SHMFD)
-# SEND_RARP: after a move the front-end asks the back-end to announce the guest's MAC (a guest without
-# GUEST_ANNOUNCE cannot); `run` writes the RARP to its host fd (`serve`: its first running worker).
-RARP_PROTOCOL_FEATURES = bit(PF.RARP)
-# CONFIGURE_MEM_SLOTS: memory hot-plug, one region at a time (ADD/REM_MEM_REG), up to MAX_MEM_SLOTS
-# regions; a front-end that acks it sends no SET_MEM_TABLE (QEMU). `serve` hands them to every worker.
-MEM_SLOTS_PROTOCOL_FEATURES = bit(PF.CONFIGURE_MEM_SLOTS)
-RUN_PROTOCOL_FEATURES = PROTOCOL_FEATURES | LOG_PROTOCOL_FEATURES | RARP_PROTOCOL_FEATURES | MEM_SLOTS_PROTOCOL_FEATURES
-# The packed virtqueue (virtio 1.2 2.8, the core's vs_packed.c); --no-packed leaves it out. IN_ORDER is
-# in BASE_FEATURES: the device completes every ring's chains in the order it takes them.
-PACKED_FEATURES = bit(F.F_RING_PACKED)
 GSO_MAX = 65550 + 4        # largest frame a tap hands over with guest TSO/UFO on (64 KiB + Ethernet + VLAN)
-
-
-def offered_features(*, offloads: bool, packed: bool, uso: bool = False) -> int:
-    """The one offered-features policy: `run`'s Backend offers it, `serve`'s device adds MQ to it (and
-    never USO: serve does not probe its taps)."""
-    return (BASE_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES | offload_features(offloads, uso)
-            | (PACKED_FEATURES if packed else 0))
 
 
 @dataclass
@@ -199,11 +169,6 @@ class Backend:
                                 indirect=self._acked(F.RING_F_INDIRECT_DESC), rx_max=rx_max,
                                 fault_exit=self.config.fault_exit, packed=self.packed,
                                 in_order=self._acked(F.F_IN_ORDER))
-
-
-def offload_features(offloads: bool, uso: bool) -> int:
-    """The offload bits offered: none with --no-offloads, USO only where the host fd takes it."""
-    return (OFFLOAD_FEATURES | (USO_FEATURES if uso else 0)) if offloads else 0
 
 
 def _fd(fd: int | None) -> int:

@@ -1,6 +1,6 @@
 """What the acked offload bits mean for the host fd: the TUNSETOFFLOAD flags they turn on, and the
 dependency rule a driver's set must keep (virtio 1.2 5.1.3.1). The tables are spec.py's; what is
-offered is backend.py's (offload_features). probe_uso: whether a host fd takes UDP GSO at all."""
+offered is device/features.py's (offload_features). probe_uso: whether a host fd takes UDP GSO at all."""
 from __future__ import annotations
 
 import fcntl

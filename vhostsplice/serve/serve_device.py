@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..vhostuser import protocol as P
-from ..device.backend import RUN_PROTOCOL_FEATURES, offered_features
+from ..device.features import RUN_PROTOCOL_FEATURES, offered_features
 from ..vhostuser.channel import Channel, close_fd, close_fds
 from ..errors import Backoff, ProtocolError
 from ..device.memory import DirtyLog, check_table
