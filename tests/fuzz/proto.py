@@ -40,9 +40,9 @@ class FdLeak(AssertionError):
 
 
 def feedback_files() -> list[str]:
-    from vhostsplice.device import backend, memory, memory_requests, vring
+    from vhostsplice.device import backend, memory, memory_requests, ring_requests, vring
     from vhostsplice.vhostuser import channel, protocol
-    return [m.__file__ for m in (backend, channel, memory, memory_requests, protocol, vring)]
+    return [m.__file__ for m in (backend, channel, memory, memory_requests, protocol, ring_requests, vring)]
 
 
 def open_fds() -> set[int]:
