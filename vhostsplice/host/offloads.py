@@ -9,7 +9,8 @@ import os
 import re
 
 from ..errors import ProtocolError
-from .hostfd import TUN_KINDS, TUNSETOFFLOAD, HostFd, errno_text
+from .hostfd import TUN_KINDS, HostFd, errno_text
+from .tun import TUNSETOFFLOAD
 from ..spec import GUEST_OFFLOAD_TO_TUN, GUEST_USO_TO_TUN, OFFLOAD_REQUIRES, TUN_F_CSUM, bit, mask
 
 log = logging.getLogger("vhostsplice")
