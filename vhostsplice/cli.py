@@ -437,7 +437,8 @@ def drive(socket_path, connect, connect_timeout, features_text, queue_size, pack
         raise ConfigError("--fault writes split rings: not with --packed")
     if fault is not None and fault not in faults.BY_NAME:
         raise ConfigError(f"--fault {fault!r}: unknown; known: {', '.join(faults.BY_NAME)}")
-    features = drv.parse_features(features_text) if features_text else drv.DEFAULT_FEATURES
+    from .tools.features import parse_features
+    features = parse_features(features_text) if features_text else drv.DEFAULT_FEATURES
     opts = drv.DriveOptions(socket_path=socket_path, listen=not connect, connect_timeout=connect_timeout,
                             features=features, packed=packed, queue_size=queue_size, send=send, size=size,
                             expect=expect, rx_buffers=rx_buffers, rx_buffer_size=rx_buffer_size, pcap=pcap, fault=fault,
