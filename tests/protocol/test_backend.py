@@ -293,10 +293,10 @@ def test_guest_announce_is_offered_and_accepted_by_run_and_serve(env):
     assert P.decode_u64(fe.recv()) & bit(F.NET_F_GUEST_ANNOUNCE) == 1 << 21
     send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1) | bit(F.NET_F_GUEST_ANNOUNCE)))
     assert backend.acked & bit(F.NET_F_GUEST_ANNOUNCE)
-    from types import SimpleNamespace
     from vhostsplice.serve.supervisor import ServeConfig
-    device = SimpleNamespace(config=ServeConfig(tap="t", queues=1, cpus=[]))
-    assert serve_device.DeviceRequests.offered(device) & bit(F.NET_F_GUEST_ANNOUNCE)     # what serve offers
+    config = ServeConfig(tap="t", queues=1, cpus=[])
+    assert serve_device.device_offered(offloads=config.offloads, packed=config.packed) \
+        & bit(F.NET_F_GUEST_ANNOUNCE)                                                     # what serve offers
 
 
 @pytest.mark.parametrize("reply_ack,need_reply", [(False, False), (True, False), (True, True), (False, True)])

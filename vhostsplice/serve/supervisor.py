@@ -3,8 +3,9 @@
 vhost-user carries every ring of a device over one socket. The supervisor answers the device-wide
 requests itself and forwards the rest to the worker of the pair they concern over a socketpair, as a
 front-end would: ring 2k+j of the device is ring j of worker k (`vhostsplice run --fd N`, forked by the
-template: template.py); which request
-goes where is serve_device.py's business, this module runs the workers and the loop. Everything a
+template: template.py). Which request goes where is the device's business (serve_device.py's
+ServeDevice, which this loop hands each message, and which reaches the workers through this module's
+start/send/reply: its WorkerSide); this module runs the workers and the loop. Everything a
 worker was told is kept (fds duplicated), so a worker that dies is replaced and told again; it resumes
 where its predecessor stopped from the pair's state page (a memfd serve holds, `run --state-fd`;
 statepage.py), not from the SET_VRING_BASE replayed to it. A pair's worker starts when the front-end first enables one
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..vhostuser import protocol as P
-from ..vhostuser.channel import Channel, Listener, close_fd, close_fds
+from ..vhostuser.channel import Channel, Listener, close_fds
 from ..errors import (CLEAN, GIVE_UP, RESTART, SIGSYS_EXIT, STOP_SIGNALS, FrontendGone, ProtocolError,
                       errno_name, release_stop_signals, restart_action)
 from ..worker.runner import Ownership
@@ -38,7 +39,8 @@ from ..sandbox.audit import KillLog
 from ..sandbox.serve import ServeFacts, confine_serve, name_process
 from ..worker.counters import StatsOutput, device_text, worker_name, write_atomically
 from .selfexec import self_env
-from .serve_device import DEVICE_ONLY, WORKER_PROTOCOL, DeviceRequests, Pair
+from .pairs import Pair
+from .serve_device import ServeDevice
 from ..spec import Req
 from ..device.statepage import new_memfd
 from .template import Template, WorkerSpec
@@ -68,16 +70,14 @@ def spread_cpus(cpus: list[int], queues: int) -> list[int | None]:
     return [cpus[k % len(cpus)] if cpus else None for k in range(queues)]
 
 
-class Supervisor(DeviceRequests):
+class Supervisor:
+    """serve's loop and its workers. The device (serve_device.ServeDevice) is handed each message from the
+    front-end, and reaches the workers through start, send, reply and pairs (its WorkerSide)."""
+
     def __init__(self, listener: Listener, config: ServeConfig):
         self.listener, self.config = listener, config
         self.pairs = [Pair(k, cpu) for k, cpu in enumerate(spread_cpus(config.cpus, config.queues))]
-        self.device: dict = {}                   # broadcast requests -> (payload, fds)
-        self.slot_users: dict = {}               # memory slots: region -> ADD_MEM_REG count (serve_device)
-        self.features = 0
-        self.protocol_acked = 0
-        self.status = 0
-        self.front: Channel | None = None
+        self.device = ServeDevice(self, queues=config.queues, offloads=config.offloads, packed=config.packed)
         self.ep = select.epoll()
         stats = config.stats
         self.next_stats = time.monotonic() + stats.interval if stats and stats.interval else None
@@ -99,7 +99,8 @@ class Supervisor(DeviceRequests):
         print(json.dumps(fields, sort_keys=True), file=self.events, flush=True)
 
     # -- workers ---------------------------------------------------------------------------------------
-    def start_worker(self, pair: Pair) -> None:
+    def start(self, pair: Pair) -> None:
+        """Fork the pair's worker and watch its exit (the device then tells it everything: replay)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pair.stats_file = os.path.join(self.rundir, f"pair{pair.index}.json")
         state = self.state_fds[pair.index]
@@ -115,7 +116,6 @@ class Supervisor(DeviceRequests):
         self._watch(pair.pidfd, "exit", pair.index)
         self.emit("start", pair=pair.index, pid=pair.proc.pid, cpu=pair.cpu, restarts=pair.restarts,
                   stats_file=pair.stats_file)       # SIGUSR1 rewrites it (a forked worker's cmdline is serve's)
-        self.replay(pair)
 
     def worker_spec(self) -> WorkerSpec:
         """The template's fixed recipe for this device's workers (template.WorkerSpec)."""
@@ -124,28 +124,7 @@ class Supervisor(DeviceRequests):
                           worker_args=tuple(self.config.worker_args), env=worker_env(),
                           stats_interval=stats.interval if stats and stats.interval else None)
 
-    def replay(self, pair: Pair) -> None:
-        """Tell a (new) worker everything the front-end has said that concerns it, in protocol order."""
-        for req in (Req.SET_OWNER,):
-            if req in self.device:
-                self.send_worker(pair, req, *self.device[req])
-        if self.protocol_acked & WORKER_PROTOCOL:
-            self.send_worker(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(self.protocol_acked & WORKER_PROTOCOL))
-        if self.features:
-            self.send_worker(pair, Req.SET_FEATURES, P.encode_u64(self.features & ~DEVICE_ONLY))
-        self.replay_memory(pair)          # SET_MEM_TABLE, then the regions added one at a time
-        if Req.SET_LOG_BASE in self.device:
-            self.send_worker(pair, Req.SET_LOG_BASE, *self.device[Req.SET_LOG_BASE])
-            self.worker_reply(pair, Req.SET_LOG_BASE)
-        order = (Req.SET_VRING_NUM, Req.SET_VRING_ADDR, Req.SET_VRING_BASE, Req.SET_VRING_CALL,
-                 Req.SET_VRING_ERR, Req.SET_VRING_KICK, Req.SET_VRING_ENABLE)
-        for j in (0, 1):
-            for req in order:
-                if (req, j) in pair.told:
-                    payload, fd = pair.told[(req, j)]
-                    self.send_worker(pair, req, payload, (fd,) if fd is not None else ())
-
-    def send_worker(self, pair: Pair, request: int, payload: bytes, fds=()) -> None:
+    def send(self, pair: Pair, request: int, payload: bytes, fds=()) -> None:
         if pair.chan is None:
             return
         try:
@@ -153,7 +132,7 @@ class Supervisor(DeviceRequests):
         except (FrontendGone, OSError):
             pass        # the worker died; its exit event restarts it and replays
 
-    def worker_reply(self, pair: Pair, request: int) -> P.Message | None:
+    def reply(self, pair: Pair, request: int) -> P.Message | None:
         """The worker's reply to `request` (workers speak only when asked); None if it went away. A worker
         that has not answered within WORKER_REPLY_TIMEOUT is wedged: it is killed (our child, by PID)
         and replaced like any worker that died, so one stuck pair cannot stall the device."""
@@ -270,10 +249,10 @@ class Supervisor(DeviceRequests):
                 if role == "listen":
                     self.on_listen()
                 elif role == "front":
-                    msg = self.front.recv()
+                    msg = self.device.front.recv()
                     if msg is None:
                         return self.front_left()
-                    self.handle(msg)
+                    self.device.handle(msg)
                 elif role == "exit":
                     self.on_exit(arg)
             self._restart_due()
@@ -294,7 +273,7 @@ class Supervisor(DeviceRequests):
         """The front-end closed the socket: each worker learns it the same way (its own channel closes)
         and ends by the exit-code contract, 0 if its rings were stopped (GET_VRING_BASE) or 104 if they
         ran; its exit event says which. Not restarted: the supervisor ends too, with 0 or 104 likewise."""
-        code = errno.ECONNRESET if self._rings_live() else 0
+        code = errno.ECONNRESET if self.device.rings_live() else 0
         self.stopping = True
         running = [p for p in self.pairs if p.chan is not None]
         for pair in running:
@@ -308,9 +287,6 @@ class Supervisor(DeviceRequests):
             self.on_exit(pair.index)
         return code
 
-    def _rings_live(self) -> bool:
-        return any((Req.SET_VRING_KICK, j) in p.told for p in self.pairs for j in (0, 1))
-
     def _next_restart_in(self) -> float:
         due = [p.next_start for p in self.pairs if p.chan is None and p.next_start != float("inf")]
         return max(0.0, min(due) - time.monotonic()) if due else -1
@@ -319,19 +295,19 @@ class Supervisor(DeviceRequests):
         now = time.monotonic()
         for pair in self.pairs:
             if pair.chan is None and pair.next_start <= now:
-                self.start_worker(pair)
+                self.device.start_worker(pair)
 
     def on_listen(self) -> None:
         chan = self.listener.accept()
         allowed = self.config.ownership.allow_uids
         pid, uid, _gid = chan.peer_cred()
-        why = "busy" if self.front is not None else (
+        why = "busy" if self.device.front is not None else (
             "peer_uid" if allowed is not None and uid not in allowed else "")
         if why:                     # one front-end per device, and only one --allow-uid admits
             self.emit("refused", reason=why, pid=pid, uid=uid)
             chan.close()
             return
-        self.front = chan
+        self.device.front = chan
         self._watch(chan.fileno(), "front")
 
     def shutdown(self) -> None:
@@ -347,15 +323,12 @@ class Supervisor(DeviceRequests):
                     pair.proc.kill()
                     pair.proc.wait()
                 self.on_exit(pair.index)
-            for _payload, fd in pair.told.values():
-                close_fd(fd)
+        self.device.close()
         if self.config.stats:
             self.write_stats()                              # the workers' final counters
-        for _payload, fds in self.device.values():
-            close_fds(fds)
         close_fds(self.state_fds.values())
-        if self.front is not None:
-            self.front.close()
+        if self.device.front is not None:
+            self.device.front.close()
         self.listener.close()
         self.ep.close()
         os.close(self.devnull)
