@@ -5,6 +5,7 @@ import pytest
 from vhostsplice.vhostuser import protocol as P
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Req
+from vhostsplice.serve.pairs import should_restart
 from vhostsplice.serve.serve_device import ServeDevice, ring_index, ring_payload
 from vhostsplice.serve.supervisor import ServeConfig, Supervisor, spread_cpus
 from vhostsplice.testing.workers import FakeWorkers
@@ -41,9 +42,7 @@ def test_ring_index_rejects_bad_sizes():
     ("always", 0, True), ("always", errno.ENOTSUP, False), ("never", errno.EIO, False),
 ])
 def test_restart_policy(policy, code, restart):
-    sup = Supervisor.__new__(Supervisor)
-    sup.config = ServeConfig(tap="t", queues=1, cpus=[], restart=policy)
-    assert sup._should_restart(code) is restart
+    assert should_restart(ServeConfig(tap="t", queues=1, cpus=[], restart=policy).restart, code) is restart
 
 
 class _Front:
@@ -142,7 +141,7 @@ class _StandIn:
 
 
 def _migrating_supervisor():
-    """A Supervisor (its device over the real worker side: the supervisor) with no template: the
+    """A Supervisor (its device over the real worker side, pairs.Workers) with no template: the
     stand-ins are its workers."""
     from vhostsplice.spec import ProtocolFeature as PF, bit
     sup = Supervisor(_Front(), ServeConfig(tap="t", queues=2, cpus=[]))
@@ -202,8 +201,8 @@ def test_a_worker_gone_during_set_log_base_does_not_end_the_device():
 
 
 def test_a_worker_that_does_not_answer_is_killed_not_waited_for(monkeypatch):
-    from vhostsplice.serve import supervisor as S
-    monkeypatch.setattr(S, "WORKER_REPLY_TIMEOUT", 0.2)
+    from vhostsplice.serve import pairs
+    monkeypatch.setattr(pairs, "WORKER_REPLY_TIMEOUT", 0.2)
     sup = _migrating_supervisor()
     silent = _StandIn(sup, 0, mode="silent")
     sup.device.barrier()

@@ -2,7 +2,7 @@
 
 `ServeDevice` is the device's state (features, protocol features, status, the requests kept for
 replacements, the memory table) and its answers; the supervisor (supervisor.py) hands it each message
-from the front-end, and it reaches the workers only through a `WorkerSide` (the supervisor: start a
+from the front-end, and it reaches the workers only through a `WorkerSide` (pairs.py's Workers: start a
 pair's worker, send to it, read its reply, the pair list). Device-wide requests (features, protocol
 features, GET_QUEUE_NUM, status, SET_LOG_FD) are answered here. SET_OWNER, RESET_OWNER, SET_MEM_TABLE
 and SET_FEATURES go to every worker and are kept for replacements; so do the memory slots' ADD_MEM_REG /
@@ -62,7 +62,7 @@ def ring_payload(request: int, payload: bytes, index: int) -> bytes:
 
 
 class WorkerSide(Protocol):
-    """What the device needs of the worker side: supervisor.Supervisor in serve, testing/workers.py's fake in tests."""
+    """What the device needs of the worker side: pairs.Workers in serve, testing/workers.py's fake in tests."""
 
     pairs: Sequence[Pair]
 
