@@ -365,7 +365,7 @@ def demo(frames, size):
 
 
 def _drive_help() -> str:
-    from .tools.drive import exit_table_text
+    from .tools.exits import exit_table_text     # the table alone: --help loads no driver
     return "drive's own exit codes:\n\n\b\n" + exit_table_text()
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from vhostsplice.cli import main
 from vhostsplice.device.datapath import BROKEN_REASONS, STAT_FIELDS, Datapath
-from vhostsplice.tools.drive import DRIVE_EXITS
+from vhostsplice.tools.exits import DRIVE_EXITS
 from vhostsplice.tools.features import FEATURE_NAMES, feature_names, parse_features
 from vhostsplice.tools.pcap import Pcap, read_pcap
 from vhostsplice.errors import EXIT_TABLE, ConfigError, GuestFaultError, GuestRingError
