@@ -54,7 +54,7 @@ class ServeConfig:
     offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
     packed: bool = True          # the workers offer RING_PACKED (not with --no-packed)
     stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
-    worker_entry: Callable[[list[str]], int] | None = None     # cli.main: what the template runs per worker
+    worker_entry: Callable[[list[str]], int] | None = None     # cli's main: what the template runs per worker
     sandbox: str = "strict"      # serve's own confinement (sandbox/serve.py) and, passed on, every worker's
 
 
