@@ -40,9 +40,9 @@ class FdLeak(AssertionError):
 
 
 def feedback_files() -> list[str]:
-    from vhostsplice.device import backend, memory, memory_requests, vring
+    from vhostsplice.device import backend, memory, memory_requests, ring_requests, vring
     from vhostsplice.vhostuser import channel, protocol
-    return [m.__file__ for m in (backend, channel, memory, memory_requests, protocol, vring)]
+    return [m.__file__ for m in (backend, channel, memory, memory_requests, protocol, ring_requests, vring)]
 
 
 def open_fds() -> set[int]:
@@ -157,7 +157,7 @@ class Session:
             value = self.backend.offered & self.u64() if s.below(3) else self.u64()
             return struct.pack("<Q", value), 0
         if req == Req.SET_PROTOCOL_FEATURES:
-            from vhostsplice.device.backend import RUN_PROTOCOL_FEATURES
+            from vhostsplice.device.features import RUN_PROTOCOL_FEATURES
             value = RUN_PROTOCOL_FEATURES & self.u64() if s.below(3) else self.u64()
             return struct.pack("<Q", value), 0
         if req == Req.SET_LOG_BASE:     # a log in the guest memfd (1 MiB) often fits; any u64 otherwise

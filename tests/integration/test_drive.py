@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vhostsplice.tools.drive import read_pcap
+from vhostsplice.tools.pcap import read_pcap
 from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing import faults
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket

@@ -234,7 +234,7 @@ def test_packet_vnet_header_switches_off_and_on(veth):
     (the kernel refuses this only once a PACKET_MMAP ring exists), and the core's header length follows."""
     from vhostsplice.device import datapath as dp
     from vhostsplice.errors import ConfigError
-    from vhostsplice.host.hostfd import PACKET_VNET_HDR, SOL_PACKET
+    from vhostsplice.host.tun import PACKET_VNET_HDR, SOL_PACKET
     from vhostsplice.host.hostfd_inspect import open_packet
     host = open_packet(DEV, vnet_hdr=True)
     try:

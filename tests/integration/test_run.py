@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from vhostsplice.host.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
+from vhostsplice.host.hostfd import open_tap
+from vhostsplice.host.tun import IFF_VNET_HDR, read_tap_info
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.serve.selfexec import self_argv, self_env

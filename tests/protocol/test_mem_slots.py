@@ -12,7 +12,7 @@ import pytest
 from protocol import test_hostile_frontend as hostile
 from protocol.test_hostile_frontend import GPA, MEM, UVA, eproto
 from vhostsplice.vhostuser import protocol as P
-from vhostsplice.device.backend import RUN_PROTOCOL_FEATURES
+from vhostsplice.device.features import RUN_PROTOCOL_FEATURES
 from vhostsplice.device.datapath import lib
 from vhostsplice.errors import GuestFaultError
 from vhostsplice.serve.serve_device import PROTOCOL_FEATURES as SERVE_PROTOCOL_FEATURES

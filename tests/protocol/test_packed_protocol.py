@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import errno
 import itertools
-from types import SimpleNamespace
 
 import pytest
 
 from vhostsplice.vhostuser import protocol as P
 from vhostsplice.serve import serve_device
-from vhostsplice.device.backend import Backend, BackendConfig, offered_features
+from vhostsplice.device.backend import Backend, BackendConfig
+from vhostsplice.device.features import offered_features
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Feature as F, Req, bit
 from vhostsplice.serve.supervisor import ServeConfig
@@ -33,8 +33,8 @@ def test_run_and_serve_offer_from_one_policy(offloads, packed):
     """run's Backend and serve's device offer the same bits (serve adds its device-only ones), and
     RING_PACKED exactly when not --no-packed."""
     run = Backend(None, None, FakeHostFd(), BackendConfig(offloads=offloads, packed=packed)).offered
-    device = SimpleNamespace(config=ServeConfig(tap="t", queues=1, cpus=[], offloads=offloads, packed=packed))
-    serve = serve_device.DeviceRequests.offered(device)
+    config = ServeConfig(tap="t", queues=1, cpus=[], offloads=offloads, packed=packed)
+    serve = serve_device.device_offered(offloads=config.offloads, packed=config.packed)
     assert run == offered_features(offloads=offloads, packed=packed)
     assert serve & ~serve_device.DEVICE_ONLY == run
     assert bool(run & bit(F.F_RING_PACKED)) == packed and run & bit(F.F_IN_ORDER)

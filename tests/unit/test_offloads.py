@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from vhostsplice.host import offloads
-from vhostsplice.device.backend import OFFLOAD_FEATURES, USO_FEATURES, offload_features
+from vhostsplice.device.features import OFFLOAD_FEATURES, USO_FEATURES, offload_features
 from vhostsplice.errors import ProtocolError
 from vhostsplice.host.hostfd import HostFd
 from vhostsplice.host.offloads import check_dependencies, probe_uso, tun_offload

@@ -31,7 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("serve", ("serve/",)),
     ("test kit", ("testing/",)),
     ("tools", ("tools/",)),
-    ("command line", ("cli", "__main__")),
+    ("command line", ("cli/", "__main__")),
 )
 COMPILED = {"_vs_core", "sandbox._seccomp_abi"}        # built at install: no source to read, no imports
 CORE_MODULE, CORE_USERS = "_vs_core", {"device.datapath"}   # the only Python that touches the C core

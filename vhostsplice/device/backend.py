@@ -8,58 +8,27 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from dataclasses import dataclass
 from typing import Callable
 
 from ..vhostuser import protocol as P
 from ..vhostuser.channel import close_fds
-from .datapath import packed_positions, ring_size_ok
 from ..errors import ConfigError, FeatureError, ProtocolError
 from ..host.hostfd import HostState
 from .memory import DirtyLog, GuestMemory
+from .ring_requests import enable_at_start, get_vring_base_exec, set_vring_addr_exec, set_vring_base_exec, \
+    set_vring_call_exec, set_vring_enable_exec, set_vring_err_exec, set_vring_kick_exec, set_vring_num_exec
 from .memory_requests import add_mem_reg_exec, get_max_mem_slots_exec, region_fds, rem_fds, rem_mem_reg_exec, \
     set_mem_table_exec
 from ..host.offloads import check_dependencies, tun_offload
-from ..spec import GUEST_GSO, GUEST_OFFLOAD_TO_TUN, HOST_OFFLOADS, MAX_QUEUE_SIZE, NET_HDR_LEN, USO_OFFLOADS, \
-    VRING_F_LOG, Feature as F, ProtocolFeature as PF, Req, bit, mask
+from .features import OFFLOAD_FEATURES, RUN_PROTOCOL_FEATURES, offered_features
+from ..spec import GUEST_GSO, NET_HDR_LEN, Feature as F, ProtocolFeature as PF, Req, bit, mask
 from .statepage import StatePage
 from .vring import RingState
 
 log = logging.getLogger("vhostsplice")
 
-BASE_FEATURES = mask(F.F_VERSION_1, F.NET_F_MRG_RXBUF, F.RING_F_INDIRECT_DESC, F.RING_F_EVENT_IDX,
-                     F.F_IN_ORDER, F.VHOST_USER_F_PROTOCOL_FEATURES)
-OFFLOAD_FEATURES = mask(*GUEST_OFFLOAD_TO_TUN, *HOST_OFFLOADS)
-USO_FEATURES = mask(*USO_OFFLOADS)      # only with the offloads, and only where the host fd takes UDP GSO
-PROTOCOL_FEATURES = mask(PF.MQ, PF.REPLY_ACK, PF.STATUS)
-# Dirty logging for live migration (docs/migration.md), on top of the sets above. `serve` offers them
-# too: its supervisor hands SET_LOG_BASE to every worker and answers once (serve_device.py).
-LOG_FEATURES = bit(F.VHOST_F_LOG_ALL)
-# GUEST_ANNOUNCE: QEMU offers it to the guest only if the back-end does (it is in QEMU's vhost-net
-# user_feature_bits). A guest that acks it sends its own gratuitous ARP / unsolicited NA after a move
-# (through TX, like any frame; QEMU runs the control queue), which covers VLANs and IPv6; QEMU then sends
-# no SEND_RARP. Nothing in the data path changes.
-ANNOUNCE_FEATURES = bit(F.NET_F_GUEST_ANNOUNCE)
-LOG_PROTOCOL_FEATURES = bit(PF.LOG_SHMFD)
-# SEND_RARP: after a move the front-end asks the back-end to announce the guest's MAC (a guest without
-# GUEST_ANNOUNCE cannot); `run` writes the RARP to its host fd (`serve`: its first running worker).
-RARP_PROTOCOL_FEATURES = bit(PF.RARP)
-# CONFIGURE_MEM_SLOTS: memory hot-plug, one region at a time (ADD/REM_MEM_REG), up to MAX_MEM_SLOTS
-# regions; a front-end that acks it sends no SET_MEM_TABLE (QEMU). `serve` hands them to every worker.
-MEM_SLOTS_PROTOCOL_FEATURES = bit(PF.CONFIGURE_MEM_SLOTS)
-RUN_PROTOCOL_FEATURES = PROTOCOL_FEATURES | LOG_PROTOCOL_FEATURES | RARP_PROTOCOL_FEATURES | MEM_SLOTS_PROTOCOL_FEATURES
-# The packed virtqueue (virtio 1.2 2.8, the core's vs_packed.c); --no-packed leaves it out. IN_ORDER is
-# in BASE_FEATURES: the device completes every ring's chains in the order it takes them.
-PACKED_FEATURES = bit(F.F_RING_PACKED)
 GSO_MAX = 65550 + 4        # largest frame a tap hands over with guest TSO/UFO on (64 KiB + Ethernet + VLAN)
-
-
-def offered_features(*, offloads: bool, packed: bool, uso: bool = False) -> int:
-    """The one offered-features policy: `run`'s Backend offers it, `serve`'s device adds MQ to it (and
-    never USO: serve does not probe its taps)."""
-    return (BASE_FEATURES | LOG_FEATURES | ANNOUNCE_FEATURES | offload_features(offloads, uso)
-            | (PACKED_FEATURES if packed else 0))
 
 
 @dataclass
@@ -201,15 +170,6 @@ class Backend:
                                 in_order=self._acked(F.F_IN_ORDER))
 
 
-def offload_features(offloads: bool, uso: bool) -> int:
-    """The offload bits offered: none with --no-offloads, USO only where the host fd takes it."""
-    return (OFFLOAD_FEATURES | (USO_FEATURES if uso else 0)) if offloads else 0
-
-
-def _fd(fd: int | None) -> int:
-    return -1 if fd is None else fd
-
-
 # -- handlers: one per request ----------------------------------------------------------------------------
 def get_features_exec(b: Backend, msg: P.Message) -> bytes:
     return P.encode_u64(b.offered)
@@ -236,7 +196,7 @@ def set_features_exec(b: Backend, msg: P.Message) -> None:
     else:
         b._configure_datapath()
     if not features & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
-        _enable_at_start(b, b.rings)
+        enable_at_start(b, b.rings)
     for ring in b.rings:
         b._maybe_start(ring)
 
@@ -266,139 +226,6 @@ def set_protocol_features_exec(b: Backend, msg: P.Message) -> None:
 
 def get_queue_num_exec(b: Backend, msg: P.Message) -> bytes:
     return P.encode_u64(1)
-
-
-def set_vring_num_exec(b: Backend, msg: P.Message) -> None:
-    state = P.decode_vring_state(msg)
-    ring = b._ring(state.index)
-    num = state.num     # virtio 1.2, 2.7: a power of 2, at most 32768 (0 would mean no ring at all); 2.8: packed any
-    if not ring_size_ok(num, b.packed):
-        rule = "in" if b.packed else "is not a power of 2 in"
-        raise ProtocolError(f"SET_VRING_NUM: ring {state.index} size {num} {rule} 1..{MAX_QUEUE_SIZE}")
-    b._stop(ring)
-    ring.num = num
-
-
-def set_vring_addr_exec(b: Backend, msg: P.Message) -> None:
-    addr = P.decode_vring_addr(msg)
-    ring = b._ring(addr.index)
-    if addr.flags & ~bit(VRING_F_LOG):
-        raise ProtocolError(f"SET_VRING_ADDR: ring {addr.index} has unknown flags {addr.flags:#x}")
-    if addr.desc % 16 or addr.avail % 2 or addr.used % 4:    # virtio 1.2, 2.7: the rings' alignment
-        raise ProtocolError(f"SET_VRING_ADDR: ring {addr.index} misaligned (desc {addr.desc:#x} needs 16,"
-                            f" avail {addr.avail:#x} 2, used {addr.used:#x} 4)")
-    log_used = bool(addr.flags & bit(VRING_F_LOG))
-    old = ring.addr
-    if ring.running and old is not None and (old.desc, old.used, old.avail) == (addr.desc, addr.used, addr.avail):
-        ring.addr = addr        # migration turns used-ring logging on or off: the ring keeps its position
-        b.datapath.set_ring_log(ring.index, log_used, addr.log)
-        return
-    b._stop(ring)
-    ring.addr = addr
-    b.datapath.set_ring_log(ring.index, log_used, addr.log)
-    b._maybe_start(ring)
-
-
-def set_vring_base_exec(b: Backend, msg: P.Message) -> None:
-    state = P.decode_vring_state(msg)
-    ring = b._ring(state.index)
-    if b.packed:        # bits 0-14 avail index, 15 its wrap counter, 16-30 used index, 31 its wrap counter
-        try:
-            packed_positions(state.num, ring.num or MAX_QUEUE_SIZE)
-        except ConfigError as exc:
-            raise ProtocolError(f"SET_VRING_BASE: ring {state.index}: {exc}") from None
-    elif state.num > 0xFFFF:
-        raise ProtocolError(f"SET_VRING_BASE: index {state.num} does not fit a split ring")
-    b._stop(ring)
-    ring.base = state.num
-
-
-def get_vring_base_exec(b: Backend, msg: P.Message) -> bytes:
-    state = P.decode_vring_state(msg)
-    ring = b._ring(state.index)
-    base = b._stop(ring)
-    b.state.retire(ring.index)      # the front-end has the positions now
-    ring.kicked = False
-    ring.replace_fd("kick_fd", None)
-    return P.encode_vring_state(P.VringState(ring.index, base))
-
-
-def _vring_file(b: Backend, msg: P.Message, attr: str) -> RingState:
-    vf = P.decode_vring_file(msg)
-    try:
-        ring = b._ring(vf.index)
-    except ProtocolError:
-        close_fds(msg.fds)
-        raise
-    ring.replace_fd(attr, None if vf.nofd else msg.fds[0])
-    return ring
-
-
-def set_vring_kick_exec(b: Backend, msg: P.Message) -> None:
-    ring = _vring_file(b, msg, "kick_fd")
-    b._stop(ring)
-    ring.kicked = True
-    if not (b.acked or 0) & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
-        _enable_at_start(b, [ring])
-    b._maybe_start(ring)
-
-
-def _enable_at_start(b: Backend, rings: list[RingState]) -> None:
-    """Without protocol features a ring is enabled as soon as it starts; a pair the front-end had
-    disabled (SET_VRING_ENABLE 0) counts as enabled again."""
-    for ring in rings:
-        ring.enabled = True
-    if b.pair_enabled is False:
-        b.pair_enabled = True
-
-
-def set_vring_call_exec(b: Backend, msg: P.Message) -> None:
-    """A new call fd for a running ring (a front-end reconnecting, or switching its interrupt) is
-    signalled once: used entries published before it came would otherwise wait, unannounced, for the
-    next batch (libvhost-user does the same against an I/O hang after a reconnect)."""
-    ring = _vring_file(b, msg, "call_fd")
-    if ring.running:
-        b.datapath.set_call_fd(ring.index, _fd(ring.call_fd))
-        _signal_once(ring)
-
-
-def _signal_once(ring: RingState) -> None:
-    """Write 1 to the ring's call fd if it is an eventfd (never block on a pipe or socket a hostile
-    front-end passed instead: those are left alone with a warning); a failing write is logged.
-    An eventfd is an anonymous inode: fstat shows no file type (a pipe, socket or file has one). fstat,
-    not /proc/self/fd: a confined worker has no file system (and no readlink). Another anonymous inode
-    (a timerfd, signalfd) refuses the write with EINVAL, which is logged."""
-    fd = ring.call_fd
-    if fd is None:
-        return
-    try:
-        if stat.S_IFMT(os.fstat(fd).st_mode) != 0:
-            log.warning("ring %d: the call fd is not an eventfd: not signalled", ring.index)
-            return
-        os.eventfd_write(fd, 1)
-    except OSError as exc:
-        log.warning("ring %d: signalling the new call fd failed: %s", ring.index, exc)
-
-
-def set_vring_err_exec(b: Backend, msg: P.Message) -> None:
-    ring = _vring_file(b, msg, "err_fd")
-    if ring.running:
-        b.datapath.set_err_fd(ring.index, _fd(ring.err_fd))
-
-
-def set_vring_enable_exec(b: Backend, msg: P.Message) -> None:
-    state = P.decode_vring_state(msg)
-    ring = b._ring(state.index)
-    if state.num not in (0, 1):
-        raise ProtocolError(f"SET_VRING_ENABLE: value {state.num} is neither 0 nor 1")
-    ring.enabled = bool(state.num)
-    pair = any(r.enabled for r in b.rings)
-    if pair or b.pair_enabled is not None:     # disabling a pair never enabled leaves its queue alone
-        b.pair_enabled = pair
-    if ring.enabled:
-        b._maybe_start(ring)
-    else:
-        b._stop(ring)
 
 
 def set_status_exec(b: Backend, msg: P.Message) -> None:

@@ -2,7 +2,8 @@
 
 Tap queues: we open /dev/net/tun ourselves (pyroute2 can create taps but cannot hand us the queue fd)
 and attach with TUNSETIFF; pyroute2 only does link set-up (MTU, up, bridge master: netlink.py). `HostFd`
-is what every kind of host fd becomes; inherited fds and AF_PACKET sockets are hostfd_inspect.py's.
+is what every kind of host fd becomes; inherited fds and AF_PACKET sockets are hostfd_inspect.py's; the
+kernel's numbers and the ioctl helpers are tun.py's.
 Every kernel failure keeps its errno (errors.from_oserror); bad arguments are ConfigError (EINVAL).
 """
 from __future__ import annotations
@@ -17,44 +18,15 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError, HostFdError, SetupError, from_oserror
 from .netlink import IFF_UP, bridge_index, iproute, link_setup
+from .tun import (IFF_ATTACH_QUEUE, IFF_DETACH_QUEUE, IFF_VNET_HDR, IFREQ, IFREQ_MTU, NET_HDR_V1_LEN, PACKET_VNET_HDR,
+                  PACKET_VNET_HDR_SZ, SIOCGIFFLAGS, SIOCGIFMTU, SIOCSIFFLAGS, SOL_PACKET, TAP_FLAGS, TUN_PATH,
+                  TUNSETIFF, TUNSETOFFLOAD, TUNSETQUEUE, TUNSETVNETHDRSZ, VNET_HDR_LENS, ifreq_ioctl, ioctl,
+                  link_mtu, read_tap_info, sockopt, validate_ifname)
 
 log = logging.getLogger("vhostsplice")
 
-TUN_PATH = "/dev/net/tun"
-IFNAMSIZ = 16
-
-
-def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
-    """asm-generic/ioctl.h encoding, as used on x86_64: dir:2 | size:14 | type:8 | nr:8."""
-    return (direction << 30) | (size << 16) | (ord(kind) << 8) | nr
-
-
-_IOC_WRITE, _IOC_READ = 1, 2
-_INT = 4  # sizeof(int) == sizeof(unsigned int) on x86_64
-
-# linux/if_tun.h
-TUNSETIFF = _ioc(_IOC_WRITE, "T", 202, _INT)
-TUNGETFEATURES = _ioc(_IOC_READ, "T", 207, _INT)
-TUNSETOFFLOAD = _ioc(_IOC_WRITE, "T", 208, _INT)
-TUNGETIFF = _ioc(_IOC_READ, "T", 210, _INT)
-TUNGETVNETHDRSZ = _ioc(_IOC_READ, "T", 215, _INT)
-TUNSETVNETHDRSZ = _ioc(_IOC_WRITE, "T", 216, _INT)
-TUNSETQUEUE = _ioc(_IOC_WRITE, "T", 217, _INT)
-IFF_ATTACH_QUEUE = 0x0200
-IFF_DETACH_QUEUE = 0x0400
-
-IFF_TUN = 0x0001
-IFF_TAP = 0x0002
-IFF_MULTI_QUEUE = 0x0100
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
-TAP_FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE
-
-VNET_HDR_LENS = (10, 12)  # virtio_net_hdr (legacy) and virtio_net_hdr_v1 / _mrg_rxbuf
-_IFREQ = struct.Struct("16sH22x")  # struct ifreq: ifr_name + ifr_flags, 40 bytes
-
-
 TUN_KINDS = ("tap", "macvtap")     # char devices that take TUNSETOFFLOAD
+DEFAULT_MTU = 1500                 # assumed where neither --mtu nor the interface says
 
 
 @dataclass(frozen=True)
@@ -176,9 +148,9 @@ class HostFd:
                     sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR_SZ, NET_HDR_V1_LEN)
                 else:
                     sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-                now = _sockopt(sock, SOL_PACKET, PACKET_VNET_HDR_SZ)
+                now = sockopt(sock, SOL_PACKET, PACKET_VNET_HDR_SZ)
                 if now is None:       # kernels before 6.2: only the on/off option
-                    now = 10 if _sockopt(sock, SOL_PACKET, PACKET_VNET_HDR) else 0
+                    now = 10 if sockopt(sock, SOL_PACKET, PACKET_VNET_HDR) else 0
             except OSError as exc:
                 raise from_oserror(exc, f"PACKET_VNET_HDR {int(on)} on {self.name}") from None
         if now != (self.vnet_hdr_len if on else 0):
@@ -194,7 +166,7 @@ class HostFd:
             return False
         flags = IFF_ATTACH_QUEUE if attached else IFF_DETACH_QUEUE
         try:
-            fcntl.ioctl(self.fd, TUNSETQUEUE, _IFREQ.pack(b"", flags))
+            fcntl.ioctl(self.fd, TUNSETQUEUE, IFREQ.pack(b"", flags))
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 return False            # not multi-queue, or already in that state
@@ -214,7 +186,7 @@ class HostFd:
         if code == 0 or (code == errno.ECONNREFUSED and self.refused_drop):
             return
         if code == errno.ENETDOWN and self.kind == "packet":
-            if _link_mtu(self.name, via=self.fd) is not None:
+            if link_mtu(self.name, via=self.fd) is not None:
                 return          # the link went down; frames are dropped until it is up again
             raise HostFdError(f"packet socket on {self.name}: the interface was deleted", errno.EBADFD)
         fatal = errno.EPIPE if code in (errno.ECONNREFUSED, errno.ECONNRESET, errno.ENOTCONN) else errno.EIO
@@ -226,18 +198,6 @@ class HostFd:
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
-
-
-def validate_ifname(name: str) -> bytes:
-    """The kernel's dev_valid_name rules, checked before any syscall: -> ConfigError (EINVAL)."""
-    if not isinstance(name, str):
-        raise ConfigError(f"interface name must be a string, not {type(name).__name__}")
-    raw = name.encode("utf-8", "surrogateescape")
-    bad = ("/" in name or ":" in name or any(c.isspace() for c in name)
-           or name in (".", "..") or "\0" in name)
-    if not 1 <= len(raw) < IFNAMSIZ or bad:
-        raise ConfigError(f"invalid interface name {name!r}: 1..15 bytes, no '/', ':' or whitespace")
-    return raw
 
 
 def open_tap(name: str, *, create: bool = True, mtu: int | None = None, bridge: str | None = None,
@@ -262,11 +222,6 @@ def open_tap(name: str, *, create: bool = True, mtu: int | None = None, bridge: 
                   created=not existed)
 
 
-# SIOCGIFFLAGS/SIOCSIFFLAGS (linux/sockios.h; SIOCGIFMTU is below): struct ifreq with ifr_flags / ifr_mtu.
-SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
-_IFREQ_MTU = struct.Struct("16si20x")
-
-
 def _open_tap_plain(raw: bytes, name: str, *, create: bool, up: bool, vnet_hdr_len: int) -> HostFd:
     """open_tap without --mtu or --bridge: link up and MTU through two ioctls, no netlink library.
 
@@ -284,22 +239,14 @@ def _open_tap_plain(raw: bytes, name: str, *, create: bool, up: bool, vnet_hdr_l
     try:
         # any socket answers SIOCGIF*/SIOCSIFFLAGS: a unix one, the only family serve's filter allows
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            flags = _IFREQ.unpack(_ifreq_ioctl(sock, SIOCGIFFLAGS, _IFREQ.pack(raw, 0), name))[1]
+            flags = IFREQ.unpack(ifreq_ioctl(sock, SIOCGIFFLAGS, IFREQ.pack(raw, 0), name))[1]
             if up and not flags & IFF_UP:
-                _ifreq_ioctl(sock, SIOCSIFFLAGS, _IFREQ.pack(raw, flags | IFF_UP), name)
-            actual_mtu = _IFREQ_MTU.unpack(_ifreq_ioctl(sock, SIOCGIFMTU, _IFREQ_MTU.pack(raw, 0), name))[1]
+                ifreq_ioctl(sock, SIOCSIFFLAGS, IFREQ.pack(raw, flags | IFF_UP), name)
+            actual_mtu = IFREQ_MTU.unpack(ifreq_ioctl(sock, SIOCGIFMTU, IFREQ_MTU.pack(raw, 0), name))[1]
     except BaseException:
         os.close(fd)
         raise
     return HostFd(fd=fd, kind="tap", name=name, vnet_hdr_len=hdr_len, mtu=actual_mtu, created=not existed)
-
-
-def _ifreq_ioctl(sock: socket.socket, request: int, arg: bytes, name: str) -> bytes:
-    try:
-        return fcntl.ioctl(sock, request, arg)
-    except OSError as exc:
-        what = {SIOCGIFFLAGS: "SIOCGIFFLAGS", SIOCSIFFLAGS: "set link up", SIOCGIFMTU: "SIOCGIFMTU"}[request]
-        raise from_oserror(exc, f"{what} on {name}") from None
 
 
 def _validate_options(mtu: int | None, bridge: str | None, vnet_hdr_len: int) -> None:
@@ -323,14 +270,14 @@ def _attach_queue(raw_name: bytes, name: str, vnet_hdr_len: int) -> tuple[int, i
     except OSError as exc:
         raise from_oserror(exc, f"open {TUN_PATH}") from None
     flags = TAP_FLAGS if vnet_hdr_len else TAP_FLAGS & ~IFF_VNET_HDR
-    steps = [(TUNSETIFF, _IFREQ.pack(raw_name, flags),
+    steps = [(TUNSETIFF, IFREQ.pack(raw_name, flags),
               f"TUNSETIFF {name} (tap, multi-queue{', vnet_hdr' if vnet_hdr_len else ''})")]
     if vnet_hdr_len:
         steps.append((TUNSETVNETHDRSZ, struct.pack("i", vnet_hdr_len), f"TUNSETVNETHDRSZ {vnet_hdr_len} on {name}"))
     steps.append((TUNSETOFFLOAD, 0, f"TUNSETOFFLOAD 0 on {name}"))
     try:
         for request, arg, what in steps:
-            _ioctl(fd, request, arg, what)
+            ioctl(fd, request, arg, what)
         actual = read_tap_info(fd)
     except BaseException:
         os.close(fd)
@@ -346,56 +293,6 @@ def _attach_queue(raw_name: bytes, name: str, vnet_hdr_len: int) -> tuple[int, i
     return fd, hdr_len
 
 
-def _ioctl(fd: int, request: int, arg: bytes | int, what: str) -> None:
-    try:
-        fcntl.ioctl(fd, request, arg)
-    except OSError as exc:
-        raise from_oserror(exc, what) from None
-
-
-def read_tap_info(fd: int) -> tuple[str, int, int]:
-    """(name, TUNGETIFF flags, TUNGETVNETHDRSZ) of an attached tun/tap fd."""
-    try:
-        raw_name, flags = _IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ.size)))
-        hdr_len = struct.unpack("i", fcntl.ioctl(fd, TUNGETVNETHDRSZ, bytes(4)))[0]
-    except OSError as exc:
-        raise from_oserror(exc, "TUNGETIFF/TUNGETVNETHDRSZ") from None
-    return raw_name.rstrip(b"\0").decode("utf-8", "surrogateescape"), flags, hdr_len
-
-
-# -- inherited fds: what is it? ---------------------------------------------------------------
-
-SOL_PACKET = 263
-PACKET_VNET_HDR, PACKET_IGNORE_OUTGOING, PACKET_VNET_HDR_SZ = 15, 23, 24     # linux/if_packet.h
-TUN_MISC = (10, 200)            # /dev/net/tun: misc major 10, minor 200; macvtap/ipvtap have their own
-DEFAULT_MTU = 1500
-SIOCGIFMTU = 0x8921
-ETH_P_ALL = 0x0003
-NET_HDR_V1_LEN = 12
-
-
 def errno_text(exc: OSError) -> str:
     code = exc.errno or errno.EIO
     return f"{os.strerror(code)}, {errno.errorcode.get(code, code)}"
-
-
-def _sockopt(sock: socket.socket, level: int, opt: int) -> int | None:
-    try:
-        return sock.getsockopt(level, opt)
-    except OSError:
-        return None
-
-
-def _link_mtu(name: str, via: int = -1) -> int | None:
-    """The MTU of interface NAME in this network namespace (SIOCGIFMTU), or None. `via`: a socket fd to
-    ask through (any socket answers SIOCGIF*): a confined worker may not make a new socket."""
-    try:
-        raw = validate_ifname(name)
-        if via >= 0:
-            res = fcntl.ioctl(via, SIOCGIFMTU, _IFREQ_MTU.pack(raw, 0))
-        else:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-                res = fcntl.ioctl(s.fileno(), SIOCGIFMTU, _IFREQ_MTU.pack(raw, 0))
-    except (OSError, ConfigError):
-        return None
-    return _IFREQ_MTU.unpack(res)[1]

@@ -17,10 +17,10 @@ import struct
 from typing import Callable
 
 from ..errors import ConfigError, from_oserror
-from .hostfd import (_IFREQ, DEFAULT_MTU, ETH_P_ALL, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, NET_HDR_V1_LEN,
-                     PACKET_IGNORE_OUTGOING, PACKET_VNET_HDR, PACKET_VNET_HDR_SZ, SOL_PACKET, TUN_KINDS, TUN_MISC,
-                     TUNGETIFF, TUNGETVNETHDRSZ, VNET_HDR_LENS, HostFd, _link_mtu, _sockopt, errno_text,
-                     validate_ifname)
+from .hostfd import DEFAULT_MTU, TUN_KINDS, HostFd, errno_text
+from .tun import (ETH_P_ALL, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, IFREQ, NET_HDR_V1_LEN, PACKET_IGNORE_OUTGOING,
+                  PACKET_VNET_HDR, PACKET_VNET_HDR_SZ, SOL_PACKET, TUN_MISC, TUNGETIFF, TUNGETVNETHDRSZ, VNET_HDR_LENS,
+                  link_mtu, sockopt, validate_ifname)
 
 
 FRAMINGS = ("none", "qemu")
@@ -54,7 +54,7 @@ def inspect_fd(fd: int, *, mtu: int | None = None, control_fd: int | None = None
     if framing == "qemu" and not host.stream:
         raise ConfigError(f"--framing qemu applies to stream sockets; --host-fd {fd} is a {host.kind} fd")
     _set_nonblocking(fd)
-    host.mtu = mtu or (_link_mtu(host.name) if host.kind in (*TUN_KINDS, "packet") else None) or DEFAULT_MTU
+    host.mtu = mtu or (link_mtu(host.name) if host.kind in (*TUN_KINDS, "packet") else None) or DEFAULT_MTU
     return host
 
 
@@ -82,7 +82,7 @@ def _inspect_tun(fd: int, st: os.stat_result) -> HostFd:
     """A tun/tap or macvtap queue: TUNGETIFF says which interface and flags, TUNGETVNETHDRSZ the header."""
     is_tun = (os.major(st.st_rdev), os.minor(st.st_rdev)) == TUN_MISC
     try:
-        raw_name, flags = _IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(_IFREQ.size)))
+        raw_name, flags = IFREQ.unpack(fcntl.ioctl(fd, TUNGETIFF, bytes(IFREQ.size)))
     except OSError as exc:
         why = {errno.EBADFD: "a /dev/net/tun fd not attached to an interface (no TUNSETIFF yet)",
                errno.ENOLINK: "a macvtap queue whose interface is gone"}.get(
@@ -162,7 +162,7 @@ def _inspect_unix(fd: int, sock: socket.socket) -> HostFd:
 
 
 def _inspect_udp(fd: int, sock: socket.socket) -> HostFd:
-    if _sockopt(sock, socket.SOL_SOCKET, socket.SO_PROTOCOL) != socket.IPPROTO_UDP:
+    if sockopt(sock, socket.SOL_SOCKET, socket.SO_PROTOCOL) != socket.IPPROTO_UDP:
         raise ConfigError(f"--host-fd {fd}: {_sock_text(sock.family, sock.type)} is not UDP")
     peer = _peer(fd, sock, "UDP socket")
     return HostFd(fd=fd, kind="udp", name=peer, vnet_hdr_len=0, mtu=0, created=False,
@@ -180,8 +180,8 @@ def _inspect_packet(fd: int, sock: socket.socket) -> HostFd:
     except OSError as exc:
         raise from_oserror(exc, f"--host-fd {fd}: PACKET_IGNORE_OUTGOING") from None
     hdr_len = 0
-    if _sockopt(sock, SOL_PACKET, PACKET_VNET_HDR):
-        hdr_len = _sockopt(sock, SOL_PACKET, PACKET_VNET_HDR_SZ) or 10
+    if sockopt(sock, SOL_PACKET, PACKET_VNET_HDR):
+        hdr_len = sockopt(sock, SOL_PACKET, PACKET_VNET_HDR_SZ) or 10
     return HostFd(fd=fd, kind="packet", name=name, vnet_hdr_len=hdr_len, mtu=0, created=False)
 
 
@@ -203,7 +203,7 @@ def open_packet(name: str, *, vnet_hdr: bool, mtu: int | None = None) -> HostFd:
         raise
     fd = sock.detach()
     return HostFd(fd=fd, kind="packet", name=name, vnet_hdr_len=hdr_len, created=False,
-                  mtu=mtu or _link_mtu(name) or DEFAULT_MTU, vnet_hdr_switchable=hdr_len > 0)
+                  mtu=mtu or link_mtu(name) or DEFAULT_MTU, vnet_hdr_switchable=hdr_len > 0)
 
 
 def _packet_setup(sock: socket.socket, raw: bytes, name: str, vnet_hdr: bool) -> int:

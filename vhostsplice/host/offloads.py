@@ -1,6 +1,6 @@
 """What the acked offload bits mean for the host fd: the TUNSETOFFLOAD flags they turn on, and the
 dependency rule a driver's set must keep (virtio 1.2 5.1.3.1). The tables are spec.py's; what is
-offered is backend.py's (offload_features). probe_uso: whether a host fd takes UDP GSO at all."""
+offered is device/features.py's (offload_features). probe_uso: whether a host fd takes UDP GSO at all."""
 from __future__ import annotations
 
 import fcntl
@@ -9,7 +9,8 @@ import os
 import re
 
 from ..errors import ProtocolError
-from .hostfd import TUN_KINDS, TUNSETOFFLOAD, HostFd, errno_text
+from .hostfd import TUN_KINDS, HostFd, errno_text
+from .tun import TUNSETOFFLOAD
 from ..spec import GUEST_OFFLOAD_TO_TUN, GUEST_USO_TO_TUN, OFFLOAD_REQUIRES, TUN_F_CSUM, bit, mask
 
 log = logging.getLogger("vhostsplice")

@@ -14,7 +14,8 @@ import socket
 from dataclasses import dataclass
 
 from ..errors import ConfigError, SetupError, from_oserror
-from .hostfd import validate_ifname
+from .tun import (IFF_DETACH_QUEUE, IFF_VNET_HDR, IFREQ, TAP_FLAGS, TUN_PATH, TUNSETIFF, TUNSETQUEUE, ioctl,
+                  validate_ifname)
 from .netlink import IFF_UP, bridge_index, iproute, kernel_error, link_setup, netlink_errors, setns
 
 TUN_TYPES = {1: "tun", 2: "tap"}
@@ -202,7 +203,6 @@ def hold_queue(name: str, *, vnet_hdr: bool) -> int:
     attached or not, so the interface (index, addresses, MTU, qdisc, bridge, counters) outlives every
     worker while this fd is open. Nothing else is set on the tap (no TUNSETOFFLOAD: the offloads are the
     running worker's). vnet_hdr must be the tap's own flag (it is set by the first queue only)."""
-    from .hostfd import _IFREQ, IFF_DETACH_QUEUE, IFF_VNET_HDR, TAP_FLAGS, TUN_PATH, TUNSETIFF, TUNSETQUEUE, _ioctl
     raw = validate_ifname(name)
     flags = TAP_FLAGS if vnet_hdr else TAP_FLAGS & ~IFF_VNET_HDR
     try:
@@ -210,8 +210,8 @@ def hold_queue(name: str, *, vnet_hdr: bool) -> int:
     except OSError as exc:
         raise from_oserror(exc, f"open {TUN_PATH}") from None
     try:
-        _ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, flags), f"TUNSETIFF {name} (a queue to hold the tap)")
-        _ioctl(fd, TUNSETQUEUE, _IFREQ.pack(b"", IFF_DETACH_QUEUE), f"TUNSETQUEUE detach on {name}")
+        ioctl(fd, TUNSETIFF, IFREQ.pack(raw, flags), f"TUNSETIFF {name} (a queue to hold the tap)")
+        ioctl(fd, TUNSETQUEUE, IFREQ.pack(b"", IFF_DETACH_QUEUE), f"TUNSETQUEUE detach on {name}")
     except BaseException:
         os.close(fd)
         raise

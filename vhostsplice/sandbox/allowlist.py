@@ -14,7 +14,7 @@ import mmap
 from dataclasses import dataclass
 from typing import Callable
 
-from ..host.hostfd import SIOCGIFMTU, TUNSETOFFLOAD, TUNSETQUEUE
+from ..host.tun import SIOCGIFMTU, TUNSETOFFLOAD, TUNSETQUEUE
 from .seccomp import ACT_ALLOW, CMP_EQ, CMP_MASKED_EQ, CMP_NE, Cmp, Rule, act_errno
 
 TCGETS, FIONBIO, FIOCLEX = 0x5401, 0x5421, 0x5451

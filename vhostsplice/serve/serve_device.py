@@ -1,25 +1,30 @@
 """`vhostsplice serve`, the front-end's side: what the device answers itself, and where the rest goes.
 
-The supervisor (supervisor.py) owns the workers; this mixin owns the requests. Device-wide requests
-(features, protocol features, GET_QUEUE_NUM, status, SET_LOG_FD) are answered here. SET_OWNER,
-RESET_OWNER, SET_MEM_TABLE and SET_FEATURES go to every worker and are kept for replacements; so do the
-memory slots' ADD_MEM_REG / REM_MEM_REG (checked here as a worker would, the table kept as it stands). A ring
+`ServeDevice` is the device's state (features, protocol features, status, the requests kept for
+replacements, the memory table) and its answers; the supervisor (supervisor.py) hands it each message
+from the front-end, and it reaches the workers only through a `WorkerSide` (pairs.py's Workers: start a
+pair's worker, send to it, read its reply, the pair list). Device-wide requests (features, protocol
+features, GET_QUEUE_NUM, status, SET_LOG_FD) are answered here. SET_OWNER, RESET_OWNER, SET_MEM_TABLE
+and SET_FEATURES go to every worker and are kept for replacements; so do the memory slots' ADD_MEM_REG /
+REM_MEM_REG (checked here as a worker would, the table kept as it stands: device_memory.py). A ring
 request for device ring 2k+j goes to worker k as ring j, with the index rewritten. SET_LOG_BASE goes to
 every worker and is answered once all have it; SEND_RARP goes out through one worker. An ack
-(REPLY_ACK) for a forwarded request is sent only once every worker has applied it (`barrier`).
+(REPLY_ACK) for a forwarded request is sent only once every worker has applied it (`barrier`). A new
+worker is told everything that concerns it (`replay`) before any of its rings runs.
 """
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
 from ..vhostuser import protocol as P
-from ..device.backend import RUN_PROTOCOL_FEATURES, offered_features
+from ..device.features import RUN_PROTOCOL_FEATURES, offered_features
 from ..vhostuser.channel import Channel, close_fd, close_fds
-from ..errors import Backoff, ProtocolError
-from ..device.memory import DirtyLog, check_table
+from ..errors import ProtocolError
+from ..device.memory import DirtyLog
 from ..spec import MAX_MEM_SLOTS, Feature as F, ProtocolFeature as PF, Req, bit
+from .device_memory import DeviceMemory, same_file
+from .pairs import Pair
 
 
 log = logging.getLogger("vhostsplice")
@@ -33,6 +38,9 @@ PROTOCOL_FEATURES = RUN_PROTOCOL_FEATURES
 # the protocol bits a worker must know were acked
 WORKER_PROTOCOL = bit(PF.LOG_SHMFD) | bit(PF.RARP) | bit(PF.CONFIGURE_MEM_SLOTS)
 MEM_SLOT_REQUESTS = {Req.ADD_MEM_REG, Req.REM_MEM_REG}
+# what a new worker is told of each of its rings, in this order
+REPLAY_ORDER = (Req.SET_VRING_NUM, Req.SET_VRING_ADDR, Req.SET_VRING_BASE, Req.SET_VRING_CALL, Req.SET_VRING_ERR,
+                Req.SET_VRING_KICK, Req.SET_VRING_ENABLE)
 
 
 def ring_index(msg: P.Message) -> int:
@@ -53,27 +61,75 @@ def ring_payload(request: int, payload: bytes, index: int) -> bytes:
     return index.to_bytes(4, "little") + payload[4:]
 
 
-@dataclass
-class Pair:
-    """One queue pair: its worker process and everything it has been told (for a replacement)."""
+class WorkerSide(Protocol):
+    """What the device needs of the worker side: pairs.Workers in serve, testing/workers.py's fake in tests."""
 
-    index: int
-    cpu: int | None
-    told: dict = field(default_factory=dict)     # (request, ring j) -> (payload, fd or None)
-    proc: object = None
-    chan: Channel | None = None
-    pidfd: int = -1
-    restarts: int = 0
-    next_start: float = float("inf")            # no worker until the front-end enables a ring of the pair
-    stats_file: str = ""
-    started: bool = False
-    started_at: float = 0.0                     # time.monotonic() of the current worker's start
-    backoff: Backoff = field(default_factory=Backoff)   # errors.BACKOFF: doubling, capped, reset when stable
+    pairs: Sequence[Pair]
 
-class DeviceRequests:
-    """Request handling for `Supervisor`, which provides: pairs, device, features, protocol_acked, status,
-    front, config, start_worker, send_worker, worker_reply; and slot_users (region key -> how many
-    ADD_MEM_REG the front-end sent for it)."""
+    def start(self, pair: Pair) -> None:
+        """Start the pair's worker (the device then replays to it)."""
+
+    def send(self, pair: Pair, request: int, payload: bytes, fds: Sequence[int] = ()) -> None:
+        """Send a request to the pair's worker (nothing if it has none: it is told in replay)."""
+
+    def reply(self, pair: Pair, request: int) -> P.Message | None:
+        """The pair's worker's reply to `request`; None if it has none or it went away."""
+
+
+class ServeDevice:
+    """The multi-queue device `serve` is to the front-end: `handle` each message from it."""
+
+    def __init__(self, workers: WorkerSide, *, queues: int, offloads: bool, packed: bool):
+        self.workers = workers
+        self.queues, self.offloads, self.packed = queues, offloads, packed
+        self.front: Channel | None = None        # the front-end (the supervisor accepts it): replies go here
+        self.features = 0
+        self.protocol_acked = 0
+        self.status = 0
+        self.kept: dict[int, tuple] = {}         # SET_OWNER, RESET_OWNER, SET_LOG_BASE -> (payload, fds)
+        self.memory = DeviceMemory()             # SET_MEM_TABLE and the regions added since
+
+    @property
+    def pairs(self) -> Sequence[Pair]:
+        return self.workers.pairs
+
+    def start_worker(self, pair: Pair) -> None:
+        """Start the pair's worker and tell it everything it must know."""
+        self.workers.start(pair)
+        self.replay(pair)
+
+    def replay(self, pair: Pair) -> None:
+        """Tell a (new) worker everything the front-end has said that concerns it, in protocol order."""
+        send = self.workers.send
+        if Req.SET_OWNER in self.kept:
+            send(pair, Req.SET_OWNER, *self.kept[Req.SET_OWNER])
+        if self.protocol_acked & WORKER_PROTOCOL:
+            send(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(self.protocol_acked & WORKER_PROTOCOL))
+        if self.features:
+            send(pair, Req.SET_FEATURES, P.encode_u64(self.features & ~DEVICE_ONLY))
+        for request, payload, fds in self.memory.replay():     # SET_MEM_TABLE, then the regions added
+            send(pair, request, payload, fds)
+        if Req.SET_LOG_BASE in self.kept:
+            send(pair, Req.SET_LOG_BASE, *self.kept[Req.SET_LOG_BASE])
+            self.workers.reply(pair, Req.SET_LOG_BASE)
+        for j in (0, 1):
+            for req in REPLAY_ORDER:
+                if (req, j) in pair.told:
+                    payload, fd = pair.told[(req, j)]
+                    send(pair, req, payload, (fd,) if fd is not None else ())
+
+    def rings_live(self) -> bool:
+        """A ring of the device was started (SET_VRING_KICK) and not stopped since (GET_VRING_BASE)."""
+        return any((Req.SET_VRING_KICK, j) in p.told for p in self.pairs for j in (0, 1))
+
+    def close(self) -> None:
+        """Close every fd the device keeps: the requests kept for replacements and each pair's ring fds."""
+        for pair in self.pairs:
+            for _payload, fd in pair.told.values():
+                close_fd(fd)
+        for _payload, fds in self.kept.values():
+            close_fds(fds)
+        self.memory.close()
 
     def handle(self, msg: P.Message) -> None:
         req = msg.request
@@ -110,8 +166,8 @@ class DeviceRequests:
         for: its replacement is told everything (replay) before any of its rings runs."""
         for pair in self.pairs:
             if pair.chan is not None:
-                self.send_worker(pair, Req.GET_FEATURES, b"")
-                self.worker_reply(pair, Req.GET_FEATURES)
+                self.workers.send(pair, Req.GET_FEATURES, b"")
+                self.workers.reply(pair, Req.GET_FEATURES)
 
     def ack(self, msg: P.Message) -> None:
         if msg.need_reply and self.protocol_acked & bit(PF.REPLY_ACK) and msg.request != Req.GET_VRING_BASE:
@@ -124,20 +180,20 @@ class DeviceRequests:
             payload = P.encode_u64(self.features & ~DEVICE_ONLY)
             if self.features & ~(self.offered()):
                 raise ProtocolError(f"SET_FEATURES acks bits never offered: {self.features & ~self.offered():#x}")
+        elif msg.request == Req.SET_MEM_TABLE:     # the whole table anew: regions added before are gone
+            self.memory.set_table(payload, msg.fds)
         else:
-            old = self.device.get(msg.request)
+            old = self.kept.get(msg.request)
             if old:
                 close_fds(old[1])
-            self.device[msg.request] = (payload, msg.fds)
-            if msg.request == Req.SET_MEM_TABLE:    # the whole table anew: regions added before are gone
-                self._drop_slots()
+            self.kept[msg.request] = (payload, msg.fds)
             if msg.request == Req.RESET_OWNER:      # workers drop their log and features: so does serve
                 self.features = 0
-                log_base = self.device.pop(Req.SET_LOG_BASE, None)
+                log_base = self.kept.pop(Req.SET_LOG_BASE, None)
                 if log_base:
                     close_fds(log_base[1])
         for pair in self.pairs:
-            self.send_worker(pair, msg.request, payload, msg.fds)
+            self.workers.send(pair, msg.request, payload, msg.fds)
 
     def forward_ring(self, msg: P.Message) -> None:
         try:
@@ -145,9 +201,9 @@ class DeviceRequests:
         except ProtocolError:
             close_fds(msg.fds)
             raise
-        if not 0 <= ring < 2 * self.config.queues or len(msg.fds) > 1:
+        if not 0 <= ring < 2 * self.queues or len(msg.fds) > 1:
             close_fds(msg.fds)
-            raise ProtocolError(f"{msg.name}: ring {ring} is not one of this device's {2 * self.config.queues}")
+            raise ProtocolError(f"{msg.name}: ring {ring} is not one of this device's {2 * self.queues}")
         pair, j = self.pairs[ring // 2], ring % 2
         payload = ring_payload(msg.request, msg.payload, j)
         fd = msg.fds[0] if msg.fds else None
@@ -162,7 +218,7 @@ class DeviceRequests:
             if self._enabled(pair):
                 self.start_worker(pair)         # replays what it was told, this message included
             return
-        self.send_worker(pair, msg.request, payload, (fd,) if fd is not None else ())
+        self.workers.send(pair, msg.request, payload, (fd,) if fd is not None else ())
 
     def _enabled(self, pair: Pair) -> bool:
         """A ring of the pair is enabled: by SET_VRING_ENABLE 1, or (without VHOST_USER_F_PROTOCOL_FEATURES)
@@ -187,8 +243,8 @@ class DeviceRequests:
         if kick and kick[1] is not None:
             close_fd(kick[1])
         if pair.chan is not None:
-            self.send_worker(pair, Req.GET_VRING_BASE, payload)
-            reply = self.worker_reply(pair, Req.GET_VRING_BASE)
+            self.workers.send(pair, Req.GET_VRING_BASE, payload)
+            reply = self.workers.reply(pair, Req.GET_VRING_BASE)
             try:
                 base = P.decode_vring_state(reply).num if reply is not None else 0
             except ProtocolError:
@@ -197,100 +253,22 @@ class DeviceRequests:
         self.front.send(Req.GET_VRING_BASE, P.encode_vring_state(P.VringState(ring, base)), reply=True)
 
     def offered(self) -> int:
-        """What the workers offer (offloads only while the tap carries a vnet header), plus MQ."""
-        # serve does not probe its taps for USO: offered by `run` only
-        return offered_features(offloads=self.config.offloads, packed=self.config.packed) | DEVICE_ONLY
+        return device_offered(offloads=self.offloads, packed=self.packed)
 
     # -- memory slots ------------------------------------------------------------------------------------
     def mem_slot(self, msg: P.Message) -> None:
-        """ADD_MEM_REG / REM_MEM_REG: checked against the device's table (as a worker checks it: a region
-        every worker would refuse is never kept), kept for replacements, sent to every running worker.
-        QEMU sends them once per queue pair (each vhost_dev its own; 7.2 does, with queues=N): the same
-        region again (same payload, same file) is counted, not sent, and its REM_MEM_REG goes out with
-        the last one."""
-        if self._repeat_slot(msg):
+        """ADD_MEM_REG / REM_MEM_REG: checked against the device's table (device_memory.py), kept for
+        replacements, sent to every running worker; a repeat (QEMU 7.2: once per queue pair) is counted."""
+        negotiated = bool(self.protocol_acked & bit(PF.CONFIGURE_MEM_SLOTS))
+        if negotiated and self.memory.repeat(msg):
             return
-        try:
-            if not self.protocol_acked & bit(PF.CONFIGURE_MEM_SLOTS):
-                raise ProtocolError(f"{msg.name} without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS negotiated")
-            region = P.decode_mem_reg(msg)
-            if msg.request == Req.ADD_MEM_REG:
-                if len(msg.fds) != 1:
-                    raise ProtocolError(f"ADD_MEM_REG: {len(msg.fds)} file descriptors, expected 1")
-                check_table(P.MemTable(self.mem_regions() + (region,)), msg.fds)
-            elif len(msg.fds) > 1:
-                raise ProtocolError(f"REM_MEM_REG: {len(msg.fds)} file descriptors, expected 0 or 1")
-            else:
-                self._forget_region(region)
-        except BaseException:
+        if not negotiated:
             close_fds(msg.fds)
-            raise
+            raise ProtocolError(f"{msg.name} without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS negotiated")
+        self.memory.change(msg)
         fds = msg.fds if msg.request == Req.ADD_MEM_REG else ()
-        if msg.request == Req.ADD_MEM_REG:
-            self.device[_slot(region)] = (msg.payload, msg.fds)
-            self.slot_users[_slot(region)] = 1
-        else:
-            close_fds(msg.fds)
         for pair in self.pairs:
-            self.send_worker(pair, msg.request, msg.payload, fds)
-
-    def _repeat_slot(self, msg: P.Message) -> bool:
-        """An ADD of a region the device has (the same file) or a REM of one added more than once: counted
-        here, the message's fds closed, nothing sent on."""
-        try:
-            key = _slot(P.decode_mem_reg(msg))
-        except ProtocolError:
-            return False                   # mem_slot refuses it
-        kept, users = self.device.get(key), self.slot_users.get(key, 0)
-        if kept is None or not self.protocol_acked & bit(PF.CONFIGURE_MEM_SLOTS):
-            return False
-        if msg.request == Req.ADD_MEM_REG:
-            if len(msg.fds) != 1 or kept[0] != msg.payload or not _same_file(kept[1][0], msg.fds[0]):
-                return False               # another file for the same range: refused as an overlap
-            self.slot_users[key] = users + 1
-        elif users > 1 and len(msg.fds) <= 1:
-            self.slot_users[key] = users - 1
-        else:
-            return False
-        close_fds(msg.fds)
-        return True
-
-    def mem_regions(self) -> tuple[P.MemRegion, ...]:
-        """The device's memory table now: SET_MEM_TABLE's regions, then those added one at a time."""
-        told = self.device.get(Req.SET_MEM_TABLE)
-        base = P.decode_mem_table(P.Message(Req.SET_MEM_TABLE, 0, told[0])).regions if told else ()
-        return base + tuple(P.decode_mem_reg(P.Message(Req.ADD_MEM_REG, 0, payload))
-                            for key, (payload, _fds) in self.device.items() if _is_slot(key))
-
-    def replay_memory(self, pair: Pair) -> None:
-        """A replacement gets the table as it stands: SET_MEM_TABLE, then every region added since."""
-        for key, (payload, fds) in list(self.device.items()):
-            if key == Req.SET_MEM_TABLE or _is_slot(key):
-                self.send_worker(pair, Req.ADD_MEM_REG if _is_slot(key) else key, payload, fds)
-
-    def _forget_region(self, region: P.MemRegion) -> None:
-        kept = self.device.pop(_slot(region), None)
-        if kept is not None:
-            self.slot_users.pop(_slot(region), None)
-            close_fds(kept[1])
-            return
-        told = self.device.get(Req.SET_MEM_TABLE)
-        regions = P.decode_mem_table(P.Message(Req.SET_MEM_TABLE, 0, told[0])).regions if told else ()
-        i = next((i for i, r in enumerate(regions) if _slot(r) == _slot(region)), None)
-        if i is None:
-            raise ProtocolError(f"REM_MEM_REG: no region at gpa {region.gpa:#x} size {region.size:#x}"
-                                f" uva {region.uva:#x}")
-        close_fd(told[1][i])               # a region of SET_MEM_TABLE: the kept table loses it
-        rest, fds = regions[:i] + regions[i + 1:], told[1][:i] + told[1][i + 1:]
-        if rest:
-            self.device[Req.SET_MEM_TABLE] = (P.encode_mem_table(P.MemTable(rest)), fds)
-        else:
-            del self.device[Req.SET_MEM_TABLE]
-
-    def _drop_slots(self) -> None:
-        for key in [k for k in self.device if _is_slot(k)]:
-            close_fds(self.device.pop(key)[1])
-        self.slot_users.clear()
+            self.workers.send(pair, msg.request, msg.payload, fds)
 
     # -- migration ---------------------------------------------------------------------------------------
     def set_log_base(self, msg: P.Message) -> None:
@@ -306,17 +284,17 @@ class DeviceRequests:
         except BaseException:                                  # worker would refuse is never kept
             close_fds(msg.fds)
             raise
-        old = self.device.get(Req.SET_LOG_BASE)
-        if old and old[0] == msg.payload and _same_file(old[1][0], msg.fds[0]):
+        old = self.kept.get(Req.SET_LOG_BASE)
+        if old and old[0] == msg.payload and same_file(old[1][0], msg.fds[0]):
             close_fds(msg.fds)
         else:
             if old:
                 close_fds(old[1])
-            self.device[Req.SET_LOG_BASE] = (msg.payload, msg.fds)
+            self.kept[Req.SET_LOG_BASE] = (msg.payload, msg.fds)
             for pair in self.pairs:
                 if pair.chan is not None:
-                    self.send_worker(pair, Req.SET_LOG_BASE, msg.payload, msg.fds)
-                    self.worker_reply(pair, Req.SET_LOG_BASE)
+                    self.workers.send(pair, Req.SET_LOG_BASE, msg.payload, msg.fds)
+                    self.workers.reply(pair, Req.SET_LOG_BASE)
                     # no reply: the worker went away; its replacement gets the log in replay, before
                     # any of its rings runs, so no write of that pair goes unlogged
         self.front.send(Req.SET_LOG_BASE, P.encode_u64(0), reply=True)
@@ -332,62 +310,54 @@ class DeviceRequests:
         if pair is None:
             log.info("SEND_RARP: no queue pair runs yet; announce not sent")
             return
-        self.send_worker(pair, Req.SEND_RARP, msg.payload)
+        self.workers.send(pair, Req.SEND_RARP, msg.payload)
 
 
-def _same_file(a: int, b: int) -> bool:
-    sa, sb = os.fstat(a), os.fstat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+def device_offered(*, offloads: bool, packed: bool) -> int:
+    """What serve offers: what its workers offer (device/features.py; offloads only while the tap carries
+    a vnet header; never USO: serve does not probe its taps), plus MQ."""
+    return offered_features(offloads=offloads, packed=packed) | DEVICE_ONLY
 
 
-def _slot(region: P.MemRegion) -> tuple:
-    """The key a region added one at a time is kept under (REM_MEM_REG names it by these three)."""
-    return (Req.ADD_MEM_REG, region.gpa, region.size, region.uva)
-
-
-def _is_slot(key) -> bool:
-    return isinstance(key, tuple) and key[0] == Req.ADD_MEM_REG
-
-
-def _get_features(s: DeviceRequests, msg) -> bytes:
+def _get_features(s: ServeDevice, msg) -> bytes:
     return P.encode_u64(s.offered())
 
 
-def _get_protocol_features(s: DeviceRequests, msg) -> bytes:
+def _get_protocol_features(s: ServeDevice, msg) -> bytes:
     return P.encode_u64(PROTOCOL_FEATURES)
 
 
-def _set_protocol_features(s: DeviceRequests, msg) -> None:
+def _set_protocol_features(s: ServeDevice, msg) -> None:
     value = P.decode_u64(msg)
     if value & ~PROTOCOL_FEATURES:
         raise ProtocolError(f"SET_PROTOCOL_FEATURES acks bits never offered: {value & ~PROTOCOL_FEATURES:#x}")
     s.protocol_acked = value
     for pair in s.pairs:
         if pair.chan is not None and value & WORKER_PROTOCOL:
-            s.send_worker(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(value & WORKER_PROTOCOL))
+            s.workers.send(pair, Req.SET_PROTOCOL_FEATURES, P.encode_u64(value & WORKER_PROTOCOL))
 
 
-def _get_max_mem_slots(s: DeviceRequests, msg) -> bytes:
+def _get_max_mem_slots(s: ServeDevice, msg) -> bytes:
     if not s.protocol_acked & bit(PF.CONFIGURE_MEM_SLOTS):
         raise ProtocolError("GET_MAX_MEM_SLOTS without VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS negotiated")
     return P.encode_u64(MAX_MEM_SLOTS)
 
 
-def _set_log_fd(s: DeviceRequests, msg) -> None:
+def _set_log_fd(s: ServeDevice, msg) -> None:
     """QEMU 7.2 never sends it for vhost-user; accepted (its fd is closed by handle), as run does."""
     if len(msg.fds) != 1:
         raise ProtocolError(f"SET_LOG_FD: {len(msg.fds)} file descriptors, expected 1")
 
 
-def _get_queue_num(s: DeviceRequests, msg) -> bytes:
-    return P.encode_u64(s.config.queues)
+def _get_queue_num(s: ServeDevice, msg) -> bytes:
+    return P.encode_u64(s.queues)
 
 
-def _set_status(s: DeviceRequests, msg) -> None:
+def _set_status(s: ServeDevice, msg) -> None:
     s.status = P.decode_u64(msg) & 0xFF
 
 
-def _get_status(s: DeviceRequests, msg) -> bytes:
+def _get_status(s: ServeDevice, msg) -> bytes:
     return P.encode_u64(s.status)
 
 
