@@ -15,7 +15,7 @@ import socket
 import statistics
 import time
 
-from vhostsplice.datapath import MORE, Datapath
+from vhostsplice.device.datapath import MORE, Datapath
 from vhostsplice.testing.virtq import NET_HDR_LEN, DriverQueue, GuestMemory
 
 GPA, UVA = 0x4000_0000, 0x7F12_3400_0000

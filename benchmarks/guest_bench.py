@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 
 # The installed vhostsplice (pip install .), never the checkout's uncompiled sources; its worker is
-# started from the same place (vhostsplice.selfexec).
+# started from the same place (vhostsplice.serve.selfexec).
 import measured  # noqa: E402  (puts tests/ on sys.path; preflight)
 from measured import ROOT  # noqa: E402
 from support import guest as G  # noqa: E402

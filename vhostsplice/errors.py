@@ -145,7 +145,7 @@ def from_oserror(exc: OSError, what: str, cls: type[VhostspliceError] = SetupErr
 
 
 # -- restart policy: what a supervisor does with a worker's exit code ---------------------------------------
-# One table for every consumer: `serve` (supervisor.py), bin/vhostsplice-supervise and
+# One table for every consumer: `serve` (serve/pairs.py), bin/vhostsplice-supervise and
 # bin/vhostsplice-vmm-example (through `vhostsplice exit-codes --shell`), and contrib/systemd's
 # RestartPreventExitStatus (tests/unit/test_restart_policy.py fails when one of them drifts).
 # The question each row answers: can a fresh worker cure what ended this one?

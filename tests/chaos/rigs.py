@@ -12,7 +12,7 @@ from pathlib import Path
 import support.testpmd as tp
 from support.guest import pid_is, read_events
 from support.waiting import terminate, wait_for
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.harness import live_stats
 
 ROOT = Path(__file__).resolve().parents[2]

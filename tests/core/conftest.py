@@ -6,11 +6,21 @@ import socket
 
 import pytest
 
-from vhostsplice.datapath import MORE, Datapath, drain_eventfd
+from vhostsplice.device.datapath import MORE, Datapath, drain_eventfd
 from vhostsplice.testing.virtq import NET_HDR_LEN, DriverQueue, GuestMemory
 from vhostsplice.testing.virtq_packed import PackedDriverQueue
 
 GPA_BASE = 0x4000_0000
+HOST_IO = {"path": "io_uring"}       # how every Rig's datapath drives the host fd (the host_io fixture)
+
+
+@pytest.fixture(autouse=True, params=["io_uring", "readv/writev"])
+def host_io(request):
+    """Every core test runs twice: the host fd read and written in io_uring batches (what a worker does
+    where the kernel allows it) and one readv/writev per frame (the fallback)."""
+    HOST_IO["path"] = request.param
+    yield request.param
+    HOST_IO["path"] = "io_uring"
 UVA_BASE = 0x7F12_3400_0000
 
 
@@ -19,7 +29,7 @@ class Rig:
 
     def __init__(self, *, num=256, mrg=False, event_idx=False, indirect=True, rx_max=NET_HDR_LEN + 1514,
                  fault_exit=False, tx_budget=256, rx_budget=256, mem_size=4 << 20, splits=(), start=True,
-                 packed=False, in_order=False):
+                 packed=False, in_order=False, host_io=None):
         self.buf = bytearray(mem_size)
         self.mem = GuestMemory(self.buf, GPA_BASE, UVA_BASE)
         self.host, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -28,6 +38,8 @@ class Rig:
         self.call = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
         self.err = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(2)]
         self.dp = Datapath(self.host.fileno())
+        if (host_io or HOST_IO["path"]) == "io_uring":     # batches (the host_io fixture's default): else per frame
+            assert self.dp.enable_uring() == "", self.dp.uring_why
         self.dp.configure(mrg_rxbuf=mrg, event_idx=event_idx, indirect=indirect, rx_max=rx_max,
                           fault_exit=fault_exit, tx_budget=tx_budget, rx_budget=rx_budget, packed=packed,
                           in_order=in_order)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from vhostsplice.datapath import drain_eventfd
+from vhostsplice.device.datapath import drain_eventfd
 
 
 def start_at(rig, q, index: int, pos: int) -> None:

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from vhostsplice.datapath import RX_STARVED, TX_BLOCKED, Datapath
+from vhostsplice.device.datapath import RX_STARVED, TX_BLOCKED, Datapath
 from vhostsplice.errors import ConfigError, HostFdError
 
 

@@ -302,7 +302,7 @@ def test_indirect_table_running_past_memory_is_a_fault(make_rig):
 def test_budget_bounds_the_work_of_one_poll(make_rig):
     """CVE-2019-3900 (Linux vhost_net): a guest that keeps the ring full must not hold the worker in one
     call. Each poll does at most tx_budget chains and says MORE."""
-    from vhostsplice.datapath import MORE
+    from vhostsplice.device.datapath import MORE
     rig = make_rig(num=256, tx_budget=8)
     rig.tx.add_out([rig.frame(60, seed=i) for i in range(100)])
     flags = rig.dp.poll()
@@ -334,7 +334,7 @@ def test_rx_chain_of_1024_iovecs_does_not_livelock(make_rig, mrg):
 
 def rx_does_not_livelock(rig) -> None:
     """One packet, at most three polls: counted or delivered, never a host-fd error retried for good."""
-    from vhostsplice.datapath import MORE
+    from vhostsplice.device.datapath import MORE
     rig.inject(rig.hdr() + rig.frame(100))
     for _ in range(3):
         if not rig.dp.poll() & MORE:

@@ -11,8 +11,9 @@ import re
 
 import pytest
 
-from vhostsplice import _core_build, datapath, spec
-from vhostsplice.datapath import lib
+from vhostsplice import _core_build, spec
+from vhostsplice.device import datapath
+from vhostsplice.device.datapath import lib
 
 DEFINITION = re.compile(r"^[A-Za-z_][\w \*]*?\b(vs_\w+)\(([^)]*)\)\s*$", re.M)   # at column 0, body below
 CALL = re.compile(r"\b(vs_\w+)\(")

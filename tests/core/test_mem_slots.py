@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from vhostsplice.datapath import lib
+from vhostsplice.device.datapath import lib
 from vhostsplice.errors import ConfigError
 from vhostsplice.spec import MAX_MEM_SLOTS
 from vhostsplice.testing.virtq import Region

@@ -1,7 +1,7 @@
 """Notification suppression both ways: NO_NOTIFY / NO_INTERRUPT flags and EVENT_IDX (virtio 1.2 2.7.7, 2.7.10)."""
 from __future__ import annotations
 
-from vhostsplice.datapath import MORE
+from vhostsplice.device.datapath import MORE
 from vhostsplice.testing.virtq import AVAIL_F_NO_INTERRUPT, USED_F_NO_NOTIFY
 
 

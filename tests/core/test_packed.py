@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vhostsplice import datapath
+from vhostsplice.device import datapath
 from vhostsplice.errors import ConfigError
 from vhostsplice.testing.virtq import DESC_F_NEXT
 from vhostsplice.testing.virtq_packed import DESC_F_AVAIL, DESC_F_USED, DESC_F_WRITE, EVENT_DESC, \

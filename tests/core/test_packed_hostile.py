@@ -390,7 +390,7 @@ def test_indirect_table_running_past_memory_is_a_fault(make_rig):
 
 def test_budget_bounds_the_work_of_one_poll(make_rig):
     """CVE-2019-3900 class: at most tx_budget lists per poll, then MORE."""
-    from vhostsplice.datapath import MORE
+    from vhostsplice.device.datapath import MORE
     rig = make_rig(packed=True, num=256, tx_budget=8)
     rig.tx.add_out([rig.frame(60, seed=i) for i in range(100)])
     flags = rig.dp.poll()

@@ -9,10 +9,10 @@ import os
 
 import pytest
 
-from vhostsplice import statepage as S
-from vhostsplice.datapath import Datapath
-from vhostsplice.protocol import VringAddr
-from vhostsplice.vring import RingState
+from vhostsplice.device import statepage as S
+from vhostsplice.device.datapath import Datapath
+from vhostsplice.vhostuser.protocol import VringAddr
+from vhostsplice.device.vring import RingState
 
 LAYOUTS = [False, True]     # split, packed
 

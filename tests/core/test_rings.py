@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-from vhostsplice.datapath import MORE, Datapath
+from vhostsplice.device.datapath import MORE, Datapath
 from vhostsplice.errors import ConfigError, GuestFaultError
 from vhostsplice.testing.virtq import Region
 

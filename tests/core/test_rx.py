@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-from vhostsplice.datapath import RX_STARVED
+from vhostsplice.device.datapath import RX_STARVED
 from vhostsplice.errors import HostFdError
 
 

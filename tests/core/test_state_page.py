@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from vhostsplice import statepage as S
-from vhostsplice.datapath import RX_STARVED
+from vhostsplice.device import statepage as S
+from vhostsplice.device.datapath import RX_STARVED
 
 
 def attach(rig) -> tuple[S.StatePage, object]:

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from vhostsplice.datapath import RX_STARVED, TX_BLOCKED
+from vhostsplice.device.datapath import RX_STARVED, TX_BLOCKED
 from vhostsplice.errors import HostFdError
 
 HDR = bytes(12)

@@ -152,7 +152,9 @@ def child(fd: int, corpus_dir: str) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import proto
     # what proto imports lazily, imported now: after confinement no file can be opened
-    from vhostsplice import backend, channel, datapath, errors, protocol, spec  # noqa: F401
+    from vhostsplice.device import backend, datapath  # noqa: F401
+    from vhostsplice import errors, spec  # noqa: F401
+    from vhostsplice.vhostuser import channel, protocol  # noqa: F401
     from vhostsplice.testing import hostfd  # noqa: F401  (the Session's FakeHostFd)
     from vhostsplice.sandbox import Facts, Sandbox
     inputs = []

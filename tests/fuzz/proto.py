@@ -40,8 +40,9 @@ class FdLeak(AssertionError):
 
 
 def feedback_files() -> list[str]:
-    from vhostsplice import backend, channel, memory, memory_requests, protocol, vring
-    return [m.__file__ for m in (backend, channel, memory, memory_requests, protocol, vring)]
+    from vhostsplice.device import backend, memory, memory_requests, ring_requests, vring
+    from vhostsplice.vhostuser import channel, protocol
+    return [m.__file__ for m in (backend, channel, memory, memory_requests, protocol, ring_requests, vring)]
 
 
 def open_fds() -> set[int]:
@@ -50,7 +51,8 @@ def open_fds() -> set[int]:
 
 class Session:
     def __init__(self, src: Source):
-        from vhostsplice import backend, channel, datapath
+        from vhostsplice.device import backend, datapath
+        from vhostsplice.vhostuser import channel
         from vhostsplice.testing.hostfd import FakeHostFd
         self.src = src
         self.a, self.b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -155,7 +157,7 @@ class Session:
             value = self.backend.offered & self.u64() if s.below(3) else self.u64()
             return struct.pack("<Q", value), 0
         if req == Req.SET_PROTOCOL_FEATURES:
-            from vhostsplice.backend import RUN_PROTOCOL_FEATURES
+            from vhostsplice.device.features import RUN_PROTOCOL_FEATURES
             value = RUN_PROTOCOL_FEATURES & self.u64() if s.below(3) else self.u64()
             return struct.pack("<Q", value), 0
         if req == Req.SET_LOG_BASE:     # a log in the guest memfd (1 MiB) often fits; any u64 otherwise
@@ -166,7 +168,7 @@ class Session:
 
     # -- steps ----------------------------------------------------------------------------------------
     def step_message(self) -> None:
-        from vhostsplice import protocol as P
+        from vhostsplice.vhostuser import protocol as P
         from vhostsplice.spec import Req
         s = self.src
         req = s.pick(list(Req)) if s.below(8) else s.u32()
@@ -208,7 +210,7 @@ class Session:
 
     def step_setup(self) -> None:
         """The well-behaved sequence that gets both rings running, so later steps hit running rings."""
-        from vhostsplice import protocol as P
+        from vhostsplice.vhostuser import protocol as P
         from vhostsplice.spec import Feature as F, Req, bit
         h = self.backend.handle
         log_all = bit(F.VHOST_F_LOG_ALL) if self.src.below(2) else 0     # migration: log every write

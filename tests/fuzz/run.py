@@ -229,7 +229,7 @@ def child(args) -> int:
     import harness
     import proto
     from vhostsplice import _vs_core
-    from vhostsplice.datapath import Datapath
+    from vhostsplice.device.datapath import Datapath
     print(f"fuzz: core {_vs_core.__file__}", flush=True)
     rng = random.Random(args.seed)
     max_len = 1 << 20

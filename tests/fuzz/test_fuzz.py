@@ -21,7 +21,7 @@ import proto  # noqa: E402
 import ref  # noqa: E402
 import run  # noqa: E402
 
-from vhostsplice.datapath import Datapath  # noqa: E402
+from vhostsplice.device.datapath import Datapath  # noqa: E402
 
 
 # The core target's tap is a socketpair with a 16 MiB buffer (SO_SNDBUFFORCE), so that no TX chain meets
@@ -92,7 +92,7 @@ def test_protocol_corpus_replays_under_the_worker_sandbox():
 
     import confined
     from support.confined import unconfined
-    from vhostsplice.selfexec import self_env
+    from vhostsplice.serve.selfexec import self_env
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.settimeout(120)
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "confined.py"), str(theirs.fileno()),
@@ -193,14 +193,14 @@ def test_the_packed_oracle_catches_planted_bugs(monkeypatch, plant):
 
 
 def test_the_protocol_oracle_catches_an_fd_leak(monkeypatch):
-    from vhostsplice import backend
+    from vhostsplice.device import backend
     monkeypatch.setattr(backend, "close_fds", lambda fds: None)
     exc = _first_failure("protocol", proto.run_one)
     assert isinstance(exc, proto.FdLeak), exc
 
 
 def test_the_protocol_oracle_catches_an_undocumented_exception(monkeypatch):
-    from vhostsplice import protocol as P
+    from vhostsplice.vhostuser import protocol as P
 
     def broken(msg):
         raise KeyError("planted")

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.netns import entered_netns
 from support.peers import require_peer
 from support.waiting import wait_for
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 
 pytestmark = pytest.mark.root
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from vhostsplice.drive import read_pcap
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.tools.pcap import read_pcap
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing import faults
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket
 

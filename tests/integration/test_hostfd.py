@@ -11,15 +11,16 @@ import textwrap
 import pytest
 
 from vhostsplice.errors import ConfigError
-from vhostsplice.hostfd import (IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, open_tap,
-                                validate_ifname)
+from vhostsplice.host.hostfd import open_tap
+from vhostsplice.host.tun import IFF_MULTI_QUEUE, IFF_NO_PI, IFF_TAP, IFF_VNET_HDR, validate_ifname
 
 TAP = "vst0"
 ETH_TEST = 0x88B5  # IEEE 802 "local experimental" ethertype: nothing else in the namespace uses it
 
 PRELUDE = textwrap.dedent("""
     import errno, json, os, select, socket, struct, sys, time
-    from vhostsplice import errors, hostfd, spec
+    from vhostsplice import errors, spec
+    from vhostsplice.host import hostfd, tun
     def out(**kw):
         print(json.dumps(kw)); sys.stdout.flush()
     def err_of(fn, *a, **kw):
@@ -72,7 +73,7 @@ def test_longest_valid_name_passes_validation():
 def test_open_tap_creates_multiqueue_vnet_tap_up_with_mtu(netns):
     res = run_in(netns, f"""
         h = hostfd.open_tap("{TAP}", mtu=1400)
-        name, flags, hdr = hostfd.read_tap_info(h.fd)
+        name, flags, hdr = tun.read_tap_info(h.fd)
         out(name=name, flags=flags, hdr=hdr, created=h.created, kind=h.kind, mtu=h.mtu,
             hdr_len=h.vnet_hdr_len, sys_mtu=int(sysnet("{TAP}", "mtu")),
             sys_flags=int(sysnet("{TAP}", "flags"), 16), operstate=sysnet("{TAP}", "operstate"),
@@ -122,7 +123,7 @@ def test_second_queue_attaches_to_existing_tap(netns):
     res = run_in(netns, f"""
         a = hostfd.open_tap("{TAP}")
         b = hostfd.open_tap("{TAP}", create=False)
-        out(a=a.created, b=b.created, names=[hostfd.read_tap_info(h.fd)[0] for h in (a, b)],
+        out(a=a.created, b=b.created, names=[tun.read_tap_info(h.fd)[0] for h in (a, b)],
             distinct=a.fd != b.fd, queues=len(os.listdir("/sys/class/net/{TAP}/queues")))
         a.close(); b.close()
     """)
@@ -146,7 +147,7 @@ def test_queue_without_vnet_hdr_reads_bare_frames(netns):
             data = os.read(h.fd, 65536)
             if data[12:14] == struct.pack("!H", ETH_TEST):
                 got = data.hex()
-        out(hdr=h.vnet_hdr_len, flags=hostfd.read_tap_info(h.fd)[1], sent=f.hex(), got=got)
+        out(hdr=h.vnet_hdr_len, flags=tun.read_tap_info(h.fd)[1], sent=f.hex(), got=got)
         h.close()
     """)
     assert res["hdr"] == 0 and not res["flags"] & IFF_VNET_HDR
@@ -161,7 +162,7 @@ def test_later_queue_follows_the_vnet_header_of_the_first(netns, first, second):
     res = run_in(netns, f"""
         a = hostfd.open_tap("{TAP}", vnet_hdr_len={first})
         b = hostfd.open_tap("{TAP}", create=False, vnet_hdr_len={second})
-        out(a=a.vnet_hdr_len, b=b.vnet_hdr_len, flags=hostfd.read_tap_info(b.fd)[1])
+        out(a=a.vnet_hdr_len, b=b.vnet_hdr_len, flags=tun.read_tap_info(b.fd)[1])
         b.close(); a.close()
     """)
     assert res["a"] == res["b"] == first
@@ -268,7 +269,7 @@ def test_open_tap_without_mtu_or_bridge_needs_no_netlink_library(netns, preexist
             subprocess.run(["ip", "link", "set", "{TAP}", "mtu", "1300"], check=True)
         h = hostfd.open_tap("{TAP}")
         out(pyroute2="pyroute2" in sys.modules, mtu=h.mtu, created=h.created, sys_mtu=int(sysnet("{TAP}", "mtu")),
-            up=bool(int(sysnet("{TAP}", "flags"), 16) & 1), hdr=hostfd.read_tap_info(h.fd)[2])
+            up=bool(int(sysnet("{TAP}", "flags"), 16) & 1), hdr=tun.read_tap_info(h.fd)[2])
     """)
     assert res["pyroute2"] is False
     assert res["up"] and res["mtu"] == res["sys_mtu"] == (1300 if preexisting else 1500)

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from support.waiting import wait_for
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import WorkerProcess, demo_frame
 

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from vhostsplice import protocol as P
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, tap_socket

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from support.netns import entered_netns
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, bit, mask
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, tap_socket, uso_frame, uso_header
@@ -94,7 +94,9 @@ def test_frames_both_ways_over_veth(make_worker, extra, features, hdr):
     assert code == 0, w.stderr
     # our own transmissions are not read back (PACKET_IGNORE_OUTGOING): RX saw only the 30 from the peer
     assert stats["rings"]["rx"]["packets"] == 30 and stats["rings"]["tx"]["packets"] == 30
+    io = stats["host"].pop("io")                     # the packet socket in io_uring batches
     assert stats["host"] == {"kind": "packet", "name": DEV, "vnet_hdr_len": hdr}
+    assert io["path"] == "io_uring" and io["tx_sqes"] >= 30 and io["rx_sqes"] >= 30, io
 
 
 def _csum16(data: bytes) -> int:
@@ -215,7 +217,7 @@ def test_missing_interface_is_enodev(veth):
 
 
 def test_inherited_packet_socket_is_detected(veth, tmp_path):
-    from vhostsplice.hostfd_inspect import inspect_fd
+    from vhostsplice.host.hostfd_inspect import inspect_fd
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     s.bind((DEV, 3))
     s.setsockopt(263, 15, 1)                   # SOL_PACKET, PACKET_VNET_HDR
@@ -230,10 +232,10 @@ def test_inherited_packet_socket_is_detected(veth, tmp_path):
 def test_packet_vnet_header_switches_off_and_on(veth):
     """What the worker does after each SET_FEATURES: the bound socket's header goes off and on again
     (the kernel refuses this only once a PACKET_MMAP ring exists), and the core's header length follows."""
-    from vhostsplice import datapath as dp
+    from vhostsplice.device import datapath as dp
     from vhostsplice.errors import ConfigError
-    from vhostsplice.hostfd import PACKET_VNET_HDR, SOL_PACKET
-    from vhostsplice.hostfd_inspect import open_packet
+    from vhostsplice.host.tun import PACKET_VNET_HDR, SOL_PACKET
+    from vhostsplice.host.hostfd_inspect import open_packet
     host = open_packet(DEV, vnet_hdr=True)
     try:
         assert host.vnet_hdr_switchable and host.vnet_hdr_len == 12

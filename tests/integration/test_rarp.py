@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from support.netns import entered_netns
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.spec import ProtocolFeature as PF, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_PROTOCOL, Frontend
 from vhostsplice.testing.harness import WorkerProcess

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.spec import Req
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import WorkerProcess, demo_frame, live_stats

@@ -17,7 +17,7 @@ import tempfile
 import pytest
 
 from support.waiting import wait_for
-from vhostsplice.statepage import MEMORY_FS, _fs_type
+from vhostsplice.device.statepage import MEMORY_FS, _fs_type
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import WorkerProcess, demo_frame
 

@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from vhostsplice.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
+from vhostsplice.host.hostfd import open_tap
+from vhostsplice.host.tun import IFF_VNET_HDR, read_tap_info
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, quiet_tap, tap_socket
 
 from support.waiting import accept_queue, asleep_in_epoll, wait_for
@@ -367,8 +368,8 @@ def test_tap_queue_is_detached_while_the_frontend_disables_the_pair(worker):
     """SET_VRING_ENABLE 0 on both rings (a guest going from 4 pairs to 1) detaches the worker's tap queue,
     so the kernel steers no host flow to a queue no ring reads; enabling attaches it again. Seen with
     QEMU: without it, host flows hashed to a disabled pair's queue were lost."""
-    from vhostsplice.hostfd import open_tap
-    from vhostsplice.protocol import Req, VringState, encode_vring_state
+    from vhostsplice.host.hostfd import open_tap
+    from vhostsplice.vhostuser.protocol import Req, VringState, encode_vring_state
 
     fe = start(worker)
     other = open_tap(TAP, create=False)          # a second queue of the same tap, read by the test

@@ -17,7 +17,7 @@ from support.confined import status, unconfined
 from support.waiting import wait_for
 from vhostsplice.errors import SIGSYS_EXIT, errno_name
 from vhostsplice.sandbox import audit, kernel
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import WorkerProcess, collect, demo_frame, live_stats, tap_socket
 
@@ -40,6 +40,8 @@ def test_a_connected_run_worker_is_confined_and_still_serves(ns, tmp_path):
         assert sandbox["mode"] == "strict" and sandbox["seccomp"] == "kill" and sandbox["bounding_dropped"]
         assert sandbox["landlock_abi"] == kernel.landlock_abi()
         assert set(sandbox["namespaces"]) == {"mnt", "ipc", "uts"}
+        io = live["host"]["io"]          # the tap in io_uring batches, confined (docs/security.md "The io_uring")
+        assert io["path"] == "io_uring" and io["tx_sqes"] == 20 and 0 < io["enters"] <= 20, io
         fe.stop()
         fe.close()
         code, stats = w.wait()

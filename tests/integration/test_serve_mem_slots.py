@@ -21,8 +21,8 @@ import pytest
 
 from support.guest import read_events
 from support.waiting import wait_for
-from vhostsplice import protocol as P
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.spec import MAX_MEM_SLOTS, ProtocolFeature as PF, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_PROTOCOL, Frontend
 from vhostsplice.testing.harness import demo_frame, tap_socket

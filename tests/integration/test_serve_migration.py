@@ -22,8 +22,8 @@ import time
 import pytest
 
 from support.waiting import wait_for
-from vhostsplice import protocol as P
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, ProtocolFeature as PF, Req, bit
 from vhostsplice.testing.frontend import DEFAULT_PROTOCOL, Frontend
 from vhostsplice.testing.harness import demo_frame, tap_socket

@@ -14,8 +14,9 @@ import subprocess
 import pytest
 
 from support.waiting import wait_for
-from vhostsplice.hostfd import IFF_VNET_HDR, open_tap, read_tap_info
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.host.hostfd import open_tap
+from vhostsplice.host.tun import IFF_VNET_HDR, read_tap_info
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.spec import Feature as F, bit
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import collect, demo_frame, tap_socket

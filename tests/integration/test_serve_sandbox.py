@@ -17,7 +17,7 @@ from support.confined import status, unconfined
 from support.waiting import wait_for
 from vhostsplice.sandbox import kernel
 from vhostsplice.sandbox import serve as serve_box
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import demo_frame
 

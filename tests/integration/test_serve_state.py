@@ -11,7 +11,7 @@ import pytest
 
 from support.guest import read_events
 from support.waiting import wait_for
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import demo_frame
 

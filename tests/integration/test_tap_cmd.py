@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import collect, demo_frame, tap_socket
 from vhostsplice.testing.netns import PrivateNetns

@@ -12,8 +12,8 @@ import subprocess
 import pytest
 
 from support.netns import entered_netns
-from vhostsplice.hostfd import open_tap
-from vhostsplice.offloads import probe_uso
+from vhostsplice.host.hostfd import open_tap
+from vhostsplice.host.offloads import probe_uso
 from vhostsplice.spec import GSO_NONE, GSO_UDP_L4, TUN_F_CSUM, TUN_F_TSO4, Feature as F, mask
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.harness import WorkerProcess, uso_frame, uso_header

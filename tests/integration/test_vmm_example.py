@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from support.waiting import wait_for
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 
 pytestmark = pytest.mark.root
 NETNS = "vsv"        # the ns fixture's namespace prefix (conftest.py)

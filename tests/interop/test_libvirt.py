@@ -30,7 +30,7 @@ from support import guest as G
 from support import libvirt as L
 from support.peers import COLUMNS, require_peer
 from support.waiting import terminate, wait_for
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.harness import live_stats
 
 # libvirt 9.0 runs the system's QEMU 7.2 itself: only that column of the peer matrix applies here.

@@ -28,7 +28,7 @@ import pytest
 
 from support import guest as G
 from support.peers import Layout, on_layouts
-from vhostsplice.offloads import USO_KERNEL, kernel_release
+from vhostsplice.host.offloads import USO_KERNEL, kernel_release
 
 pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
 

@@ -38,7 +38,7 @@ from support.peers import Layout, on_layouts
 from support.qmp import Qmp
 from support.serving import Served
 from support.waiting import wait_for
-from vhostsplice.datapath import packed_state
+from vhostsplice.device.datapath import packed_state
 from vhostsplice.testing.harness import live_stats
 
 pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]

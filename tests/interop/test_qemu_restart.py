@@ -37,7 +37,7 @@ from support import guest as G
 from support.peers import on_layouts
 from support.serving import Served
 from support.waiting import terminate, wait_for
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 
 pytestmark = [pytest.mark.root, pytest.mark.interop, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import support.testpmd as tp
 from support.confined import unconfined
 from support.peers import require_peer
 from support.waiting import wait_for
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 from vhostsplice.testing.netns import PrivateNetns
 
 pytestmark = [pytest.mark.root, pytest.mark.interop]

@@ -5,9 +5,10 @@ import socket
 
 import pytest
 
-from vhostsplice import protocol as P
-from vhostsplice.backend import BASE_FEATURES, Backend, BackendConfig
-from vhostsplice.channel import Channel
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.device.backend import Backend, BackendConfig
+from vhostsplice.device.features import BASE_FEATURES
+from vhostsplice.vhostuser.channel import Channel
 from vhostsplice.errors import FeatureError, ProtocolError
 from vhostsplice.spec import TUN_F_CSUM, TUN_F_TSO4, TUN_F_USO4, TUN_F_USO6, Feature as F, ProtocolFeature as PF, Req, \
     bit, mask
@@ -268,10 +269,10 @@ def log_fd(size=4096):
 
 
 def test_run_and_serve_offer_log_all_and_log_shmfd():
-    from vhostsplice import backend as B
-    from vhostsplice import serve_device
-    assert B.LOG_FEATURES == bit(F.VHOST_F_LOG_ALL) == 1 << 26
-    assert B.RUN_PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
+    from vhostsplice.device import features as offer
+    from vhostsplice.serve import serve_device
+    assert offer.LOG_FEATURES == bit(F.VHOST_F_LOG_ALL) == 1 << 26
+    assert offer.RUN_PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
     assert serve_device.PROTOCOL_FEATURES & bit(PF.LOG_SHMFD)
     assert not BASE_FEATURES & bit(F.VHOST_F_LOG_ALL)            # only where logging is wired up
 
@@ -286,16 +287,16 @@ def test_offers_seen_by_a_front_end(env):
 
 def test_guest_announce_is_offered_and_accepted_by_run_and_serve(env):
     """QEMU offers GUEST_ANNOUNCE to the guest only if the back-end does; acking it changes nothing here."""
-    from vhostsplice import serve_device
+    from vhostsplice.serve import serve_device
     backend, fe, *_ = env
     send(backend, Req.GET_FEATURES)
     assert P.decode_u64(fe.recv()) & bit(F.NET_F_GUEST_ANNOUNCE) == 1 << 21
     send(backend, Req.SET_FEATURES, P.encode_u64(bit(F.F_VERSION_1) | bit(F.NET_F_GUEST_ANNOUNCE)))
     assert backend.acked & bit(F.NET_F_GUEST_ANNOUNCE)
-    from types import SimpleNamespace
-    from vhostsplice.supervisor import ServeConfig
-    device = SimpleNamespace(config=ServeConfig(tap="t", queues=1, cpus=[]))
-    assert serve_device.DeviceRequests.offered(device) & bit(F.NET_F_GUEST_ANNOUNCE)     # what serve offers
+    from vhostsplice.serve.supervisor import ServeConfig
+    config = ServeConfig(tap="t", queues=1, cpus=[])
+    assert serve_device.device_offered(offloads=config.offloads, packed=config.packed) \
+        & bit(F.NET_F_GUEST_ANNOUNCE)                                                     # what serve offers
 
 
 @pytest.mark.parametrize("reply_ack,need_reply", [(False, False), (True, False), (True, True), (False, True)])
@@ -392,10 +393,10 @@ def expected_rarp(mac):
 
 
 def test_run_and_serve_offer_rarp(env):
-    from vhostsplice import backend as B
-    from vhostsplice import serve_device
-    assert B.RUN_PROTOCOL_FEATURES & bit(PF.RARP)
-    assert not B.PROTOCOL_FEATURES & bit(PF.RARP)
+    from vhostsplice.device import features as offer
+    from vhostsplice.serve import serve_device
+    assert offer.RUN_PROTOCOL_FEATURES & bit(PF.RARP)
+    assert not offer.PROTOCOL_FEATURES & bit(PF.RARP)
     assert serve_device.PROTOCOL_FEATURES & bit(PF.RARP)            # what `serve` offers
     backend, fe, *_ = env
     send(backend, Req.GET_PROTOCOL_FEATURES)

@@ -9,16 +9,16 @@ import socket
 
 import pytest
 
-from vhostsplice import protocol as P
-from vhostsplice.backend import Backend, BackendConfig
-from vhostsplice.channel import Channel
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.device.backend import Backend, BackendConfig
+from vhostsplice.vhostuser.channel import Channel
 from vhostsplice.spec import TUN_F_CSUM, Feature as F, Req, bit, mask
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
 from vhostsplice.testing.hostfd import FakeHostFd
-from vhostsplice.worker import Worker, WorkerConfig
+from vhostsplice.worker.loop import Worker, WorkerConfig
 
-APPLY = "vhostsplice/hostfd.py:apply"               # where every knob is turned from
-ONE_PLACE = "vhostsplice/backend.py:_configure_host"   # where apply is called from
+APPLY = "vhostsplice/host/hostfd.py:apply"                # where every knob is turned from
+ONE_PLACE = "vhostsplice/device/backend.py:_configure_host"  # where apply is called from
 CSUM = bit(F.NET_F_CSUM) | bit(F.NET_F_GUEST_CSUM)
 
 

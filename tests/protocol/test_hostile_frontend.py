@@ -15,10 +15,10 @@ import struct
 
 import pytest
 
-from vhostsplice import protocol as P
-from vhostsplice.backend import Backend, BackendConfig
-from vhostsplice.channel import Channel
-from vhostsplice.datapath import Datapath, ring_size_ok
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.device.backend import Backend, BackendConfig
+from vhostsplice.vhostuser.channel import Channel
+from vhostsplice.device.datapath import Datapath, ring_size_ok
 from vhostsplice.errors import GuestFaultError, ProtocolError
 from vhostsplice.spec import MAX_PAYLOAD, Feature as F, ProtocolFeature as PF, Req, bit
 from vhostsplice.testing.hostfd import FakeHostFd

@@ -11,11 +11,11 @@ import pytest
 
 from protocol import test_hostile_frontend as hostile
 from protocol.test_hostile_frontend import GPA, MEM, UVA, eproto
-from vhostsplice import protocol as P
-from vhostsplice.backend import RUN_PROTOCOL_FEATURES
-from vhostsplice.datapath import lib
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.device.features import RUN_PROTOCOL_FEATURES
+from vhostsplice.device.datapath import lib
 from vhostsplice.errors import GuestFaultError
-from vhostsplice.serve_device import PROTOCOL_FEATURES as SERVE_PROTOCOL_FEATURES
+from vhostsplice.serve.serve_device import PROTOCOL_FEATURES as SERVE_PROTOCOL_FEATURES
 from vhostsplice.spec import MAX_MEM_SLOTS, Feature as F, ProtocolFeature as PF, Req, bit
 
 env = hostile.env     # the fixture, shared

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import errno
 import itertools
-from types import SimpleNamespace
 
 import pytest
 
-from vhostsplice import protocol as P, serve_device
-from vhostsplice.backend import Backend, BackendConfig, offered_features
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.serve import serve_device
+from vhostsplice.device.backend import Backend, BackendConfig
+from vhostsplice.device.features import offered_features
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import Feature as F, Req, bit
-from vhostsplice.supervisor import ServeConfig
+from vhostsplice.serve.supervisor import ServeConfig
 from vhostsplice.testing.hostfd import FakeHostFd
 
 from .test_hostile_frontend import Env
@@ -32,8 +33,8 @@ def test_run_and_serve_offer_from_one_policy(offloads, packed):
     """run's Backend and serve's device offer the same bits (serve adds its device-only ones), and
     RING_PACKED exactly when not --no-packed."""
     run = Backend(None, None, FakeHostFd(), BackendConfig(offloads=offloads, packed=packed)).offered
-    device = SimpleNamespace(config=ServeConfig(tap="t", queues=1, cpus=[], offloads=offloads, packed=packed))
-    serve = serve_device.DeviceRequests.offered(device)
+    config = ServeConfig(tap="t", queues=1, cpus=[], offloads=offloads, packed=packed)
+    serve = serve_device.device_offered(offloads=config.offloads, packed=config.packed)
     assert run == offered_features(offloads=offloads, packed=packed)
     assert serve & ~serve_device.DEVICE_ONLY == run
     assert bool(run & bit(F.F_RING_PACKED)) == packed and run & bit(F.F_IN_ORDER)
@@ -80,7 +81,7 @@ def get_base(env, index):
 def test_get_and_set_vring_base_round_trip(env):
     """A packed ring started from a 32-bit state (old front-end style: avail half only) reports the
     full state at GET_VRING_BASE, and a ring set up again from that state resumes there."""
-    from vhostsplice.channel import Channel
+    from vhostsplice.vhostuser.channel import Channel
     env.fe_channel = Channel(env.fe_sock)
     env.handle(Req.SET_FEATURES, P.encode_u64(PACKED))
     env.table()

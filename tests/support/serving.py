@@ -9,7 +9,7 @@ from pathlib import Path
 
 from support import guest as G
 from support.waiting import terminate
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 
 
 class Served:

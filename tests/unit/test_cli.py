@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from vhostsplice.cli import main, parse_cpus
+from vhostsplice.cli import main
 from vhostsplice.errors import EXIT_TABLE, ConfigError, errno_name
+from vhostsplice.worker.placement import parse_cpus
 
 
 def test_parse_cpus_ranges():
@@ -90,31 +91,32 @@ def test_readme_names_every_feature_and_protocol_feature_the_worker_offers():
     """README "What it negotiates" drifts from backend's tables: every offered bit is named there."""
     import re
     from pathlib import Path
-    from vhostsplice import backend as B
+    from vhostsplice.device import features as offer
     from vhostsplice.spec import Feature, ProtocolFeature
     text = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
     words = set(re.findall(r"[A-Z][A-Z0-9_]+", text.split("### What it negotiates", 1)[1].split("\n## ", 1)[0]))
-    offered = B.offered_features(offloads=True, packed=True)
+    offered = offer.offered_features(offloads=True, packed=True)
     for f in (f for f in Feature if offered >> f & 1):
         spelled = {f.name, f.name.split("_F_", 1)[-1], "VIRTIO_" + f.name, f.name.removeprefix("F_")}
         assert spelled & words, f"README does not name the offered feature {f.name}"
-    for pf in (pf for pf in ProtocolFeature if B.RUN_PROTOCOL_FEATURES >> pf & 1):
+    for pf in (pf for pf in ProtocolFeature if offer.RUN_PROTOCOL_FEATURES >> pf & 1):
         assert pf.name in words, f"README does not name the offered protocol feature {pf.name}"
 
 
 @pytest.mark.parametrize("args,packed", [([], True), (["--no-packed"], False), (["--packed"], True)])
 def test_serve_passes_no_packed_to_its_workers(monkeypatch, args, packed):
     """serve's own offer (ServeConfig.packed) and its workers' (--no-packed) follow the one option."""
-    from vhostsplice import supervisor
+    from vhostsplice.serve import supervisor
     seen = {}
     monkeypatch.setattr(supervisor, "run_supervisor", lambda socket_path, config: seen.setdefault("c", config) and 0)
     assert main(["serve", "--socket-path", "/tmp/x.sock", "--tap", "t", *args]) == 0
     config = seen["c"]
     assert config.packed is packed and ("--no-packed" in config.worker_args) is not packed
+    assert config.worker_entry is main              # each worker runs this very command line's entry
 
 
 def test_run_passes_no_packed_to_the_backend(monkeypatch):
-    from vhostsplice import runner
+    from vhostsplice.worker import runner
     seen = {}
     monkeypatch.setattr(runner, "run_worker", lambda **kw: seen.update(kw) or 0)
     assert main(["run", "--socket-path", "/tmp/x.sock", "--tap", "t", "--no-packed"]) == 0
@@ -132,3 +134,16 @@ def test_one_stderr_handler_however_often_the_command_line_runs(capsys):
     logging.getLogger("vhostsplice").warning("said once")
     assert capsys.readouterr().err.count("said once") == 1
 
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["serve", "--help"], ["drive", "--help"],
+                                  ["tap", "create", "--help"], ["exit-codes", "--json"]])
+def test_help_and_tables_load_no_implementation(args):
+    """Each command imports what does its work inside the command (cli/): asking for help (or the exit-code
+    table) loads the command line, the vocabulary and drive's exit table, and nothing that runs a worker."""
+    code = ("import sys; from vhostsplice.cli import main; main(sys.argv[1:]); "
+            "print(' '.join(m for m in sys.modules if m.startswith('vhostsplice')), file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-P", "-c", code, *args], capture_output=True, text=True, check=True)
+    loaded = set(out.stderr.split())
+    light = {"vhostsplice", "vhostsplice.errors", "vhostsplice.tools", "vhostsplice.tools.exits"}
+    assert "vhostsplice.cli.run" in loaded and "vhostsplice.cli.options" in loaded     # the check sees modules
+    assert {m for m in loaded if not m.startswith("vhostsplice.cli")} - light == set()

@@ -1,4 +1,4 @@
-"""Counters for monitoring (vhostsplice/counters.py): Prometheus text a real parser accepts, the
+"""Counters for monitoring (vhostsplice/worker/counters.py): Prometheus text a real parser accepts, the
 `vhostsplice stats` table, and both read back from the files a worker writes."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vhostsplice import counters as C
+from vhostsplice.worker import counters as C
 from vhostsplice.cli import main
 
 RING = {"packets": 1234567, "bytes": 98765432, "chains": 1234567, "batches": 4000, "kicks": 17,

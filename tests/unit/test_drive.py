@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from vhostsplice.cli import main
-from vhostsplice.datapath import BROKEN_REASONS, STAT_FIELDS, Datapath
-from vhostsplice.drive import DRIVE_EXITS, FEATURE_NAMES, Pcap, feature_names, parse_features, read_pcap
+from vhostsplice.device.datapath import BROKEN_REASONS, STAT_FIELDS, Datapath
+from vhostsplice.tools.exits import DRIVE_EXITS
+from vhostsplice.tools.features import FEATURE_NAMES, feature_names, parse_features
+from vhostsplice.tools.pcap import Pcap, read_pcap
 from vhostsplice.errors import EXIT_TABLE, ConfigError, GuestFaultError, GuestRingError
 from vhostsplice.spec import Feature as F, bit, mask
 from vhostsplice.testing import faults

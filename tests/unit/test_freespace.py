@@ -10,11 +10,11 @@ import textwrap
 
 import pytest
 
-from vhostsplice import freespace
-from vhostsplice.selfexec import self_env
+from vhostsplice.serve import freespace
+from vhostsplice.serve.selfexec import self_env
 
 HOLES = """
-from vhostsplice import freespace
+from vhostsplice.serve import freespace
 keep = [bytes(479) for _ in range(64)]       # 512-byte blocks: a size nothing else here allocates
 del keep[::2]                                # 32 of them free again, in pools still in use
 big = [bytes(1900) for _ in range(400)]      # glibc chunks: every other one freed

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from vhostsplice import hostfd, hostfd_inspect
+from vhostsplice.host import hostfd, hostfd_inspect
 from vhostsplice.errors import ConfigError, VhostspliceError
 
 

@@ -3,8 +3,8 @@ import os
 import pytest
 
 from vhostsplice.errors import ProtocolError
-from vhostsplice.memory import GuestMemory
-from vhostsplice.protocol import MemRegion, MemTable
+from vhostsplice.device.memory import GuestMemory
+from vhostsplice.vhostuser.protocol import MemRegion, MemTable
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ import socket
 
 import pytest
 
-from vhostsplice import offloads
-from vhostsplice.backend import OFFLOAD_FEATURES, USO_FEATURES, offload_features
+from vhostsplice.host import offloads
+from vhostsplice.device.features import OFFLOAD_FEATURES, USO_FEATURES, offload_features
 from vhostsplice.errors import ProtocolError
-from vhostsplice.hostfd import HostFd
-from vhostsplice.offloads import check_dependencies, probe_uso, tun_offload
+from vhostsplice.host.hostfd import HostFd
+from vhostsplice.host.offloads import check_dependencies, probe_uso, tun_offload
 from vhostsplice.spec import (OFFLOAD_REQUIRES, TUN_F_CSUM, TUN_F_TSO4, TUN_F_USO4, TUN_F_USO6, Feature as F,
                               bit, mask)
 

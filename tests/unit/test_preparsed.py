@@ -9,7 +9,7 @@ import click
 import pytest
 
 from vhostsplice.cli import exit_code, main, prepare_worker
-from vhostsplice.preparsed import prepare
+from vhostsplice.cli.preparsed import prepare
 
 SEEN: list = []
 

@@ -1,6 +1,6 @@
 import pytest
 
-from vhostsplice import protocol as P
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import FLAG_NEED_REPLY, FLAG_REPLY, MAX_PAYLOAD, Req
 

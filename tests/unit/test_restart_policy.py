@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from vhostsplice import errors as E
-from vhostsplice.selfexec import self_argv, self_env
-from vhostsplice.supervisor import ServeConfig, Supervisor
+from vhostsplice.serve.selfexec import self_argv, self_env
+from vhostsplice.serve.pairs import Events, Pair, Workers, should_restart
+from vhostsplice.serve.supervisor import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "contrib" / "systemd" / "vhostsplice@.service"
@@ -47,11 +48,10 @@ def test_backoff_doubles_to_its_cap_jitter_only_shortens_and_a_stable_run_resets
 
 @pytest.mark.parametrize("code, action", CASES)
 def test_serve_follows_the_table(code, action):
-    sup = Supervisor.__new__(Supervisor)
     for restart, expect in (("on-failure", action == E.RESTART), ("always", action != E.GIVE_UP),
                             ("never", False)):
-        sup.config = ServeConfig(tap="t", queues=1, cpus=[], restart=restart)
-        assert sup._should_restart(code) is expect, (restart, code)
+        config = ServeConfig(tap="t", queues=1, cpus=[], restart=restart)
+        assert should_restart(config.restart, code) is expect, (restart, code)
 
 
 def test_systemd_unit_prevents_exactly_the_give_up_codes():
@@ -130,19 +130,17 @@ class _Chan:
         pass
 
 
-def _serve_with_one_pair(events: Path) -> Supervisor:
-    """A Supervisor whose pair 0 'ran' a worker (no process, no front-end): enough for on_exit."""
-    import select
-    from vhostsplice.supervisor import Pair
-    sup = Supervisor.__new__(Supervisor)
-    sup.config = ServeConfig(tap="t", queues=1, cpus=[])
-    sup.pairs, sup.stopping, sup.roles = [Pair(0, None)], False, {}
+def _serve_with_one_pair(events: Events) -> Workers:
+    """serve's worker side whose pair 0 'ran' a worker (no process, no front-end): enough for on_exit."""
+    from vhostsplice.sandbox.audit import KillLog
+    config = ServeConfig(tap="t", queues=1, cpus=[])
+    sup = Workers([Pair(0, None)], restart=config.restart, emit=events.emit, run_dir="", state_fds={},
+                  kills=KillLog())
     sup.pairs[0].backoff = E.Backoff(rand=lambda: 0.5)      # the jitter halfway (it only shortens)
-    sup.ep, sup.events = select.epoll(), open(events, "a")
     return sup
 
 
-def _kill_once(sup: Supervisor, served_s: float) -> float:
+def _kill_once(sup: Workers, served_s: float) -> float:
     """Pair 0's worker dies of SIGKILL after serving served_s seconds; the back-off serve chose."""
     import time
     pair = sup.pairs[0]
@@ -155,13 +153,15 @@ def _kill_once(sup: Supervisor, served_s: float) -> float:
 
 def test_serve_backoff_resets_after_a_stable_run(tmp_path):
     """issue 20, fault 1: after six quick failures every later one cost the 5 s cap for serve's life."""
-    sup = _serve_with_one_pair(tmp_path / "events")
+    events = Events(str(tmp_path / "events"))
+    sup = _serve_with_one_pair(events)
     quick = [_kill_once(sup, 0.01) for _ in range(8)]
     p = E.BACKOFF
     assert quick[0] < p.first + 0.05 and quick[-1] >= p.cap * (1 - p.jitter / 2), quick
     after_stable = _kill_once(sup, p.stable_after + 1)
     assert after_stable < p.first + 0.05, (quick, after_stable)      # was the 5 s cap for good
-    sup.events.close()
+    sup.close()
+    events.close()
     exits = [json.loads(line) for line in (tmp_path / "events").read_text().splitlines()]
     assert [e["stable"] for e in exits] == [False] * 8 + [True]
     assert [e["failures"] for e in exits] == [1, 2, 3, 4, 5, 6, 7, 8, 1]

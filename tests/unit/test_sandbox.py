@@ -9,7 +9,7 @@ import subprocess
 
 from vhostsplice.sandbox import allowlist, describe, seccomp
 from vhostsplice.sandbox.allowlist import Facts
-from vhostsplice.selfexec import self_argv, self_env
+from vhostsplice.serve.selfexec import self_argv, self_env
 
 DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "security.md")
 

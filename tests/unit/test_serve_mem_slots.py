@@ -1,11 +1,11 @@
-"""serve's memory slots (serve_device.DeviceRequests.mem_slot): checked as a worker checks them, kept for
-replacements, repeats (QEMU 7.2: once per queue pair) counted, every fd kept or closed."""
+"""serve's memory slots (serve_device.ServeDevice.mem_slot, device_memory.DeviceMemory): checked as a worker
+checks them, kept for replacements, repeats (QEMU 7.2: once per queue pair) counted, every fd kept or closed."""
 import os
 
 import pytest
 
-from unit.test_supervisor import _lazy_supervisor, _memfd
-from vhostsplice import protocol as P
+from unit.test_supervisor import _lazy_device, _memfd
+from vhostsplice.vhostuser import protocol as P
 from vhostsplice.errors import ProtocolError
 from vhostsplice.spec import ProtocolFeature as PF, Req, bit
 
@@ -19,12 +19,10 @@ def open_fds() -> set[int]:
 @pytest.fixture
 def sup():
     before = open_fds()
-    s, _started, _pf = _lazy_supervisor(features=0)
+    s, _started, _pf = _lazy_device(features=0)
     s.protocol_acked = bit(PF.CONFIGURE_MEM_SLOTS)
-    s.forwarded = []
-    s.send_worker = lambda pair, req, payload, fds=(): s.forwarded.append((pair.index, Req(req)))
     yield s
-    s.shutdown()
+    s.close()
     assert open_fds() == before, "fds leaked or closed behind the test's back"
 
 
@@ -44,13 +42,13 @@ def test_a_repeated_region_is_counted_and_removed_with_the_last_rem(sup):
     fd = _memfd(MB)
     for _ in range(3):                   # three queue pairs' vhost_devs
         add(sup, 0, fd)
-    assert sup.forwarded == [(0, Req.ADD_MEM_REG), (1, Req.ADD_MEM_REG)]
-    assert sup.mem_regions() == (region(0),)
+    assert sup.workers.sent == [(0, Req.ADD_MEM_REG), (1, Req.ADD_MEM_REG)]
+    assert sup.memory.regions() == (region(0),)
     rem(sup, 0)
     rem(sup, 0)
-    assert sup.forwarded[2:] == [] and sup.mem_regions() == (region(0),)
+    assert sup.workers.sent[2:] == [] and sup.memory.regions() == (region(0),)
     rem(sup, 0)
-    assert sup.forwarded[2:] == [(0, Req.REM_MEM_REG), (1, Req.REM_MEM_REG)] and sup.mem_regions() == ()
+    assert sup.workers.sent[2:] == [(0, Req.REM_MEM_REG), (1, Req.REM_MEM_REG)] and sup.memory.regions() == ()
     with pytest.raises(ProtocolError, match="no region"):
         rem(sup, 0)
     os.close(fd)
@@ -63,7 +61,7 @@ def test_a_region_every_worker_would_refuse_is_refused_and_never_kept(sup, other
     bad = _memfd(MB if other == "another file" else MB // 2)
     with pytest.raises(ProtocolError):
         add(sup, 0 if other == "another file" else 1, bad)     # the same range from another file: overlap
-    assert sup.mem_regions() == (region(0),) and sup.forwarded == [(0, Req.ADD_MEM_REG), (1, Req.ADD_MEM_REG)]
+    assert sup.memory.regions() == (region(0),) and sup.workers.sent == [(0, Req.ADD_MEM_REG), (1, Req.ADD_MEM_REG)]
     os.close(fd)
     os.close(bad)
 
@@ -74,10 +72,10 @@ def test_rem_of_a_set_mem_table_region_rewrites_the_kept_table(sup):
     sup.handle(P.Message(Req.SET_MEM_TABLE, 1, P.encode_mem_table(table), (os.dup(fd), os.dup(fd))))
     add(sup, 2, fd)
     rem(sup, 0)
-    assert sup.mem_regions() == (region(1), region(2))
-    assert len(sup.device[Req.SET_MEM_TABLE][1]) == 1          # its fd went with it (the fixture counts)
+    assert sup.memory.regions() == (region(1), region(2))
+    assert len(sup.memory.table[1]) == 1          # its fd went with it (the fixture counts)
     sup.handle(P.Message(Req.SET_MEM_TABLE, 1, P.encode_mem_table(P.MemTable((region(5),))), (os.dup(fd),)))
-    assert sup.mem_regions() == (region(5),)                   # a whole table anew: the added ones are gone
+    assert sup.memory.regions() == (region(5),)                   # a whole table anew: the added ones are gone
     os.close(fd)
 
 
@@ -88,5 +86,5 @@ def test_slots_are_refused_unless_negotiated(sup):
         add(sup, 0, fd)
     with pytest.raises(ProtocolError, match="CONFIGURE_MEM_SLOTS"):
         sup.handle(P.Message(Req.GET_MAX_MEM_SLOTS, 1, b""))
-    assert sup.mem_regions() == () and sup.forwarded == []
+    assert sup.memory.regions() == () and sup.workers.sent == []
     os.close(fd)

@@ -1,4 +1,4 @@
-"""The state page codec (vhostsplice/statepage.py): its layout is the C core's struct vs_ring_state, and a
+"""The state page codec (vhostsplice/device/statepage.py): its layout is the C core's struct vs_ring_state, and a
 page that is short, corrupt, of another version or layout, or whose positions cannot be, is ignored with a
 reason; the resume decisions for split and packed rings."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import tempfile
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vhostsplice import statepage as S
-from vhostsplice.datapath import ffi
+from vhostsplice.device import statepage as S
+from vhostsplice.device.datapath import ffi
 from vhostsplice.errors import ConfigError, SetupError
 
 ADDRS = (0x1000, 0x2000, 0x3000)

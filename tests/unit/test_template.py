@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from vhostsplice.template import Template, TemplateError, WorkerSpec
+from vhostsplice.serve.template import Template, TemplateError, WorkerSpec
 
 
 def _entry(argv: list[str]) -> int:

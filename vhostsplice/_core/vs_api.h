@@ -11,8 +11,9 @@
  * Layers (docs/architecture.md): vs_mem.c translates guest addresses; vs_log.c marks the dirty log;
  * vs_ring.c, vs_split.c and vs_packed.c are the ring layouts (split, packed) and know nothing of the
  * net device (their functions take the memory table and their ring), vs_layout.c dispatches to the
- * ring's layout; vs_net.c, vs_net_tx.c and vs_net_rx.c move packets between a ring
- * and the host fd; vs_pair.c is the exported poll of one RX/TX pair.
+ * ring's layout; vs_uring.c submits a batch of reads or writes on the host fd through an io_uring;
+ * vs_net.c, vs_net_tx.c and vs_net_rx.c move packets between a ring and the host fd; vs_pair.c is the
+ * exported poll of one RX/TX pair.
  */
 #ifndef VS_API_H
 #define VS_API_H
@@ -20,7 +21,7 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 8
+#define VS_API_VERSION 9
 /* Memory slots (vhost-user CONFIGURE_MEM_SLOTS): the size of the region table, which GET_MAX_MEM_SLOTS
  * advertises: 509, libvhost-user's VHOST_USER_MAX_RAM_SLOTS (KVM's old x86 limit, 512 less 3 it used
  * itself); QEMU uses at most its own limit (x86: 256 ACPI DIMM slots).  Python hands a table of more
@@ -126,7 +127,7 @@ struct vs_ring {
     uint8_t batch_writable;
 };
 
-/* The ring-position state page (vhostsplice/statepage.py: its layout, validation and use; docs/design-notes.md):
+/* The ring-position state page (vhostsplice/device/statepage.py: its layout, validation and use; docs/design-notes.md):
  * a shared mapping that outlives the worker.  Python writes the header and, when a ring starts, its slot
  * (ring addresses, num, live, the start positions); C writes only seq and the positions, around each
  * publish (vs_net_publish): next_* and seq odd before the release store, avail/used_pos and seq even after. */
@@ -143,6 +144,32 @@ struct vs_ring_state {
     uint32_t magic, version, size, layout;
     uint64_t generation;         /* workers that have taken the page */
     struct vs_ring_slot ring[2]; /* virtqueue 0 (rx) and 1 (tx) */
+};
+
+/* The host fd's io_uring (vs_uring.c; docs/architecture.md "Batched host fd I/O"): one io_uring_enter per
+ * batch of readv (RX) or writev (TX) on the host fd, registered as fixed file 0.  vs_uring_setup makes
+ * the ring (disabled) and fills fd and the mapping sizes; Python maps the ring (offset 0, ring_len bytes)
+ * and the SQE array (offset VS_URING_OFF_SQES, sqes_len bytes), keeps both alive and hands them to
+ * vs_uring_attach; vs_uring_restrict registers the host fd and the restrictions (readv and writev on
+ * the fixed file only) and enables the ring, before the worker confines itself.  Python closes fd. */
+#define VS_URING_BATCH 32            /* most reads or writes one io_uring_enter submits (the SQ size) */
+#define VS_URING_OFF_SQES 0x10000000 /* IORING_OFF_SQES */
+struct vs_uring {
+    int fd;                      /* the ring (Python's: it closes it), or -1 */
+    uint32_t on;                 /* 1: batches go through the ring (vs_uring_restrict); C clears it on a failure */
+    int failed;                  /* the -errno that turned the ring off (0: none) */
+    uint32_t entries;            /* SQ entries */
+    uint32_t ring_len, sqes_len; /* the two mappings Python makes */
+    uint32_t o_sq_head, o_sq_tail, o_sq_mask, o_sq_array, o_cq_head, o_cq_tail, o_cq_mask, o_cqes;
+    uint32_t *sq_head, *sq_tail, *sq_array, *cq_head, *cq_tail; /* inside Python's mapping */
+    uint32_t sq_mask, cq_mask;
+    void *sqes, *cqes;
+    uint32_t seq;      /* batches submitted: the high half of each SQE's user_data */
+    uint32_t rx_burst; /* reads the next RX batch asks for: twice the frames of the last, 2..entries */
+    uint64_t enters, tx_sqes, rx_sqes;
+    uint64_t rx_copies; /* RX frames moved to an earlier chain of their batch (a hole before them) */
+    uint64_t confirms;  /* a batch that moved nothing re-checked by one readv/writev */
+    uint64_t tx_raced;  /* TX chains dropped because a later write of their batch went out first */
 };
 
 struct vs_pair {
@@ -165,7 +192,8 @@ struct vs_pair {
     uint8_t *rx_stage;
     uint32_t rx_stage_cap, rx_stage_len;
     struct vs_log log;           /* mem.log points here (Python sets it once) */
-    struct vs_ring_state *state; /* NULL, or the ring-position state page (vhostsplice/statepage.py) */
+    struct vs_ring_state *state; /* NULL, or the ring-position state page (vhostsplice/device/statepage.py) */
+    struct vs_uring uring;       /* uring.on: the host fd's reads and writes go in batches through it */
 };
 
 /* vs_pair.c */
@@ -178,6 +206,10 @@ int vs_ring_start(const struct vs_mem *m, struct vs_ring *r);
 int vs_ring_remap(const struct vs_mem *m, struct vs_ring *r);
 /* vs_log.c */
 int vs_log_write(struct vs_log *l, uint64_t gpa, uint64_t len);
+/* vs_uring.c: the host fd's io_uring, set up before confinement */
+int vs_uring_setup(struct vs_uring *u, uint32_t entries);
+int vs_uring_attach(struct vs_uring *u, void *ring, uint64_t ring_len, void *sqes, uint64_t sqes_len);
+int vs_uring_restrict(struct vs_uring *u, int host_fd);
 /* ---- cdef end ---- */
 
 /* ------------------------------------------------------------------ internal (C sources only) */
@@ -263,6 +295,13 @@ struct vs_layout {
 extern const struct vs_layout vs_split_layout;  /* vs_split.c */
 extern const struct vs_layout vs_packed_layout; /* vs_packed.c */
 
+/* vs_uring.c: n reads (write 0) or writes of the host fd in one io_uring_enter; res[i] is slot i's
+ * result (bytes or -errno; -ECANCELED for one the kernel did not take or complete).  Returns the count submitted or
+ * -errno (nothing submitted). */
+int vs_uring_rw(struct vs_uring *u, int write, struct iovec *const *iov, const uint32_t *niov, uint32_t n,
+                int32_t *res);
+void vs_uring_off(struct vs_uring *u, int err);
+
 /* vs_net.c: what the net device's TX and RX share (host fd errors, the header bytes it carries) */
 /* Iovecs one walk may fill with guest pieces: readv/writev take at most UIO_MAXIOV (1024), and a header
  * split (vs_iov_cut) and the RX scratch iovec may each add one. */
@@ -272,6 +311,7 @@ int vs_host_drops(const struct vs_pair *p, int err);
 uint32_t vs_iov_cut(const struct iovec *in, uint32_t n, uint64_t from, uint64_t len, struct iovec *out);
 struct iovec *vs_host_iov(const struct vs_pair *p, struct iovec *iov, uint32_t *niov, struct iovec *cut);
 int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
+uint32_t vs_batch_room(const struct vs_pair *p, uint32_t left);
 /* vs_net_tx.c, vs_net_rx.c: one batch of each direction */
 void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used);
 int vs_tx_batch(struct vs_pair *p);

@@ -95,7 +95,7 @@ int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, in
  * killed between any two instructions: next_* and an odd seq before the release store, the positions
  * and an even seq after it.  A killed publish leaves seq odd, and the replacement decides from guest
  * memory (split: used->idx; packed: the flags of the first descriptor the batch wrote) which of the two
- * records the driver saw (vhostsplice/statepage.py).  The reader is a later process, so compiler
+ * records the driver saw (vhostsplice/device/statepage.py).  The reader is a later process, so compiler
  * barriers give the order; a few stores per batch, no syscall. */
 void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used)
 {
@@ -116,4 +116,14 @@ void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used)
     s->used_pos = used;
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     s->seq++;
+}
+
+/* How many chains the next batch may take through the host fd's io_uring (at most `left`, the budget
+ * still open): 0 when the ring is off or the fd is a byte stream (one readv/writev per frame then). */
+uint32_t vs_batch_room(const struct vs_pair *p, uint32_t left)
+{
+    if (!p->uring.on || (p->host_flags & VS_HOST_STREAM))
+        return 0;
+    uint32_t room = p->uring.entries < VS_URING_BATCH ? p->uring.entries : VS_URING_BATCH;
+    return left < room ? left : room;
 }

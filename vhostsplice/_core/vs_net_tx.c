@@ -1,6 +1,11 @@
 /* vs_net_tx.c - virtio-net TX: each chain the driver made available -> one writev to the host fd (or,
  * for a byte stream, a length prefix and the frame, with a short write's tail kept in Python's stage).
- * TX writes no guest memory but the used entries (logged by the ring's layout).
+ * With the host fd's io_uring on (vs_uring.c), up to VS_URING_BATCH chains are taken at once and written
+ * by one io_uring_enter, then completed in the order taken: a write that met EAGAIN is given back with
+ * every chain after it (VS_TX_BLOCKED), unless a later write of the same batch went out (the full queue
+ * drained in between): then it is a dropped packet (drops_hostfd, uring tx_raced), never one sent twice
+ * or out of order with its ring.  TX writes no guest memory but the used entries (logged by the ring's
+ * layout).
  */
 #include <endian.h>
 #include <errno.h>
@@ -134,6 +139,124 @@ static int tx_one(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, struc
     return 0;
 }
 
+/* ------------------------------------------------------------------- batches through the io_uring */
+
+struct tx_slots {
+    struct vs_walk w[VS_URING_BATCH];
+    struct iovec *host[VS_URING_BATCH];
+    uint32_t nhost[VS_URING_BATCH];
+    int32_t res[VS_URING_BATCH];
+    struct iovec cut[VS_MAX_IOV + VS_URING_BATCH]; /* each chain without the omitted header bytes */
+};
+
+/* Take up to max chains (their iovecs into pool) for one batch: how many.  A faulty chain is completed
+ * when it comes first (its count is 0 then), else left to start the next batch, as is a chain whose
+ * pieces do not fit the iovecs left; *stop gets a ring fault (-EBADMSG) or the fault policy's -EFAULT. */
+static uint32_t tx_take(struct vs_pair *p, struct vs_ring *r, struct iovec *pool, struct tx_slots *s, uint32_t max,
+                        int *stop)
+{
+    uint32_t n = 0, g = 0, h = 0;
+    while (n < max && *stop == 0) {
+        int rc = vs_avail_pending(r);
+        if (rc <= 0) {
+            *stop = rc;
+            break;
+        }
+        struct vs_walk *w = &s->w[n];
+        *w = (struct vs_walk){ .iov = pool + g, .max = VS_GUEST_IOV - g };
+        rc = vs_pop_chain(&p->mem, r, 0, w);
+        if (rc == 0 && (w->len < p->hdr_len || w->len == p->hdr_omit))
+            rc = VS_CHAIN_SHORT;
+        if (rc > 0 && n > 0)
+            vs_avail_rewind(r, w->at);
+        if (rc > 0 && n == 0)
+            *stop = vs_chain_fault(p, r, w->head, rc);
+        if (rc != 0) {
+            *stop = rc < 0 ? rc : *stop;
+            break;
+        }
+        g += w->niov;
+        s->nhost[n] = w->niov;
+        s->host[n] = vs_host_iov(p, w->iov, &s->nhost[n], s->cut + h);
+        h += p->hdr_omit ? s->nhost[n] : 0;
+        n++;
+    }
+    return n;
+}
+
+/* Every write of the batch after slot i that went out. */
+static int tx_later_sent(const struct tx_slots *s, uint32_t i, uint32_t n)
+{
+    for (uint32_t k = i + 1; k < n; k++)
+        if (s->res[k] >= 0)
+            return 1;
+    return 0;
+}
+
+static void tx_done(struct vs_pair *p, struct vs_ring *r, const struct vs_walk *w, int sent)
+{
+    if (sent) {
+        r->st.packets++;
+        r->st.bytes += w->len - p->hdr_len;
+    } else {
+        r->st.drops_hostfd++;
+    }
+    r->st.chains++;
+    vs_used_add(r, w->head, 0);
+}
+
+/* Complete the batch's chains in order from their write results: 0, VS_TX_BLOCKED, 1 (the ring is off
+ * or nothing went out: the caller retries per frame, from the chain given back), or -errno. */
+static int tx_settle(struct vs_pair *p, struct vs_ring *r, struct tx_slots *s, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        int err = s->res[i] < 0 ? -s->res[i] : 0;
+        int raced = (err == EAGAIN || err == EWOULDBLOCK) && tx_later_sent(s, i, n);
+        if (err == 0 || raced || (err != EAGAIN && err != EWOULDBLOCK && vs_host_drops(p, err))) {
+            p->uring.tx_raced += (uint64_t)raced;
+            tx_done(p, r, &s->w[i], err == 0);
+            continue;
+        }
+        if (err == EOPNOTSUPP)
+            vs_uring_off(&p->uring, -err); /* RWF_NOWAIT refused: this fd cannot take the batched path */
+        if (err == EAGAIN || err == EWOULDBLOCK || err == EOPNOTSUPP || err == ECANCELED) {
+            vs_avail_rewind(r, s->w[i].at); /* ECANCELED: the kernel did not take it (vs_uring_rw) */
+            return i == 0 ? 1 : (err == EAGAIN || err == EWOULDBLOCK) ? VS_TX_BLOCKED : VS_MORE;
+        }
+        if (i + 1 < n)
+            vs_avail_rewind(r, s->w[i + 1].at); /* the failed chain stays taken, as one readv/writev leaves it */
+        return vs_host_fatal(err);
+    }
+    return 0;
+}
+
+/* Up to `room` chains in one io_uring_enter; *done counts the chains taken.  0, VS_TX_BLOCKED,
+ * VS_MORE, or -errno.  A batch that sent nothing is checked by one writev of its first chain (tx_one):
+ * a full queue says EAGAIN there too, and a fd the ring cannot drive still moves. */
+static int tx_many(struct vs_pair *p, struct vs_ring *r, struct iovec *pool, struct iovec *cut, uint32_t room,
+                   uint32_t *done)
+{
+    struct tx_slots s;
+    int stop = 0;
+    uint32_t n = tx_take(p, r, pool, &s, room, &stop);
+    *done += n ? n : 1;
+    if (n == 0)
+        return stop;
+    int rc = vs_uring_rw(&p->uring, 1, s.host, s.nhost, n, s.res);
+    if (rc <= 0 && rc != -EINTR)
+        vs_uring_off(&p->uring, rc < 0 ? rc : -EAGAIN); /* the kernel took nothing: per frame from now on */
+    if (rc <= 0) {
+        vs_avail_rewind(r, s.w[0].at);
+        return rc == -EINTR ? VS_MORE : 0;
+    }
+    rc = tx_settle(p, r, &s, n);
+    if (rc == 1) {
+        p->uring.confirms++;
+        rc = tx_one(p, r, pool, cut);
+    }
+    return rc != 0 ? rc : stop;
+}
+
 int vs_tx_batch(struct vs_pair *p)
 {
     struct vs_ring *r = &p->tx;
@@ -158,10 +281,16 @@ int vs_tx_batch(struct vs_pair *p)
             rc = n;
             break;
         }
-        if (done++ >= p->tx_budget) {
+        if (done >= p->tx_budget) {
             rc = VS_MORE;
             break;
         }
+        uint32_t room = vs_batch_room(p, p->tx_budget - done);
+        if (room > 1) {
+            rc = tx_many(p, r, iov, cut, room, &done);
+            continue;
+        }
+        done++;
         rc = tx_one(p, r, iov, cut);
     }
     vs_net_publish(p, r, old);

@@ -14,7 +14,7 @@ import mmap
 from dataclasses import dataclass
 from typing import Callable
 
-from ..hostfd import SIOCGIFMTU, TUNSETOFFLOAD, TUNSETQUEUE
+from ..host.tun import SIOCGIFMTU, TUNSETOFFLOAD, TUNSETQUEUE
 from .seccomp import ACT_ALLOW, CMP_EQ, CMP_MASKED_EQ, CMP_NE, Cmp, Rule, act_errno
 
 TCGETS, FIONBIO, FIOCLEX = 0x5401, 0x5421, 0x5451
@@ -31,6 +31,7 @@ class Facts:
 
     stats_dir_fd: int = -1      # --stats-file's directory, opened O_PATH before confining
     socket_dir_fd: int = -1     # --socket-path's directory: the socket file is removed on exit
+    uring_fd: int = -1          # the host fd's io_uring, set up and restricted before confining
 
 
 IOCTLS = (TUNSETOFFLOAD, TUNSETQUEUE, SIOCGIFMTU, FIONBIO, FIOCLEX, TCGETS)
@@ -52,6 +53,11 @@ def _in_dir(attr: str) -> ArgRule:
     return rule
 
 
+def _uring_enter(facts: Facts) -> list[tuple[Cmp, ...]]:
+    """Argument 0 is the worker's own ring; no ring (the per-frame path): no io_uring_enter at all."""
+    return [(Cmp(0, CMP_EQ, facts.uring_fd),)] if facts.uring_fd >= 0 else []
+
+
 ANY: ArgRule | None = None
 ARG_RULES: dict[str, ArgRule | None] = {
     "any": ANY,
@@ -59,6 +65,7 @@ ARG_RULES: dict[str, ArgRule | None] = {
     "no PROT_EXEC": _no_exec,
     "dirfd is the stats directory": _in_dir("stats_dir_fd"),
     "dirfd is the socket's directory": _in_dir("socket_dir_fd"),
+    "fd is the worker's io_uring": _uring_enter,
 }
 
 # (syscall, argument rule name, who needs it)
@@ -70,6 +77,10 @@ ALLOW: tuple[tuple[str, str, str], ...] = (
     ("readv", "any", "RX: a frame from the host fd into guest buffers (core)"),
     ("write", "any", "call eventfd signals, SEND_RARP's frame, stderr (log, stats), the stats file"),
     ("writev", "any", "TX: a frame from guest buffers to the host fd (core)"),
+    ("io_uring_enter", "fd is the worker's io_uring",
+     "batches of readv/writev on the host fd (core, vs_uring.c); the ring was made, restricted to those two "
+     "opcodes on its one fixed file and enabled before confinement; io_uring_setup and io_uring_register "
+     "stay forbidden"),
     ("recvmsg", "any", "vhost-user messages with SCM_RIGHTS fds; RX from socket host fds (core)"),
     ("sendmsg", "any", "vhost-user replies; TX to socket host fds (core)"),
     ("recvfrom", "any", "socket.recv on the control socket"),

@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import protocol as P
+from ..vhostuser import protocol as P
 from ..spec import Feature as F, Req, bit
 from .virtq import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE
 

@@ -14,8 +14,8 @@ import socket
 import struct
 import time
 
-from .. import protocol as P
-from ..channel import Channel
+from ..vhostuser import protocol as P
+from ..vhostuser.channel import Channel
 from ..spec import NET_HDR_LEN, Feature as F, ProtocolFeature as PF, Req, bit, mask
 from .virtq import DriverQueue, GuestMemory
 from .virtq_packed import PackedDriverQueue

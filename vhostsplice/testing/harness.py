@@ -13,8 +13,8 @@ import struct
 import subprocess
 import time
 
-from ..counters import read_stats
-from ..selfexec import self_argv, self_env
+from ..worker.counters import read_stats
+from ..serve.selfexec import self_argv, self_env
 from ..spec import GSO_UDP_L4, HDR_F_NEEDS_CSUM
 
 ETH_P_ALL = 0x0003

@@ -16,7 +16,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from ..hostfd import DEFAULT_MTU, HostFd, HostState
+from ..host.hostfd import DEFAULT_MTU, HostFd, HostState
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,0 +1,114 @@
+"""`vhostsplice run`: one queue pair, its options -> worker/runner.py's run_worker."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..errors import ConfigError
+from .options import (CONTEXT, busy_poll_option, check_stats, exit_table_help, from_environment, ownership,
+                      ownership_options, sandbox_option, signals_held_until_the_loop, stats_options)
+
+
+@click.command(context_settings=CONTEXT, epilog=exit_table_help())
+@click.option("--socket-path", metavar="PATH", envvar="VHOSTSPLICE_SOCKET",
+              help="Listen on this unix socket (mode 0600) and serve the first front-end that connects.")
+@click.option("--connect", "connect_path", metavar="PATH",
+              help="Connect to a front-end that listens on PATH (QEMU -chardev socket,server=on).")
+@click.option("--fd", "inherited_fd", type=int, metavar="N",
+              help="Serve an already connected unix socket inherited as fd N (QEMU backend-program convention).")
+@click.option("--tap", metavar="NAME", envvar="VHOSTSPLICE_TAP",
+              help="Tap interface to open one queue of (created if absent, multi-queue, vnet header).")
+@click.option("--host-fd", "host_fd", type=click.IntRange(0), metavar="N",
+              help="Use inherited fd N as the host side: a tap or macvtap queue (its vnet header is asked, not "
+                   "assumed), an AF_PACKET socket bound to an interface, or a connected unix SOCK_DGRAM/"
+                   "SOCK_SEQPACKET or UDP socket (bare frames: no offloads), or a stream socket with --framing qemu. "
+                   "Instead of --tap.")
+@click.option("--framing", type=click.Choice(["none", "qemu"]), default="none", show_default=True,
+              help="With --host-fd of a connected stream socket (unix or TCP): 'qemu' frames each packet with a "
+                   "4-byte big-endian length, as QEMU's -netdev stream does. A stream socket without it is EINVAL.")
+@click.option("--packet", metavar="IFNAME",
+              help="Use an AF_PACKET socket bound to interface IFNAME (all protocols; PACKET_VNET_HDR with "
+                   "--offloads). Instead of --tap.")
+@click.option("--mtu", type=click.IntRange(68, 65535),
+              help="Set the tap's MTU (--tap); with --host-fd/--packet: the MTU to assume (default: the "
+                   "interface's, else 1500).")
+@click.option("--bridge", metavar="BR", help="Enslave the tap to this existing bridge (--tap only).")
+@click.option("--cpu", metavar="LIST", envvar="VHOSTSPLICE_CPU",
+              help="Pin this worker to these CPUs, e.g. 2-3,6 (must be in the allowed set).")
+@click.option("--nice", type=click.IntRange(-20, 19), help="Scheduling niceness of the worker.")
+@click.option("--sched", metavar="POLICY", help="Scheduling policy: fifo:PRIO, rr:PRIO or other.")
+@busy_poll_option
+@click.option("--on-guest-error", type=click.Choice(["count", "exit"]), default="count", show_default=True,
+              help="Per-chain guest faults (bad address, bad descriptor) are counted, or end the worker (EFAULT).")
+@click.option("--offloads/--no-offloads", default=True, show_default=True,
+              help="Offer checksum/TSO/UFO/ECN offloads, and USO where the host fd takes it (passed through the "
+                   "tap's vnet header). With "
+                   "--no-offloads a tap opened by --tap carries no vnet header (unless other queues of it "
+                   "already do): the kernel then builds none per frame.")
+@click.option("--packed/--no-packed", default=True, show_default=True, envvar="VHOSTSPLICE_PACKED",
+              help="Offer the packed virtqueue (VIRTIO_F_RING_PACKED, virtio 1.2 2.8); --no-packed offers split "
+                   "rings only.")
+@click.option("--state-file", metavar="PATH", envvar="VHOSTSPLICE_STATE_FILE",
+              help="Keep the rings' positions in this file on tmpfs or ramfs (e.g. /dev/shm/vm1-net0.state; "
+                   "created 0600, refused elsewhere: EINVAL), updated around every batch, so a worker started "
+                   "again with the same file resumes where this one stopped even if it was killed: the only way "
+                   "a packed ring can resume (README \"Restarts\"). serve and vhostsplice-supervise hold one for you.")
+@click.option("--state-fd", type=click.IntRange(0), metavar="N", envvar="VHOSTSPLICE_STATE_FD",
+              help="As --state-file, for an inherited memfd or tmpfs file N (serve passes one to each worker).")
+@stats_options
+@ownership_options
+@sandbox_option
+@click.option("--print-capabilities", is_flag=True,
+              help='Print {"type": "net"} and exit (vhost-user backend program convention).')
+@click.option("--print-sandbox", is_flag=True,
+              help="Print the syscall allow-list of --sandbox strict and what this "
+                   "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
+@signals_held_until_the_loop
+def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched,
+        busy_poll, host_io, on_guest_error, offloads, packed, state_file, state_fd, stats_file, stats_format,
+        stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
+    """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
+
+    Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
+    --host-fd or --packet where the packets go (README: "Host packet fds"). The worker blocks in the
+    calling thread; SIGTERM or SIGINT stop it with exit 0; SIGUSR1 prints the counters (JSON) while it runs.
+    On exit it prints one JSON object of counters to stderr (or --stats-file).
+
+    Ownership (README: "Ownership and privileges"): one front-end per worker (a second connection is
+    closed unserved while the first is served); the socket is 0600 unless --socket-mode; --allow-uid
+    checks the peer's uid; --user drops root once the tap and socket are open. A host fd that is the
+    control socket is EINVAL; a front-end that sends the host fd back in a message is EPROTO.
+
+    \b
+    Examples:
+      vhostsplice run --socket-path /run/vm1/net0.sock --tap vm1net0 --cpu 1
+      vhostsplice run --socket-path /run/vm1/net0.sock --tap vm1net0 --user qemu --allow-uid qemu
+      vhostsplice run --socket-path /run/vm1/net0.sock --host-fd 3 3<>/dev/tap12
+      vhostsplice run --socket-path /run/vm1/net0.sock --packet eth1
+    """
+    if print_capabilities:
+        click.echo(json.dumps({"type": "net"}))
+        return 0
+    if print_sandbox:
+        from ..sandbox import describe
+        click.echo(json.dumps(describe(), indent=1))
+        return 0
+    doors = [d for d in (socket_path, connect_path, inherited_fd) if d is not None]
+    if len(doors) != 1:
+        raise ConfigError("give exactly one of --socket-path, --connect, --fd")
+    if tap and (host_fd is not None or packet) and from_environment("tap"):
+        tap = None      # VHOSTSPLICE_TAP is a default; an explicit --host-fd/--packet on the command line wins
+    if not tap and host_fd is None and not packet:
+        raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
+    check_stats(stats_file, stats_interval)
+    from ..worker.runner import run_worker
+    owner = ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
+    return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
+                      host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge,
+                      placement=(cpu, nice, sched),
+                      fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed, stats_file=stats_file,
+                      stats_format=stats_format, stats_interval=stats_interval,
+                      ownership=owner, sandbox=sandbox, busy_poll_us=busy_poll, state_file=state_file,
+                      state_fd=state_fd, host_io=host_io)
+

@@ -1,0 +1,437 @@
+"""The blocking loop of one queue pair: epoll on the control socket, kicks, the host fd and signals.
+
+This is the only Python that runs per wake-up; the packets themselves move in the C core
+(`Datapath.poll`), a batch per call. The loop never spins: with nothing pending it blocks in epoll.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import counters
+from ..device import datapath as dp
+from ..device.backend import Backend, BackendConfig
+from ..vhostuser.channel import Listener
+from ..errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
+                      from_oserror, release_stop_signals)
+from ..sandbox import Facts, Sandbox
+from ..device.statepage import StatePage
+
+log = logging.getLogger("vhostsplice")
+IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
+Role = tuple[str, int]          # what a watched fd is: (kind, argument), e.g. ("kick", 1); EVENT_HANDLERS
+GONE: Role = ("gone", 0)        # an fd reported in the same round as the message that closed it
+# epoll filters wake-ups by the mask asked for, and tun signals a deleted interface with the same
+# "readable" wake-up (IN|PRI|RDNORM) a packet uses: asking for ERR alone never wakes. PRI is never set by
+# tun's poll, so PRI|ERR wakes on a deletion and reports nothing for a mere packet (measured, 6.x).
+ERR_ONLY = select.EPOLLPRI | ERR
+SAFETY_POLL_S = 1.0     # after traffic, look at the rings this long after the last event even without a kick
+                        # (a lost kick heals); one such look that finds nothing disarms it: an idle ring
+                        # costs no wake-up until its next kick, host frame or message
+
+
+@dataclass
+class WorkerConfig:
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    stats_file: str | None = None
+    allow_uids: frozenset[int] | None = None    # --allow-uid: peers (SO_PEERCRED uid) served; None: any
+    sandbox: Sandbox | None = None              # --sandbox: confined before the first message (None: off)
+    stats_format: str = "json"                  # --stats-format: json or prometheus (counters.render)
+    stats_interval: float | None = None         # --stats-interval: rewrite --stats-file this often (seconds)
+    busy_poll_us: int = 0                       # --busy-poll: keep polling this long after a batch
+    host_io: str = "auto"                       # --host-io: auto (io_uring batches where they work) or plain
+    state: StatePage = field(default_factory=lambda: StatePage(None))   # --state-file/--state-fd (statepage.py)
+
+
+def _quietly(fn, *args) -> None:
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
+class Worker:
+    """Serves one front-end on one channel until a stop signal, a clean close, or a fatal error."""
+
+    def __init__(self, door, hostfd, config: WorkerConfig):
+        self.door, self.hostfd, self.config = door, hostfd, config
+        self.listening = isinstance(door, Listener)     # --socket-path (else a connected channel)
+        self.datapath = dp.Datapath(hostfd.fd, host_hdr_len=hostfd.vnet_hdr_len, empty_ok=hostfd.empty_ok,
+                                    refused_drop=hostfd.refused_drop, stream=hostfd.stream)
+        if config.state.mm is not None:     # the C core records ring positions in it around each publish
+            self.datapath.attach_state(config.state.mm)
+        if config.host_io == "auto":        # before confinement: the ring is set up and restricted now
+            self.datapath.enable_uring()
+        self.ep = select.epoll()
+        self.watched: dict[int, tuple[Role, int]] = {}    # fd -> (role, events)
+        self.channel = None
+        self.backend: Backend | None = None
+        self.wakeups = 0
+        self.lost_kicks = 0         # safety polls that found work no notification had announced
+        self.safety_armed = True    # disarmed by a safety poll that found nothing; any event re-arms it
+        self.busy = {"polls": 0, "found_work": 0, "timed_out": 0}     # --busy-poll's polls and their ends
+        self.busy_due = False       # --busy-poll: a batch published work and no busy window ran out since
+        self.rechecks = {"after_signal": 0, "found_work": 0}    # second passes after a batch published
+        self.rx_starved = False
+        self.tx_blocked = False
+        self.started = time.monotonic()
+        self.exit_code = 0
+        self.reason = ""
+        self.refused = {"busy": 0, "peer_uid": 0}     # connections closed unserved, by reason
+        self.host_err_mask = ERR_ONLY
+        # --stats-file is written through its directory, opened now: a confined worker opens nothing else
+        self.stats_dir_fd = -1
+        self.next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
+        if config.stats_file:
+            folder = os.path.dirname(os.path.abspath(config.stats_file))
+            try:
+                self.stats_dir_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise from_oserror(exc, f"--stats-file {config.stats_file}") from None
+
+    # -- epoll bookkeeping -------------------------------------------------------------------------------
+    def _watch(self, fd: int, role: Role, events: int) -> None:
+        """Watch fd for events (0: stop watching). A watched fd may have been closed and its number
+        reused since (a ring's kick fd replaced): epoll dropped the closed file itself, so tolerate that."""
+        old = self.watched.get(fd)
+        if old == (role, events):
+            return
+        if events == 0:
+            self.watched.pop(fd, None)
+            _quietly(self.ep.unregister, fd)
+            return
+        try:
+            (self.ep.modify if old is not None else self.ep.register)(fd, events)
+        except FileNotFoundError:
+            self.ep.register(fd, events)
+        except FileExistsError:
+            self.ep.modify(fd, events)
+        self.watched[fd] = (role, events)
+
+    def _sync(self) -> None:
+        """Make epoll watch exactly the fds the current state needs."""
+        want: dict[int, tuple[Role, int]] = {}
+        if self.backend is not None:
+            for ring in self.backend.rings:
+                if ring.running and ring.kick_fd is not None:
+                    want[ring.kick_fd] = (("kick", ring.index), IN)
+            rx_on = self.backend.rings[0].running and not self.rx_starved
+            tx_wait = self.backend.rings[1].running and self.tx_blocked
+            if self.backend.rings_running:
+                # EPOLLERR is asked for always: a tap whose interface is deleted reports it even while
+                # the RX ring is starved and nothing is written to it.
+                want[self.hostfd.fd] = (("host", 0),
+                                        self.host_err_mask | (IN if rx_on else 0) | (OUT if tx_wait else 0))
+        for fd, (role, _ev) in list(self.watched.items()):
+            if role[0] in ("host", "kick") and fd not in want:
+                self._watch(fd, role, 0)
+        for fd, (role, ev) in want.items():
+            self._watch(fd, role, ev)
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> int:
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wfd)
+        # The handlers stay after the loop: a stop signal during shutdown must not change the exit code.
+        for sig in (*STOP_SIGNALS, signal.SIGUSR1):
+            signal.signal(sig, lambda *_: None)
+        release_stop_signals()      # a stop held since start-up (cli.run, or a supervisor) arrives now
+        self._watch(rfd, ("signal", 0), IN)
+        try:
+            if self.config.sandbox is not None:
+                self.config.sandbox.confine(Facts(self.stats_dir_fd, getattr(self.door, "dir_fd", -1),
+                                                  self.datapath.uring_fd))
+            self._attach_door()
+            self._loop()
+        except VhostspliceError as exc:
+            self.exit_code, self.reason = exc.errno, str(exc)
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(rfd)
+            os.close(wfd)
+            self._shutdown()
+        return self.exit_code
+
+    def _attach_door(self) -> None:
+        if self.listening:
+            self._watch(self.door.fileno(), ("listen", 0), IN)
+            return
+        refused = self._peer_refused(self.door)
+        if refused:         # --connect/--fd: no one else will come; the worker ends
+            raise SetupError(f"front-end {refused}", errno.EACCES)
+        self._attach(self.door)
+
+    def _peer_refused(self, channel) -> str:
+        """'' if --allow-uid admits this peer, else why not (its SO_PEERCRED pid and uid)."""
+        if self.config.allow_uids is None:
+            return ""
+        pid, uid, _gid = channel.peer_cred()
+        if uid in self.config.allow_uids:
+            return ""
+        return f"pid {pid} uid {uid} is not in --allow-uid {','.join(map(str, sorted(self.config.allow_uids)))}"
+
+    def _attach(self, channel) -> None:
+        channel.refuse_file_of(self.hostfd.fd)     # the front-end may never hand us our own host fd
+        self.channel = channel
+        self.backend = Backend(channel, self.datapath, self.hostfd, self.config.backend)
+        self.backend.state = self.config.state
+        self._watch(channel.fileno(), ("control", 0), IN)
+
+    def _loop(self) -> None:
+        pending = False
+        while True:
+            timeout = self._timeout(pending)
+            events = self.ep.poll(timeout)
+            self.wakeups += 1
+            self._stats_tick()
+            if not events and timeout > 0:
+                pending = self._safety_poll()
+                continue
+            roles = [(fd, ev, self.watched.get(fd, (GONE, 0))[0]) for fd, ev in events]
+            if any(kind != "signal" for _fd, _ev, (kind, _arg) in roles):
+                self.safety_armed = True        # a kick, a host frame or a message: traffic (not SIGUSR1)
+            for fd, ev, (kind, arg) in roles:
+                if EVENT_HANDLERS[kind](self, fd, arg, ev):
+                    return
+            pending = self._poll_datapath()
+            if not pending and self.busy_due:
+                pending = self._busy_poll()
+            self._sync()
+
+    def _timeout(self, pending: bool) -> float:
+        """epoll's timeout: 0 with work pending; the safety poll's while rings run; else forever, but
+        never past the next --stats-interval rewrite."""
+        if pending:
+            return 0
+        running = self.backend is not None and self.backend.rings_running
+        timeout = SAFETY_POLL_S if running and self.safety_armed else -1
+        if self.next_stats is not None:
+            due = max(0.0, self.next_stats - time.monotonic())
+            timeout = due if timeout < 0 else min(timeout, due)
+        return timeout
+
+    def _stats_tick(self) -> None:
+        """--stats-interval: the stats file rewritten (atomically) once the interval has passed."""
+        if self.next_stats is not None and time.monotonic() >= self.next_stats:
+            self.report(final=False)
+            self.next_stats = time.monotonic() + self.config.stats_interval
+
+    def _safety_poll(self) -> bool:
+        before = self._positions()
+        pending = self._poll_datapath()
+        self._sync()
+        if self._positions() != before:
+            self.lost_kicks += 1
+            log.info("safety poll found work no kick announced (%d so far)", self.lost_kicks)
+        elif not pending:
+            self.safety_armed = False
+        return pending
+
+    def _positions(self) -> tuple:
+        rings = self.datapath.stats()
+        return tuple(rings[name]["last_avail_idx"] for name in ("rx", "tx"))
+
+    def _poll_datapath(self) -> bool:
+        if self.backend is None or not self.backend.rings_running:
+            return False
+        before = self.datapath.used_positions()
+        flags = self.datapath.poll()
+        published = self.datapath.used_positions()
+        self.busy_due = self.busy_due or (published != before and self.config.busy_poll_us > 0)
+        if not flags & dp.MORE and published != before:
+            # The batch published used entries and may have signalled the guest, which takes a while:
+            # frames that reached the host fd and buffers or chains the driver added meanwhile are taken
+            # now, in one more pass, instead of after another epoll round (the window Linux vhost_net
+            # closed in November 2025: check for work once more after signalling). One pass: a flood
+            # still returns to epoll, so control messages and signals keep their turn.
+            self.rechecks["after_signal"] += 1
+            flags = self.datapath.poll()
+            self.rechecks["found_work"] += self.datapath.used_positions() != published
+        self.rx_starved = bool(flags & dp.RX_STARVED)
+        self.tx_blocked = bool(flags & dp.TX_BLOCKED)
+        return bool(flags & dp.MORE)
+
+    def _busy_poll(self) -> bool:
+        """--busy-poll: after a batch that published, poll again until work shows up or the time is up (not
+        while the host fd is full: that waits for EPOLLOUT). True: work was done, look again without
+        sleeping (epoll first, with timeout 0: messages and signals keep their turn); a window that runs
+        out ends the busy phase until the next batch that publishes."""
+        if self.backend is None or not self.backend.rings_running or self.tx_blocked:
+            return False
+        deadline = time.monotonic_ns() + self.config.busy_poll_us * 1000
+        start = self.datapath.used_positions()
+        while time.monotonic_ns() < deadline:
+            flags = self.datapath.poll()
+            self.busy["polls"] += 1
+            if flags & dp.MORE or self.datapath.used_positions() != start:
+                self.busy["found_work"] += 1
+                self.rx_starved, self.tx_blocked = bool(flags & dp.RX_STARVED), bool(flags & dp.TX_BLOCKED)
+                return True
+            if flags & dp.TX_BLOCKED:
+                break
+        self.busy["timed_out"] += 1
+        self.busy_due = False
+        return False
+
+    def _on_signal(self, sigfd: int) -> bool:
+        try:
+            data = os.read(sigfd, 64)
+        except BlockingIOError:
+            return False
+        if any(b in data for b in STOP_SIGNALS):
+            self.reason = "stopped by signal"
+            return True
+        if signal.SIGUSR1 in data:
+            self.report(final=False)
+        return False
+
+    def _on_listen(self) -> None:
+        channel = self.door.accept()
+        busy = self.channel is not None
+        why = "a front-end is already served" if busy else self._peer_refused(channel)
+        if not why:
+            self._attach(channel)
+            return
+        # One front-end per worker, and only an allowed one: close it unserved, count it, keep serving.
+        self.refused["busy" if busy else "peer_uid"] += 1
+        pid, uid, _gid = channel.peer_cred()
+        log.warning("refused a front-end connection (pid %d uid %d): %s", pid, uid, why)
+        channel.close()
+
+    def _on_control(self) -> bool:
+        msg = self.channel.recv()
+        if msg is None and self.backend.messages == 0 and self.listening:
+            self._detach()      # a connect-and-close (a probe for a stale socket): keep listening
+            return False
+        if msg is None:
+            if self.backend.rings_running:
+                raise FrontendGone("front-end closed the connection while rings were running")
+            self.reason = "front-end closed the connection"
+            return True
+        log.debug("<- %s %s", msg.name, msg.payload[:32].hex())     # -vv: every request, payload head
+        self.backend.handle(msg)       # the host fd follows the negotiated state in there (HostFd.apply)
+        self.rx_starved = False        # a ring may have (re)started: look at everything again
+        return False
+
+    def _on_host(self, ev: int) -> None:
+        if self.hostfd.is_socket:
+            self._on_host_socket(ev)
+        elif ev & ERR and not ev & (IN | OUT):
+            raise HostFdError(f"{self.hostfd.kind} {self.hostfd.name}: detached or deleted (EPOLLERR)",
+                              errno.EBADFD)
+        if ev & select.EPOLLPRI:
+            self.host_err_mask = ERR     # an fd that does report PRI (a socket's urgent data): never spin on it
+        self.tx_blocked = self.tx_blocked and not ev & OUT
+
+    def _on_host_socket(self, ev: int) -> None:
+        """A socket's HUP is its peer gone for good (epoll reports it whatever the mask: never loop on
+        it); its ERR is a pending SO_ERROR, taken (and so cleared) and judged by the host fd."""
+        if ev & HUP and not ev & IN:
+            raise HostFdError(f"{self.hostfd.kind} {self.hostfd.name}: the peer closed (EPOLLHUP)", errno.EPIPE)
+        if ev & ERR:
+            self.hostfd.socket_error()
+        self.tx_blocked = self.tx_blocked and not ev & OUT
+
+    def _detach(self) -> None:
+        self._watch(self.channel.fileno(), ("control", 0), 0)
+        self.channel.close()
+        self.channel = self.backend = None
+
+    def _on_kick(self, index: int, fd: int) -> None:
+        """A kick. Its fd may be gone since epoll reported it: a control message handled earlier in the same
+        round (GET_VRING_BASE, a new SET_VRING_KICK) closed it, so only the ring's current kick fd is read."""
+        if self.backend is None or self.backend.rings[index].kick_fd != fd:
+            return
+        dp.drain_eventfd(fd)
+        self.backend.rings[index].kicks += 1
+        if index == 0:
+            self.rx_starved = False
+
+    # -- exit ----------------------------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        if self.backend is not None:
+            self._final_stats = self.stats()
+            try:
+                self.backend.close()
+            except VhostspliceError:
+                pass
+        if self.channel is not None:
+            self.channel.close()
+        if self.listening:
+            self.door.close()
+        self.ep.close()
+        self.datapath.attach_state(None)        # before the page is unmapped (runner)
+
+    def stats(self) -> dict:
+        rings = self.datapath.stats()
+        if self.backend is not None:
+            for ring in self.backend.rings:
+                rings["rx" if ring.index == 0 else "tx"]["kicks"] = ring.kicks
+        out = {
+            "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
+            "wakeups": self.wakeups, "lost_kicks": self.lost_kicks, "rechecks": dict(self.rechecks),
+            "busy_poll": {"usec": self.config.busy_poll_us, **self.busy},
+            "refused": dict(self.refused),
+            "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
+            "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.datapath.host_hdr_len,
+                     "io": self.datapath.host_io()},
+        }
+        if self.backend is not None:
+            out["features"] = f"{self.backend.acked or 0:#x}"
+            out["offered"] = f"{self.backend.offered:#x}"
+            out["protocol_features"] = f"{self.backend.protocol_acked:#x}"
+            out["messages"] = self.backend.messages
+            out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped
+        out["resume"] = self.config.state.report()      # where each ring resumed from (the state page)
+        out["dirty_log"] = self.datapath.log_stats()    # live migration: log_all, log_size, writes, overflow
+        out["memory"] = self.datapath.memory_stats()    # the region table: regions, bytes (memory hot-plug)
+        out["sandbox"] = dict(self.config.sandbox.report) if self.config.sandbox else {"mode": "off"}
+        return out
+
+    def report(self, final: bool = True) -> None:
+        data = getattr(self, "_final_stats", None) if final else None
+        data = dict(data or self.stats(), exit=self.exit_code, errno=errno_name(self.exit_code), reason=self.reason)
+        text = counters.render(data, self.config.stats_format, worker=counters.worker_name(self.config.stats_file))
+        if self.config.stats_file:
+            try:
+                self._write_stats(text)
+                return
+            except OSError as exc:
+                log.warning("--stats-file %s: %s; the statistics follow on stderr", self.config.stats_file, exc)
+        print(text, end="", file=sys.stderr, flush=True)
+
+    def _write_stats(self, text: str) -> None:
+        """A temporary file in the stats directory (held open since start), renamed over the stats file."""
+        name = os.path.basename(self.config.stats_file)
+        fd = os.open(f"{name}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
+                     dir_fd=self.stats_dir_fd)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+        os.replace(f"{name}.tmp", name, src_dir_fd=self.stats_dir_fd, dst_dir_fd=self.stats_dir_fd)
+
+
+def _quiet(action):
+    """A handler that never ends the loop."""
+    def handler(worker: Worker, fd: int, arg: int, ev: int) -> bool:
+        action(worker, fd, arg, ev)
+        return False
+    return handler
+
+
+# What an epoll event on a watched fd does, by its role's kind: (worker, fd, arg, events) -> end the loop?
+EVENT_HANDLERS = {
+    "signal": lambda w, fd, _arg, _ev: w._on_signal(fd),
+    "control": lambda w, _fd, _arg, _ev: w._on_control(),
+    "listen": _quiet(lambda w, _fd, _arg, _ev: w._on_listen()),
+    "kick": _quiet(lambda w, fd, ring, _ev: w._on_kick(ring, fd)),
+    "host": _quiet(lambda w, _fd, _arg, ev: w._on_host(ev)),
+    "gone": lambda *_: False,
+}
