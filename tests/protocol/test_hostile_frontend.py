@@ -22,13 +22,10 @@ from vhostsplice.device.datapath import Datapath, ring_size_ok
 from vhostsplice.errors import GuestFaultError, ProtocolError
 from vhostsplice.spec import MAX_PAYLOAD, Feature as F, ProtocolFeature as PF, Req, bit
 from vhostsplice.testing.hostfd import FakeHostFd
+from support.fds import open_fds, same_fds
 
 MEM = 1 << 20
 GPA, UVA = 0x4000_0000, 0x7F00_0000_0000
-
-
-def open_fds() -> set[int]:
-    return {int(x) for x in os.listdir("/proc/self/fd")}
 
 
 class Env:
@@ -82,11 +79,10 @@ class Env:
 
 @pytest.fixture
 def env():
-    before = open_fds()
-    e = Env()
-    yield e
-    e.close()
-    assert open_fds() == before, "fds leaked or closed behind the test's back"
+    with same_fds():
+        e = Env()
+        yield e
+        e.close()
 
 
 def eproto(fn, *args, match=None):

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from support.fds import same_fds
 from unit.test_supervisor import _lazy_device, _memfd
 from vhostsplice.vhostuser import protocol as P
 from vhostsplice.errors import ProtocolError
@@ -12,18 +13,13 @@ from vhostsplice.spec import ProtocolFeature as PF, Req, bit
 MB = 1 << 20
 
 
-def open_fds() -> set[int]:
-    return {int(x) for x in os.listdir("/proc/self/fd")}
-
-
 @pytest.fixture
 def sup():
-    before = open_fds()
-    s, _started, _pf = _lazy_device(features=0)
-    s.protocol_acked = bit(PF.CONFIGURE_MEM_SLOTS)
-    yield s
-    s.close()
-    assert open_fds() == before, "fds leaked or closed behind the test's back"
+    with same_fds():
+        s, _started, _pf = _lazy_device(features=0)
+        s.protocol_acked = bit(PF.CONFIGURE_MEM_SLOTS)
+        yield s
+        s.close()
 
 
 def region(k: int) -> P.MemRegion:
