@@ -161,6 +161,30 @@ def host_ping_gap(text: str) -> tuple[int, list[int], float]:
     return sent, sorted(set(range(1, sent + 1)) - got), gap
 
 
+def after_the_move(net: G.HostNet, worker, after_move: tuple[int, int], qmp: Qmp, tmp_path) -> str:
+    """What the destination looks like when its guest has not finished (a failure's message): whether
+    worker B moved packets since the move, how its rings stand, whether the host still reaches the guest,
+    and what QEMU says of the guest (a CI run of 30ea3bb, packed rings on 10.0, left an empty console)."""
+    facts = []
+    try:
+        stats = snapshot(worker)
+        facts.append(f"worker B rx/tx at the move {after_move}, now {packets(stats)}; rings {stats['rings']}")
+    except (AssertionError, OSError, KeyError) as exc:
+        facts.append(f"worker B: no statistics ({exc!r})")
+    try:
+        sent, lost, gap = host_ping_gap((tmp_path / "host-ping.log").read_text(errors="replace"))
+        facts.append(f"host pings across the move: sent {sent}, lost {len(lost)}, longest gap {gap:.0f} ms")
+    except (AssertionError, OSError) as exc:
+        facts.append(f"host pings: {exc}")
+    now = net.ping(G.GUEST_IP, count=3, interval=0.2, timeout=15)
+    facts.append(f"host -> guest now: {(now.stdout or '').strip().splitlines()[-2:]}")
+    try:
+        facts.append(f"QEMU: {qmp.cmd('query-status')}")
+    except (OSError, AssertionError, ValueError) as exc:
+        facts.append(f"QEMU: no answer ({exc!r})")
+    return "\n".join(facts)
+
+
 def resumed_where_it_stopped(stopped: dict, started: dict, layout: Layout) -> None:
     """The destination's worker (stats STARTED) starts each ring where the source's (STOPPED, its exit
     statistics after GET_VRING_BASE) left it. Split: used->idx as the migrated guest memory has it (the
@@ -219,7 +243,10 @@ def test_live_migration_keeps_the_guest_network(image, layout, tmp_path):
             assert stats_a["dirty_log"]["log_writes"] > 0, stats_a["dirty_log"]
             assert stats_a["dirty_log"]["log_overflow"] == 0, stats_a["dirty_log"]
 
-            rc = dst.wait_done(G.BOOT_TIMEOUT)                       # the guest finishes on the destination
+            try:
+                rc = dst.wait_done(G.BOOT_TIMEOUT)                   # the guest finishes on the destination
+            except G.GuestError as exc:
+                raise G.GuestError(f"{exc}\n{after_the_move(net, wb, after_move, qd, tmp_path)}") from None
             ping_text = dst.check("mig_ping").output
             stream = G.iperf_summary(dst.iperf("mig_stream"))
             dst.check("ping_after")
