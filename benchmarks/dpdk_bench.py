@@ -600,10 +600,14 @@ def _fill(ns: NetNs, size: int, count: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def sample_rx(col: Column, size: int, workdir: Path, args) -> dict:
+def sample_rx(col: Column, size: int, workdir: Path, args, probe=None) -> dict:
+    """probe (rx_profile.py): probe.attach(pid) once the back-end runs, probe.detach() after the drain; the
+    sample's drain_window (monotonic seconds of its 10 % and 90 % points) says what to look at."""
     count = args.rx_frames if size <= 64 else args.rx_frames // 2
     with Sample(col, workdir, hold=True, figure=("rx", size)) as s:
         s.be.start(txqlen=RX_TXQLEN)
+        if probe is not None:
+            probe.attach(s.be.pid)
         n_start = netdev(s.be.pid, TAP)
         if col.backend == "dpdk":        # front-end first (DPDK reads the tap only once forwarding)
             s.front_end("rxonly")
@@ -645,6 +649,8 @@ def sample_rx(col: Column, size: int, workdir: Path, args) -> dict:
                 break                    # drained (what is left never comes: dropped somewhere)
         stop.set()
         th.join()
+        if probe is not None:
+            probe.detach()
         census1 = Window(s.be.pid, pids(), True)
         time.sleep(0.3)                  # the last frames reach the front-end
         c_end = s.be.counters()
@@ -666,6 +672,9 @@ def sample_rx(col: Column, size: int, workdir: Path, args) -> dict:
          "testpmd_rx_packets" if fe_pid else "floor_frames": delivered_to,
          "delivered_fraction": round(delivered, 5),
          "drain_points": len(pts), "startup_s": s.be.startup_s, **layout}
+    if len(pts) >= 2:
+        d["drain_window"] = [pts[0][1], pts[-1][1]]
+        d["drain_window_packets"] = pts[-1][0] - pts[0][0]
     if len(wins) >= 2:                   # CPU and others' load over (about) the 10..90 % part of the drain
         d.update(wins[0][1].until(wins[-1][1]))
         d["frontend_cpu"] = d["own_cpu"].get(fe_pid)

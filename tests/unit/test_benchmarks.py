@@ -1,5 +1,5 @@
 """The benchmarks' own logic, without root or peers: a run with a figure that got no sample fails, the floor's
-variant table agrees with the columns that read it, and tap_floor.c compiles.
+variant table agrees with the columns that read it, the RX profile's buckets, and tap_floor.c compiles.
 (Speed is never asserted here: benchmarks/ measures it.)"""
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parent.parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import dpdk_bench  # noqa: E402
+import rx_profile  # noqa: E402
 import tap_floor  # noqa: E402
 
 
@@ -83,3 +84,36 @@ def test_the_floor_compiles_warning_free_and_refuses_bad_arguments(tmp_path):
     assert r.returncode == 2 and "HDR 0 or 12" in r.stderr
     r = subprocess.run([str(program)], capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+KERNEL = "[kernel.kallsyms]"
+
+
+@pytest.mark.parametrize("chain, bucket", [
+    ([("__seccomp_filter", KERNEL), ("__secure_computing", KERNEL), ("do_syscall_64", KERNEL)],
+     "kernel: seccomp filter (and the entry work it turns on)"),
+    ([("rep_movs_alternative", KERNEL), ("_copy_to_iter", KERNEL), ("tun_do_read", KERNEL)],
+     "kernel: tap read, copy to the buffer"),
+    ([("__check_object_size", KERNEL), ("_copy_to_iter", KERNEL), ("tun_do_read", KERNEL)],
+     "kernel: tap read, hardened-usercopy checks"),
+    ([("kmem_cache_free", KERNEL), ("consume_skb", KERNEL), ("tun_do_read", KERNEL)],
+     "kernel: tap read, skb free"),
+    ([("kmem_cache_free", KERNEL), ("do_epoll_wait", KERNEL)], "kernel: epoll"),
+    ([("syscall_exit_to_user_mode", KERNEL), ("do_syscall_64", KERNEL)], "kernel: syscall entry/exit"),
+    ([("vs_rx_batch", "_vs_core.abi3.so")], "user: vhostsplice C core"),
+    ([("rte_vhost_enqueue_burst", "librte_vhost.so.23.0")], "user: DPDK vhost (enqueue to the guest ring)"),
+])
+def test_rx_profile_buckets(chain, bucket):
+    assert rx_profile.classify(chain) == bucket
+
+
+def test_rx_profile_reads_perf_script_samples():
+    text = ("21291   670.903723:     100000 \n"
+            "\tffffffff8160a659 tun_do_read+0x1a ([kernel.kallsyms])\n"
+            "\t           f82ad __GI___readv (/usr/lib/x86_64-linux-gnu/libc.so.6)\n\n"
+            "21291   670.904306:     100000 \n"
+            "\t           15389 vs_rx_batch (/x/_vs_core.abi3.so)\n")
+    got = rx_profile.parse_script(text)
+    assert [(t, p) for t, p, _c in got] == [(670.903723, 100000), (670.904306, 100000)]
+    assert got[0][2] == [("tun_do_read", KERNEL), ("__GI___readv", "libc.so.6")]
+    assert rx_profile.classify(got[1][2]) == "user: vhostsplice C core"
