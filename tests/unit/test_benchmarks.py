@@ -117,3 +117,14 @@ def test_rx_profile_reads_perf_script_samples():
     assert [(t, p) for t, p, _c in got] == [(670.903723, 100000), (670.904306, 100000)]
     assert got[0][2] == [("tun_do_read", KERNEL), ("__GI___readv", "libc.so.6")]
     assert rx_profile.classify(got[1][2]) == "user: vhostsplice C core"
+
+
+def test_density_traffic_names_every_cell_without_a_round():
+    import density_traffic as D
+    full = {c: [{"aggregate_mpps": 1.0}] for c in D.CONFIGS}
+    results = {"sizes": {64: {ph: dict(full) for ph in D.PHASES}}}
+    assert D.missing(results) == []
+    results["sizes"][64]["among idle"][D.TWO] = []
+    del results["sizes"][64]["alone again"]
+    assert D.missing(results) == [f"64 B among idle: {D.TWO}"] + [f"64 B alone again: {c}" for c in D.CONFIGS]
+    assert D.missing({"sizes": {}}) == ["any size"]
