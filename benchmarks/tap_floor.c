@@ -12,8 +12,9 @@
  *
  * It attaches its queue, prints "ready", waits for a line on stdin, then moves frames until SIGTERM
  * (tx) or SIGTERM (rx; an empty queue is waited for with poll, so the drain's tail costs no spinning)
- * and prints one JSON line of counts. RX reads land in a pool of 256 buffers of HDR + 2048 bytes used
- * in turn, as a guest's RX ring of 256 would be.
+ * and prints one JSON line of counts. RX reads land in a pool of 256 buffers used in turn, as a guest's
+ * RX ring of 256 would be, laid out as testpmd virtio-user's mbufs are: the frame at 128 bytes into a
+ * 2304-byte slot (cache-line aligned), the header just before it, room for 2048 frame bytes.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,7 +36,9 @@
 #include <unistd.h>
 
 #define POOL 256
-#define BUF 2048
+#define BUF 2048  /* frame bytes a buffer takes */
+#define SLOT 2304 /* bytes per buffer in the pool */
+#define DATA 128  /* where the frame starts in a slot (DPDK's RTE_PKTMBUF_HEADROOM) */
 #define MAX_BATCH 256
 
 static volatile sig_atomic_t stopping;
@@ -113,10 +116,16 @@ static void wait_readable(int fd, struct counts *c)
     poll(&p, 1, 50);
 }
 
-static void rx_readv(int fd, uint8_t *pool, size_t slot, struct counts *c)
+/* RX buffer I of the pool: the header's bytes, then room for BUF frame bytes at DATA. */
+static struct iovec rx_buf(uint8_t *pool, int hdr, unsigned long i)
+{
+    return (struct iovec){ pool + (i % POOL) * SLOT + DATA - hdr, (size_t)hdr + BUF };
+}
+
+static void rx_readv(int fd, uint8_t *pool, int hdr, struct counts *c)
 {
     for (unsigned long i = 0; !stopping; i++) {
-        struct iovec iov = { pool + (i % POOL) * slot, slot };
+        struct iovec iov = rx_buf(pool, hdr, i);
         ssize_t n = readv(fd, &iov, 1);
         c->syscalls++;
         if (n > 0)
@@ -208,14 +217,14 @@ static unsigned uring_batch(struct uring *u, int fd, int op, struct iovec *iov, 
     return again;
 }
 
-static void uring_loop(int fd, int rx, uint8_t *mem, size_t slot, size_t len, unsigned b, struct counts *c)
+static void uring_loop(int fd, int rx, uint8_t *mem, int hdr, size_t len, unsigned b, struct counts *c)
 {
     struct uring u;
     struct iovec iov[MAX_BATCH];
     uring_setup(&u, b, sched_getcpu());
     for (unsigned long i = 0; !stopping; i++) {
         for (unsigned k = 0; k < b; k++)
-            iov[k] = (struct iovec){ rx ? mem + ((i * b + k) % POOL) * slot : mem, rx ? slot : len };
+            iov[k] = rx ? rx_buf(mem, hdr, i * b + k) : (struct iovec){ mem + DATA - hdr, len };
         if (uring_batch(&u, fd, rx ? IORING_OP_READV : IORING_OP_WRITEV, iov, b, c) && rx)
             wait_readable(fd, c);
     }
@@ -238,12 +247,11 @@ int main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     int fd = open_tap(argv[2], hdr);
-    size_t slot = (size_t)hdr + BUF;
-    uint8_t *mem = aligned_alloc(4096, POOL * slot);
+    uint8_t *mem = aligned_alloc(4096, POOL * SLOT);
     if (mem == NULL)
         die("aligned_alloc");
-    memset(mem, 0, POOL * slot); /* fault the pool in before the clock starts */
-    size_t len = rx ? 0 : build_frame(mem, hdr, size);
+    memset(mem, 0, POOL * SLOT); /* fault the pool in before the clock starts */
+    size_t len = rx ? 0 : build_frame(mem + DATA - hdr, hdr, size);
     printf("ready\n");
     fflush(stdout);
     char line[16];
@@ -251,11 +259,11 @@ int main(int argc, char **argv)
         return 0;
     struct counts c = { 0 };
     if (batch)
-        uring_loop(fd, rx, mem, slot, len, batch, &c);
+        uring_loop(fd, rx, mem, hdr, len, batch, &c);
     else if (rx)
-        rx_readv(fd, mem, slot, &c);
+        rx_readv(fd, mem, hdr, &c);
     else
-        tx_writev(fd, mem, len, &c);
+        tx_writev(fd, mem + DATA - hdr, len, &c);
     printf("{\"frames\": %llu, \"bytes\": %llu, \"syscalls\": %llu, \"eagain\": %llu, \"errors\": %llu, "
            "\"enters\": %llu}\n",
            c.frames, c.bytes, c.syscalls, c.eagain, c.errors, c.enters);
