@@ -12,15 +12,17 @@ are counted. Each perf sample stands for 100 us of the back-end's CPU, so a buck
 the packets the tap gave up in that window is its time per packet. The buckets (RULES, first match over
 the call chain) split kernel time into the tap read (copy to the buffer, skb free, the rest of tun_do_read),
 syscall entry/exit, the seccomp filter, epoll, eventfd, the scheduler, and user time by library.
-The back-ends alternate sample by sample, 64 and 1500 B; two more columns profile the raw tap floor
+The back-ends alternate sample by sample, 64 and 1500 B; three more columns profile the raw tap floor
 (benchmarks/tap_floor.c: one readv per frame, nothing else) with the worker's vnet header and without one,
-as DPDK's net_tap reads: what the tap costs alone, and what the header adds to it.
+as DPDK's net_tap reads (what the tap costs alone, and what the header adds to it), and with the header
+through io_uring, 32 reads per enter (what batching the syscalls takes off).
 
 This VM has no hardware PMU (`perf stat -e instructions` says <not supported>): cpu-clock is a timer,
 so time spent with interrupts off is charged to where they come back on; cycles and instructions are
 not available. Output in --out: rx_profile.md (per-packet tables), rx_profile.json (every sample's
 buckets), and perf-BACKEND-rxSIZE-N.txt (`perf report --stdio --no-children --sort dso,sym` of a sample's
-window, the top entries). Needs root, dpdk-testpmd and perf. Never used by the tests.
+window, the top entries; spaces in a column's name become _). Needs root, dpdk-testpmd and perf. Never
+used by the tests.
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ RULES = [
     ("kernel: readv/read/write set-up (fd, iovec, vfs)", "chain",
      r"do_readv|vfs_readv|do_iter_read|import_iovec|iovec_from_user|ksys_read|ksys_write|vfs_read|vfs_write|"
      r"fdget|__fget|rw_verify_area|security_file"),
+    ("kernel: io_uring submission, prep and completion", "chain", r"^io_|^__io_|io_uring"),
     ("kernel: syscall entry/exit", "leaf",
      r"entry_SYSCALL|do_syscall_64|syscall_exit|exit_to_user_mode|syscall_return|x64_sys_call|"
      r"fpregs|switch_fpu|__x64_sys|restore_regs"),
@@ -183,7 +186,7 @@ def one(col: B.Column, size: int, rep: int, work: Path, out: Path, args) -> dict
     if "drain_window" not in d:
         return {"error": f"no drain window: {d}"[:500]}
     d["profile"] = analyse(data, d["drain_window"], d["drain_window_packets"])
-    (out / f"perf-{col.name}-rx{size}-{rep}.txt").write_text(
+    (out / f"perf-{col.name.replace(' ', '_')}-rx{size}-{rep}.txt").write_text(
         f"# {col.name} RX {size} B, sample {rep}: perf report of the drain's 10-90 % window "
         f"({d['drain_window_packets']} packets, {d['mpps']} Mpps)\n" + top_report(data, d["drain_window"], 0.5))
     return d
@@ -267,9 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rx_profile"))
     ap.add_argument("--worker-arg", action="append", default=[], metavar="ARG", help="as dpdk_bench's")
     ap.add_argument("--rx-frames", type=int, default=500000, help="backlog for 64 B (1500 B: half)")
-    ap.add_argument("--floor", default="vnet,plain", metavar="VARIANT,...|none",
-                    help="raw tap floor columns (tap_floor.c; dpdk_bench --floor's variants): default vnet,plain "
-                         "(with the worker's vnet header and without it, as DPDK's net_tap)")
+    ap.add_argument("--floor", default="vnet,plain,uring", metavar="VARIANT,...|none",
+                    help="raw tap floor columns (tap_floor.c; dpdk_bench --floor's variants): default vnet,plain,uring "
+                         "(with the worker's vnet header, without it as DPDK's net_tap, and the header with io_uring "
+                         "batches of reads)")
     ap.add_argument("--keep", action="store_true", help="keep /tmp/vsprofile-PID (perf.data, logs)")
     a = ap.parse_args(argv)
     args = B.parse_args(["--figures", "rx64,rx1500", "--rx-frames", str(a.rx_frames)])

@@ -100,6 +100,10 @@ KERNEL = "[kernel.kallsyms]"
      "kernel: tap read, skb free"),
     ([("kmem_cache_free", KERNEL), ("do_epoll_wait", KERNEL)], "kernel: epoll"),
     ([("syscall_exit_to_user_mode", KERNEL), ("do_syscall_64", KERNEL)], "kernel: syscall entry/exit"),
+    ([("io_submit_sqes", KERNEL), ("__do_sys_io_uring_enter", KERNEL)],
+     "kernel: io_uring submission, prep and completion"),
+    ([("__import_iovec", KERNEL), ("io_prep_readv", KERNEL), ("io_submit_sqes", KERNEL)],
+     "kernel: readv/read/write set-up (fd, iovec, vfs)"),
     ([("vs_rx_batch", "_vs_core.abi3.so")], "user: vhostsplice C core"),
     ([("rte_vhost_enqueue_burst", "librte_vhost.so.23.0")], "user: DPDK vhost (enqueue to the guest ring)"),
 ])
