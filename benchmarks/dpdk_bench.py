@@ -1479,7 +1479,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         measured.preflight()
         if any(c.backend == "floor" for c in args.columns):
-            Floor.program = tap_floor.build()
+            try:
+                Floor.program = tap_floor.build()
+            except RuntimeError as exc:
+                sys.exit(f"stopping before the first sample: {exc}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = combine(args.combine) if args.combine else run(args)

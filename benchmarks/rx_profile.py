@@ -291,7 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     cols = [B.Column("vhostsplice", "vhostsplice"), B.Column("dpdk", "dpdk")]
     floors = [] if a.floor == "none" else B.tap_floor.parse(a.floor, False)
     if floors:
-        B.Floor.program = B.tap_floor.build()
+        try:
+            B.Floor.program = B.tap_floor.build()
+        except RuntimeError as exc:
+            sys.exit(f"stopping before the first sample: {exc}")
         cols += [B.Column(B.tap_floor.VARIANTS[f].column, "floor", floor=f) for f in floors]
     try:
         for rep in range(a.repeat):
