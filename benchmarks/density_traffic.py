@@ -217,7 +217,7 @@ def markdown(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--idle-pairs", type=int, default=32, help="idle connected `run` workers in the middle phase")
@@ -225,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="64,1500", help="frame sizes, comma-separated (default 64,1500)")
     ap.add_argument("--queue-size", type=int, default=32768, help="RX ring of each traffic pair (default 32768)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "density"))
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
     if os.geteuid() != 0 or not {0, 1} <= os.sched_getaffinity(0):
         sys.exit("needs root (netns, taps) and CPUs 0 and 1")
     measured.preflight()

@@ -263,7 +263,8 @@ def _us(v: float | None) -> str:
     return "" if v is None else f"{v:.3f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None):
+    """This script's options, dpdk_bench's settings for the RX figure, and the floor variants asked for."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3, help="samples per back-end and size (default 3)")
@@ -276,26 +277,37 @@ def main(argv: list[str] | None = None) -> int:
                          "batches of reads)")
     ap.add_argument("--keep", action="store_true", help="keep /tmp/vsprofile-PID (perf.data, logs)")
     a = ap.parse_args(argv)
-    args = B.parse_args(["--figures", "rx64,rx1500", "--rx-frames", str(a.rx_frames)])
-    B.WORKER_OPTS = list(a.worker_arg)
-    if os.geteuid() != 0 or shutil.which("perf") is None or not B.T.available():
-        sys.exit("needs root, perf (apt-get install linux-perf) and dpdk-testpmd")
-    measured.preflight()
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(f"/tmp/vsprofile-{os.getpid()}")
-    results = {"facts": B.machine_facts(), "command": " ".join(["python3", "benchmarks/rx_profile.py",
-                                                                *(sys.argv[1:] if argv is None else argv)]),
-               "period_ns": PERIOD_NS, "samples": {}}
-    gate, t0 = B.QuietGate(args.quiet, args.quiet_wait, args.quiet_budget), time.monotonic()
+    try:
+        floors = [] if a.floor == "none" else B.tap_floor.parse(a.floor, False)
+    except ValueError as exc:
+        ap.error(f"--floor {a.floor}: {exc}")
+    return a, B.parse_args(["--figures", "rx64,rx1500", "--rx-frames", str(a.rx_frames)]), floors
+
+
+def profiled_columns(floors: list[str]) -> list[B.Column]:
+    """The worker, DPDK, then the floors (compiled now: a compiler error stops the run here)."""
     cols = [B.Column("vhostsplice", "vhostsplice"), B.Column("dpdk", "dpdk")]
-    floors = [] if a.floor == "none" else B.tap_floor.parse(a.floor, False)
     if floors:
         try:
             B.Floor.program = B.tap_floor.build()
         except RuntimeError as exc:
             sys.exit(f"stopping before the first sample: {exc}")
-        cols += [B.Column(B.tap_floor.VARIANTS[f].column, "floor", floor=f) for f in floors]
+    return cols + [B.Column(B.tap_floor.VARIANTS[f].column, "floor", floor=f) for f in floors]
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, args, floors = parse(argv)
+    B.WORKER_OPTS = list(a.worker_arg)
+    if os.geteuid() != 0 or shutil.which("perf") is None or not B.T.available():
+        sys.exit("needs root, perf (apt-get install linux-perf) and dpdk-testpmd")
+    measured.preflight()
+    cols = profiled_columns(floors)
+    out, work = Path(a.out), Path(f"/tmp/vsprofile-{os.getpid()}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"facts": B.machine_facts(), "command": " ".join(["python3", "benchmarks/rx_profile.py",
+                                                                *(sys.argv[1:] if argv is None else argv)]),
+               "period_ns": PERIOD_NS, "samples": {}}
+    gate, t0 = B.QuietGate(args.quiet, args.quiet_wait, args.quiet_budget), time.monotonic()
     try:
         for rep in range(a.repeat):
             for size in SIZES:
@@ -306,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
-    summ = summary(results)
-    results["summary"] = summ
+    results["summary"] = summ = summary(results)
     (out / "rx_profile.json").write_text(json.dumps(results, indent=1) + "\n")
     md = markdown(results, summ)
     (out / "rx_profile.md").write_text(md)
