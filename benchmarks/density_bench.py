@@ -23,6 +23,7 @@ line in both. Benchmarks, never timed tests: the figures depend on the machine a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -105,8 +106,10 @@ def measure_idle(pids_fn, window: float) -> dict:
             "cpu_percent": round(100 * sum(y["ticks"] - x["ticks"] for x, y in zip(a, b)) / TICK / dt, 2)}
 
 
-def shape_run(n: int, workdir: Path, window: float) -> dict:
-    """N `run` workers on socketpairs, each with its own connected front-end."""
+@contextlib.contextmanager
+def idle_pairs(n: int, workdir: Path):
+    """N `run` workers on socketpairs, each with its own connected front-end that has moved one frame each
+    way; yields (their pids, start-up seconds to all listening), stops them all at the end."""
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(n)]
     procs, fronts = [], []
     try:
@@ -130,8 +133,7 @@ def shape_run(n: int, workdir: Path, window: float) -> dict:
             fronts.append(fe)
         for fe in fronts:
             fe.wait_used(fe.tx, 1)
-        d = measure_idle(lambda: [p.pid for p, _s in procs], window)
-        return {"startup_s": round(startup, 2), **d}
+        yield [p.pid for p, _s in procs], startup
     finally:
         for fe in fronts:
             fe.close()
@@ -146,6 +148,13 @@ def shape_run(n: int, workdir: Path, window: float) -> dict:
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def shape_run(n: int, workdir: Path, window: float) -> dict:
+    """N `run` workers on socketpairs, each with its own connected front-end."""
+    with idle_pairs(n, workdir) as (pids, startup):
+        d = measure_idle(lambda: pids, window)
+        return {"startup_s": round(startup, 2), **d}
 
 
 def shape_serve(n: int, workdir: Path, window: float) -> dict:

@@ -12,8 +12,10 @@ CPU 0), in the same run, interleaved sample by sample:
   dpdk          testpmd net_vhost0 (listening on S) + net_tap0 (vsk0) in io forwarding, lcore on CPU 1
 Every sample gets a fresh private network namespace, a fresh back-end and a fresh front-end.
 More columns in the same run: --busy-poll 50,200 (a worker with `run --busy-poll USEC` each: the
-"Busy polling" table) and --layouts split,packed (both back-ends again under virtio-user packed_vq=1:
-the "Ring layouts" table); the headline table stays the default worker against DPDK on split rings.
+"Busy polling" table), --layouts split,packed (both back-ends again under virtio-user packed_vq=1:
+the "Ring layouts" table) and --floor (benchmarks/tap_floor.c: one readv/writev per frame on the same tap,
+no front-end, packet rates only: the "raw tap floor" table, vhostsplice / floor); the headline table
+stays the default worker against DPDK on split rings.
 
 Figures (median over --repeat samples; min..max kept in the JSON):
   tx64/tx1500   guest -> tap. testpmd txonly; Mpps = the tap's kernel rx_packets over a fixed window.
@@ -60,6 +62,7 @@ from measured import ROOT  # noqa: E402
 from support import testpmd as T  # noqa: E402  (the interop harness: testpmd front-end, log parsing)
 from support.netns import NetNs  # noqa: E402
 from support.waiting import terminate  # noqa: E402
+import tap_floor  # noqa: E402  (the raw tap floor: --floor)
 from vhostsplice.testing.harness import live_stats  # noqa: E402
 
 NS_PREFIX = "vsk"                 # netns vsk-PID-N, tap vsk0 (the bats suite uses vsb)
@@ -224,21 +227,30 @@ class Column:
     worker_args: tuple[str, ...] = ()
     layout: str = "split"
     busy_poll: int = 0
+    floor: str = ""                 # the floor's variant (tap_floor.VARIANTS), backend "floor"
+
+    def measures(self, fig: str) -> bool:
+        """The floor has packet rates only (no socket, no front-end: no ping, no idle figures)."""
+        return self.backend != "floor" or fig.startswith(("tx", "rx"))
 
 
-def columns(busy_polls: list[int], layouts: list[str]) -> list[Column]:
+def columns(busy_polls: list[int], layouts: list[str], floors: list[str] = ()) -> list[Column]:
     """The headline pair first (default worker, DPDK, split), then a vhostsplice column per --busy-poll
-    USEC other than 0 (split), then both back-ends per --layouts layout other than split."""
+    USEC other than 0 (split), then both back-ends per --layouts layout other than split, then one
+    column per --floor variant."""
     cols = [Column("vhostsplice", "vhostsplice"), Column("dpdk", "dpdk")]
     cols += [Column(f"vhostsplice busy-poll {us}", "vhostsplice", ("--busy-poll", str(us)), busy_poll=us)
              for us in busy_polls if us]
     cols += [Column(f"{b} {layout}", b, layout=layout) for layout in layouts if layout != "split"
              for b in BACKENDS]
+    cols += [Column(tap_floor.VARIANTS[f].column, "floor", floor=f) for f in floors]
     return cols
 
 
 def column_of(name: str) -> Column:
     """The Column a results key names (also for the JSON of an earlier run)."""
+    if name in tap_floor.BY_COLUMN:
+        return Column(name, "floor", floor=next(k for k, v in tap_floor.VARIANTS.items() if v.column == name))
     backend, _, rest = name.partition(" ")
     if rest.startswith("busy-poll "):
         us = int(rest.split()[1])
@@ -255,9 +267,11 @@ class Backend:
     """One back-end process in a namespace, listening on workdir/vhost.sock, moving frames to/from TAP."""
 
     name = "?"
+    needs_front_end = True          # False: the floor moves frames itself (go() starts it)
 
-    def __init__(self, ns: NetNs, workdir: Path, *, hold: bool = False):
+    def __init__(self, ns: NetNs, workdir: Path, *, hold: bool = False, figure: tuple[str, int] = ("", 0)):
         self.ns, self.workdir = ns, workdir
+        self.figure = figure                # ("tx" or "rx", frame bytes) of the sample
         self.sock = workdir / "vhost.sock"
         self.log = workdir / f"{self.name}.log"
         self.hold = hold                    # DPDK: do not forward until go() (RX backlog set-up)
@@ -296,6 +310,12 @@ class Backend:
             self.proc.wait(30)
 
 
+def make_tap(ns: NetNs, txqlen: int | None) -> None:
+    """The tap the worker and the floor attach a queue to (DPDK's net_tap makes its own)."""
+    ns.run(["ip", "tuntap", "add", "dev", TAP, "mode", "tap", "multi_queue", "vnet_hdr"])
+    ns.run(["ip", "link", "set", TAP, "up"] + (["txqueuelen", str(txqlen)] if txqlen else []))
+
+
 class Vhostsplice(Backend):
     name = "vhostsplice"
 
@@ -303,8 +323,7 @@ class Vhostsplice(Backend):
 
     def start(self, txqlen: int | None = None) -> None:
         ns = self.ns
-        ns.run(["ip", "tuntap", "add", "dev", TAP, "mode", "tap", "multi_queue", "vnet_hdr"])
-        ns.run(["ip", "link", "set", TAP, "up"] + (["txqueuelen", str(txqlen)] if txqlen else []))
+        make_tap(ns, txqlen)
         self.stats_file = self.workdir / "stats.json"
         self.argv = [*measured.argv(), "run", "--socket-path", str(self.sock), "--tap", TAP,
                      "--cpu", str(BE_CPU), "--stats-file", str(self.stats_file), *WORKER_OPTS,
@@ -397,7 +416,49 @@ class Dpdk(Backend):
         shutil.rmtree(T.DPDK_RUNTIME / getattr(self, "prefix", "-"), ignore_errors=True)
 
 
-BACKEND_CLASSES = {"vhostsplice": Vhostsplice, "dpdk": Dpdk}
+class Floor(Backend):
+    """The raw tap floor (--floor): tap_floor.c on the back-end's CPU, a queue of the same tap, one readv or
+    writev per frame (or a share of an io_uring batch); no socket and no front-end. It attaches, says
+    "ready", and moves frames from go() until stop() (SIGTERM), which reads its counts (self.result)."""
+
+    name = "floor"
+    needs_front_end = False
+    program: Path | None = None         # tap_floor.build(), once before the first sample
+    variant = "vnet"
+    result: dict = {}
+
+    def start(self, txqlen: int | None = None) -> None:
+        make_tap(self.ns, txqlen)
+        mode, size = self.figure
+        self.argv = ["taskset", "-c", str(BE_CPU),
+                     *tap_floor.argv(Floor.program, mode, TAP, tap_floor.VARIANTS[self.variant], size)]
+        self._logf = open(self.log, "wb")
+        t0 = time.monotonic()
+        self.proc = self.ns.popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._logf,
+                                  text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            self.proc.wait(30)
+            raise RuntimeError(f"the floor did not start (exit {self.proc.returncode}): "
+                               + self.log.read_text(errors="replace")[-3000:])
+        self.startup_s = time.monotonic() - t0
+
+    def go(self) -> None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        lines = out.strip().splitlines()
+        self.result = json.loads(lines[-1]) if lines else {}
+        self._logf.close()
+        if self.proc.returncode != 0 or not self.result:
+            raise RuntimeError(f"the floor exited {self.proc.returncode}: "
+                               + self.log.read_text(errors="replace")[-3000:])
+
+
+BACKEND_CLASSES = {"vhostsplice": Vhostsplice, "dpdk": Dpdk, "floor": Floor}
 
 
 # ------------------------------------------------------------------------------------------ perf
@@ -427,12 +488,13 @@ def perf_counts(pid: int, seconds: float) -> dict[str, int]:
 class Sample:
     """A fresh namespace + back-end (+ front-end) for one figure; cleans up everything it started."""
 
-    def __init__(self, col: Column, workdir: Path, *, hold: bool = False):
+    def __init__(self, col: Column, workdir: Path, *, hold: bool = False, figure: tuple[str, int] = ("", 0)):
         self.workdir, self.col = workdir, col
         workdir.mkdir(parents=True, exist_ok=True)
         self.ns = NetNs(NS_PREFIX)
-        self.be: Backend = BACKEND_CLASSES[col.backend](self.ns, workdir, hold=hold)
+        self.be: Backend = BACKEND_CLASSES[col.backend](self.ns, workdir, hold=hold, figure=figure)
         self.be.worker_args = col.worker_args
+        self.be.variant = col.floor
         self.fe: T.Testpmd | None = None
         self.extra: list = []          # other processes to kill
 
@@ -497,9 +559,11 @@ def _rates(d: dict, packets: int, w: dict, c0: dict | None, c1: dict | None) -> 
 
 
 def sample_tx(col: Column, size: int, workdir: Path, args) -> dict:
-    with Sample(col, workdir) as s:
+    with Sample(col, workdir, figure=("tx", size)) as s:
         s.be.start()
-        fe = s.front_end("txonly", txpkts=size)
+        fe = s.front_end("txonly", txpkts=size) if s.be.needs_front_end else None
+        if fe is None:
+            s.be.go()
         layout = s.check_layout()
         time.sleep(args.warmup)
         c0, n0, w0 = s.be.counters(), netdev(s.be.pid, TAP), Window(s.be.pid, s.own_pids(), True)
@@ -508,7 +572,8 @@ def sample_tx(col: Column, size: int, workdir: Path, args) -> dict:
         w = w0.until(w1)
         pk = n1["rx_packets"] - n0["rx_packets"]
         d = {"mpps": round(pk / w["seconds"] / 1e6, 4), "tap_rx_dropped": n1["rx_dropped"] - n0["rx_dropped"],
-             **w, "frontend_cpu": w["own_cpu"].get(fe.proc.pid), "startup_s": s.be.startup_s, **layout}
+             **w, "frontend_cpu": w["own_cpu"].get(fe.proc.pid) if fe else None, "startup_s": s.be.startup_s,
+             **layout}
         _rates(d, pk, w, c0, c1)
         if args.perf:
             a = netdev(s.be.pid, TAP)
@@ -518,10 +583,13 @@ def sample_tx(col: Column, size: int, workdir: Path, args) -> dict:
             if npk and pc:
                 d["perf"] = {k: round(v / npk, 4) for k, v in pc.items()} | {"packets": npk}
         d["rss_kib_after"] = proc_status(s.be.pid)
-        totals = fe.stop()["all"]
-        d["testpmd_tx_packets"], d["testpmd_tx_dropped"] = totals.tx_packets, totals.tx_dropped
-        s.fe = None
+        if fe is not None:
+            totals = fe.stop()["all"]
+            d["testpmd_tx_packets"], d["testpmd_tx_dropped"] = totals.tx_packets, totals.tx_dropped
+            s.fe = None
         s.be.stop()
+        if fe is None:
+            d["floor"] = s.be.result
     return d
 
 
@@ -532,10 +600,14 @@ def _fill(ns: NetNs, size: int, count: int) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def sample_rx(col: Column, size: int, workdir: Path, args) -> dict:
+def sample_rx(col: Column, size: int, workdir: Path, args, probe=None) -> dict:
+    """probe (rx_profile.py): probe.attach(pid) once the back-end runs, probe.detach() after the drain; the
+    sample's drain_window (monotonic seconds of its 10 % and 90 % points) says what to look at."""
     count = args.rx_frames if size <= 64 else args.rx_frames // 2
-    with Sample(col, workdir, hold=True) as s:
+    with Sample(col, workdir, hold=True, figure=("rx", size)) as s:
         s.be.start(txqlen=RX_TXQLEN)
+        if probe is not None:
+            probe.attach(s.be.pid)
         n_start = netdev(s.be.pid, TAP)
         if col.backend == "dpdk":        # front-end first (DPDK reads the tap only once forwarding)
             s.front_end("rxonly")
@@ -563,8 +635,8 @@ def sample_rx(col: Column, size: int, workdir: Path, args) -> dict:
         th = threading.Thread(target=sampler, daemon=True)
         th.start()
         census0 = Window(s.be.pid, pids(), True)
-        if col.backend == "dpdk":
-            s.be.go()
+        if col.backend == "dpdk" or not s.be.needs_front_end:
+            s.be.go()                    # DPDK's forwarding, or the floor's reads
         else:                            # the worker reads the tap once the front-end's rings run
             s.front_end("rxonly")
         base = n_start["tx_packets"]
@@ -577,24 +649,32 @@ def sample_rx(col: Column, size: int, workdir: Path, args) -> dict:
                 break                    # drained (what is left never comes: dropped somewhere)
         stop.set()
         th.join()
+        if probe is not None:
+            probe.detach()
         census1 = Window(s.be.pid, pids(), True)
         time.sleep(0.3)                  # the last frames reach the front-end
         c_end = s.be.counters()
         layout = s.check_layout()
         read = samples[-1][0] - base
-        fe_pid = s.fe.proc.pid
-        totals = s.fe.stop()["all"]
+        fe_pid = s.fe.proc.pid if s.fe else None
+        delivered_to = s.fe.stop()["all"].rx_packets if s.fe else None
         s.fe = None
         s.be.stop()
+        if delivered_to is None:         # the floor: what its reads got
+            delivered_to = s.be.result["frames"]
     lo, hi = base + 0.1 * read, base + 0.9 * read
     pts = [(n, t) for n, t, _w in samples if lo <= n <= hi]
     wins = [(n, w) for n, _t, w in samples if w is not None and lo <= n <= hi]
     slope = _slope([(t, n) for n, t in pts])
-    delivered = totals.rx_packets / read if read else 0.0
+    delivered = delivered_to / read if read else 0.0
     d = {"mpps": round(slope * min(1.0, delivered) / 1e6, 4), "tap_read_mpps": round(slope / 1e6, 4),
          "frames_queued": filled["queued"], "fill_mpps": filled["mpps"], "read_by_backend": read,
-         "testpmd_rx_packets": totals.rx_packets, "delivered_fraction": round(delivered, 5),
+         "testpmd_rx_packets" if fe_pid else "floor_frames": delivered_to,
+         "delivered_fraction": round(delivered, 5),
          "drain_points": len(pts), "startup_s": s.be.startup_s, **layout}
+    if len(pts) >= 2:
+        d["drain_window"] = [pts[0][1], pts[-1][1]]
+        d["drain_window_packets"] = pts[-1][0] - pts[0][0]
     if len(wins) >= 2:                   # CPU and others' load over (about) the 10..90 % part of the drain
         d.update(wins[0][1].until(wins[-1][1]))
         d["frontend_cpu"] = d["own_cpu"].get(fe_pid)
@@ -602,6 +682,8 @@ def sample_rx(col: Column, size: int, workdir: Path, args) -> dict:
     whole = census0.until(census1)      # the whole drain, front-end start-up included: per-process others
     d["others_cpu_drain_stat"] = d.get("others_cpu")
     d.update(others_cpu=whole["others_cpu"], others_top=whole["others_top"])
+    if not s.be.needs_front_end:
+        d["floor"] = s.be.result
     if c_end:
         rx = c_end["rings"]["rx"]
         d["worker_counters"] = {"wakeups": c_end["wakeups"] - 1, "rx_packets": rx["packets"],
@@ -728,14 +810,8 @@ def sample_idle(col: Column, workdir: Path, args) -> dict:
 
 def fill_main(tap: str, size: int, count: int) -> int:
     """(In the namespace) queue COUNT UDP frames of SIZE bytes into TAP's tx queue (mmsg_sender)."""
-    from mmsg_sender import send_frames
-    # Ethernet to a unicast MAC nobody owns, IPv4/UDP 198.18.0.1 -> 198.18.0.2, zero payload.
-    ip = (bytearray.fromhex("4500") + (size - 14).to_bytes(2, "big")
-          + bytes.fromhex("0000" "4000" "4011" "0000" "c6120001" "c6120002"))   # checksum left 0: nobody checks
-    udp = (1024).to_bytes(2, "big") + (1025).to_bytes(2, "big") + (size - 34).to_bytes(2, "big") + bytes(2)
-    frame = bytes.fromhex("02aabbccdd02" "02aabbccdd01" "0800") + bytes(ip) + udp
-    frame += bytes(size - len(frame))
-    queued, refused, dt = send_frames(tap, frame, count, burst=1024)
+    from mmsg_sender import send_frames, udp_frame
+    queued, refused, dt = send_frames(tap, udp_frame(size), count, burst=1024)
     print(json.dumps({"queued": queued, "refused": refused, "mpps": round(queued / dt / 1e6, 3)}))
     return 0
 
@@ -795,14 +871,16 @@ def run(args) -> dict:
                                                                  "rx_frames", "rx_sender", "ping_interval", "ping_cpu",
                                                                  "perf", "quiet", "min_share",
                                                                  "quiet_wait", "quiet_budget", "noisy",
-                                                                 "retries", "busy_poll", "layouts")},
+                                                                 "retries", "busy_poll", "layouts", "floor",
+                                                                 "no_offloads")},
                      "columns": [c.name for c in args.columns],
-                     "samples": {c.name: {f: [] for f in args.figures} for c in args.columns}}
+                     "samples": {c.name: {f: [] for f in args.figures if c.measures(f)} for c in args.columns}}
     t_start = time.monotonic()
     gate = QuietGate(args.quiet, args.quiet_wait, args.quiet_budget)
     for rep in range(args.repeat):
         for fig in args.figures:
-            order = args.columns if (rep + FIGURES.index(fig)) % 2 == 0 else args.columns[::-1]
+            cols = [c for c in args.columns if c.measures(fig)]
+            order = cols if (rep + FIGURES.index(fig)) % 2 == 0 else cols[::-1]
             for col in order:
                 backend = col.name
                 for attempt in range(1 + args.retries):
@@ -1042,7 +1120,7 @@ def markdown(results: dict, rows: dict) -> str:
             "(eventfd kicks the front-end sent) and calls (used-buffer notifications the worker sent) come from "
             "the worker's own counters (DPDK has none: n/a). RX per-packet counters cover the whole drain. "
             "'others' CPU' is what processes outside this benchmark used during the window.", "",
-            *_busy_poll_table(results, rows), *_layout_table(results, rows),
+            *_floor_table(results, rows), *_busy_poll_table(results, rows), *_layout_table(results, rows),
             "## Spread (min..max over samples)", "", "| figure | " + " | ".join(cols) + " |",
             "| --- |" + " --- |" * len(cols)]
     for key, label, unit, _kind, _t in GOALS:
@@ -1106,6 +1184,37 @@ def _busy_poll_table(results: dict, rows: dict) -> list[str]:
             "window (SIGUSR1: one wake-up, subtracted); 'recheck found work' counts the one extra pass after a "
             "batch that published (every worker makes it) finding work, e.g. the echo reply already in the TX "
             "ring.", ""]
+    return out
+
+
+FLOOR_GOAL = {"rx64_mpps": 1 / 1.15, "rx1500_mpps": 1 / 1.15}   # issue 18: RX within 1.15x of the floor
+
+
+def _floor_table(results: dict, rows: dict) -> list[str]:
+    """Packet rates against the raw tap floor: every floor column, vhostsplice / the floor with the worker's
+    header (issue 18's goal on RX), DPDK / the header-less floor (DPDK's net_tap carries none)."""
+    floors = [c for c in results.get("columns") or list(results["samples"]) if column_of(c).backend == "floor"]
+    if not floors:
+        return []
+    same = tap_floor.VARIANTS[tap_floor.same_as_worker(results["settings"].get("no_offloads", False))].column
+    plain = tap_floor.VARIANTS["plain"].column
+    out = ["## The raw tap floor: one readv/writev per frame on the same tap (medians, Mpps)", "",
+           "| figure | vhostsplice | DPDK | " + " | ".join(floors) + f" | vhostsplice / DPDK | vhostsplice / "
+           f"{same} | goal | met | DPDK / {plain} |", "| --- |" + " ---: |" * (3 + len(floors)) + " --- | --- | ---: |"]
+    for key in ("tx64_mpps", "tx1500_mpps", "rx64_mpps", "rx1500_mpps"):
+        v, d = _median(rows, key, "vhostsplice"), _median(rows, key, "dpdk")
+        f, goal = _median(rows, key, same), FLOOR_GOAL.get(key)
+        met = "" if goal is None or v is None or not f else ("yes" if v / f >= goal else "**no**")
+        out.append(f"| {key.replace('_mpps', '')} | {_fmt(v, 'Mpps')} | {_fmt(d, 'Mpps')} | "
+                   + " | ".join(_fmt(_median(rows, key, c), "Mpps") for c in floors)
+                   + f" | {_ratio(v, d)} | {_ratio(v, f)} | {'>= %.2f (1.15x)' % goal if goal else ''} | {met} | "
+                   f"{_ratio(d, _median(rows, key, plain))} |")
+    out += ["", f"The floor (benchmarks/tap_floor.c, compiled at run time) attaches a queue of the same tap with the "
+            "same flags as the worker (IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE, IFF_VNET_HDR and TUNSETVNETHDRSZ 12 "
+            "for a vnet-hdr column, TUNSETOFFLOAD 0) on the back-end's CPU and does one readv (RX, into 256 "
+            "buffers of 2 KiB used in turn) or writev (TX, a testpmd-txonly-like IPv4/UDP frame) per frame; "
+            f"io_uring columns submit {tap_floor.URING_BATCH} READV (RWF_NOWAIT) or WRITEV per io_uring_enter. "
+            "Same sender, same drain, same counters as the back-ends' samples; no front-end runs.", ""]
     return out
 
 
@@ -1281,6 +1390,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="ring layouts the front-end asks for: split (default, the headline), packed (testpmd "
                         "virtio-user packed_vq=1, against both back-ends; in_order=1 on both, virtio-user's "
                         "default); a table of layouts")
+    p.add_argument("--floor", nargs="?", const="same", default="", metavar="VARIANT,...",
+                   help="add the raw tap floor (benchmarks/tap_floor.c, compiled now) as columns: same (the "
+                        "default value: the worker's header), vnet (12-byte header), plain (no header), uring, "
+                        f"uring-plain (io_uring, {tap_floor.URING_BATCH} reads or writes per enter); packet rates "
+                        "only; a table of vhostsplice / floor")
     p.add_argument("--combine", nargs="+", metavar="JSON",
                    help="run nothing: medians over the samples of these earlier dpdk_bench.json files")
     p.add_argument("--workdir", help="where logs go (default /tmp/vsbench-PID, deleted unless --keep)")
@@ -1303,7 +1417,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     layouts = [v.strip() for v in args.layouts.split(",") if v.strip()]
     if set(layouts) - set(FRONT_END_LAYOUTS) or "split" not in layouts:
         p.error(f"--layouts {args.layouts}: split (always measured) and packed")
-    args.columns = columns(busy, layouts)
+    try:
+        floors = tap_floor.parse(args.floor, args.no_offloads)
+    except ValueError as exc:
+        p.error(f"--floor {args.floor}: {exc}")
+    args.columns = columns(busy, layouts, floors)
     return args
 
 
@@ -1366,6 +1484,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"needs CPUs {FE_CPU} and {BE_CPU}")
     else:
         measured.preflight()
+        if any(c.backend == "floor" for c in args.columns):
+            try:
+                Floor.program = tap_floor.build()
+            except RuntimeError as exc:
+                sys.exit(f"stopping before the first sample: {exc}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = combine(args.combine) if args.combine else run(args)

@@ -867,7 +867,8 @@ def main() -> int:
         drew = plot(png_path, doc, tests, backends)
         write_markdown(md_path, doc, tests, backends, png_path if drew else None)
         print(f"wrote {md_path}, {json_path}" + (f", {png_path}" if drew else ""))
-    if args.json:
+    if args.json:                   # its folder too: a missing one lost every boot's figures at the end
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     print(f"logs: {base}")
     bad = [r for r in results if r.get("failed") or any(x.get("error") for x in r.get("tests", {}).values())]

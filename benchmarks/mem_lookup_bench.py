@@ -1,9 +1,10 @@
 """Guest-physical lookup cost of the C core's region table (vs_mem.c), per table size.
 
-Compiles a small C driver against vs_mem.c of this tree and of a git revision (default: the parent of
-the memory-slots change, whose table held 8 regions and was always walked; its header is widened to 509
-so its walk can be timed on large tables too), then times vs_gpa_to_iov for 64-byte buffers at random
-guest addresses spread over every region of a table of N adjacent 64 KiB regions. Prints ns per lookup
+Compiles a small C driver against vs_mem.c of this tree and of a git revision (default: main, or
+origin/main in a clone whose checked-out branch is another; its header is widened to 509 regions so an
+old table that was always walked, such as the one before memory slots, can be timed on large tables
+too), then times vs_gpa_to_iov for 64-byte buffers at random guest addresses spread over every region of
+a table of N adjacent 64 KiB regions. Prints ns per lookup
 (the best of --repeat runs) and, with valgrind installed, instructions per lookup (counted, so not
 disturbed by a loaded machine the way the times are; branch mispredictions are not in them) for each N and each build.
 
@@ -16,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -65,6 +67,15 @@ def build(src_dir: str, out: str) -> str:
     return exe
 
 
+def resolve(rev: str) -> str:
+    """REV as git knows it here, else origin/REV (a fresh clone has a local branch for its HEAD only)."""
+    for name in (rev, f"origin/{rev}"):
+        if subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"], capture_output=True,
+                          cwd=HERE).returncode == 0:
+            return name
+    sys.exit(f"--rev {rev}: no such revision here, nor origin/{rev} (git fetch, or name another with --rev)")
+
+
 def revision_core(rev: str, out: str) -> str:
     os.makedirs(out, exist_ok=True)
     for name in ("vs_api.h", "vs_mem.c"):
@@ -100,7 +111,7 @@ def instructions(exe: str, n: int, iters: int) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rev", default="main", help="the revision to compare with (default: main)")
+    ap.add_argument("--rev", default="main", help="the revision to compare with (default: main, else origin/main)")
     ap.add_argument("--sizes", default="1,3,8,9,40,509")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--iters", type=int, default=20_000_000, help="lookups per timed run")
@@ -109,7 +120,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         builds = {"tree": build(CORE, tmp)}
         old = os.path.join(tmp, "rev")
-        builds[args.rev] = build(revision_core(args.rev, old), old)
+        rev = resolve(args.rev)
+        builds[rev] = build(revision_core(rev, old), old)
         print(f"| regions | {' | '.join(f'{k} ns | {k} instr' for k in builds)} |")
         print(f"| --- | {' | '.join('--- | ---' for _ in builds)} |")
         for n in map(int, args.sizes.split(",")):

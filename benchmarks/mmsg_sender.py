@@ -26,6 +26,16 @@ class MMsgHdr(ctypes.Structure):
     _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
 
 
+def udp_frame(size: int) -> bytes:
+    """An Ethernet/IPv4/UDP frame of SIZE bytes, 198.18.0.1:1024 -> 198.18.0.2:1025, to a unicast MAC nobody
+    owns, zero payload (IP checksum left 0: nobody checks)."""
+    ip = (bytearray.fromhex("4500") + (size - 14).to_bytes(2, "big")
+          + bytes.fromhex("0000" "4000" "4011" "0000" "c6120001" "c6120002"))
+    udp = (1024).to_bytes(2, "big") + (1025).to_bytes(2, "big") + (size - 34).to_bytes(2, "big") + bytes(2)
+    frame = bytes.fromhex("02aabbccdd02" "02aabbccdd01" "0800") + bytes(ip) + udp
+    return frame + bytes(size - len(frame))
+
+
 def send_frames(ifname: str, frame: bytes, count: int, burst: int) -> tuple[int, int, float]:
     """Send FRAME COUNT times on IFNAME, BURST per sendmmsg -> (queued, refused, seconds).
 

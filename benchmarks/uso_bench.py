@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import measured  # noqa: E402  (puts tests/ on sys.path; peer_image)
+import measured  # noqa: E402  (puts tests/ on sys.path; peer_image, preflight)
 from measured import ROOT  # noqa: E402
 from support import guest as G  # noqa: E402
 from support.peers import COLUMNS  # noqa: E402
@@ -180,6 +180,7 @@ def main(argv=None) -> int:
         print(f"uso_bench: {missing}", file=sys.stderr)
         return 1
     image, qemu = found
+    measured.preflight()            # a worker that cannot start stops the run here, with its stderr
     args.qemu_version, args.kver = qemu.version, image.kver
     sender = G.build_guest_tool(SENDER, tempfile.mkdtemp(prefix="uso-sender-"), "-static")
     load0, samples, failed = os.getloadavg()[0], [], 0
