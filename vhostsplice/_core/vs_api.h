@@ -312,9 +312,33 @@ uint32_t vs_iov_cut(const struct iovec *in, uint32_t n, uint64_t from, uint64_t 
 struct iovec *vs_host_iov(const struct vs_pair *p, struct iovec *iov, uint32_t *niov, struct iovec *cut);
 int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
 uint32_t vs_batch_room(const struct vs_pair *p, uint32_t left);
-/* vs_net_tx.c, vs_net_rx.c: one batch of each direction */
+/* vs_net_tx.c, vs_net_rx_batch.c: one batch of each direction */
 void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used);
 int vs_tx_batch(struct vs_pair *p);
 int vs_rx_batch(struct vs_pair *p);
+/* vs_net_rx.c: RX one frame at a time, the steps vs_net_rx_batch.c's io_uring batches reuse */
+#define VS_RX_IDLE 0x100 /* internal: the host fd has nothing to read */
+/* The chains one frame fills with MRG_RXBUF (5.1.6.4), collected by vs_rx_merge. */
+struct vs_rx_merge {
+    struct iovec iov[VS_MAX_IOV + 1]; /* + 1: the scratch iovec */
+    struct iovec cut[VS_MAX_IOV + 2]; /* iov without the omitted header bytes (+ 1 split, + 1 scratch) */
+    uint64_t gpa[VS_MAX_IOV + 1];     /* guest-physical address of each iov (the dirty log's) */
+    uint16_t heads[VS_MAX_IOV];
+    uint64_t cap[VS_MAX_IOV];
+    uint32_t n, niov, ndesc;
+    uint64_t total;
+    uint16_t ends[VS_MAX_IOV]; /* the avail position after each collected chain */
+    uint16_t start;            /* the avail position before the first collected chain */
+};
+int vs_rx_error(const struct vs_pair *p, struct vs_ring *r, ssize_t got, int err);
+int vs_rx_with_scratch(struct vs_pair *p, struct iovec *iov, uint32_t niov);
+void vs_rx_log_dropped(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t got,
+                       uint64_t cap);
+int vs_rx_oversize(struct vs_ring *r);
+int vs_rx_starved(struct vs_pair *p, struct vs_ring *r, uint16_t seen);
+void vs_rx_deliver(struct vs_pair *p, struct vs_ring *r, const struct vs_walk *w, uint64_t got);
+int vs_rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t *gpa, struct iovec *cut);
+int vs_rx_merge(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m);
+int vs_rx_stream(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m);
 
 #endif /* VS_API_H */

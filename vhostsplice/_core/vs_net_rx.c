@@ -1,13 +1,6 @@
-/* vs_net_rx.c - virtio-net RX: one readv from the host fd straight into the guest's RX chains (one
- * chain, or with MRG_RXBUF as many as the frame needs), or a staged frame of a byte stream.
- *
- * With the host fd's io_uring on (vs_uring.c) and chains that each hold the largest frame the fd
- * delivers (rx_max: no merging needed), up to rx_burst chains are taken and read by one io_uring_enter,
- * a frame per chain.  Frames come in order; a read that got no frame (EAGAIN, or a frame dropped as
- * short or oversize, a dropped error) leaves a hole, and the frames after it move up into the earlier
- * chains, so the chains complete in the order taken, exactly as one readv per chain would have filled
- * them; the chains left over go back.  Only the buffers of chains given back may hold bytes one readv
- * per frame would not have written there (the device still owns them: the driver may not read them).
+/* vs_net_rx.c - virtio-net RX, one frame at a time: one readv from the host fd straight into the guest's
+ * RX chains (one chain, or with MRG_RXBUF as many as the frame needs), or a staged frame of a byte
+ * stream.  These are also the steps vs_net_rx_batch.c's io_uring batches reuse (declared in vs_api.h).
  *
  * Dirty log: RX chains are walked with their guest-physical addresses kept next to the iovecs, and a
  * delivered packet's bytes (frame, header, zeroed header bytes, num_buffers) are logged after the last
@@ -22,8 +15,6 @@
 
 #include "vs_api.h"
 
-#define VS_RX_IDLE 0x100 /* internal: the host fd has nothing to read */
-
 static void put_num_buffers(const struct vs_pair *p, const struct iovec *iov, uint32_t niov, uint16_t n)
 {
     uint16_t le = htole16(n);
@@ -32,7 +23,7 @@ static void put_num_buffers(const struct vs_pair *p, const struct iovec *iov, ui
 }
 
 /* readv failed (or hit end of file). */
-static int rx_error(const struct vs_pair *p, struct vs_ring *r, ssize_t got, int err)
+int vs_rx_error(const struct vs_pair *p, struct vs_ring *r, ssize_t got, int err)
 {
     if (got == 0 && (p->host_flags & VS_HOST_EMPTY_OK)) {
         r->st.drops_short++; /* an empty datagram */
@@ -52,7 +43,7 @@ static int rx_error(const struct vs_pair *p, struct vs_ring *r, ssize_t got, int
 
 /* Put the scratch buffer behind the guest's iovecs, so a frame longer than the guest's buffers is
  * seen whole (and dropped) instead of silently cut short by readv. Returns the iovec count to read. */
-static int rx_with_scratch(struct vs_pair *p, struct iovec *iov, uint32_t niov)
+int vs_rx_with_scratch(struct vs_pair *p, struct iovec *iov, uint32_t niov)
 {
     if (p->scratch == NULL || p->scratch_len == 0)
         return (int)niov;
@@ -69,7 +60,7 @@ static ssize_t host_read(struct vs_pair *p, struct iovec *iov, uint32_t niov, st
     struct iovec *in = vs_host_iov(p, iov, &niov, cut);
     /* SAFETY: guest iovecs from vs_gpa_to_iov (narrowed by vs_iov_cut), plus scratch; the arrays hold
      * VS_MAX_IOV + 2 entries and niov <= VS_MAX_IOV + 1 before the scratch entry. */
-    ssize_t got = readv(p->host_fd, in, rx_with_scratch(p, in, niov));
+    ssize_t got = readv(p->host_fd, in, vs_rx_with_scratch(p, in, niov));
     return got <= 0 ? got : got + (ssize_t)p->hdr_omit;
 }
 
@@ -83,21 +74,21 @@ static void zero_omitted(const struct vs_pair *p, const struct iovec *iov, uint3
 
 /* A frame dropped as short or oversize still landed in the guest's buffers (up to their length): log
  * those bytes too, so that every byte the device changes is in a marked page. */
-static void rx_log_dropped(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t got,
-                           uint64_t cap)
+void vs_rx_log_dropped(struct vs_pair *p, const struct iovec *iov, const uint64_t *gpa, uint32_t niov, uint64_t got,
+                       uint64_t cap)
 {
     vs_log_iov(p->mem.log, iov, gpa, niov, got < cap ? got : cap);
 }
 
 /* The frame did not fit the guest's buffers: count it; the caller gives the chains back. */
-static int rx_oversize(struct vs_ring *r)
+int vs_rx_oversize(struct vs_ring *r)
 {
     r->st.drops_oversize++;
     return 0;
 }
 
 /* No (or too few) RX buffers: ask for a kick past `seen`; 0 if buffers raced in meanwhile. */
-static int rx_starved(struct vs_pair *p, struct vs_ring *r, uint16_t seen)
+int vs_rx_starved(struct vs_pair *p, struct vs_ring *r, uint16_t seen)
 {
     int n = vs_notify_enable(&p->mem, r, seen);
     if (n != 0)
@@ -107,7 +98,7 @@ static int rx_starved(struct vs_pair *p, struct vs_ring *r, uint16_t seen)
 }
 
 /* A frame of got bytes (header included) is in the chain: the header fix-ups, the log, its used entry. */
-static void rx_deliver(struct vs_pair *p, struct vs_ring *r, const struct vs_walk *w, uint64_t got)
+void vs_rx_deliver(struct vs_pair *p, struct vs_ring *r, const struct vs_walk *w, uint64_t got)
 {
     zero_omitted(p, w->iov, w->niov);
     put_num_buffers(p, w->iov, w->niov, 1);
@@ -120,12 +111,12 @@ static void rx_deliver(struct vs_pair *p, struct vs_ring *r, const struct vs_wal
 }
 
 /* Without MRG_RXBUF: one packet into one chain. */
-static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t *gpa, struct iovec *cut)
+int vs_rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64_t *gpa, struct iovec *cut)
 {
     struct vs_walk w = { .iov = iov, .gpa = gpa, .max = VS_GUEST_IOV };
     int rc = vs_avail_pending(r);
     if (rc <= 0)
-        return rc < 0 ? rc : rx_starved(p, r, vs_avail_pos(r));
+        return rc < 0 ? rc : vs_rx_starved(p, r, vs_avail_pos(r));
     rc = vs_pop_chain(&p->mem, r, 1, &w);
     if (rc < 0)
         return rc;
@@ -137,31 +128,18 @@ static int rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, ui
     if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > w.len)
         vs_avail_rewind(r, w.at); /* the chain stays for the next packet */
     if (got <= 0)
-        return rx_error(p, r, got, errno);
+        return vs_rx_error(p, r, got, errno);
     if (vs_logging(p->mem.log) && ((size_t)got < p->hdr_len || (uint64_t)got > w.len))
-        rx_log_dropped(p, iov, gpa, w.niov, (uint64_t)got, w.len);
+        vs_rx_log_dropped(p, iov, gpa, w.niov, (uint64_t)got, w.len);
     if ((size_t)got < p->hdr_len) {
         r->st.drops_short++;
         return 0;
     }
     if ((uint64_t)got > w.len)
-        return rx_oversize(r);
-    rx_deliver(p, r, &w, (uint64_t)got);
+        return vs_rx_oversize(r);
+    vs_rx_deliver(p, r, &w, (uint64_t)got);
     return 0;
 }
-
-/* With MRG_RXBUF (5.1.6.4): one packet over as many chains as it needs. */
-struct rx_merge {
-    struct iovec iov[VS_MAX_IOV + 1]; /* + 1: the scratch iovec */
-    struct iovec cut[VS_MAX_IOV + 2]; /* iov without the omitted header bytes (+ 1 split, + 1 scratch) */
-    uint64_t gpa[VS_MAX_IOV + 1];     /* guest-physical address of each iov (the dirty log's) */
-    uint16_t heads[VS_MAX_IOV];
-    uint64_t cap[VS_MAX_IOV];
-    uint32_t n, niov, ndesc;
-    uint64_t total;
-    uint16_t ends[VS_MAX_IOV]; /* the avail position after each collected chain */
-    uint16_t start;            /* the avail position before the first collected chain */
-};
 
 /* What rx_take did with the next chain (or < 0: -errno). */
 enum rx_take_result {
@@ -171,7 +149,7 @@ enum rx_take_result {
 };
 
 /* Add one chain to the merge: an rx_take_result, or < 0. */
-static int rx_take(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
+static int rx_take(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m)
 {
     struct vs_walk w = { .iov = m->iov + m->niov, .gpa = m->gpa + m->niov, .max = VS_GUEST_IOV - m->niov };
     int rc = vs_pop_chain(&p->mem, r, 1, &w);
@@ -200,7 +178,7 @@ static int rx_take(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
 }
 
 /* Collect chains until they hold rx_max bytes: 1 enough, 0 the driver has no more, < 0 fatal. */
-static int rx_collect(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
+static int rx_collect(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m)
 {
     uint64_t want = p->rx_max > p->hdr_len ? p->rx_max : p->hdr_len;
     m->n = m->niov = m->ndesc = 0;
@@ -222,7 +200,7 @@ static int rx_collect(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
 }
 
 /* Hand the bytes to the chains in order; unused chains go back to the avail ring. */
-static void rx_finish(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, uint64_t got)
+static void rx_finish(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m, uint64_t got)
 {
     uint64_t left = got;
     uint16_t used = 0;
@@ -241,7 +219,8 @@ static void rx_finish(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, 
     r->st.chains += used;
 }
 
-static int rx_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
+/* With MRG_RXBUF (5.1.6.4): one packet over as many chains as it needs. */
+int vs_rx_merge(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m)
 {
     int rc = rx_collect(p, r, m);
     uint16_t seen = vs_avail_pos(r);
@@ -250,22 +229,22 @@ static int rx_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
     if (rc < 0)
         return rc;
     if (m->n == 0)
-        return rx_starved(p, r, seen);
+        return vs_rx_starved(p, r, seen);
     if (rc == 0 && m->ndesc < r->num)
-        return rx_starved(p, r, seen); /* the driver can still post more: wait for it */
+        return vs_rx_starved(p, r, seen); /* the driver can still post more: wait for it */
     ssize_t got = host_read(p, m->iov, m->niov, m->cut);
     if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > m->total)
         vs_avail_rewind(r, m->start);
     if (got <= 0)
-        return rx_error(p, r, got, errno);
+        return vs_rx_error(p, r, got, errno);
     if (vs_logging(p->mem.log) && ((size_t)got < p->hdr_len || (uint64_t)got > m->total))
-        rx_log_dropped(p, m->iov, m->gpa, m->niov, (uint64_t)got, m->total);
+        vs_rx_log_dropped(p, m->iov, m->gpa, m->niov, (uint64_t)got, m->total);
     if ((size_t)got < p->hdr_len) {
         r->st.drops_short++;
         return 0;
     }
     if ((uint64_t)got > m->total)
-        return rx_oversize(r);
+        return vs_rx_oversize(r);
     rx_finish(p, r, m, (uint64_t)got);
     return 0;
 }
@@ -319,7 +298,7 @@ static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *
     if (total > w.len) {
         vs_avail_rewind(r, w.at);
         rx_consume(p, flen);
-        return rx_oversize(r);
+        return vs_rx_oversize(r);
     }
     vs_iov_write(w.iov, w.niov, p->hdr_len, p->rx_stage + 4, flen);
     zero_omitted(p, w.iov, w.niov);
@@ -335,7 +314,7 @@ static int rx_stream_single(struct vs_pair *p, struct vs_ring *r, struct iovec *
 }
 
 /* With MRG_RXBUF: the staged frame over as many chains as it needs. */
-static int rx_stream_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, uint64_t flen)
+static int rx_stream_merge(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m, uint64_t flen)
 {
     uint64_t total = flen + p->hdr_len;
     int rc = rx_collect(p, r, m);
@@ -346,11 +325,11 @@ static int rx_stream_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge
     if (rc < 0)
         return rc;
     if (m->n == 0 || wait)
-        return rx_starved(p, r, seen);
+        return vs_rx_starved(p, r, seen);
     if (total > m->total) {
         vs_avail_rewind(r, m->start);
         rx_consume(p, flen);
-        return rx_oversize(r);
+        return vs_rx_oversize(r);
     }
     vs_iov_write(m->iov, m->niov, p->hdr_len, p->rx_stage + 4, flen);
     rx_finish(p, r, m, total);
@@ -358,11 +337,11 @@ static int rx_stream_merge(struct vs_pair *p, struct vs_ring *r, struct rx_merge
     return 0;
 }
 
-static int rx_stream(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
+int vs_rx_stream(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m)
 {
     int rc = vs_avail_pending(r);
     if (rc <= 0)
-        return rc < 0 ? rc : rx_starved(p, r, vs_avail_pos(r)); /* a staged frame waits for buffers */
+        return rc < 0 ? rc : vs_rx_starved(p, r, vs_avail_pos(r)); /* a staged frame waits for buffers */
     rc = rx_fill(p);
     if (rc != 1)
         return rc;
@@ -370,233 +349,4 @@ static int rx_stream(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
     memcpy(&be, p->rx_stage, sizeof be);
     uint64_t flen = be32toh(be);
     return (r->flags & VS_RF_MRG) ? rx_stream_merge(p, r, m, flen) : rx_stream_single(p, r, m->iov, m->gpa, flen);
-}
-
-/* ------------------------------------------------------------------- batches through the io_uring */
-
-struct rx_slots {
-    struct vs_walk w[VS_URING_BATCH];
-    struct iovec *host[VS_URING_BATCH];
-    uint32_t nhost[VS_URING_BATCH];
-    int32_t res[VS_URING_BATCH];
-    struct iovec cut[VS_MAX_IOV + 2 * VS_URING_BATCH]; /* each chain's host iovecs: + 1 split, + 1 scratch */
-};
-
-/* One frame the usual way (one readv): the check after a batch that read nothing, and a chain too
- * small for the batched path. */
-static int rx_one(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m)
-{
-    return (r->flags & VS_RF_MRG) ? rx_merge(p, r, m) : rx_single(p, r, m->iov, m->gpa, m->cut);
-}
-
-/* Slot n's host iovecs in s->cut from h: the chain without the omitted header bytes, then the scratch. */
-static uint32_t rx_slot_iov(struct vs_pair *p, struct rx_slots *s, uint32_t n, uint32_t h)
-{
-    const struct vs_walk *w = &s->w[n];
-    struct iovec *c = s->cut + h;
-    uint32_t k = w->niov;
-    if (p->hdr_omit)
-        k = vs_iov_cut(w->iov, w->niov, p->hdr_len - p->hdr_omit, p->hdr_omit, c);
-    else
-        memcpy(c, w->iov, w->niov * sizeof *c); /* SAFETY: h + niov + 2 <= the pool (rx_take_batch counts) */
-    s->host[n] = c;
-    s->nhost[n] = (uint32_t)rx_with_scratch(p, c, k);
-    return s->nhost[n];
-}
-
-/* Take up to max chains for one batch, each holding rx_max: how many.  A faulty first chain is
- * completed (count 0; with MRG_RXBUF the take goes on past it, as rx_collect does, and *skipped says so);
- * a faulty later one, or one that does not fit the iovecs left, starts the next batch; a first chain
- * smaller than rx_max sets *single (one frame the usual way).  *stop: -EBADMSG or the fault policy's
- * -EFAULT.  Budgets and positions come out as one rx_single/rx_merge per frame leaves them. */
-static uint32_t rx_take_batch(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, struct rx_slots *s,
-                              uint32_t max, int *stop, int *single, int *skipped)
-{
-    uint64_t want = p->rx_max > p->hdr_len ? p->rx_max : p->hdr_len;
-    uint32_t n = 0, g = 0, h = 0;
-    while (n < max) {
-        int rc = vs_avail_pending(r);
-        if (rc <= 0) {
-            *stop = rc;
-            break;
-        }
-        struct vs_walk *w = &s->w[n];
-        *w = (struct vs_walk){ .iov = m->iov + g, .gpa = m->gpa + g, .max = VS_GUEST_IOV - g };
-        uint16_t before = vs_avail_pos(r);
-        rc = vs_pop_chain(&p->mem, r, 1, w);
-        if (rc < 0 && (r->flags & VS_RF_MRG))
-            vs_avail_rewind(r, before); /* where a broken ring leaves the position, as rx_merge does */
-        if (rc == 0 && w->len < p->hdr_len)
-            rc = VS_CHAIN_SHORT;
-        if (rc > 0 && n == 0) {
-            *stop = vs_chain_fault(p, r, w->head, rc);
-            *skipped = *stop == 0 && (r->flags & VS_RF_MRG);
-            if (*skipped)
-                continue; /* rx_collect goes on past a faulty first chain within the same frame */
-            break;
-        }
-        if (rc != 0 || w->len < want) {
-            if (rc >= 0)
-                vs_avail_rewind(r, w->at);
-            *stop = rc < 0 ? rc : 0;
-            *single = rc == 0 && n == 0;
-            break;
-        }
-        g += w->niov;
-        h += rx_slot_iov(p, s, n, h);
-        n++;
-    }
-    return n;
-}
-
-/* Move len bytes from the start of src's pieces to the start of dst's (memmove: a hostile driver may
- * make two chains overlap). */
-static void iov_move(const struct iovec *dst, uint32_t nd, const struct iovec *src, uint32_t ns, uint64_t len)
-{
-    uint32_t di = 0, si = 0;
-    uint64_t doff = 0, soff = 0;
-    while (len > 0 && di < nd && si < ns) {
-        uint64_t dk = dst[di].iov_len - doff, sk = src[si].iov_len - soff;
-        uint64_t k = dk < sk ? dk : sk;
-        k = k < len ? k : len;
-        /* SAFETY: doff <= dst[di].iov_len, soff <= src[si].iov_len and k fits what is left of both pieces,
-         * each built by vs_gpa_to_iov inside one region. */
-        memmove((uint8_t *)dst[di].iov_base + doff, (const uint8_t *)src[si].iov_base + soff, k);
-        len -= k;
-        doff += k;
-        soff += k;
-        if (doff == dst[di].iov_len) {
-            di++;
-            doff = 0;
-        }
-        if (soff == src[si].iov_len) {
-            si++;
-            soff = 0;
-        }
-    }
-}
-
-/* Slot i read res: 1 a frame of *got bytes, 0 a hole (dropped, counted), VS_RX_IDLE (no frame there),
- * or -errno. */
-static int rx_slot_result(struct vs_pair *p, struct vs_ring *r, const struct vs_walk *w, int32_t res, uint64_t *got)
-{
-    if (res == -ECANCELED)
-        return VS_RX_IDLE; /* the kernel did not take it */
-    if (res == -EOPNOTSUPP) {
-        vs_uring_off(&p->uring, res); /* RWF_NOWAIT refused: this fd cannot take the batched path */
-        return VS_RX_IDLE;
-    }
-    if (res <= 0) {
-        int rc = rx_error(p, r, res < 0 ? -1 : 0, -res);
-        return rc == VS_MORE ? VS_RX_IDLE : rc;
-    }
-    *got = (uint64_t)res + p->hdr_omit;
-    if (*got >= p->hdr_len && *got <= w->len)
-        return 1;
-    if (vs_logging(p->mem.log))
-        rx_log_dropped(p, w->iov, w->gpa, w->niov, *got, w->len);
-    if (*got < p->hdr_len)
-        r->st.drops_short++;
-    else
-        rx_oversize(r);
-    return 0;
-}
-
-/* Complete the batch: the frames in order into the first chains, the rest given back.  *frames gets
- * the chains completed; returns 0, VS_RX_IDLE (a read found no frame) or -errno. */
-static int rx_settle(struct vs_pair *p, struct vs_ring *r, struct rx_slots *s, uint32_t n, uint32_t *frames)
-{
-    uint32_t t = 0;
-    int out = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint64_t got = 0;
-        int rc = rx_slot_result(p, r, &s->w[i], s->res[i], &got);
-        if (rc < 0) {
-            out = rc;
-            break;
-        }
-        out = rc == VS_RX_IDLE ? rc : out;
-        if (rc != 1)
-            continue;
-        if (i != t && vs_logging(p->mem.log))
-            vs_log_iov(p->mem.log, s->w[i].iov, s->w[i].gpa, s->w[i].niov, got); /* the read wrote there */
-        if (i != t && got > s->w[t].len) {
-            rx_oversize(r); /* one readv into chain t would not have held it either */
-            continue;
-        }
-        if (i != t) {
-            iov_move(s->w[t].iov, s->w[t].niov, s->w[i].iov, s->w[i].niov, got);
-            p->uring.rx_copies++;
-        }
-        rx_deliver(p, r, &s->w[t++], got);
-    }
-    if (t < n)
-        vs_avail_rewind(r, s->w[t].at);
-    *frames = t;
-    return out;
-}
-
-/* Up to `room` chains in one io_uring_enter; *done counts the chains taken.  0, VS_RX_IDLE,
- * VS_RX_STARVED, VS_MORE or -errno.  A batch that read nothing is checked by one readv (rx_one): an
- * empty queue says EAGAIN there too, and a fd the ring cannot drive still moves. */
-static int rx_many(struct vs_pair *p, struct vs_ring *r, struct rx_merge *m, uint32_t room, uint32_t *done)
-{
-    struct rx_slots s;
-    struct vs_uring *u = &p->uring;
-    int stop = 0, single = 0, skipped = 0;
-    int rc = vs_avail_pending(r);
-    if (rc <= 0) {
-        *done += 1;
-        return rc < 0 ? rc : rx_starved(p, r, vs_avail_pos(r));
-    }
-    uint32_t n = rx_take_batch(p, r, m, &s, room < u->rx_burst ? room : u->rx_burst, &stop, &single, &skipped);
-    *done += n ? n : 1;
-    if (n == 0 && stop == 0 && !single && skipped)
-        return rx_starved(p, r, vs_avail_pos(r)); /* faulty chains only, then none: as rx_merge */
-    if (n == 0)
-        return stop != 0 ? stop : single ? rx_one(p, r, m) : 0;
-    rc = vs_uring_rw(u, 0, s.host, s.nhost, n, s.res);
-    if (rc <= 0 && rc != -EINTR)
-        vs_uring_off(u, rc < 0 ? rc : -EAGAIN); /* the kernel took nothing: per frame from now on */
-    if (rc <= 0) {
-        vs_avail_rewind(r, s.w[0].at);
-        return rc == -EINTR ? VS_MORE : 0;
-    }
-    uint32_t frames = 0;
-    rc = rx_settle(p, r, &s, n, &frames);
-    u->rx_burst = frames < 1 ? 2 : frames * 2 > u->entries ? u->entries : frames * 2;
-    if (frames == 0 && rc == VS_RX_IDLE) {
-        u->confirms++;
-        rc = rx_one(p, r, m);
-    }
-    return rc != 0 ? rc : stop;
-}
-
-int vs_rx_batch(struct vs_pair *p)
-{
-    struct vs_ring *r = &p->rx;
-    struct rx_merge m;
-    uint16_t old = vs_used_pos(r);
-    uint32_t done = 0;
-    int rc = 0;
-    vs_notify_disable(&p->mem, r);
-    while (rc == 0) {
-        if (done >= p->rx_budget) {
-            rc = VS_MORE;
-            break;
-        }
-        uint32_t room = vs_batch_room(p, p->rx_budget - done);
-        if (room > 1) {
-            rc = rx_many(p, r, &m, room, &done);
-            continue;
-        }
-        done++;
-        if (p->host_flags & VS_HOST_STREAM)
-            rc = rx_stream(p, r, &m);
-        else
-            rc = (r->flags & VS_RF_MRG) ? rx_merge(p, r, &m) : rx_single(p, r, m.iov, m.gpa, m.cut);
-    }
-    vs_net_publish(p, r, old);
-    r->st.batches++;
-    return rc == VS_RX_IDLE ? 0 : rc;
 }
