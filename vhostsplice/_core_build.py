@@ -15,8 +15,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CORE = os.path.join(HERE, "_core")
 # The C files in layer order, bottom up: each calls functions of the files before it only (guest memory,
 # dirty log, what both ring layouts share, the split and packed layouts, the layout dispatch, the host
-# fd's io_uring, the net device (shared, TX, RX one frame at a time, RX batches), the exported pair poll). tests/core/test_layers.py
-# holds the sources to this order; docs/architecture.md describes the layers.
+# fd's io_uring, the net device (shared, TX, RX one frame at a time, RX batches), the exported pair
+# poll). tests/core/test_layers.py holds the sources to this order; docs/architecture.md describes the layers.
 SOURCES = ("vs_mem.c", "vs_log.c", "vs_ring.c", "vs_split.c", "vs_packed.c", "vs_layout.c",
            "vs_uring.c", "vs_net.c", "vs_net_tx.c", "vs_net_rx.c", "vs_net_rx_batch.c",
            "vs_pair.c")
