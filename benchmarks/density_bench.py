@@ -157,6 +157,18 @@ def shape_run(n: int, workdir: Path, window: float) -> dict:
         return {"startup_s": round(startup, 2), **d}
 
 
+def wait_started(events: Path, n: int, t0: float, timeout: float = 120) -> tuple[int, float]:
+    """Until serve's --events file names N started workers (or TIMEOUT): how many it names, and the seconds
+    since T0 (serve started) when the last one did."""
+    def started() -> int:
+        lines = events.read_text().splitlines() if events.exists() else []
+        return sum(1 for e in map(json.loads, lines) if e["event"] == "start")
+    deadline = time.monotonic() + timeout
+    while started() < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return started(), time.monotonic() - t0
+
+
 def shape_serve(n: int, workdir: Path, window: float) -> dict:
     """serve --queues N driven by testpmd virtio-user queues=N (rxonly: idle from the back-end's side)."""
     import support.testpmd as tp
@@ -181,16 +193,10 @@ def shape_serve(n: int, workdir: Path, window: float) -> dict:
             with pmd:
                 pmd.wait_started()
 
-                def workers() -> list[int]:
-                    lines = events.read_text().splitlines() if events.exists() else []
-                    return [e["pid"] for e in map(json.loads, lines) if e["event"] == "start"]
-                deadline = time.monotonic() + 120
-                while len(workers()) < n and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                startup = time.monotonic() - t0
+                started, startup = wait_started(events, n, t0)
                 d = measure_idle(lambda: [sup.pid, *descendants(sup.pid)], window)
                 pmd.stop()
-            return {"startup_s": round(startup, 2), "workers_started": len(workers()), **d}
+            return {"startup_s": round(startup, 2), "workers_started": started, **d}
         finally:
             if sup.poll() is None:
                 sup.send_signal(signal.SIGTERM)
@@ -255,16 +261,10 @@ def shape_serve_py(n: int, workdir: Path, window: float) -> dict:
             fe.chan.sock.connect(str(sock))
             fe.start()
 
-            def workers() -> list[int]:
-                lines = events.read_text().splitlines() if events.exists() else []
-                return [e["pid"] for e in map(json.loads, lines) if e["event"] == "start"]
-            deadline = time.monotonic() + 120
-            while len(workers()) < n and time.monotonic() < deadline:
-                time.sleep(0.05)
-            startup = time.monotonic() - t0
+            started, startup = wait_started(events, n, t0)
             fe.one_frame_each()
             d = measure_idle(lambda: [sup.pid, *descendants(sup.pid)], window)
-            return {"startup_s": round(startup, 2), "workers_started": len(workers()), **d}
+            return {"startup_s": round(startup, 2), "workers_started": started, **d}
         finally:
             if fe is not None:
                 fe.close()
