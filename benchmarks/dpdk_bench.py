@@ -13,9 +13,10 @@ CPU 0), in the same run, interleaved sample by sample:
 Every sample gets a fresh private network namespace, a fresh back-end and a fresh front-end.
 More columns in the same run: --busy-poll 50,200 (a worker with `run --busy-poll USEC` each: the
 "Busy polling" table), --layouts split,packed (both back-ends again under virtio-user packed_vq=1:
-the "Ring layouts" table) and --floor (benchmarks/tap_floor.c: one readv/writev per frame on the same tap,
-no front-end, packet rates only: the "raw tap floor" table, vhostsplice / floor); the headline table
-stays the default worker against DPDK on split rings.
+the "Ring layouts" table), --variant OPTIONS (the default worker with OPTIONS added, e.g.
+--variant=--sandbox=off: the "Worker variants" table, variant / default) and --floor (benchmarks/tap_floor.c:
+one readv/writev per frame on the same tap, no front-end, packet rates only: the "raw tap floor" table,
+vhostsplice / floor); the headline table stays the default worker against DPDK on split rings.
 
 Figures (median over --repeat samples; min..max kept in the JSON):
   tx64/tx1500   guest -> tap. testpmd txonly; Mpps = the tap's kernel rx_packets over a fixed window.
@@ -48,6 +49,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -228,19 +230,27 @@ class Column:
     layout: str = "split"
     busy_poll: int = 0
     floor: str = ""                 # the floor's variant (tap_floor.VARIANTS), backend "floor"
+    variant: str = ""               # --variant: this column's own worker options, as given
 
     def measures(self, fig: str) -> bool:
         """The floor has packet rates only (no socket, no front-end: no ping, no idle figures)."""
         return self.backend != "floor" or fig.startswith(("tx", "rx"))
 
 
-def columns(busy_polls: list[int], layouts: list[str], floors: list[str] = ()) -> list[Column]:
+def variant_column(options: str) -> Column:
+    """A --variant column: the default worker with OPTIONS added (named by them: "vhostsplice --sandbox=off")."""
+    return Column(f"vhostsplice {options}", "vhostsplice", tuple(shlex.split(options)), variant=options)
+
+
+def columns(busy_polls: list[int], layouts: list[str], floors: list[str] = (),
+            variants: list[str] = ()) -> list[Column]:
     """The headline pair first (default worker, DPDK, split), then a vhostsplice column per --busy-poll
-    USEC other than 0 (split), then both back-ends per --layouts layout other than split, then one
-    column per --floor variant."""
+    USEC other than 0 (split), then one per --variant, then both back-ends per --layouts layout other than
+    split, then one column per --floor variant."""
     cols = [Column("vhostsplice", "vhostsplice"), Column("dpdk", "dpdk")]
     cols += [Column(f"vhostsplice busy-poll {us}", "vhostsplice", ("--busy-poll", str(us)), busy_poll=us)
              for us in busy_polls if us]
+    cols += [variant_column(v) for v in variants]
     cols += [Column(f"{b} {layout}", b, layout=layout) for layout in layouts if layout != "split"
              for b in BACKENDS]
     cols += [Column(tap_floor.VARIANTS[f].column, "floor", floor=f) for f in floors]
@@ -255,6 +265,8 @@ def column_of(name: str) -> Column:
     if rest.startswith("busy-poll "):
         us = int(rest.split()[1])
         return Column(name, backend, ("--busy-poll", str(us)), busy_poll=us)
+    if rest.startswith("-"):
+        return variant_column(rest)
     return Column(name, backend, layout=rest or "split")
 
 
@@ -872,7 +884,7 @@ def run(args) -> dict:
                                                                  "perf", "quiet", "min_share",
                                                                  "quiet_wait", "quiet_budget", "noisy",
                                                                  "retries", "busy_poll", "layouts", "floor",
-                                                                 "no_offloads")},
+                                                                 "variant", "no_offloads")},
                      "columns": [c.name for c in args.columns],
                      "samples": {c.name: {f: [] for f in args.figures if c.measures(f)} for c in args.columns}}
     t_start = time.monotonic()
@@ -1120,7 +1132,8 @@ def markdown(results: dict, rows: dict) -> str:
             "(eventfd kicks the front-end sent) and calls (used-buffer notifications the worker sent) come from "
             "the worker's own counters (DPDK has none: n/a). RX per-packet counters cover the whole drain. "
             "'others' CPU' is what processes outside this benchmark used during the window.", "",
-            *_floor_table(results, rows), *_busy_poll_table(results, rows), *_layout_table(results, rows),
+            *_floor_table(results, rows), *_busy_poll_table(results, rows), *_variant_table(results, rows),
+            *_layout_table(results, rows),
             "## Spread (min..max over samples)", "", "| figure | " + " | ".join(cols) + " |",
             "| --- |" + " --- |" * len(cols)]
     for key, label, unit, _kind, _t in GOALS:
@@ -1145,6 +1158,27 @@ def _median(rows: dict, key: str, col: str) -> float | None:
 
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+
+def _variant_table(results: dict, rows: dict) -> list[str]:
+    """Each --variant column against the default worker and DPDK, same run (medians)."""
+    variants = [c for c in results.get("columns") or list(results["samples"]) if column_of(c).variant]
+    if not variants:
+        return []
+    out = ["## Worker variants: the default worker with options added, same run (medians)", "",
+           "| figure | worker | vhostsplice | DPDK | vhostsplice / DPDK | variant / default |",
+           "| --- | --- |" + " ---: |" * 4]
+    for fig, unit in (("tx64_mpps", "Mpps"), ("tx1500_mpps", "Mpps"), ("rx64_mpps", "Mpps"),
+                      ("rx1500_mpps", "Mpps"), ("latency_p50_us", "us")):
+        base, d = _median(rows, fig, "vhostsplice"), _median(rows, fig, "dpdk")
+        for c in ["vhostsplice", *variants]:
+            v = _median(rows, fig, c)
+            if v is None:
+                continue
+            label = "default" if c == "vhostsplice" else f"`{column_of(c).variant}`"
+            out.append(f"| {fig.replace('_mpps', '').replace('_us', '')} ({unit}) | {label} | {_fmt(v, unit)} | "
+                       f"{_fmt(d, unit)} | {_ratio(v, d)} | {'' if c == 'vhostsplice' else _ratio(v, base)} |")
+    return out + [""]
 
 
 def _busy_poll_table(results: dict, rows: dict) -> list[str]:
@@ -1222,7 +1256,7 @@ def _layout_table(results: dict, rows: dict) -> list[str]:
     """Packet rates per ring layout (testpmd virtio-user packed_vq=1 for packed), both back-ends."""
     layouts = []
     for c in results.get("columns") or list(results["samples"]):
-        if column_of(c).layout not in layouts and not column_of(c).busy_poll:
+        if column_of(c).layout not in layouts and not column_of(c).busy_poll and not column_of(c).variant:
             layouts.append(column_of(c).layout)
     if layouts == ["split"]:
         return []
@@ -1395,6 +1429,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "default value: the worker's header), vnet (12-byte header), plain (no header), uring, "
                         f"uring-plain (io_uring, {tap_floor.URING_BATCH} reads or writes per enter); packet rates "
                         "only; a table of vhostsplice / floor")
+    p.add_argument("--variant", action="append", default=[], metavar="OPTIONS",
+                   help="a vhostsplice column whose worker runs with these options added to the default ones, "
+                        "measured in the same run beside the default worker (repeatable), e.g. "
+                        "--variant=--sandbox=off --variant=--host-io=plain; a table of each against the default "
+                        "and DPDK")
     p.add_argument("--combine", nargs="+", metavar="JSON",
                    help="run nothing: medians over the samples of these earlier dpdk_bench.json files")
     p.add_argument("--workdir", help="where logs go (default /tmp/vsbench-PID, deleted unless --keep)")
@@ -1421,7 +1460,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         floors = tap_floor.parse(args.floor, args.no_offloads)
     except ValueError as exc:
         p.error(f"--floor {args.floor}: {exc}")
-    args.columns = columns(busy, layouts, floors)
+    for v in args.variant:
+        try:
+            opts = shlex.split(v)
+        except ValueError as exc:
+            p.error(f"--variant {v!r}: {exc}")
+        if not opts or not opts[0].startswith("-"):
+            p.error(f"--variant {v!r}: worker options, e.g. --variant=--sandbox=off")
+    args.columns = columns(busy, layouts, floors, list(dict.fromkeys(args.variant)))
     return args
 
 

@@ -132,3 +132,21 @@ def test_density_traffic_names_every_cell_without_a_round():
     del results["sizes"][64]["alone again"]
     assert D.missing(results) == [f"64 B among idle: {D.TWO}"] + [f"64 B alone again: {c}" for c in D.CONFIGS]
     assert D.missing({"sizes": {}}) == ["any size"]
+
+
+def test_a_variant_column_reads_back_as_itself_and_is_compared_with_the_default(tmp_path):
+    col = dpdk_bench.columns([0], ["split"], [], ["--sandbox=off --host-io plain"])[-1]
+    assert col == dpdk_bench.column_of(col.name)
+    assert col.backend == "vhostsplice" and col.worker_args == ("--sandbox=off", "--host-io", "plain")
+    rc, md = _run_combine(tmp_path, {"vhostsplice": {"tx64": [_rate(1.0)]}, "dpdk": {"tx64": [_rate(0.8)]},
+                                     col.name: {"tx64": [_rate(0.9)]}})
+    assert rc == 0
+    assert "| tx64 (Mpps) | `--sandbox=off --host-io plain` | 0.900 | 0.800 | 1.12 | 0.90 |" in md
+    assert "| tx64 (Mpps) | default | 1.000 | 0.800 | 1.25 |  |" in md
+
+
+@pytest.mark.parametrize("bad", ["sandbox=off", "", "--x 'unclosed"])
+def test_a_variant_that_is_not_worker_options_is_a_usage_error(bad, capsys):
+    with pytest.raises(SystemExit) as info:
+        dpdk_bench.parse_args([f"--variant={bad}"])
+    assert info.value.code == 2 and "--variant" in capsys.readouterr().err
