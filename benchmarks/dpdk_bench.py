@@ -237,6 +237,12 @@ class Column:
         return self.backend != "floor" or fig.startswith(("tx", "rx"))
 
 
+def sample_dir(column: str) -> str:
+    """A column's name as a folder name: the socket's path goes into virtio-user's devargs (key=value,
+    comma-separated), so no space, '=' or ',' may stand in it (a --variant=--sandbox=off column's did)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", column)
+
+
 def variant_column(options: str) -> Column:
     """A --variant column: the default worker with OPTIONS added (named by them: "vhostsplice --sandbox=off")."""
     return Column(f"vhostsplice {options}", "vhostsplice", tuple(shlex.split(options)), variant=options)
@@ -896,7 +902,7 @@ def run(args) -> dict:
             for col in order:
                 backend = col.name
                 for attempt in range(1 + args.retries):
-                    wd = work / f"{rep}-{fig}-{backend.replace(' ', '_')}-{attempt}"
+                    wd = work / f"{rep}-{fig}-{sample_dir(backend)}-{attempt}"
                     before = gate.wait() if args.quiet > 0 else {}
                     t0 = time.monotonic()
                     d = one_sample(fig, col, wd, args)

@@ -150,3 +150,9 @@ def test_a_variant_that_is_not_worker_options_is_a_usage_error(bad, capsys):
     with pytest.raises(SystemExit) as info:
         dpdk_bench.parse_args([f"--variant={bad}"])
     assert info.value.code == 2 and "--variant" in capsys.readouterr().err
+
+
+def test_a_columns_sample_folder_fits_virtio_users_devargs():
+    name = dpdk_bench.columns([50], ["split"], [], ["--sandbox=off --cpu 1,0"])[-1].name
+    assert dpdk_bench.sample_dir(name) == "vhostsplice_--sandbox_off_--cpu_1_0"
+    assert dpdk_bench.sample_dir("vhostsplice busy-poll 50") == "vhostsplice_busy-poll_50"
