@@ -10,16 +10,15 @@ import logging
 import os
 import select
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 
-from . import counters
+from . import report as _report
 from ..device import datapath as dp
 from ..device.backend import Backend, BackendConfig
 from ..vhostuser.channel import Listener
 from ..errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
-                      from_oserror, release_stop_signals)
+                      release_stop_signals)
 from ..sandbox import Facts, Sandbox
 from ..device.statepage import StatePage
 
@@ -86,14 +85,7 @@ class Worker:
         self.refused = {"busy": 0, "peer_uid": 0}     # connections closed unserved, by reason
         self.host_err_mask = ERR_ONLY
         # --stats-file is written through its directory, opened now: a confined worker opens nothing else
-        self.stats_dir_fd = -1
-        self.next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
-        if config.stats_file:
-            folder = os.path.dirname(os.path.abspath(config.stats_file))
-            try:
-                self.stats_dir_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise from_oserror(exc, f"--stats-file {config.stats_file}") from None
+        self.out = _report.StatsOut(config.stats_file, config.stats_format, config.stats_interval)
 
     # -- epoll bookkeeping -------------------------------------------------------------------------------
     def _watch(self, fd: int, role: Role, events: int) -> None:
@@ -145,7 +137,7 @@ class Worker:
         self._watch(rfd, ("signal", 0), IN)
         try:
             if self.config.sandbox is not None:
-                self.config.sandbox.confine(Facts(self.stats_dir_fd, getattr(self.door, "dir_fd", -1),
+                self.config.sandbox.confine(Facts(self.out.dir_fd, getattr(self.door, "dir_fd", -1),
                                                   self.datapath.uring_fd))
             self._attach_door()
             self._loop()
@@ -189,7 +181,8 @@ class Worker:
             timeout = self._timeout(pending)
             events = self.ep.poll(timeout)
             self.wakeups += 1
-            self._stats_tick()
+            if self.out.next_due is not None:
+                self.out.tick(self)
             if not events and timeout > 0:
                 pending = self._safety_poll()
                 continue
@@ -211,16 +204,10 @@ class Worker:
             return 0
         running = self.backend is not None and self.backend.rings_running
         timeout = SAFETY_POLL_S if running and self.safety_armed else -1
-        if self.next_stats is not None:
-            due = max(0.0, self.next_stats - time.monotonic())
+        if self.out.next_due is not None:
+            due = self.out.due_in()
             timeout = due if timeout < 0 else min(timeout, due)
         return timeout
-
-    def _stats_tick(self) -> None:
-        """--stats-interval: the stats file rewritten (atomically) once the interval has passed."""
-        if self.next_stats is not None and time.monotonic() >= self.next_stats:
-            self.report(final=False)
-            self.next_stats = time.monotonic() + self.config.stats_interval
 
     def _safety_poll(self) -> bool:
         before = self._positions()
@@ -369,53 +356,13 @@ class Worker:
         self.datapath.attach_state(None)        # before the page is unmapped (runner)
 
     def stats(self) -> dict:
-        rings = self.datapath.stats()
-        if self.backend is not None:
-            for ring in self.backend.rings:
-                rings["rx" if ring.index == 0 else "tx"]["kicks"] = ring.kicks
-        out = {
-            "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
-            "wakeups": self.wakeups, "lost_kicks": self.lost_kicks, "rechecks": dict(self.rechecks),
-            "busy_poll": {"usec": self.config.busy_poll_us, **self.busy},
-            "refused": dict(self.refused),
-            "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
-            "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.datapath.host_hdr_len,
-                     "io": self.datapath.host_io()},
-        }
-        if self.backend is not None:
-            out["features"] = f"{self.backend.acked or 0:#x}"
-            out["offered"] = f"{self.backend.offered:#x}"
-            out["protocol_features"] = f"{self.backend.protocol_acked:#x}"
-            out["messages"] = self.backend.messages
-            out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped
-        out["resume"] = self.config.state.report()      # where each ring resumed from (the state page)
-        out["dirty_log"] = self.datapath.log_stats()    # live migration: log_all, log_size, writes, overflow
-        out["memory"] = self.datapath.memory_stats()    # the region table: regions, bytes (memory hot-plug)
-        out["sandbox"] = dict(self.config.sandbox.report) if self.config.sandbox else {"mode": "off"}
-        return out
+        return _report.collect(self)
 
     def report(self, final: bool = True) -> None:
+        """The counters to --stats-file (or stderr): on exit those taken before the rings were closed."""
         data = getattr(self, "_final_stats", None) if final else None
-        data = dict(data or self.stats(), exit=self.exit_code, errno=errno_name(self.exit_code), reason=self.reason)
-        text = counters.render(data, self.config.stats_format, worker=counters.worker_name(self.config.stats_file))
-        if self.config.stats_file:
-            try:
-                self._write_stats(text)
-                return
-            except OSError as exc:
-                log.warning("--stats-file %s: %s; the statistics follow on stderr", self.config.stats_file, exc)
-        print(text, end="", file=sys.stderr, flush=True)
-
-    def _write_stats(self, text: str) -> None:
-        """A temporary file in the stats directory (held open since start), renamed over the stats file."""
-        name = os.path.basename(self.config.stats_file)
-        fd = os.open(f"{name}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
-                     dir_fd=self.stats_dir_fd)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-        os.replace(f"{name}.tmp", name, src_dir_fd=self.stats_dir_fd, dst_dir_fd=self.stats_dir_fd)
+        self.out.emit(dict(data or self.stats(), exit=self.exit_code, errno=errno_name(self.exit_code),
+                           reason=self.reason))
 
 
 def _quiet(action):
