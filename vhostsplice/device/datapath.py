@@ -387,10 +387,6 @@ class Datapath:
         if old is not None:
             ffi.release(old)
 
-    def used_positions(self) -> tuple[int, int]:
-        """(RX, TX) used->idx as published: cheap, for telling whether a poll published (and signalled)."""
-        return int(self._pair.rx.used_idx), int(self._pair.tx.used_idx)
-
     # -- the work ---------------------------------------------------------------------------------
     def poll(self) -> int:
         """One wake-up's work: a TX batch and an RX batch. Returns MORE | TX_BLOCKED | RX_STARVED."""
