@@ -1,7 +1,9 @@
 """Notification suppression both ways: NO_NOTIFY / NO_INTERRUPT flags and EVENT_IDX (virtio 1.2 2.7.7, 2.7.10)."""
 from __future__ import annotations
 
-from vhostsplice.device.datapath import MORE
+import pytest
+
+from vhostsplice.device.datapath import MORE, PUBLISHED, RX_STARVED
 from vhostsplice.testing.virtq import AVAIL_F_NO_INTERRUPT, USED_F_NO_NOTIFY
 
 
@@ -74,3 +76,21 @@ def test_rx_calls(make_rig):
     rig.poll_idle()
     assert rig.calls(0) == 1
     assert len(rig.rx.used()) == 2
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_poll_says_whether_it_completed_chains(make_rig, packed):
+    """poll_round() sets PUBLISHED exactly when a ring's used index moved in that call (the worker's
+    re-check pass and --busy-poll follow such a poll); poll() keeps its three bits."""
+    rig = make_rig(packed=packed)
+    assert rig.dp.poll_round() == RX_STARVED             # nothing to do, nothing published
+    rig.tx.add_out([rig.frame(60)])
+    assert rig.dp.poll_round() == RX_STARVED | PUBLISHED  # TX completed one chain
+    assert rig.dp.poll_round() == RX_STARVED
+    rig.rx.add_in(2, 2048)
+    assert rig.dp.poll_round() == 0                      # buffers, but no frame: nothing completed
+    rig.inject(rig.hdr() + rig.frame(100))
+    assert rig.dp.poll_round() == PUBLISHED              # RX completed one chain
+    rig.tx.add_out([rig.frame(60)])
+    assert rig.dp.poll() == 0                            # the bit is the loop's only
+    assert len(rig.wire()) == 2 and len(rig.rx.used()) == 1

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 9
+#define VS_API_VERSION 10
 /* Memory slots (vhost-user CONFIGURE_MEM_SLOTS): the size of the region table, which GET_MAX_MEM_SLOTS
  * advertises: 509, libvhost-user's VHOST_USER_MAX_RAM_SLOTS (KVM's old x86 limit, 512 less 3 it used
  * itself); QEMU uses at most its own limit (x86: 256 ACPI DIMM slots).  Python hands a table of more
@@ -45,6 +45,7 @@
 #define VS_MORE 1
 #define VS_TX_BLOCKED 2
 #define VS_RX_STARVED 4
+#define VS_PUBLISHED 8 /* a ring's used index moved: the poll completed chains (and may have signalled) */
 
 /* struct vs_pair.host_flags: how the host fd behaves where fds differ */
 #define VS_HOST_EMPTY_OK 1     /* a 0-byte read is an empty datagram (dropped), not the peer closing */

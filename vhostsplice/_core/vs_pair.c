@@ -27,6 +27,8 @@ static int pair_check(const struct vs_pair *p)
     return 0;
 }
 
+/* One TX batch, then one RX batch: the MORE, TX_BLOCKED and RX_STARVED bits of both, and PUBLISHED when
+ * either completed chains (the loop's re-check and busy polling follow a poll that published). */
 int vs_pair_poll(struct vs_pair *p)
 {
     int out = 0, rc;
@@ -35,6 +37,7 @@ int vs_pair_poll(struct vs_pair *p)
     rc = pair_check(p);
     if (rc < 0)
         return rc;
+    uint16_t tx_used = vs_used_pos(&p->tx), rx_used = vs_used_pos(&p->rx);
     if (p->tx.running) {
         rc = vs_tx_batch(p);
         if (rc < 0)
@@ -47,6 +50,8 @@ int vs_pair_poll(struct vs_pair *p)
             return rc;
         out |= rc;
     }
+    if (vs_used_pos(&p->tx) != tx_used || vs_used_pos(&p->rx) != rx_used)
+        out |= VS_PUBLISHED;
     return out;
 }
 

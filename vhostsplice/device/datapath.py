@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from ..errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
 from ..spec import MAX_MEM_SLOTS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 9  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 10  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from .._vs_core import ffi, lib
@@ -31,6 +31,7 @@ if lib.vs_api_version() != _API_VERSION or lib.VS_API_VERSION != _API_VERSION:
 MORE = lib.VS_MORE
 TX_BLOCKED = lib.VS_TX_BLOCKED
 RX_STARVED = lib.VS_RX_STARVED
+PUBLISHED = lib.VS_PUBLISHED    # poll_round() only: a ring's used index moved (chains completed)
 
 BROKEN_REASONS = {
     lib.VS_BROKEN_AVAIL_IDX: "avail_idx",          # avail->idx moved more than the ring size
@@ -394,13 +395,13 @@ class Datapath:
         if old is not None:
             ffi.release(old)
 
-    def used_positions(self) -> tuple[int, int]:
-        """(RX, TX) used->idx as published: cheap, for telling whether a poll published (and signalled)."""
-        return int(self._pair.rx.used_idx), int(self._pair.tx.used_idx)
-
     # -- the work ---------------------------------------------------------------------------------
     def poll(self) -> int:
         """One wake-up's work: a TX batch and an RX batch. Returns MORE | TX_BLOCKED | RX_STARVED."""
+        return self.poll_round() & ~PUBLISHED
+
+    def poll_round(self) -> int:
+        """poll() as the worker's loop calls it: its bits, and PUBLISHED when either ring completed chains."""
         rc = lib.vs_pair_poll(self._pair)
         if rc >= 0:
             return rc

@@ -1,6 +1,6 @@
 """A worker's counters as a monitoring system reads them: JSON, Prometheus text, a human table.
 
-The counters themselves are the worker's stats dict (worker.Worker.stats(): README "Statistics");
+The counters themselves are the worker's stats dict (worker/report.py's collect(): README "Statistics");
 this module only renders them. Prometheus: the text exposition format (version 0.0.4), one metric
 family per counter, labels `worker` (the stats file's name, unique in a node_exporter textfile
 directory), `pair` (serve's queue pair) and `ring`/`reason` where a counter has them.

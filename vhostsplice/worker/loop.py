@@ -1,25 +1,27 @@
 """The blocking loop of one queue pair: epoll on the control socket, kicks, the host fd and signals.
 
 This is the only Python that runs per wake-up; the packets themselves move in the C core
-(`Datapath.poll`), a batch per call. The loop never spins: with nothing pending it blocks in epoll.
+(`Datapath.poll_round`), a batch per call. The loop never spins: with nothing pending it blocks in epoll
+(--busy-poll USEC: after a batch that completed chains it polls epoll without sleeping for up to USEC).
+Each wake-up's Python is on a ping's path (benchmarks/RESULTS.md): a round does only what changed.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import select
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 
-from . import counters
+from . import report as _report
 from ..device import datapath as dp
 from ..device.backend import Backend, BackendConfig
 from ..vhostuser.channel import Listener
 from ..errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
-                      from_oserror, release_stop_signals)
+                      release_stop_signals)
 from ..sandbox import Facts, Sandbox
 from ..device.statepage import StatePage
 
@@ -27,6 +29,7 @@ log = logging.getLogger("vhostsplice")
 IN, OUT, ERR, HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
 Role = tuple[str, int]          # what a watched fd is: (kind, argument), e.g. ("kick", 1); EVENT_HANDLERS
 GONE: Role = ("gone", 0)        # an fd reported in the same round as the message that closed it
+UNWATCHED = (GONE, 0)
 # epoll filters wake-ups by the mask asked for, and tun signals a deleted interface with the same
 # "readable" wake-up (IN|PRI|RDNORM) a packet uses: asking for ERR alone never wakes. PRI is never set by
 # tun's poll, so PRI|ERR wakes on a deletion and reports nothing for a mere packet (measured, 6.x).
@@ -47,13 +50,6 @@ class WorkerConfig:
     busy_poll_us: int = 0                       # --busy-poll: keep polling this long after a batch
     host_io: str = "auto"                       # --host-io: auto (io_uring batches where they work) or plain
     state: StatePage = field(default_factory=lambda: StatePage(None))   # --state-file/--state-fd (statepage.py)
-
-
-def _quietly(fn, *args) -> None:
-    try:
-        fn(*args)
-    except OSError:
-        pass
 
 
 class Worker:
@@ -80,20 +76,15 @@ class Worker:
         self.rechecks = {"after_signal": 0, "found_work": 0}    # second passes after a batch published
         self.rx_starved = False
         self.tx_blocked = False
+        self.running = False        # the backend's rings_running, as the last control message left it
+        self.synced: tuple | None = None    # (rx_starved, tx_blocked, host_err_mask) epoll watches for; None: redo
         self.started = time.monotonic()
         self.exit_code = 0
         self.reason = ""
         self.refused = {"busy": 0, "peer_uid": 0}     # connections closed unserved, by reason
         self.host_err_mask = ERR_ONLY
         # --stats-file is written through its directory, opened now: a confined worker opens nothing else
-        self.stats_dir_fd = -1
-        self.next_stats = time.monotonic() + config.stats_interval if config.stats_interval else None
-        if config.stats_file:
-            folder = os.path.dirname(os.path.abspath(config.stats_file))
-            try:
-                self.stats_dir_fd = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise from_oserror(exc, f"--stats-file {config.stats_file}") from None
+        self.out = _report.StatsOut(config.stats_file, config.stats_format, config.stats_interval)
 
     # -- epoll bookkeeping -------------------------------------------------------------------------------
     def _watch(self, fd: int, role: Role, events: int) -> None:
@@ -104,7 +95,8 @@ class Worker:
             return
         if events == 0:
             self.watched.pop(fd, None)
-            _quietly(self.ep.unregister, fd)
+            with contextlib.suppress(OSError):
+                self.ep.unregister(fd)
             return
         try:
             (self.ep.modify if old is not None else self.ep.register)(fd, events)
@@ -115,7 +107,12 @@ class Worker:
         self.watched[fd] = (role, events)
 
     def _sync(self) -> None:
-        """Make epoll watch exactly the fds the current state needs."""
+        """Make epoll watch exactly the fds the current state needs: only when that state changed since
+        (a control message, the RX ring starved or fed, the host fd blocked or writable again)."""
+        state = (self.rx_starved, self.tx_blocked, self.host_err_mask)
+        if state == self.synced:
+            return
+        self.synced = state
         want: dict[int, tuple[Role, int]] = {}
         if self.backend is not None:
             for ring in self.backend.rings:
@@ -123,7 +120,7 @@ class Worker:
                     want[ring.kick_fd] = (("kick", ring.index), IN)
             rx_on = self.backend.rings[0].running and not self.rx_starved
             tx_wait = self.backend.rings[1].running and self.tx_blocked
-            if self.backend.rings_running:
+            if self.running:
                 # EPOLLERR is asked for always: a tap whose interface is deleted reports it even while
                 # the RX ring is starved and nothing is written to it.
                 want[self.hostfd.fd] = (("host", 0),
@@ -145,7 +142,7 @@ class Worker:
         self._watch(rfd, ("signal", 0), IN)
         try:
             if self.config.sandbox is not None:
-                self.config.sandbox.confine(Facts(self.stats_dir_fd, getattr(self.door, "dir_fd", -1),
+                self.config.sandbox.confine(Facts(self.out.dir_fd, getattr(self.door, "dir_fd", -1),
                                                   self.datapath.uring_fd))
             self._attach_door()
             self._loop()
@@ -182,45 +179,50 @@ class Worker:
         self.backend = Backend(channel, self.datapath, self.hostfd, self.config.backend)
         self.backend.state = self.config.state
         self._watch(channel.fileno(), ("control", 0), IN)
+        self._rings_changed()
+
+    def _rings_changed(self) -> None:
+        """A front-end came or went, or a control message was handled: which rings run and their kick fds
+        may have changed (they change nowhere else), so the loop looks at them again."""
+        self.running = self.backend is not None and self.backend.rings_running
+        self.synced = None
 
     def _loop(self) -> None:
-        pending = False
+        pending, ready = False, []
         while True:
-            timeout = self._timeout(pending)
-            events = self.ep.poll(timeout)
+            timeout = 0 if pending or ready else self._timeout()
+            events = ready or self.ep.poll(timeout)     # what a busy window found is taken as it is
             self.wakeups += 1
-            self._stats_tick()
+            if self.out.next_due is not None:
+                self.out.tick(self)
             if not events and timeout > 0:
                 pending = self._safety_poll()
                 continue
-            roles = [(fd, ev, self.watched.get(fd, (GONE, 0))[0]) for fd, ev in events]
-            if any(kind != "signal" for _fd, _ev, (kind, _arg) in roles):
-                self.safety_armed = True        # a kick, a host frame or a message: traffic (not SIGUSR1)
-            for fd, ev, (kind, arg) in roles:
-                if EVENT_HANDLERS[kind](self, fd, arg, ev):
-                    return
+            if self._dispatch(events):
+                return
             pending = self._poll_datapath()
-            if not pending and self.busy_due:
-                pending = self._busy_poll()
-            self._sync()
+            self._sync()        # before a busy window: it polls epoll, which must watch what is due
+            ready = self._busy_poll() if not pending and self.busy_due else []
 
-    def _timeout(self, pending: bool) -> float:
-        """epoll's timeout: 0 with work pending; the safety poll's while rings run; else forever, but
+    def _dispatch(self, events: list[tuple[int, int]]) -> bool:
+        """Each event to its fd's handler (EVENT_HANDLERS), by the role the fd had when epoll reported it
+        (a handler may close or replace fds reported in the same round); True: end the loop."""
+        roles = [(fd, ev, self.watched.get(fd, UNWATCHED)[0]) for fd, ev in events]
+        for fd, ev, (kind, arg) in roles:
+            if kind != "signal":
+                self.safety_armed = True        # a kick, a host frame or a message: traffic (not SIGUSR1)
+            if EVENT_HANDLERS[kind](self, fd, arg, ev):
+                return True
+        return False
+
+    def _timeout(self) -> float:
+        """epoll's timeout with nothing pending: the safety poll's while rings run; else forever, but
         never past the next --stats-interval rewrite."""
-        if pending:
-            return 0
-        running = self.backend is not None and self.backend.rings_running
-        timeout = SAFETY_POLL_S if running and self.safety_armed else -1
-        if self.next_stats is not None:
-            due = max(0.0, self.next_stats - time.monotonic())
+        timeout = SAFETY_POLL_S if self.running and self.safety_armed else -1
+        if self.out.next_due is not None:
+            due = self.out.due_in()
             timeout = due if timeout < 0 else min(timeout, due)
         return timeout
-
-    def _stats_tick(self) -> None:
-        """--stats-interval: the stats file rewritten (atomically) once the interval has passed."""
-        if self.next_stats is not None and time.monotonic() >= self.next_stats:
-            self.report(final=False)
-            self.next_stats = time.monotonic() + self.config.stats_interval
 
     def _safety_poll(self) -> bool:
         before = self._positions()
@@ -238,48 +240,46 @@ class Worker:
         return tuple(rings[name]["last_avail_idx"] for name in ("rx", "tx"))
 
     def _poll_datapath(self) -> bool:
-        if self.backend is None or not self.backend.rings_running:
+        if not self.running:
             return False
-        before = self.datapath.used_positions()
-        flags = self.datapath.poll()
-        published = self.datapath.used_positions()
-        self.busy_due = self.busy_due or (published != before and self.config.busy_poll_us > 0)
-        if not flags & dp.MORE and published != before:
-            # The batch published used entries and may have signalled the guest, which takes a while:
-            # frames that reached the host fd and buffers or chains the driver added meanwhile are taken
-            # now, in one more pass, instead of after another epoll round (the window Linux vhost_net
-            # closed in November 2025: check for work once more after signalling). One pass: a flood
-            # still returns to epoll, so control messages and signals keep their turn.
-            self.rechecks["after_signal"] += 1
-            flags = self.datapath.poll()
-            self.rechecks["found_work"] += self.datapath.used_positions() != published
+        flags = self.datapath.poll_round()
+        if flags & dp.PUBLISHED:
+            self.busy_due = self.config.busy_poll_us > 0
+            if not flags & dp.MORE:
+                # The batch published used entries and may have signalled the guest, which takes a while:
+                # frames that reached the host fd and buffers or chains the driver added meanwhile are taken
+                # now, in one more pass, instead of after another epoll round (the window Linux vhost_net
+                # closed in November 2025: check for work once more after signalling). One pass: a flood
+                # still returns to epoll, so control messages and signals keep their turn.
+                self.rechecks["after_signal"] += 1
+                flags = self.datapath.poll_round()
+                self.rechecks["found_work"] += bool(flags & dp.PUBLISHED)
         self.rx_starved = bool(flags & dp.RX_STARVED)
         self.tx_blocked = bool(flags & dp.TX_BLOCKED)
         return bool(flags & dp.MORE)
 
-    def _busy_poll(self) -> bool:
-        """--busy-poll: after a batch that published, poll again until work shows up or the time is up (not
-        while the host fd is full: that waits for EPOLLOUT). True: work was done, look again without
-        sleeping (epoll first, with timeout 0: messages and signals keep their turn); a window that runs
-        out ends the busy phase until the next batch that publishes."""
-        if self.backend is None or not self.backend.rings_running or self.tx_blocked:
-            return False
-        deadline = time.monotonic_ns() + self.config.busy_poll_us * 1000
-        start = self.datapath.used_positions()
-        while time.monotonic_ns() < deadline:
-            flags = self.datapath.poll()
-            self.busy["polls"] += 1
-            if flags & dp.MORE or self.datapath.used_positions() != start:
-                self.busy["found_work"] += 1
-                self.rx_starved, self.tx_blocked = bool(flags & dp.RX_STARVED), bool(flags & dp.TX_BLOCKED)
-                return True
-            if flags & dp.TX_BLOCKED:
-                break
-        self.busy["timed_out"] += 1
+    def _busy_poll(self) -> list[tuple[int, int]]:
+        """--busy-poll: after a batch that published, poll epoll (the kick eventfds, the host fd as _sync
+        left it, the control socket, signals) without sleeping until something is ready or the time is up;
+        not while the host fd is full (that waits for EPOLLOUT). Every source of work is an fd then: the TX
+        ring asks for kicks once drained, a starved RX ring too, and RX with buffers has the host fd watched.
+        Returns what was ready, which the loop takes as this round's events; the window is spent either way
+        (the next batch that publishes opens another), so a signal or a message never prolongs it."""
         self.busy_due = False
-        return False
+        if not self.running or self.tx_blocked:
+            return []
+        poll, now = self.ep.poll, time.monotonic_ns
+        deadline = now() + self.config.busy_poll_us * 1000
+        polls, ready = 0, []
+        while not ready and now() < deadline:
+            polls += 1
+            ready = poll(0)
+        self.busy["polls"] += polls
+        self.busy["found_work" if ready else "timed_out"] += 1
+        return ready
 
-    def _on_signal(self, sigfd: int) -> bool:
+    # -- the handlers of EVENT_HANDLERS: (fd, its role's argument, the events) -> end the loop? ----------
+    def _on_signal(self, sigfd: int, _arg: int, _ev: int) -> bool:
         try:
             data = os.read(sigfd, 64)
         except BlockingIOError:
@@ -291,35 +291,39 @@ class Worker:
             self.report(final=False)
         return False
 
-    def _on_listen(self) -> None:
+    def _on_listen(self, _fd: int, _arg: int, _ev: int) -> bool:
         channel = self.door.accept()
         busy = self.channel is not None
         why = "a front-end is already served" if busy else self._peer_refused(channel)
         if not why:
             self._attach(channel)
-            return
+            return False
         # One front-end per worker, and only an allowed one: close it unserved, count it, keep serving.
         self.refused["busy" if busy else "peer_uid"] += 1
         pid, uid, _gid = channel.peer_cred()
         log.warning("refused a front-end connection (pid %d uid %d): %s", pid, uid, why)
         channel.close()
+        return False
 
-    def _on_control(self) -> bool:
+    def _on_control(self, _fd: int, _arg: int, _ev: int) -> bool:
         msg = self.channel.recv()
         if msg is None and self.backend.messages == 0 and self.listening:
             self._detach()      # a connect-and-close (a probe for a stale socket): keep listening
             return False
         if msg is None:
-            if self.backend.rings_running:
+            if self.running:
                 raise FrontendGone("front-end closed the connection while rings were running")
             self.reason = "front-end closed the connection"
             return True
         log.debug("<- %s %s", msg.name, msg.payload[:32].hex())     # -vv: every request, payload head
         self.backend.handle(msg)       # the host fd follows the negotiated state in there (HostFd.apply)
+        self._rings_changed()
         self.rx_starved = False        # a ring may have (re)started: look at everything again
         return False
 
-    def _on_host(self, ev: int) -> None:
+    def _on_host(self, _fd: int, _arg: int, ev: int) -> bool:
+        if ev == IN:                    # a frame to read (the common case: nothing to judge)
+            return False
         if self.hostfd.is_socket:
             self._on_host_socket(ev)
         elif ev & ERR and not ev & (IN | OUT):
@@ -328,6 +332,7 @@ class Worker:
         if ev & select.EPOLLPRI:
             self.host_err_mask = ERR     # an fd that does report PRI (a socket's urgent data): never spin on it
         self.tx_blocked = self.tx_blocked and not ev & OUT
+        return False
 
     def _on_host_socket(self, ev: int) -> None:
         """A socket's HUP is its peer gone for good (epoll reports it whatever the mask: never loop on
@@ -342,16 +347,21 @@ class Worker:
         self._watch(self.channel.fileno(), ("control", 0), 0)
         self.channel.close()
         self.channel = self.backend = None
+        self._rings_changed()
 
-    def _on_kick(self, index: int, fd: int) -> None:
+    def _on_kick(self, fd: int, index: int, _ev: int) -> bool:
         """A kick. Its fd may be gone since epoll reported it: a control message handled earlier in the same
         round (GET_VRING_BASE, a new SET_VRING_KICK) closed it, so only the ring's current kick fd is read."""
         if self.backend is None or self.backend.rings[index].kick_fd != fd:
-            return
+            return False
         dp.drain_eventfd(fd)
         self.backend.rings[index].kicks += 1
         if index == 0:
             self.rx_starved = False
+        return False
+
+    def _on_gone(self, _fd: int, _arg: int, _ev: int) -> bool:
+        return False
 
     # -- exit ----------------------------------------------------------------------------------------------
     def _shutdown(self) -> None:
@@ -369,69 +379,21 @@ class Worker:
         self.datapath.attach_state(None)        # before the page is unmapped (runner)
 
     def stats(self) -> dict:
-        rings = self.datapath.stats()
-        if self.backend is not None:
-            for ring in self.backend.rings:
-                rings["rx" if ring.index == 0 else "tx"]["kicks"] = ring.kicks
-        out = {
-            "exit": self.exit_code, "errno": errno_name(self.exit_code), "reason": self.reason,
-            "wakeups": self.wakeups, "lost_kicks": self.lost_kicks, "rechecks": dict(self.rechecks),
-            "busy_poll": {"usec": self.config.busy_poll_us, **self.busy},
-            "refused": dict(self.refused),
-            "uptime_s": round(time.monotonic() - self.started, 3), "rings": rings,
-            "host": {"kind": self.hostfd.kind, "name": self.hostfd.name, "vnet_hdr_len": self.datapath.host_hdr_len,
-                     "io": self.datapath.host_io()},
-        }
-        if self.backend is not None:
-            out["features"] = f"{self.backend.acked or 0:#x}"
-            out["offered"] = f"{self.backend.offered:#x}"
-            out["protocol_features"] = f"{self.backend.protocol_acked:#x}"
-            out["messages"] = self.backend.messages
-            out["rarp"] = dict(self.backend.rarp)        # SEND_RARP after a migration: sent, dropped, skipped
-        out["resume"] = self.config.state.report()      # where each ring resumed from (the state page)
-        out["dirty_log"] = self.datapath.log_stats()    # live migration: log_all, log_size, writes, overflow
-        out["memory"] = self.datapath.memory_stats()    # the region table: regions, bytes (memory hot-plug)
-        out["sandbox"] = dict(self.config.sandbox.report) if self.config.sandbox else {"mode": "off"}
-        return out
+        return _report.collect(self)
 
     def report(self, final: bool = True) -> None:
+        """The counters to --stats-file (or stderr): on exit those taken before the rings were closed."""
         data = getattr(self, "_final_stats", None) if final else None
-        data = dict(data or self.stats(), exit=self.exit_code, errno=errno_name(self.exit_code), reason=self.reason)
-        text = counters.render(data, self.config.stats_format, worker=counters.worker_name(self.config.stats_file))
-        if self.config.stats_file:
-            try:
-                self._write_stats(text)
-                return
-            except OSError as exc:
-                log.warning("--stats-file %s: %s; the statistics follow on stderr", self.config.stats_file, exc)
-        print(text, end="", file=sys.stderr, flush=True)
-
-    def _write_stats(self, text: str) -> None:
-        """A temporary file in the stats directory (held open since start), renamed over the stats file."""
-        name = os.path.basename(self.config.stats_file)
-        fd = os.open(f"{name}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644,
-                     dir_fd=self.stats_dir_fd)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-        os.replace(f"{name}.tmp", name, src_dir_fd=self.stats_dir_fd, dst_dir_fd=self.stats_dir_fd)
-
-
-def _quiet(action):
-    """A handler that never ends the loop."""
-    def handler(worker: Worker, fd: int, arg: int, ev: int) -> bool:
-        action(worker, fd, arg, ev)
-        return False
-    return handler
+        self.out.emit(dict(data or self.stats(), exit=self.exit_code, errno=errno_name(self.exit_code),
+                           reason=self.reason))
 
 
 # What an epoll event on a watched fd does, by its role's kind: (worker, fd, arg, events) -> end the loop?
 EVENT_HANDLERS = {
-    "signal": lambda w, fd, _arg, _ev: w._on_signal(fd),
-    "control": lambda w, _fd, _arg, _ev: w._on_control(),
-    "listen": _quiet(lambda w, _fd, _arg, _ev: w._on_listen()),
-    "kick": _quiet(lambda w, fd, ring, _ev: w._on_kick(ring, fd)),
-    "host": _quiet(lambda w, _fd, _arg, ev: w._on_host(ev)),
-    "gone": lambda *_: False,
+    "signal": Worker._on_signal,
+    "control": Worker._on_control,
+    "listen": Worker._on_listen,
+    "kick": Worker._on_kick,
+    "host": Worker._on_host,
+    "gone": Worker._on_gone,
 }

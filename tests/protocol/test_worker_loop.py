@@ -1,0 +1,98 @@
+"""The worker's loop (worker/loop.py) against the pure-Python front-end, forked, no root: what epoll watches
+follows every control message, and a --busy-poll window ends on whatever fd becomes ready."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from vhostsplice.device.backend import BackendConfig
+from vhostsplice.spec import Req
+from vhostsplice.testing.frontend import Frontend
+from vhostsplice.testing.harness import demo_frame
+from vhostsplice.testing.hostfd import FakeHostFd
+from vhostsplice.vhostuser import protocol as P
+from vhostsplice.vhostuser.channel import Channel
+from vhostsplice.worker.loop import Worker, WorkerConfig
+
+
+def serve(config: WorkerConfig, body) -> tuple[dict, list[bytes]]:
+    """A Worker (the real loop, in a child) on a datagram fake host fd; body(front-end, host) drives it,
+    then the rings stop and the front-end closes. Returns the worker's stats on exit and the frames its
+    host fd received, headers stripped."""
+    host = FakeHostFd.datagram(vnet_hdr_len=12)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.close(rfd)
+            ours.close()
+            worker = Worker(Channel(theirs), host, config)
+            worker.run()
+            os.write(wfd, json.dumps(worker.stats()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    theirs.close()
+    with Frontend(ours) as fe:
+        fe.start()
+        got = body(fe, host)
+        fe.stop()
+    with os.fdopen(rfd, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    host.close()
+    assert os.waitstatus_to_exitcode(status) == 0 and data, "the worker child failed"
+    return json.loads(data), got
+
+
+def wait_frames(host: FakeHostFd, count: int, timeout: float = 5.0) -> list[bytes]:
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += [frame[12:] for frame in host.frames()]
+        time.sleep(0.001)
+    return got
+
+
+def test_a_kick_fd_replaced_while_the_ring_runs_is_watched_at_once():
+    """SET_VRING_KICK on a running TX ring: the next kick on the new eventfd wakes the worker (epoll is
+    re-synced after every control message), not the safety poll a second later (lost_kicks)."""
+    frames = [demo_frame(i, 200) for i in range(2)]
+
+    def body(fe: Frontend, host: FakeHostFd) -> list[bytes]:
+        fe.send(frames[:1])
+        got = wait_frames(host, 1)
+        new = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fe.command(Req.SET_VRING_KICK, P.encode_vring_file(1), fds=(new,))
+        os.close(fe.kick[1])
+        fe.kick[1] = new
+        fe.send(frames[1:])
+        return got + wait_frames(host, 1)
+
+    stats, got = serve(WorkerConfig(backend=BackendConfig()), body)
+    assert got == frames
+    assert stats["lost_kicks"] == 0 and stats["rings"]["tx"]["kicks"] == 2, stats
+
+
+def test_a_busy_window_ends_on_a_message_and_does_not_reopen_without_a_batch():
+    """--busy-poll: the window after a TX batch ends as soon as a message is ready (it is served then, not
+    after the window), and that message, which completes no chain, opens no second window: one window,
+    ended by work, none timed out (a window of 5 s: only a stalled test could see one run out)."""
+    frame = demo_frame(7, 200)
+
+    def body(fe: Frontend, host: FakeHostFd) -> list[bytes]:
+        fe.send([frame])
+        got = wait_frames(host, 1)
+        fe.request(Req.GET_FEATURES)            # a message during the window: ends it
+        fe.request(Req.GET_FEATURES)            # and another, after it: no window follows the first
+        return got
+
+    stats, got = serve(WorkerConfig(busy_poll_us=5_000_000), body)
+    busy = stats["busy_poll"]
+    assert got == [frame]
+    assert busy["found_work"] == 1 and busy["timed_out"] == 0 and busy["polls"] >= 1, busy
