@@ -70,7 +70,6 @@ def test_one_recipe_serves_every_worker_as_its_own_command_line_would(tmp_path, 
 
 
 @pytest.mark.parametrize("values,message", [
-    ({"state_fd": -1}, "--state-fd -1"),
     ({"inherited_fd": None}, "exactly one of --socket-path, --connect, --fd"),
     ({"stats_file": None}, "--stats-interval rewrites --stats-file"),
 ])
@@ -84,6 +83,20 @@ def test_a_value_run_refuses_is_refused_for_a_pair_by_the_same_check(values, mes
                               ("--stats-file", own["stats_file"])) if v is not None for f in (flag, str(v))]
     assert main(["run", "--tap", "vt0", "--stats-interval", "2", *line]) == errno.EINVAL    # a lone `run`: the same
     assert capsys.readouterr().err == f"vhostsplice: {refused.value} [exit 22 EINVAL]\n"
+
+
+@pytest.mark.parametrize("line,message", [
+    (["--tap", "vt0", "--user", "no-such-user-vs"], "give exactly one of --socket-path, --connect, --fd"),
+    (["--fd", "3", "--socket-mode", "0660"], "a host side is required"),
+    (["--fd", "3", "--tap", "vt0", "--stats-interval", "2", "--socket-group", "0"], "--stats-interval rewrites"),
+])
+def test_a_line_wrong_twice_is_refused_for_the_recipe_before_its_ownership(line, message, capsys):
+    """`run` checks the door, the host side and the stats before it resolves --user/--socket-*: the
+    first refusal a user reads stays the one it was before the recipe."""
+    assert main(["run", *line]) == errno.EINVAL
+    assert message in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        recipe_of(["run", *line])
 
 
 # -- the outcome: a worker forked with the recipe against `vhostsplice run` with its command line ------------

@@ -6,6 +6,7 @@ forks runs it with its own fds, stats file and CPU (`serve_worker`): no click, n
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import click
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
                    "created 0600, refused elsewhere: EINVAL), updated around every batch, so a worker started "
                    "again with the same file resumes where this one stopped even if it was killed: the only way "
                    "a packed ring can resume (README \"Restarts\"). serve and vhostsplice-supervise hold one for you.")
-@click.option("--state-fd", type=int, metavar="N", envvar="VHOSTSPLICE_STATE_FD",
+@click.option("--state-fd", type=click.IntRange(0), metavar="N", envvar="VHOSTSPLICE_STATE_FD",
               help="As --state-file, for an inherited memfd or tmpfs file N (serve passes one to each worker).")
 @stats_options
 @ownership_options
@@ -107,18 +108,19 @@ def run(print_capabilities, print_sandbox, **options):
 def make_recipe(*, socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice,
                 sched, busy_poll, host_io, on_guest_error, offloads, packed, state_file, state_fd, stats_file,
                 stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox) -> RunRecipe:
-    """`run`'s options -> the worker's recipe, checked (RunRecipe checks itself; user and group names are
-    resolved now). In the command's context: where a value came from decides what wins."""
+    """`run`'s options -> the worker's recipe, checked (RunRecipe checks itself; then the ownership options,
+    user and group names resolved now: a line wrong in both says what RunRecipe says). In the command's
+    context: where a value came from decides what wins."""
     from ..worker.runner import RunRecipe
     if tap and (host_fd is not None or packet) and from_environment("tap"):
         tap = None      # VHOSTSPLICE_TAP is a default; an explicit --host-fd/--packet on the command line wins
-    return RunRecipe(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
-                     host_fd=host_fd, packet=packet or None, framing=framing, mtu=mtu, bridge=bridge, cpu=cpu,
-                     nice=nice, sched=sched, fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed,
-                     stats_file=stats_file, stats_format=stats_format, stats_interval=stats_interval,
-                     ownership=ownership(socket_path, socket_mode, socket_group, allow_uid, run_as),
-                     sandbox=sandbox, busy_poll_us=busy_poll, state_file=state_file, state_fd=state_fd,
-                     host_io=host_io)
+    recipe = RunRecipe(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
+                       host_fd=host_fd, packet=packet or None, framing=framing, mtu=mtu, bridge=bridge, cpu=cpu,
+                       nice=nice, sched=sched, fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed,
+                       stats_file=stats_file, stats_format=stats_format, stats_interval=stats_interval,
+                       sandbox=sandbox, busy_poll_us=busy_poll, state_file=state_file, state_fd=state_fd,
+                       host_io=host_io)
+    return replace(recipe, ownership=ownership(socket_path, socket_mode, socket_group, allow_uid, run_as))
 
 
 def recipe_of(argv: list[str]) -> RunRecipe:

@@ -197,8 +197,6 @@ class RunRecipe:
             raise ConfigError("give exactly one of --socket-path, --connect, --fd")
         if not self.tap and self.host_fd is None and not self.packet:
             raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
-        if self.state_fd is not None and self.state_fd < 0:
-            raise ConfigError(f"--state-fd {self.state_fd}: an fd number is 0 or more")
         check_stats(self.stats_file, self.stats_interval)
 
     def for_pair(self, *, inherited_fd: int, state_fd: int | None, stats_file: str, cpu: str | None) -> "RunRecipe":
