@@ -4,6 +4,7 @@ serve's template makes one recipe before its first fork (recipe_of: the parse an
 recipe, the same refusals and the same outcome as `vhostsplice run` with that worker's command line."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -26,7 +27,7 @@ from vhostsplice.errors import ConfigError
 from vhostsplice.serve.pairs import Pair
 from vhostsplice.serve.supervisor import Supervisor, spread_cpus
 from vhostsplice.serve.template import Unmade, WorkerSpec
-from vhostsplice.worker.runner import RunRecipe
+from vhostsplice.worker.runner import Ownership, RunRecipe
 
 CPUS = sorted(os.sched_getaffinity(0))
 
@@ -67,6 +68,16 @@ def test_one_recipe_serves_every_worker_as_its_own_command_line_would(tmp_path, 
         cpus.append(own.cpu)
     assert cpus == ([str(CPUS[k % len(CPUS)]) for k in range(3)] if serve_args else [None] * 3)
     assert made.sandbox == ("log" if serve_args else "strict")     # serve's options reached the recipe
+
+
+def test_a_recipe_takes_fields_by_keyword_with_their_defaults_and_stays_frozen():
+    recipe = RunRecipe(inherited_fd=3, tap="vt0")
+    assert (recipe.framing, recipe.sandbox, recipe.ownership, recipe.state_fd) == ("none", "strict", Ownership(), None)
+    with pytest.raises(TypeError, match="no field.*'tapp'"):
+        RunRecipe(inherited_fd=3, tap="vt0", tapp="vt1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.tap = "vt1"
+    assert dataclasses.replace(recipe, tap="vt1") == RunRecipe(inherited_fd=3, tap="vt1") != recipe
 
 
 @pytest.mark.parametrize("values,message", [
