@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from vhostsplice.cli import main
+from vhostsplice.cli import main, run
 from vhostsplice.errors import EXIT_TABLE, ConfigError, errno_name
 from vhostsplice.worker.placement import parse_cpus
 
@@ -112,13 +112,13 @@ def test_serve_passes_no_packed_to_its_workers(monkeypatch, args, packed):
     assert main(["serve", "--socket-path", "/tmp/x.sock", "--tap", "t", *args]) == 0
     config = seen["c"]
     assert config.packed is packed and ("--no-packed" in config.worker_args) is not packed
-    assert config.worker_entry is main              # each worker runs this very command line's entry
+    assert config.worker.make is run.recipe_of and config.worker.start is run.serve_worker   # `run`'s own steps
 
 
 def test_run_passes_no_packed_to_the_backend(monkeypatch):
     from vhostsplice.worker import runner
     seen = {}
-    monkeypatch.setattr(runner, "run_worker", lambda **kw: seen.update(kw) or 0)
+    monkeypatch.setattr(runner, "run_worker", lambda recipe: seen.update(vars(recipe)) or 0)
     assert main(["run", "--socket-path", "/tmp/x.sock", "--tap", "t", "--no-packed"]) == 0
     assert seen["packed"] is False
     monkeypatch.setenv("VHOSTSPLICE_PACKED", "0")

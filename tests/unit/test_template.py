@@ -1,5 +1,6 @@
-"""serve's worker template (template.py): workers by fork from a fixed recipe; a (possibly compromised)
-serve can ask for a pair's worker and signal the template's own children, nothing else."""
+"""serve's worker template (template.py): workers by fork from a fixed recipe, made once in the template and
+run by each worker with its own values; a (possibly compromised) serve can ask for a pair's worker and
+signal the template's own children, nothing else."""
 from __future__ import annotations
 
 import json
@@ -11,21 +12,40 @@ import time
 
 import pytest
 
-from vhostsplice.serve.template import Template, TemplateError, WorkerSpec
+from vhostsplice.serve.template import Template, TemplateError, Unmade, WorkerEntry, WorkerSpec
 
 
-def _entry(argv: list[str]) -> int:
-    """A stand-in for cli.main: records the command line it got and the fds it holds, then exits 7 (or
-    sleeps, for the signal tests)."""
+def _make(argv: list[str]) -> dict:
+    """A stand-in for cli/run.py's recipe_of: the recipe is the command line it was made from, and where
+    (each call is a line of made.jsonl)."""
+    made = {"argv": argv, "pid": os.getpid(), "env": os.environ.get("VS_ONLY_THIS")}
+    with open(os.path.join(os.environ["VS_TEMPLATE_OUT"], "made.jsonl"), "a") as f:
+        f.write(json.dumps(made) + "\n")
+    if os.environ.get("VS_TEMPLATE_MODE") == "--bad-recipe":
+        raise ValueError("a bad recipe")
+    return made
+
+
+def _start(recipe, values: dict) -> int:
+    """A stand-in for cli/run.py's serve_worker: records the recipe and values it got and the fds it holds,
+    then exits 7 (or sleeps, for the signal tests)."""
     out = os.environ["VS_TEMPLATE_OUT"]
     fds = [fd for fd in range(256) if _is_open(fd)]
+    if isinstance(recipe, Unmade):
+        try:
+            recipe.for_pair(**values)
+        except ValueError as exc:
+            recipe = {"refused": str(exc)}
     with open(os.path.join(out, f"{os.getpid()}.json"), "w") as f:
-        json.dump({"argv": argv, "fds": fds,
+        json.dump({"recipe": recipe, "values": values, "fds": fds,
                    "env": os.environ.get("VS_ONLY_THIS"), "comm": open("/proc/self/comm").read().strip()}, f)
     if "--sleep" in os.environ.get("VS_TEMPLATE_MODE", ""):
         signal.pthread_sigmask(signal.SIG_SETMASK, set())    # as the worker's loop releases the stop signals
         time.sleep(60)
     return 7
+
+
+ENTRY = WorkerEntry(make=_make, start=_start)
 
 
 def _is_open(fd: int) -> bool:
@@ -41,8 +61,8 @@ def template(tmp_path, monkeypatch):
     spec = WorkerSpec(tap="vt0", run_dir=str(tmp_path), cpus=(None, 1), worker_args=("--sandbox", "strict"),
                       stats_interval=2.0, env={"VS_TEMPLATE_OUT": str(tmp_path), "VS_ONLY_THIS": "yes",
                                                "VS_TEMPLATE_MODE": os.environ.get("VS_TEMPLATE_MODE", "")})
-    t = Template(spec, _entry)
-    yield t
+    t = Template(spec, ENTRY)
+    yield t, spec
     t.close()
 
 
@@ -51,14 +71,19 @@ def _record(tmp_path, pid: int) -> dict:
 
 
 def test_a_worker_gets_the_recipe_its_fds_and_only_them(template, tmp_path):
+    template, spec = template
     a, b = socket.socketpair()
     with a, b:
         handle = template.spawn(1, [b.fileno()])
         assert handle.wait(30) == 7 and handle.poll() == 7
     rec = _record(tmp_path, handle.pid)
-    fd = int(rec["argv"][rec["argv"].index("--fd") + 1])
-    assert rec["argv"] == ["run", "--fd", str(fd), "--tap", "vt0", "--stats-file", str(tmp_path / "pair1.json"),
-                           "--sandbox", "strict", "--stats-interval", "2.0", "--cpu", "1"]
+    fd = rec["values"]["inherited_fd"]
+    assert rec["recipe"]["argv"] == spec.argv(0, 0, 0)      # the one recipe, made from the shared command line
+    assert rec["values"] == {"inherited_fd": fd, "state_fd": None, "stats_file": str(tmp_path / "pair1.json"),
+                             "cpu": "1"}                    # ... and this worker's own values: as a command line,
+    assert spec.argv(1, fd, None) == ["run", "--fd", str(fd), "--tap", "vt0", "--stats-file",
+                                      str(tmp_path / "pair1.json"), "--sandbox", "strict", "--stats-interval", "2.0",
+                                      "--cpu", "1"]
     assert set(rec["fds"]) - {0, 1, 2} == {fd}      # its channel, nothing of serve's or the template's
     assert {0, 1, 2} <= set(rec["fds"])             # stdin (/dev/null), stdout and stderr stay
     assert rec["env"] == "yes" and rec["comm"] == "vs-worker"
@@ -71,6 +96,7 @@ def test_a_worker_gets_the_recipe_its_fds_and_only_them(template, tmp_path):
     {"op": "signal", "pid": 1, "sig": 9},       # not the template's child
 ])
 def test_the_template_refuses_what_serve_may_not_ask(template, order):
+    template, _spec = template
     a, b = socket.socketpair()
     with a, b:
         socket.send_fds(template.sock, [json.dumps(order).encode()], [b.fileno()])
@@ -80,6 +106,7 @@ def test_the_template_refuses_what_serve_may_not_ask(template, order):
 
 
 def test_a_refused_spawn_raises_and_the_template_still_serves(template, tmp_path):
+    template, _spec = template
     with pytest.raises(TemplateError):
         template.spawn(0, [])               # a channel fd is required
     a, b = socket.socketpair()
@@ -91,7 +118,7 @@ def test_only_the_template_signals_its_workers(tmp_path, monkeypatch):
     monkeypatch.setenv("VS_TEMPLATE_MODE", "--sleep")
     spec = WorkerSpec(tap="vt0", run_dir=str(tmp_path), cpus=(None,),
                       env={"VS_TEMPLATE_OUT": str(tmp_path), "VS_TEMPLATE_MODE": "--sleep"})
-    t = Template(spec, _entry)
+    t = Template(spec, ENTRY)
     try:
         a, b = socket.socketpair()
         with a, b:
@@ -106,30 +133,25 @@ def test_only_the_template_signals_its_workers(tmp_path, monkeypatch):
 
 
 
-def _prepare(argv: list[str]):
-    """A stand-in for cli.prepare_worker: records what the template asked it (in the template) and returns
-    an entry that records how the worker came through it."""
-    with open(os.path.join(os.environ["VS_TEMPLATE_OUT"], "prepared.json"), "w") as f:
-        json.dump({"argv": argv, "pid": os.getpid(), "env": os.environ.get("VS_ONLY_THIS")}, f)
-    if os.environ.get("VS_TEMPLATE_MODE") == "--bad-recipe":
-        raise ValueError("a bad recipe")
-    return lambda line: _entry(line + ["--prepared"])
-
-
 @pytest.mark.parametrize("bad", [False, True])
-def test_workers_run_the_entry_prepared_once_in_the_template(tmp_path, bad):
-    spec = WorkerSpec(tap="vt0", run_dir=str(tmp_path), cpus=(3,),
+def test_the_recipe_is_made_once_in_the_template(tmp_path, bad):
+    spec = WorkerSpec(tap="vt0", run_dir=str(tmp_path), cpus=(3, None),
                       env={"VS_TEMPLATE_OUT": str(tmp_path), "VS_ONLY_THIS": "yes",
                            "VS_TEMPLATE_MODE": "--bad-recipe" if bad else ""})
-    t = Template(spec, _entry, prepare=_prepare)
+    t = Template(spec, ENTRY)
     try:
-        a, b = socket.socketpair()
-        with a, b:
-            handle = t.spawn(0, [b.fileno()])
-            assert handle.wait(30) == 7
-        prepared = json.loads((tmp_path / "prepared.json").read_text())
-        assert prepared == {"argv": spec.argv(0, 0, 0), "pid": t.pid, "env": "yes"}   # in the template, its env set
-        argv = _record(tmp_path, handle.pid)["argv"]
-        assert argv[-1] == "--prepared" if not bad else "--prepared" not in argv   # a bad recipe: the plain entry
+        handles = []
+        for pair in (0, 1):
+            a, b = socket.socketpair()
+            with a, b:
+                handles.append(t.spawn(pair, [b.fileno(), a.fileno()]))
+                assert handles[-1].wait(30) == 7
+        made = [json.loads(line) for line in (tmp_path / "made.jsonl").read_text().splitlines()]
+        assert made == [{"argv": spec.argv(0, 0, 0), "pid": t.pid, "env": "yes"}]  # once, in the template, its env set
+        recs = [_record(tmp_path, h.pid) for h in handles]
+        assert [r["values"]["cpu"] for r in recs] == ["3", None]
+        assert all(r["values"]["state_fd"] is not None for r in recs)
+        expected = {"refused": "a bad recipe"} if bad else made[0]     # a refused recipe: each worker's outcome
+        assert [r["recipe"] for r in recs] == [expected, expected]
     finally:
         t.close()

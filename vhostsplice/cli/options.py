@@ -12,8 +12,7 @@ import click
 from ..errors import EXIT_TABLE, ConfigError, signals_held
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-MAIN = "vhostsplice.main"       # the context's meta key of the package's main (cli/__init__.py sets it)
-PREPARE = "vhostsplice.prepare_worker"     # ... and of its prepare_worker (a worker's command line parsed once)
+PROG = "vhostsplice"            # the program's name in usage and error messages
 
 
 def from_environment(param: str) -> bool:
@@ -42,7 +41,7 @@ def signals_held_until_the_loop(command):
 
 def stats_options(command):
     """--stats-file, --stats-format and --stats-interval, shared by `run` (its counters) and `serve` (one
-    file for the device, every pair in it)."""
+    file for the device, every pair in it); what they cannot say per option, runner.check_stats does."""
     options = (
         click.option("--stats-file", metavar="PATH",
                      help="Write the statistics here (run: instead of stderr; serve: every pair's, in one "
@@ -58,12 +57,6 @@ def stats_options(command):
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def check_stats(stats_file, stats_interval) -> None:
-    """What stats_options cannot say per option: an interval rewrites a file, so it needs one."""
-    if stats_interval is not None and not stats_file:
-        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
 
 
 def ownership_options(command):

@@ -1,13 +1,22 @@
-"""`vhostsplice run`: one queue pair, its options -> worker/runner.py's run_worker."""
+"""`vhostsplice run`: one queue pair, in two steps: its options -> a recipe (`make_recipe`: worker/runner.py's
+RunRecipe, checked), and the recipe run (runner.run_worker). A lone `run` does both. serve's template makes
+one recipe by the same parse and the same step before its first fork (`recipe_of`), and each worker it
+forks runs it with its own fds, stats file and CPU (`serve_worker`): no click, no parse in a worker.
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import ConfigError
-from .options import (CONTEXT, busy_poll_option, check_stats, exit_table_help, from_environment, ownership,
+from .options import (CONTEXT, PROG, busy_poll_option, exit_table_help, from_environment, ownership,
                       ownership_options, sandbox_option, signals_held_until_the_loop, stats_options)
+from .outcome import exit_code, log_to_stderr
+
+if TYPE_CHECKING:
+    from ..worker.runner import RunRecipe
 
 
 @click.command(context_settings=CONTEXT, epilog=exit_table_help())
@@ -65,9 +74,7 @@ from .options import (CONTEXT, busy_poll_option, check_stats, exit_table_help, f
               help="Print the syscall allow-list of --sandbox strict and what this "
                    "kernel supports (seccomp actions, Landlock ABI), as JSON, and exit.")
 @signals_held_until_the_loop
-def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice, sched,
-        busy_poll, host_io, on_guest_error, offloads, packed, state_file, state_fd, stats_file, stats_format,
-        stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox, print_capabilities, print_sandbox):
+def run(print_capabilities, print_sandbox, **options):
     """Serve one virtqueue pair (ring 0 RX, ring 1 TX) until stopped.
 
     Exactly one of --socket-path, --connect or --fd says where the front-end is, and one of --tap,
@@ -94,21 +101,53 @@ def run(socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, 
         from ..sandbox import describe
         click.echo(json.dumps(describe(), indent=1))
         return 0
-    doors = [d for d in (socket_path, connect_path, inherited_fd) if d is not None]
-    if len(doors) != 1:
-        raise ConfigError("give exactly one of --socket-path, --connect, --fd")
+    from ..worker.runner import run_worker
+    return run_worker(make_recipe(**options))
+
+
+def make_recipe(*, socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice,
+                sched, busy_poll, host_io, on_guest_error, offloads, packed, state_file, state_fd, stats_file,
+                stats_format, stats_interval, socket_mode, socket_group, allow_uid, run_as, sandbox) -> RunRecipe:
+    """`run`'s options -> the worker's recipe, checked (RunRecipe checks itself; then the ownership options,
+    user and group names resolved now: a line wrong in both says what RunRecipe says). In the command's
+    context: where a value came from decides what wins."""
+    from ..worker.runner import RunRecipe
     if tap and (host_fd is not None or packet) and from_environment("tap"):
         tap = None      # VHOSTSPLICE_TAP is a default; an explicit --host-fd/--packet on the command line wins
-    if not tap and host_fd is None and not packet:
-        raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
-    check_stats(stats_file, stats_interval)
-    from ..worker.runner import run_worker
-    owner = ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)
-    return run_worker(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
-                      host_fd=host_fd, framing=framing, packet=packet or None, mtu=mtu, bridge=bridge,
-                      placement=(cpu, nice, sched),
-                      fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed, stats_file=stats_file,
-                      stats_format=stats_format, stats_interval=stats_interval,
-                      ownership=owner, sandbox=sandbox, busy_poll_us=busy_poll, state_file=state_file,
-                      state_fd=state_fd, host_io=host_io)
+    recipe = RunRecipe(socket_path=socket_path, connect_path=connect_path, inherited_fd=inherited_fd, tap=tap or None,
+                       host_fd=host_fd, packet=packet or None, framing=framing, mtu=mtu, bridge=bridge, cpu=cpu,
+                       nice=nice, sched=sched, fault_exit=on_guest_error == "exit", offloads=offloads, packed=packed,
+                       stats_file=stats_file, stats_format=stats_format, stats_interval=stats_interval,
+                       sandbox=sandbox, busy_poll_us=busy_poll, state_file=state_file, state_fd=state_fd,
+                       host_io=host_io)
+    return replace(recipe, ownership=ownership(socket_path, socket_mode, socket_group, allow_uid, run_as))
 
+
+def recipe_of(argv: list[str]) -> RunRecipe:
+    """The recipe `vhostsplice ARGV` (a `run` command line) would run, by the same parse (this command's
+    options, their environment variables included) and the same step, not run: serve's template makes its
+    workers' one recipe with it (serve/template.py). What `run` refuses raises what `run` raises."""
+    if argv[:1] != ["run"]:
+        raise click.UsageError(f"a worker's command line is a `run` one, not {argv[:1]}")
+    group = click.Context(click.Group(PROG), info_name=PROG)     # messages say `vhostsplice run`
+    with run.make_context("run", list(argv[1:]), parent=group) as ctx:
+        options = dict(ctx.params)
+        prints = options.pop("print_capabilities"), options.pop("print_sandbox")
+        if any(prints):
+            raise click.UsageError("--print-capabilities/--print-sandbox run no worker", ctx)
+        return make_recipe(**options)
+
+
+def serve_worker(recipe: RunRecipe, values: dict) -> int:
+    """A worker of serve's, in the process its template forked: the recipe made once (recipe_of) with this
+    worker's own VALUES (RunRecipe.for_pair: checked as `run` checks them), run as `vhostsplice run` runs it:
+    the group's set-up of the log (a worker's command line has no -v), the stop signals held until its loop,
+    every outcome the exit code main() gives (outcome.py)."""
+    log_to_stderr(0)
+    return exit_code(lambda: _run_for_pair(recipe, values))
+
+
+@signals_held_until_the_loop
+def _run_for_pair(recipe: RunRecipe, values: dict) -> int:
+    from ..worker.runner import run_worker
+    return run_worker(recipe.for_pair(**values))

@@ -1,16 +1,16 @@
 """`vhostsplice serve`: a multi-queue device, its options -> serve/supervisor.py's ServeConfig.
 
-What each worker runs is `vhostsplice` itself with a `run` command line: the package's `main`, which the
-group puts in the context's meta under MAIN (this module is imported by the package, so it cannot import
-`main` back), and prepare_worker under PREPARE: serve's template parses one worker's command line with it,
-once (cli/preparsed.py).
+What each worker runs is `vhostsplice run` with a command line serve's template builds (template.WorkerSpec):
+the template makes its recipe once, by `run`'s own parse and checks (run.py's recipe_of), and each worker
+runs it with its own values (run.py's serve_worker). Both are handed to serve here, as plain arguments.
 """
 from __future__ import annotations
 
 import click
 
-from .options import (CONTEXT, MAIN, PREPARE, busy_poll_option, check_stats, exit_table_help, ownership,
-                      ownership_options, sandbox_option, signals_held_until_the_loop, stats_options)
+from .options import (CONTEXT, busy_poll_option, exit_table_help, ownership, ownership_options, sandbox_option,
+                      signals_held_until_the_loop, stats_options)
+from .run import recipe_of, serve_worker
 
 
 @click.command(context_settings=CONTEXT, epilog=exit_table_help())
@@ -64,6 +64,8 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     from ..worker.counters import StatsOutput
     from ..worker.placement import parse_cpus
     from ..serve.supervisor import ServeConfig, run_supervisor
+    from ..serve.template import WorkerEntry
+    from ..worker.runner import check_stats
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
     worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll),
                    "--host-io", host_io] + \
@@ -74,8 +76,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     check_stats(stats_file, stats_interval)
     config = ServeConfig(tap=tap, queues=queues, cpus=cpu_list, restart=restart, events=events,
                          worker_args=worker_args, ownership=owner, offloads=offloads, sandbox=sandbox,
-                         packed=packed, worker_entry=click.get_current_context().meta[MAIN],
-                         worker_prepare=click.get_current_context().meta[PREPARE],
+                         packed=packed, worker=WorkerEntry(make=recipe_of, start=serve_worker),
                          stats=StatsOutput(stats_file, stats_format, stats_interval) if stats_file else None)
     return run_supervisor(socket_path=socket_path, config=config)
 

@@ -25,7 +25,6 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..vhostuser.channel import Listener
 from ..errors import STOP_SIGNALS, FrontendGone, ProtocolError, errno_name, release_stop_signals
@@ -37,7 +36,7 @@ from .pairs import Events, Pair, Workers, read_json
 from .selfexec import self_env
 from .serve_device import ServeDevice
 from ..device.statepage import new_memfd
-from .template import Template, WorkerSpec
+from .template import Template, WorkerEntry, WorkerSpec
 
 log = logging.getLogger("vhostsplice")
 
@@ -54,8 +53,7 @@ class ServeConfig:
     offloads: bool = True        # the workers offer offloads (not with --no-offloads, nor on a header-less tap)
     packed: bool = True          # the workers offer RING_PACKED (not with --no-packed)
     stats: StatsOutput | None = None     # --stats-file/-format/-interval: one file for the device, every pair
-    worker_entry: Callable[[list[str]], int] | None = None     # cli's main: what the template runs per worker
-    worker_prepare: Callable | None = None     # cli's prepare_worker: a worker's command line parsed once (template)
+    worker: WorkerEntry | None = None     # how the template makes its workers' recipe and runs it (cli/serve.py)
     sandbox: str = "strict"      # serve's own confinement (sandbox/serve.py) and, passed on, every worker's
 
 
@@ -228,7 +226,7 @@ def run_supervisor(*, socket_path: str, config: ServeConfig) -> int:
         listener = Listener(socket_path, mode=own.socket_mode, owner=owner, group=group)
         sup = Supervisor(listener, config)
         # forked now: before confinement, after the imports
-        sup.workers.template = Template(sup.worker_spec(), config.worker_entry, prepare=config.worker_prepare)
+        sup.workers.template = Template(sup.worker_spec(), config.worker)
         name_process(b"vs-serve")
         # set-up done (tap held, socket listening, run directory made, template forked): confined
         # before any front-end

@@ -6,11 +6,14 @@ modules and the C core's pages with the template and its siblings copy-on-write 
 collector from touching them), instead of an interpreter of its own per pair; and serve itself never
 forks, execs or signals a worker, so it confines itself without any of that (sandbox/serve.py).
 
-The template takes no orders it could be abused with: serve (which parses the hostile front-end's
-messages, so may be compromised) names only a pair index and hands the pair's fds; the worker's command
-line is built here from what serve was started with (WorkerSpec, fixed at fork time), and only this
-template's own children can be signalled, with SIGTERM or SIGKILL. Messages are JSON on a SOCK_SEQPACKET
-socketpair, fds by SCM_RIGHTS:
+Before its first fork the template makes the workers' recipe, once (WorkerEntry.make: `run`'s own parse
+and checks, handed down by the command line), from the `run` command line WorkerSpec describes; each
+worker runs that recipe with the values of its own (WorkerSpec.values: its fds, stats file and CPU),
+parsing nothing (WorkerEntry.start). The template takes no orders it could be abused with: serve (which
+parses the hostile front-end's messages, so may be compromised) names only a pair index and hands the
+pair's fds; what a worker runs is made here from what serve was started with (WorkerSpec, fixed at fork
+time), and only this template's own children can be signalled, with SIGTERM or SIGKILL. Messages are
+JSON on a SOCK_SEQPACKET socketpair, fds by SCM_RIGHTS:
   serve -> template  {"op": "spawn", "pair": k} + [channel fd, state fd?]  ->  {"started": pid}
                      {"op": "signal", "pid": p, "sig": s}
   template -> serve  {"exit": pid, "code": c} when a worker ends (Popen's returncode: -N for signal N)
@@ -18,6 +21,7 @@ The template ends when serve's end of the socket closes and its last worker has 
 """
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -27,7 +31,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from ..sandbox.serve import name_process
 from . import freespace
@@ -39,7 +43,8 @@ SIGNALS_ALLOWED = (signal.SIGTERM, signal.SIGKILL)
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker's command line holds besides its fds: fixed when the template is forked."""
+    """What serve's workers are, fixed when the template is forked: the `run` command line they share, and
+    what each pair has of its own (values)."""
 
     tap: str
     run_dir: str
@@ -48,16 +53,44 @@ class WorkerSpec:
     stats_interval: float | None = None
     env: dict = field(default_factory=dict)
 
+    def values(self, pair: int, channel_fd: int, state_fd: int | None) -> dict:
+        """What pair PAIR's worker has of its own (RunRecipe.for_pair's arguments)."""
+        cpu = self.cpus[pair]
+        return {"inherited_fd": channel_fd, "state_fd": state_fd,
+                "stats_file": os.path.join(self.run_dir, f"pair{pair}.json"), "cpu": None if cpu is None else str(cpu)}
+
     def argv(self, pair: int, channel_fd: int, state_fd: int | None) -> list[str]:
-        argv = ["run", "--fd", str(channel_fd), "--tap", self.tap,
-                "--stats-file", os.path.join(self.run_dir, f"pair{pair}.json"), *self.worker_args]
+        """Pair PAIR's worker as a `vhostsplice` command line: what a lone `run` would be told to be it."""
+        own = self.values(pair, channel_fd, state_fd)
+        argv = ["run", "--fd", str(channel_fd), "--tap", self.tap, "--stats-file", own["stats_file"], *self.worker_args]
         if state_fd is not None:
             argv += ["--state-fd", str(state_fd)]
         if self.stats_interval:
             argv += ["--stats-interval", str(self.stats_interval)]
-        if self.cpus[pair] is not None:
-            argv += ["--cpu", str(self.cpus[pair])]
+        if own["cpu"] is not None:
+            argv += ["--cpu", own["cpu"]]
         return argv
+
+
+@dataclass(frozen=True)
+class WorkerEntry:
+    """How a worker is made and run, handed down by the command line (cli/serve.py: cli/run.py's recipe_of
+    and serve_worker; serve imports no command line). make: a worker's command line -> its recipe (run in
+    the template, once); start: the recipe and one worker's values -> that worker's exit code."""
+
+    make: Callable[[list[str]], Any]
+    start: Callable[[Any, dict], int]
+
+
+@dataclass(frozen=True)
+class Unmade:
+    """A recipe `make` refused: every worker fails with that error, as `run` with its command line does
+    (WorkerEntry.start makes the error its exit code)."""
+
+    error: Exception
+
+    def for_pair(self, **_values):
+        raise self.error
 
 
 class TemplateError(RuntimeError):
@@ -93,12 +126,10 @@ class WorkerHandle:
 class Template:
     """serve's side: fork the template, ask it for workers, learn how they ended."""
 
-    def __init__(self, spec: WorkerSpec, entry: Callable[[list[str]], int], keep_fds: tuple[int, ...] = (),
-                 prepare: Callable | None = None):
-        """entry: `vhostsplice` with a command line, returning its exit code (cli.main, handed down by
-        `serve`'s command so that this module needs no import of the command line); prepare: makes an
-        entry that parsed a worker's command line already (preparsed.prepare), called once before the
-        first worker (_warm); the workers then run that one."""
+    def __init__(self, spec: WorkerSpec, entry: WorkerEntry, keep_fds: tuple[int, ...] = ()):
+        """entry: how the workers' recipe is made (once, in the template, before its first fork) and run
+        (in each worker), handed down by `serve`'s command so that this module needs no import of the
+        command line."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.exits: dict[int, int] = {}
         self.pid = os.fork()
@@ -106,7 +137,7 @@ class Template:
             ours.close()
             code = 1
             try:
-                code = _template_main(theirs, spec, entry, keep_fds, prepare)
+                code = _template_main(theirs, spec, entry, keep_fds)
             finally:
                 os._exit(code)
         theirs.close()
@@ -152,7 +183,7 @@ class Template:
 
 # ------------------------------------------------------------------------------------ the template side
 
-def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple[int, ...], prepare=None) -> int:
+def _template_main(sock: socket.socket, spec: WorkerSpec, entry: WorkerEntry, keep_fds: tuple[int, ...]) -> int:
     name_process(b"vs-template")
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)           # serve decides when workers stop
@@ -163,7 +194,7 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
     signal.set_wakeup_fd(wfd)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-    entry = _warm(spec, entry, prepare)
+    worker = functools.partial(entry.start, _warm(spec, entry.make))     # a worker's values -> its exit code
     children: set[int] = set()
     open_ = True
     while open_ or children:
@@ -172,33 +203,32 @@ def _template_main(sock: socket.socket, spec: WorkerSpec, entry, keep_fds: tuple
             os.read(rfd, 512)
         _reap(sock if open_ else None, children)
         if open_ and sock in ready:
-            open_ = _order(sock, spec, entry, children)
+            open_ = _order(sock, spec, worker, children)
     return 0
 
 
-def _warm(spec: WorkerSpec, entry, prepare):
+def _warm(spec: WorkerSpec, make: Callable[[list[str]], Any]):
     """What every worker would do first, done once here, then frozen out of the collector's way: its modules
-    imported, libseccomp opened, its command line parsed (`prepare`: the entry the workers run), and the
-    allocators' free space taken (freespace.py). Every page a worker writes after the fork becomes its own
-    (CPython 3.11 writes reference counts even to read an object). Returns the workers' entry."""
+    imported, libseccomp opened, its recipe made (from pair 0's command line: each worker puts in its own
+    values), and the allocators' free space taken (freespace.py). Every page a worker writes after the
+    fork becomes its own (CPython 3.11 writes reference counts even to read an object). Returns the recipe."""
     from ..worker import loop, runner  # noqa: F401  (cli and click came with serve)
     from ..sandbox import seccomp
     seccomp.library()
-    if prepare is not None:
-        try:
-            entry = prepare(spec.argv(0, 0, 0))     # the parser cares for no fd
-        except Exception:  # noqa: BLE001  (a bad recipe: each worker parses and reports it itself)
-            pass
+    try:
+        recipe = make(spec.argv(0, 0, 0))       # its fds are placeholders: each worker's replace them
+    except Exception as exc:  # noqa: BLE001  (any refusal of `run`'s is each worker's outcome)
+        recipe = Unmade(exc)
     gc.collect()
     try:
         freespace.take()            # last: the workers' allocations then start pages of their own
     except (OSError, ValueError):   # only memory is at stake
         pass
     gc.freeze()
-    return entry
+    return recipe
 
 
-def _order(sock: socket.socket, spec: WorkerSpec, entry, children: set[int]) -> bool:
+def _order(sock: socket.socket, spec: WorkerSpec, worker: Callable[[dict], int], children: set[int]) -> bool:
     """One message from serve. False: serve's end closed."""
     try:
         data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 2)
@@ -209,7 +239,7 @@ def _order(sock: socket.socket, spec: WorkerSpec, entry, children: set[int]) -> 
             return False
         msg = json.loads(data)
         if msg.get("op") == "spawn":
-            _spawn(sock, spec, entry, msg, fds, children)
+            _spawn(sock, spec, worker, msg, fds, children)
         elif msg.get("op") == "signal" and msg.get("pid") in children and msg.get("sig") in SIGNALS_ALLOWED:
             os.kill(msg["pid"], msg["sig"])
         else:
@@ -222,27 +252,29 @@ def _order(sock: socket.socket, spec: WorkerSpec, entry, children: set[int]) -> 
     return True
 
 
-def _spawn(sock: socket.socket, spec: WorkerSpec, entry, msg: dict, fds: list[int], children: set[int]) -> None:
+def _spawn(sock: socket.socket, spec: WorkerSpec, worker: Callable[[dict], int], msg: dict, fds: list[int],
+           children: set[int]) -> None:
     pair = msg.get("pair")
     if not isinstance(pair, int) or not 0 <= pair < len(spec.cpus) or len(fds) not in (1, 2):
         raise ValueError(f"spawn: pair {pair!r} with {len(fds)} fds")
-    argv = spec.argv(pair, fds[0], fds[1] if len(fds) == 2 else None)
+    values = spec.values(pair, fds[0], fds[1] if len(fds) == 2 else None)
     # SIGCHLD held until the pid is known and "started" is sent: a worker that ends at once is reaped
     # (and reported) after that, never before
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     try:
         pid = os.fork()
         if pid == 0:
-            _worker_main(sock, spec, entry, argv, fds)
+            _worker_main(sock, worker, values, fds)
         children.add(pid)
         sock.send(json.dumps({"started": pid}).encode())
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
 
 
-def _worker_main(sock: socket.socket, spec: WorkerSpec, entry, argv: list[str], fds: list[int]) -> None:
+def _worker_main(sock: socket.socket, worker: Callable[[dict], int], values: dict, fds: list[int]) -> None:
     """The forked worker: the template's fds closed (the environment is the template's: serve's workers'),
-    stop signals held (the worker's loop releases them), then `vhostsplice run ...` in this process."""
+    stop signals held (the worker's loop releases them), then the recipe with its VALUES in this process
+    (`worker`: WorkerEntry.start with the template's recipe)."""
     code = 70
     try:
         sock.close()
@@ -256,7 +288,7 @@ def _worker_main(sock: socket.socket, spec: WorkerSpec, entry, argv: list[str], 
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1})
         try:
-            code = entry(argv)
+            code = worker(values)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:

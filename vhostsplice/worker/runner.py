@@ -1,5 +1,5 @@
-"""Assembles one worker from the command line's choices: host fd, placement, front-end door, and
-then who it runs as (README: "Ownership and privileges").
+"""Assembles one worker from the command line's choices (a RunRecipe: `run`'s options, checked): host fd,
+placement, front-end door, and then who it runs as (README: "Ownership and privileges").
 
 Order: open the host fd (needs CAP_NET_ADMIN for a tap), apply placement (--nice/--sched may need
 privileges), open the door (bind the socket and give it its owner, group and mode), and only then
@@ -14,7 +14,7 @@ import grp
 import logging
 import os
 import pwd
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 from ..vhostuser import channel
 from ..device.backend import BackendConfig
@@ -161,36 +161,93 @@ def open_host(*, tap=None, host_fd=None, packet=None, mtu=None, bridge=None, off
     return inspect_fd(host_fd, mtu=mtu, control_fd=control_fd, framing=framing)
 
 
-def run_worker(*, socket_path, connect_path, inherited_fd, tap, mtu, bridge, placement, fault_exit, offloads,
-               stats_file, packed: bool = True, host_fd=None, packet=None, framing="none",
-               ownership: Ownership = Ownership(), sandbox: str = "strict", stats_format: str = "json",
-               stats_interval: float | None = None, busy_poll_us: int = 0, state_file: str | None = None,
-               state_fd: int | None = None, host_io: str = "auto") -> int:
+@dataclass(frozen=True, init=False)
+class RunRecipe:
+    """One worker, as `vhostsplice run`'s options say it (cli/run.py's recipe): checked when made, so a recipe
+    run_worker gets is one `run` accepts. serve's template makes one for all its workers and each worker
+    takes it with its own values (for_pair), checked by the same code. Made by keywords, each field's
+    default where none is given. The __init__ is written here, not generated: dataclass compiles the one it
+    generates at every start, and that cost each lone `run` 0.2 MiB of private memory (issue 18)."""
+
+    socket_path: str | None = None              # the door: exactly one of these three
+    connect_path: str | None = None
+    inherited_fd: int | None = None
+    tap: str | None = None                      # the host side: --tap, --host-fd or --packet
+    host_fd: int | None = None
+    packet: str | None = None
+    framing: str = "none"
+    mtu: int | None = None
+    bridge: str | None = None
+    cpu: str | None = None                      # placement (placement.apply_placement)
+    nice: int | None = None
+    sched: str | None = None
+    fault_exit: bool = False                    # --on-guest-error exit
+    offloads: bool = True
+    packed: bool = True
+    stats_file: str | None = None
+    stats_format: str = "json"
+    stats_interval: float | None = None
+    ownership: Ownership = Ownership()
+    sandbox: str = "strict"
+    busy_poll_us: int = 0
+    state_file: str | None = None
+    state_fd: int | None = None
+    host_io: str = "auto"
+
+    def __init__(self, **given) -> None:
+        known = {f.name: f.default for f in fields(RunRecipe)}
+        if given.keys() - known.keys():
+            raise TypeError(f"RunRecipe has no field {sorted(given.keys() - known.keys())}")
+        for name, default in known.items():
+            object.__setattr__(self, name, given.get(name, default))
+        self._check()
+
+    def _check(self) -> None:
+        if sum(d is not None for d in (self.socket_path, self.connect_path, self.inherited_fd)) != 1:
+            raise ConfigError("give exactly one of --socket-path, --connect, --fd")
+        if not self.tap and self.host_fd is None and not self.packet:
+            raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
+        check_stats(self.stats_file, self.stats_interval)
+
+    def for_pair(self, *, inherited_fd: int, state_fd: int | None, stats_file: str, cpu: str | None) -> "RunRecipe":
+        """This recipe with what serve's template gives each worker of its own (serve/template.py's
+        WorkerSpec.values): its channel, its state page, its stats file, its CPU; checked as when made."""
+        return replace(self, inherited_fd=inherited_fd, state_fd=state_fd, stats_file=stats_file, cpu=cpu)
+
+
+def check_stats(stats_file: str | None, stats_interval: float | None) -> None:
+    """An interval rewrites a file, so it needs one (`run`'s and `serve`'s --stats-interval)."""
+    if stats_interval is not None and not stats_file:
+        raise ConfigError("--stats-interval rewrites --stats-file: give --stats-file PATH too")
+
+
+def run_worker(recipe: RunRecipe) -> int:
     """Set up, serve until stopped, report the counters; returns the exit code. The worker confines
     itself (--sandbox, vhostsplice/sandbox) after all of this and before its first message."""
-    confinement = Sandbox(sandbox)
+    r = recipe
+    confinement = Sandbox(r.sandbox)
     page = StatePage(None)
-    hostfd = open_host(tap=tap, host_fd=host_fd, packet=packet, mtu=mtu, bridge=bridge, offloads=offloads,
-                       control_fd=inherited_fd, framing=framing)
+    hostfd = open_host(tap=r.tap, host_fd=r.host_fd, packet=r.packet, mtu=r.mtu, bridge=r.bridge,
+                       offloads=r.offloads, control_fd=r.inherited_fd, framing=r.framing)
     door = None
     try:
-        if offloads and not hostfd.offloads_ok:
+        if r.offloads and not hostfd.offloads_ok:
             log.info("%s %s carries no vnet header: offloads are not offered", hostfd.kind, hostfd.name)
-        page = StatePage(open_state(state_file, state_fd))     # mapped before the sandbox: no syscall per write
-        uso = offloads and probe_uso(hostfd)       # once, before privileges and the sandbox go
-        apply_placement(*placement)
-        door = _open_door(socket_path, connect_path, inherited_fd, ownership)
+        page = StatePage(open_state(r.state_file, r.state_fd))     # mapped before the sandbox: no syscall per write
+        uso = r.offloads and probe_uso(hostfd)       # once, before privileges and the sandbox go
+        apply_placement(r.cpu, r.nice, r.sched)
+        door = _open_door(r.socket_path, r.connect_path, r.inherited_fd, r.ownership)
         confinement.prepare()
-        if ownership.user is not None:
-            drop_privileges(*ownership.user)
-            _check_writable_as_user(stats_file, socket_path)
-            log.info("serving as uid %d gid %d", *ownership.user)
-        backend = BackendConfig(offloads=offloads and hostfd.offloads_ok, uso=uso, fault_exit=fault_exit,
-                                mtu=hostfd.mtu, packed=packed)
-        config = WorkerConfig(backend, stats_file, allow_uids=ownership.allow_uids,
-                              sandbox=confinement if sandbox != "off" else None,
-                              stats_format=stats_format, stats_interval=stats_interval, busy_poll_us=busy_poll_us,
-                              state=page, host_io=host_io)
+        if r.ownership.user is not None:
+            drop_privileges(*r.ownership.user)
+            _check_writable_as_user(r.stats_file, r.socket_path)
+            log.info("serving as uid %d gid %d", *r.ownership.user)
+        backend = BackendConfig(offloads=r.offloads and hostfd.offloads_ok, uso=uso, fault_exit=r.fault_exit,
+                                mtu=hostfd.mtu, packed=r.packed)
+        config = WorkerConfig(backend, r.stats_file, allow_uids=r.ownership.allow_uids,
+                              sandbox=confinement if r.sandbox != "off" else None,
+                              stats_format=r.stats_format, stats_interval=r.stats_interval,
+                              busy_poll_us=r.busy_poll_us, state=page, host_io=r.host_io)
         worker = Worker(door, hostfd, config)
         door = None           # the worker owns it now
         code = worker.run()
