@@ -53,6 +53,24 @@ def test_one_worker_per_pair_killed_one_is_restarted(ns, tmp_path):
             proc.kill()
 
 
+def test_two_workers_killed_together_are_both_restarted(ns, tmp_path):
+    """The second death lands while the script handles the first (its back-off's awk and sleep): bash 5.2
+    reaps it then and drops it from what `wait -n` reports, and the script used to wait on forever
+    without restarting it (with one worker it spun at 100 % CPU instead)."""
+    proc, log = launch(tmp_path, "0", "1")
+    try:
+        assert wait_for(lambda: all((tmp_path / f"vmx-net{k}.sock").exists() for k in (0, 1)))
+        first = pids(log)
+        os.kill(first[1][0], signal.SIGKILL)
+        os.kill(first[0][0], signal.SIGKILL)
+        assert wait_for(lambda: all(len(pids(log).get(k, [])) == 2 for k in (0, 1)), 20), log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_setup_error_is_not_retried(ns, tmp_path):
     proc, log = launch(tmp_path, "4095", nics=1)            # a CPU outside the allowed set: EINVAL
     assert proc.wait(60) == errno.EINVAL, log.read_text()
