@@ -232,6 +232,27 @@ def test_kick_fd_count_mismatch_is_eproto(env, nofd, nfds):
         os.close(kick)
 
 
+@pytest.mark.parametrize("kind", ["pipe", "memfd", "socket"])
+def test_a_kick_fd_that_is_not_an_eventfd_is_eproto(env, kind):
+    """A kick is an eventfd's counter: a regular file (epoll refuses it), a pipe or a socket (their reads
+    are not the 8-byte counter) would end the worker outside the exit-code table. Refused, fd closed."""
+    if kind == "pipe":
+        fd, other = os.pipe()
+    elif kind == "memfd":
+        fd, other = os.memfd_create("kick"), None
+    else:
+        a, b = socket.socketpair()
+        fd, other = a.detach(), b.detach()
+    try:
+        env.handle(Req.SET_VRING_NUM, P.encode_vring_state(P.VringState(0, 256)))
+        eproto(env.handle, Req.SET_VRING_KICK, P.encode_vring_file(0), (fd,), match="not an eventfd")
+        assert env.backend.rings[0].kick_fd is None
+    finally:
+        for f in (fd, other):
+            if f is not None:
+                os.close(f)
+
+
 def test_kick_for_a_ring_we_do_not_serve_closes_the_fd(env):
     """CVE-2011-2512 / CVE-2020-10723 class: a ring index outside the pair."""
     kick = os.eventfd(0)

@@ -96,3 +96,26 @@ def test_a_busy_window_ends_on_a_message_and_does_not_reopen_without_a_batch():
     busy = stats["busy_poll"]
     assert got == [frame]
     assert busy["found_work"] == 1 and busy["timed_out"] == 0 and busy["polls"] >= 1, busy
+
+
+def test_an_old_kick_fd_the_front_end_still_signals_does_not_wake_the_worker():
+    """SET_VRING_KICK closes the worker's copy of the old kick fd, but the front-end's copy keeps its file
+    alive, and epoll keeps a registration whose file lives on: signalled, it would be reported on every
+    epoll_wait and the worker would spin (a hostile front-end's way to burn a CPU). It is unwatched first."""
+    frames = [demo_frame(i, 200) for i in range(2)]
+
+    def body(fe: Frontend, host: FakeHostFd) -> list[bytes]:
+        fe.send(frames[:1])
+        got = wait_frames(host, 1)
+        old, new = fe.kick[1], os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fe.command(Req.SET_VRING_KICK, P.encode_vring_file(1), fds=(new,))
+        fe.kick[1] = new
+        os.eventfd_write(old, 1)        # the old file, still open here
+        time.sleep(0.3)
+        os.close(old)
+        fe.send(frames[1:])
+        return got + wait_frames(host, 1)
+
+    stats, got = serve(WorkerConfig(backend=BackendConfig()), body)
+    assert got == frames
+    assert stats["wakeups"] < 50, stats["wakeups"]

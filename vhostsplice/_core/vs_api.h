@@ -313,8 +313,8 @@ uint32_t vs_iov_cut(const struct iovec *in, uint32_t n, uint64_t from, uint64_t 
 struct iovec *vs_host_iov(const struct vs_pair *p, struct iovec *iov, uint32_t *niov, struct iovec *cut);
 int vs_chain_fault(const struct vs_pair *p, struct vs_ring *r, uint16_t head, int fault);
 uint32_t vs_batch_room(const struct vs_pair *p, uint32_t left);
-/* vs_net_tx.c, vs_net_rx_batch.c: one batch of each direction */
 void vs_net_publish(struct vs_pair *p, struct vs_ring *r, uint16_t old_used);
+/* vs_net_tx.c, vs_net_rx_batch.c: one batch of each direction */
 int vs_tx_batch(struct vs_pair *p);
 int vs_rx_batch(struct vs_pair *p);
 /* vs_net_rx.c: RX one frame at a time, the steps vs_net_rx_batch.c's io_uring batches reuse */

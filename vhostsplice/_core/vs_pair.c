@@ -1,7 +1,8 @@
 /* vs_pair.c - the exported entry points: one poll of an RX/TX queue pair, and the helpers Python calls.
  *
  * vs_pair_poll checks the pair's configuration (Python's, but checked once per poll so that a wrong
- * field can never reach an index), then runs one TX and one RX batch (vs_net_tx.c, vs_net_rx.c) on the rings that run.
+ * field can never reach an index), then runs one TX and one RX batch (vs_net_tx.c, vs_net_rx_batch.c) on the rings
+ * that run.
  */
 #include <errno.h>
 #include <limits.h>

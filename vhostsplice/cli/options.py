@@ -101,9 +101,10 @@ def busy_poll_option(command):
     return click.option(
         "--busy-poll", "busy_poll", type=click.IntRange(0, 100000), default=0, show_default=True, metavar="USEC",
         envvar="VHOSTSPLICE_BUSY_POLL",
-        help="After a batch, keep polling the rings and the host fd for up to USEC microseconds before sleeping "
-             "in epoll (like vhost_net's busyloop timeout and QEMU's tap poll-us): lower latency for a CPU kept "
-             "busy meanwhile (benchmarks/RESULTS.md); 0 sleeps at once.")(host_io_option(command))
+        help="After a batch that completed chains, keep polling (epoll without sleeping: the kick eventfds, the "
+             "host fd, the control socket) for up to USEC microseconds before sleeping (like vhost_net's "
+             "busyloop timeout and QEMU's tap poll-us): lower latency for a CPU kept busy meanwhile "
+             "(benchmarks/RESULTS.md); 0 sleeps at once.")(host_io_option(command))
 
 
 def host_io_option(command):

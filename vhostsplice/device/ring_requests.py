@@ -87,6 +87,12 @@ def _vring_file(b, msg: P.Message, attr: str) -> RingState:
 
 
 def set_vring_kick_exec(b, msg: P.Message) -> None:
+    """A kick fd must be an eventfd (an anonymous inode, see _signal_once): epoll refuses a regular file
+    (EPERM) and a pipe or socket's read is not the 8-byte counter, which ended the worker on an OSError,
+    outside the exit-code table and without its exit statistics."""
+    if msg.fds and not P.decode_vring_file(msg).nofd and stat.S_IFMT(os.fstat(msg.fds[0]).st_mode) != 0:
+        close_fds(msg.fds)
+        raise ProtocolError("SET_VRING_KICK: the kick fd is not an eventfd")
     ring = _vring_file(b, msg, "kick_fd")
     b._stop(ring)
     ring.kicked = True

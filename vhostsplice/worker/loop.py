@@ -74,13 +74,11 @@ class Worker:
         self.busy = {"polls": 0, "found_work": 0, "timed_out": 0}     # --busy-poll's polls and their ends
         self.busy_due = False       # --busy-poll: a batch published work and no busy window ran out since
         self.rechecks = {"after_signal": 0, "found_work": 0}    # second passes after a batch published
-        self.rx_starved = False
-        self.tx_blocked = False
+        self.rx_starved = self.tx_blocked = False
         self.running = False        # the backend's rings_running, as the last control message left it
         self.synced: tuple | None = None    # (rx_starved, tx_blocked, host_err_mask) epoll watches for; None: redo
         self.started = time.monotonic()
-        self.exit_code = 0
-        self.reason = ""
+        self.exit_code, self.reason = 0, ""
         self.refused = {"busy": 0, "peer_uid": 0}     # connections closed unserved, by reason
         self.host_err_mask = ERR_ONLY
         # --stats-file is written through its directory, opened now: a confined worker opens nothing else
@@ -88,8 +86,7 @@ class Worker:
 
     # -- epoll bookkeeping -------------------------------------------------------------------------------
     def _watch(self, fd: int, role: Role, events: int) -> None:
-        """Watch fd for events (0: stop watching). A watched fd may have been closed and its number
-        reused since (a ring's kick fd replaced): epoll dropped the closed file itself, so tolerate that."""
+        """Watch fd for events (0: stop watching); a number reused since is tolerated."""
         old = self.watched.get(fd)
         if old == (role, events):
             return
@@ -105,6 +102,13 @@ class Worker:
         except FileExistsError:
             self.ep.modify(fd, events)
         self.watched[fd] = (role, events)
+
+    def _unwatch_kicks(self) -> None:
+        """Unwatch the kick fds while they are open: one a message replaces is closed in there, but the
+        front-end holds the same file, so epoll would keep it (a signalled one reported on every wait)."""
+        for fd, (role, _events) in list(self.watched.items()):
+            if role[0] == "kick":
+                self._watch(fd, role, 0)
 
     def _sync(self) -> None:
         """Make epoll watch exactly the fds the current state needs: only when that state changed since
@@ -316,6 +320,7 @@ class Worker:
             self.reason = "front-end closed the connection"
             return True
         log.debug("<- %s %s", msg.name, msg.payload[:32].hex())     # -vv: every request, payload head
+        self._unwatch_kicks()          # the message may close them
         self.backend.handle(msg)       # the host fd follows the negotiated state in there (HostFd.apply)
         self._rings_changed()
         self.rx_starved = False        # a ring may have (re)started: look at everything again
@@ -360,9 +365,6 @@ class Worker:
             self.rx_starved = False
         return False
 
-    def _on_gone(self, _fd: int, _arg: int, _ev: int) -> bool:
-        return False
-
     # -- exit ----------------------------------------------------------------------------------------------
     def _shutdown(self) -> None:
         if self.backend is not None:
@@ -395,5 +397,5 @@ EVENT_HANDLERS = {
     "listen": Worker._on_listen,
     "kick": Worker._on_kick,
     "host": Worker._on_host,
-    "gone": Worker._on_gone,
+    "gone": lambda _worker, _fd, _arg, _ev: False,     # closed by a message handled earlier in the round
 }
