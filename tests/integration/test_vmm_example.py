@@ -34,6 +34,24 @@ def pids(log: Path) -> dict[int, list[int]]:
     return out
 
 
+def finish(proc, log: Path, tmp_path) -> None:
+    """After a test, pass or fail: the script (SIGTERM stops its workers) and any worker it logged that still
+    runs, by PID, checked to be this test's (its socket under tmp_path): a failed test left them running."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid in [p for started in pids(log).values() for p in started]:
+        try:
+            if str(tmp_path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
 def test_one_worker_per_pair_killed_one_is_restarted(ns, tmp_path):
     proc, log = launch(tmp_path, "0", "1")
     try:
@@ -49,8 +67,7 @@ def test_one_worker_per_pair_killed_one_is_restarted(ns, tmp_path):
         for pid in (first[0][0], pids(log)[1][-1]):
             assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        finish(proc, log, tmp_path)
 
 
 def test_two_workers_killed_together_are_both_restarted(ns, tmp_path):
@@ -67,8 +84,7 @@ def test_two_workers_killed_together_are_both_restarted(ns, tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        finish(proc, log, tmp_path)
 
 
 def test_setup_error_is_not_retried(ns, tmp_path):
