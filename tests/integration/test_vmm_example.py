@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from support.procs import stop
 from support.waiting import wait_for
 from vhostsplice.serve.selfexec import self_argv, self_env
 
@@ -37,13 +38,7 @@ def pids(log: Path) -> dict[int, list[int]]:
 def finish(proc, log: Path, tmp_path) -> None:
     """After a test, pass or fail: the script (SIGTERM stops its workers) and any worker it logged that still
     runs, by PID, checked to be this test's (its socket under tmp_path): a failed test left them running."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc)
     for pid in [p for started in pids(log).values() for p in started]:
         try:
             if str(tmp_path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from support import guest as G
+from support.procs import stop
 
 LIBVIRTD, VIRTLOGD, VIRSH = "libvirtd", "virtlogd", "virsh"
 VIRTLOGD_SOCK = Path("/run/libvirt/virtlogd-sock")   # where system-mode libvirtd looks for it (fixed)
@@ -52,21 +52,13 @@ def shared_dir(prefix: str) -> Path:
     return d
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
 
 
 def _wait(ready, proc: subprocess.Popen, what: str, log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
+            stop(proc)
             raise RuntimeError(f"{what} (exit {proc.returncode}):\n" + log.read_text(errors="replace")[-3000:])
         time.sleep(0.1)
 
@@ -98,7 +90,7 @@ class Libvirtd:
             _wait(lambda: self.virsh("version", check=False).returncode == 0, self.proc,
                   f"libvirtd did not answer on {self.uri}", self.log)
         except BaseException:
-            _stop(self.logd)
+            stop(self.logd)
             raise
 
     def virsh(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -109,8 +101,8 @@ class Libvirtd:
         return proc
 
     def close(self) -> None:
-        _stop(self.proc)
-        _stop(self.logd)
+        stop(self.proc)
+        stop(self.logd)
 
     def __enter__(self) -> "Libvirtd":
         return self
