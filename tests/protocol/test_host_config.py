@@ -3,8 +3,6 @@ after each request. The recording fake (testing/hostfd.py) says which knob was t
 where; a worker or handler that turned one itself would show up as another caller."""
 from __future__ import annotations
 
-import json
-import os
 import socket
 
 import pytest
@@ -14,8 +12,9 @@ from vhostsplice.device.backend import Backend, BackendConfig
 from vhostsplice.vhostuser.channel import Channel
 from vhostsplice.spec import TUN_F_CSUM, Feature as F, Req, bit, mask
 from vhostsplice.testing.frontend import DEFAULT_FEATURES, Frontend
+from support.forked import child_record, fork_worker
 from vhostsplice.testing.hostfd import FakeHostFd
-from vhostsplice.worker.loop import Worker, WorkerConfig
+from vhostsplice.worker.loop import WorkerConfig
 
 APPLY = "vhostsplice/host/hostfd.py:apply"                # where every knob is turned from
 ONE_PLACE = "vhostsplice/device/backend.py:_configure_host"  # where apply is called from
@@ -28,35 +27,13 @@ def enable(fe: Frontend, on: int) -> None:
 
 
 def serve_in_child(host: FakeHostFd, sock: socket.socket, other: socket.socket) -> tuple[int, int]:
-    """Fork a Worker serving SOCK with HOST (the real loop, signals included, away from pytest); OTHER
-    (the front-end's end) is closed in the child. Returns (pid, read end of the pipe its record comes
-    back on)."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            os.close(rfd)
-            other.close()
-            worker = Worker(Channel(sock), host, WorkerConfig())
-            exit_code = worker.run()
-            record = {"exit": exit_code, "messages": worker.stats().get("messages"),
-                      "host_hdr_len": worker.datapath.host_hdr_len,
-                      "calls": [(name, None if name == "apply" else arg, where) for name, arg, where in host.calls]}
-            os.write(wfd, json.dumps(record).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    return pid, rfd
-
-
-def child_record(pid: int, rfd: int) -> dict:
-    with os.fdopen(rfd, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and data, "the worker child failed"
-    return json.loads(data)
+    """A forked Worker serving SOCK with HOST (support.forked); its record: exit code, messages, the
+    datapath's header length and the host fd's calls."""
+    def record(worker, exit_code: int) -> dict:
+        return {"exit": exit_code, "messages": worker.stats().get("messages"),
+                "host_hdr_len": worker.datapath.host_hdr_len,
+                "calls": [(name, None if name == "apply" else arg, where) for name, arg, where in host.calls]}
+    return fork_worker(sock, host, WorkerConfig(), record, close=(other,))
 
 
 @pytest.mark.parametrize("kind,features,knobs,hdr", [

@@ -2,19 +2,18 @@
 follows every control message, and a --busy-poll window ends on whatever fd becomes ready."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
 
+from support.forked import child_record, fork_worker
 from vhostsplice.device.backend import BackendConfig
 from vhostsplice.spec import Req
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import demo_frame
 from vhostsplice.testing.hostfd import FakeHostFd
 from vhostsplice.vhostuser import protocol as P
-from vhostsplice.vhostuser.channel import Channel
-from vhostsplice.worker.loop import Worker, WorkerConfig
+from vhostsplice.worker.loop import WorkerConfig
 
 
 def serve(config: WorkerConfig, body) -> tuple[dict, list[bytes]]:
@@ -23,31 +22,15 @@ def serve(config: WorkerConfig, body) -> tuple[dict, list[bytes]]:
     host fd received, headers stripped."""
     host = FakeHostFd.datagram(vnet_hdr_len=12)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            os.close(rfd)
-            ours.close()
-            worker = Worker(Channel(theirs), host, config)
-            worker.run()
-            os.write(wfd, json.dumps(worker.stats()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(wfd)
+    pid, rfd = fork_worker(theirs, host, config, lambda worker, _code: worker.stats(), close=(ours,))
     theirs.close()
     with Frontend(ours) as fe:
         fe.start()
         got = body(fe, host)
         fe.stop()
-    with os.fdopen(rfd, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
+    stats = child_record(pid, rfd)
     host.close()
-    assert os.waitstatus_to_exitcode(status) == 0 and data, "the worker child failed"
-    return json.loads(data), got
+    return stats, got
 
 
 def wait_frames(host: FakeHostFd, count: int, timeout: float = 5.0) -> list[bytes]:
