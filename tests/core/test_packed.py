@@ -216,6 +216,44 @@ def test_rx_starved_enables_kicks(make_rig):
     assert len(rig.rx.used()) == 1
 
 
+@pytest.mark.parametrize("index", [0, 1])
+def test_chain_written_but_not_published_in_a_lap_of_wrap_counter_0(make_rig, index):
+    """The driver writes a chain at the device's next position and makes it available later (publish):
+    until then the first descriptor keeps its old flags, the previous lap's, which never say available
+    in this lap.  Flags 0 there would say used in this lap (AVAIL == USED == the wrap counter 0), and
+    the device stops the ring as broken ("wrap"): test_drive's packed-odd saw it about 1 run in 20,
+    the worker's poll falling between drive's add_in and its publish."""
+    rig = make_rig(packed=True, num=7)
+    q = rig.queue(index)
+    for k in range(7):                                  # one lap of single-descriptor chains
+        if index == 0:
+            rig.rx.add_in(1, 2048)
+            rig.inject(rig.hdr() + rig.frame(60, seed=k))
+        else:
+            rig.tx.add_out([rig.frame(60, seed=k)])
+        rig.poll_idle()
+        assert len(q.used()) == 1
+    rig.wire()
+    assert rig.dp.ring_positions(index) == (0, 0) and q.avail_pos == 0      # index 0, wrap counter 0
+    before = q.desc_flags(0)
+    pkt = rig.hdr() + rig.frame(80, seed=9)
+    if index == 0:
+        rig.rx.add_in(1, 2048, publish=False)
+        rig.inject(pkt)
+    else:
+        rig.tx.add_out([pkt[12:]], publish=False)
+    rig.poll_idle()
+    assert q.desc_flags(0) == before and q.used() == []
+    assert rig.stats(("rx", "tx")[index])["broken"] is None and rig.wire() == []
+    q.publish()
+    rig.poll_idle()
+    (bid, n), = q.used()
+    if index == 0:
+        assert n == len(pkt) and rig.rx.read_in(bid, n)[12:] == pkt[12:]
+    else:
+        assert rig.wire() == [pkt]
+
+
 def test_vring_state_round_trip(make_rig):
     """stop_ring gives the 32-bit packed state; a ring started from it goes on where it stopped."""
     rig = make_rig(packed=True, num=7)

@@ -5,7 +5,8 @@ raw writes for hostile tests, event suppression) over one descriptor ring and th
 suppression areas: `desc_uva`, `avail_uva` (the driver area) and `used_uva` (the device area) are what
 SET_VRING_ADDR carries for a packed ring, and `base` the 32-bit vhost-user state to start it from.
 Chains are written whole with their first descriptor's flags held back until `publish()` stores them
-(in order, one aligned 2-byte store each), so the device never sees half a chain.
+(in order, one aligned 2-byte store each), so the device never sees half a chain; until then that
+descriptor keeps the flags of its previous lap, which say neither available nor used in this one.
 
     tx = PackedDriverQueue(mem, 7)
     tx.add_out([frame])          # header + frame, published
@@ -89,7 +90,7 @@ class PackedDriverQueue(QueueCommon):
         for k, (addr, n, f) in enumerate(descs):
             full = f | avail_flags(self.avail_wrap)
             if k == 0:
-                self.raw_desc(self.next_avail, addr, n, bid, 0)     # flags held until publish
+                self._desc_body(self.next_avail, addr, n, bid)      # flags held until publish
                 self._held.append((first, full))
             else:
                 self.raw_desc(self.next_avail, addr, n, bid, full)
@@ -164,8 +165,13 @@ class PackedDriverQueue(QueueCommon):
     # -- raw ring access (hostile tests), event suppression ----------------------------------------------
     def raw_desc(self, i: int, addr: int, length: int, id: int = 0, flags: int = 0) -> None:
         """Write descriptor i of the ring as given, unchecked (flags last, one 2-byte store)."""
-        self.mem.write(self.desc_gpa + 16 * i, struct.pack("<QIH", addr, length, id))
+        self._desc_body(i, addr, length, id)
         self.mem.store16(self.desc_gpa + 16 * i + 14, flags)
+
+    def _desc_body(self, i: int, addr: int, length: int, id: int) -> None:
+        """Descriptor i's address, length and id; its flags keep the previous lap's (never available, nor
+        used, in this one: a placeholder 0 would read as used in a lap of wrap counter 0)."""
+        self.mem.write(self.desc_gpa + 16 * i, struct.pack("<QIH", addr, length, id))
 
     def raw_flags(self, i: int, flags: int) -> None:
         self.mem.store16(self.desc_gpa + 16 * i + 14, flags)
