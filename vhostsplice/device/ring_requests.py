@@ -75,10 +75,18 @@ def get_vring_base_exec(b, msg: P.Message) -> bytes:
     return P.encode_vring_state(P.VringState(ring.index, base))
 
 
-def _vring_file(b, msg: P.Message, attr: str) -> RingState:
+def _is_eventfd(fd: int) -> bool:
+    """An eventfd is an anonymous inode: fstat shows no file type (a pipe, socket or file has one). fstat,
+    not /proc/self/fd: a confined worker has no file system (and no readlink)."""
+    return stat.S_IFMT(os.fstat(fd).st_mode) == 0
+
+
+def _vring_file(b, msg: P.Message, attr: str, eventfd_only: bool = False) -> RingState:
     vf = P.decode_vring_file(msg)
     try:
         ring = b._ring(vf.index)
+        if eventfd_only and not vf.nofd and not _is_eventfd(msg.fds[0]):
+            raise ProtocolError(f"{msg.name}: the fd is not an eventfd")
     except ProtocolError:
         close_fds(msg.fds)
         raise
@@ -87,13 +95,10 @@ def _vring_file(b, msg: P.Message, attr: str) -> RingState:
 
 
 def set_vring_kick_exec(b, msg: P.Message) -> None:
-    """A kick fd must be an eventfd (an anonymous inode, see _signal_once): epoll refuses a regular file
-    (EPERM) and a pipe or socket's read is not the 8-byte counter, which ended the worker on an OSError,
-    outside the exit-code table and without its exit statistics."""
-    if msg.fds and not P.decode_vring_file(msg).nofd and stat.S_IFMT(os.fstat(msg.fds[0]).st_mode) != 0:
-        close_fds(msg.fds)
-        raise ProtocolError("SET_VRING_KICK: the kick fd is not an eventfd")
-    ring = _vring_file(b, msg, "kick_fd")
+    """A kick fd must be an eventfd: epoll refuses a regular file (EPERM) and a pipe or socket's read is
+    not the 8-byte counter, which ended the worker on an OSError, outside the exit-code table and without
+    its exit statistics."""
+    ring = _vring_file(b, msg, "kick_fd", eventfd_only=True)
     b._stop(ring)
     ring.kicked = True
     if not (b.acked or 0) & bit(F.VHOST_USER_F_PROTOCOL_FEATURES):
@@ -122,15 +127,13 @@ def set_vring_call_exec(b, msg: P.Message) -> None:
 
 def _signal_once(ring: RingState) -> None:
     """Write 1 to the ring's call fd if it is an eventfd (never block on a pipe or socket a hostile
-    front-end passed instead: those are left alone with a warning); a failing write is logged.
-    An eventfd is an anonymous inode: fstat shows no file type (a pipe, socket or file has one). fstat,
-    not /proc/self/fd: a confined worker has no file system (and no readlink). Another anonymous inode
-    (a timerfd, signalfd) refuses the write with EINVAL, which is logged."""
+    front-end passed instead: those are left alone with a warning); a failing write is logged. Another
+    anonymous inode (a timerfd, signalfd) refuses the write with EINVAL, which is logged."""
     fd = ring.call_fd
     if fd is None:
         return
     try:
-        if stat.S_IFMT(os.fstat(fd).st_mode) != 0:
+        if not _is_eventfd(fd):
             log.warning("ring %d: the call fd is not an eventfd: not signalled", ring.index)
             return
         os.eventfd_write(fd, 1)
