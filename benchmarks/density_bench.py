@@ -334,9 +334,7 @@ def main() -> int:
                 rows.append(row)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-    (out / "density.json").write_text(json.dumps(results, indent=1))
-    (out / "density.md").write_text(markdown(results))
-    print(markdown(results))
+    measured.write_results(out, "density", results, markdown(results))
     print(f"written: {out}/density.md, density.json", file=sys.stderr)
     failed = [r for rows in results["shapes"].values() for r in rows if "processes" not in r and "skipped" not in r]
     return 1 if failed else 0

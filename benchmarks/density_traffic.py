@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import select
 import shutil
@@ -258,12 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in pairs:
             p.close()
         shutil.rmtree(work, ignore_errors=True)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "density_traffic.json").write_text(json.dumps(results, indent=1) + "\n")
-    md = markdown(results)
-    (out / "density_traffic.md").write_text(md)
-    print(md)
+    measured.write_results(a.out, "density_traffic", results, markdown(results))
     empty = missing(results)
     if empty:
         print(f"FAILED: no sample for {', '.join(empty)}", file=sys.stderr)

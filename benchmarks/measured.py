@@ -89,3 +89,15 @@ def peer_image(column):
     if qemu is None:
         return None, missing
     return (dataclasses.replace(G.build_image(kernel=column.kernel), qemu=qemu.argv), qemu), None
+
+
+def write_results(out: str | os.PathLike, stem: str, results: dict, md: str) -> Path:
+    """Write a benchmark's results as OUT/STEM.json (every sample) and OUT/STEM.md (its tables), make OUT
+    if it is missing, and print the tables; returns the markdown file's path."""
+    import json
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+    return out / f"{stem}.md"

@@ -25,7 +25,6 @@ untraced run of dpdk_bench. Needs root, perf, dpdk-testpmd. Never used by the te
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -378,12 +377,7 @@ def main() -> int:
     measured.use_tree(args.tree)
     measured.preflight()
     res = trace(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ping_trace.json").write_text(json.dumps(res, indent=1) + "\n")
-    md = markdown(res)
-    (out / "ping_trace.md").write_text(md)
-    print(md)
+    measured.write_results(args.out, "ping_trace", res, markdown(res))
     return 0
 
 

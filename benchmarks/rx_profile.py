@@ -27,7 +27,6 @@ used by the tests.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -319,10 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
     results["summary"] = summ = summary(results)
-    (out / "rx_profile.json").write_text(json.dumps(results, indent=1) + "\n")
-    md = markdown(results, summ)
-    (out / "rx_profile.md").write_text(md)
-    print(md)
+    measured.write_results(out, "rx_profile", results, markdown(results, summ))
     empty = [k for k, v in summ.items() if not v["n"]]
     if empty or len(summ) < len(cols) * len(SIZES):
         print(f"FAILED: no profiled sample for {', '.join(empty) or 'some back-end'}", file=sys.stderr)

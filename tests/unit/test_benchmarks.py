@@ -156,3 +156,13 @@ def test_a_columns_sample_folder_fits_virtio_users_devargs():
     name = dpdk_bench.columns([50], ["split"], [], ["--sandbox=off --cpu 1,0"])[-1].name
     assert dpdk_bench.sample_dir(name) == "vhostsplice_--sandbox_off_--cpu_1_0"
     assert dpdk_bench.sample_dir("vhostsplice busy-poll 50") == "vhostsplice_busy-poll_50"
+
+
+def test_write_results_makes_the_folder_and_writes_both_files(tmp_path: Path, capsys) -> None:
+    import measured
+    out = tmp_path / "a" / "b"
+    md = measured.write_results(out, "bench", {"samples": {"x": [1.5]}}, "# table\n")
+    assert md == out / "bench.md"
+    assert md.read_text() == "# table\n"
+    assert json.loads((out / "bench.json").read_text()) == {"samples": {"x": [1.5]}}
+    assert "# table" in capsys.readouterr().out
