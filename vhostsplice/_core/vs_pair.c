@@ -29,7 +29,11 @@ static int pair_check(const struct vs_pair *p)
 }
 
 /* One TX batch, then one RX batch: the MORE, TX_BLOCKED and RX_STARVED bits of both, and PUBLISHED when
- * either completed chains (the loop's re-check and busy polling follow a poll that published). */
+ * either completed chains (the loop's re-check and busy polling follow a poll that published).
+ * Comparing used positions is exact: a ring's batch publishes once, at its end, so it completes at most
+ * the num descriptors a driver can have outstanding (it reuses a slot only once it sees it used), short of
+ * a lap (split: 65536 used indices, num <= 32768; packed: 2 * num positions, index and wrap bit). Only a
+ * driver that breaks that rule could hide a lap, and it costs that driver's own re-check, nothing else. */
 int vs_pair_poll(struct vs_pair *p)
 {
     int out = 0, rc;
