@@ -188,6 +188,7 @@ def test_a_recipe_run_refuses_fails_each_worker_as_run_does(tmp_path):
     with pytest.raises(click.BadParameter) as refused:
         recipe_of(argv)
     values = {"inherited_fd": 4, "state_fd": None, "stats_file": str(tmp_path / "pair1.json"), "cpu": None}
-    ours = _forked(lambda: serve_worker(Unmade(refused.value), values), tmp_path / "recipe.err", poison_click=False)
+    unmade = Unmade(refused.value, lambda: recipe_of(argv))     # each worker tries once more, and is refused
+    ours = _forked(lambda: serve_worker(unmade, values), tmp_path / "recipe.err", poison_click=False)
     theirs = _forked(lambda: main(argv), tmp_path / "main.err", poison_click=False)
     assert ours == theirs and ours[0] == errno.EINVAL and "--busy-poll" in ours[1]

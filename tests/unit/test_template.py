@@ -15,13 +15,23 @@ import pytest
 from vhostsplice.serve.template import Template, TemplateError, Unmade, WorkerEntry, WorkerSpec
 
 
-def _make(argv: list[str]) -> dict:
-    """A stand-in for cli/run.py's recipe_of: the recipe is the command line it was made from, and where
-    (each call is a line of made.jsonl)."""
-    made = {"argv": argv, "pid": os.getpid(), "env": os.environ.get("VS_ONLY_THIS")}
-    with open(os.path.join(os.environ["VS_TEMPLATE_OUT"], "made.jsonl"), "a") as f:
+class _Made(dict):
+    """A stand-in recipe: the command line it was made from, and where; each worker's values change nothing."""
+
+    def for_pair(self, **_values) -> "_Made":
+        return self
+
+
+def _make(argv: list[str]) -> _Made:
+    """A stand-in for cli/run.py's recipe_of (each call is a line of made.jsonl). VS_TEMPLATE_MODE
+    --bad-recipe: every call refuses; --bad-once: only the first (the template's) does."""
+    made = _Made(argv=argv, pid=os.getpid(), env=os.environ.get("VS_ONLY_THIS"))
+    path = os.path.join(os.environ["VS_TEMPLATE_OUT"], "made.jsonl")
+    first = not os.path.exists(path)
+    with open(path, "a") as f:
         f.write(json.dumps(made) + "\n")
-    if os.environ.get("VS_TEMPLATE_MODE") == "--bad-recipe":
+    mode = os.environ.get("VS_TEMPLATE_MODE")
+    if mode == "--bad-recipe" or (mode == "--bad-once" and first):
         raise ValueError("a bad recipe")
     return made
 
@@ -33,7 +43,7 @@ def _start(recipe, values: dict) -> int:
     fds = [fd for fd in range(256) if _is_open(fd)]
     if isinstance(recipe, Unmade):
         try:
-            recipe.for_pair(**values)
+            recipe = recipe.for_pair(**values)
         except ValueError as exc:
             recipe = {"refused": str(exc)}
     with open(os.path.join(out, f"{os.getpid()}.json"), "w") as f:
@@ -133,11 +143,13 @@ def test_only_the_template_signals_its_workers(tmp_path, monkeypatch):
 
 
 
-@pytest.mark.parametrize("bad", [False, True])
-def test_the_recipe_is_made_once_in_the_template(tmp_path, bad):
+@pytest.mark.parametrize("mode", ["", "--bad-recipe", "--bad-once"])
+def test_the_recipe_is_made_once_in_the_template(tmp_path, mode):
+    """Made once, in the template, with its env. Refused there: each worker makes it once more, in itself,
+    and fails with the refusal again (--bad-recipe) or runs what it made (--bad-once: a passing refusal
+    does not hold for serve's life)."""
     spec = WorkerSpec(tap="vt0", run_dir=str(tmp_path), cpus=(3, None),
-                      env={"VS_TEMPLATE_OUT": str(tmp_path), "VS_ONLY_THIS": "yes",
-                           "VS_TEMPLATE_MODE": "--bad-recipe" if bad else ""})
+                      env={"VS_TEMPLATE_OUT": str(tmp_path), "VS_ONLY_THIS": "yes", "VS_TEMPLATE_MODE": mode})
     t = Template(spec, ENTRY)
     try:
         handles = []
@@ -147,11 +159,12 @@ def test_the_recipe_is_made_once_in_the_template(tmp_path, bad):
                 handles.append(t.spawn(pair, [b.fileno(), a.fileno()]))
                 assert handles[-1].wait(30) == 7
         made = [json.loads(line) for line in (tmp_path / "made.jsonl").read_text().splitlines()]
-        assert made == [{"argv": spec.argv(0, 0, 0), "pid": t.pid, "env": "yes"}]  # once, in the template, its env set
+        makers = [t.pid] + ([h.pid for h in handles] if mode else [])
+        assert made == [{"argv": spec.argv(0, 0, 0), "pid": pid, "env": "yes"} for pid in makers]
         recs = [_record(tmp_path, h.pid) for h in handles]
         assert [r["values"]["cpu"] for r in recs] == ["3", None]
         assert all(r["values"]["state_fd"] is not None for r in recs)
-        expected = {"refused": "a bad recipe"} if bad else made[0]     # a refused recipe: each worker's outcome
-        assert [r["recipe"] for r in recs] == [expected, expected]
+        expected = [{"refused": "a bad recipe"}] * 2 if mode == "--bad-recipe" else made[-2:] if mode else made * 2
+        assert [r["recipe"] for r in recs] == expected
     finally:
         t.close()

@@ -9,7 +9,8 @@ forks, execs or signals a worker, so it confines itself without any of that (san
 Before its first fork the template makes the workers' recipe, once (WorkerEntry.make: `run`'s own parse
 and checks, handed down by the command line), from the `run` command line WorkerSpec describes; each
 worker runs that recipe with the values of its own (WorkerSpec.values: its fds, stats file and CPU),
-parsing nothing (WorkerEntry.start). The template takes no orders it could be abused with: serve (which
+parsing nothing (WorkerEntry.start); a recipe the template could not make, each worker tries to make once
+more itself (Unmade). The template takes no orders it could be abused with: serve (which
 parses the hostile front-end's messages, so may be compromised) names only a pair index and hands the
 pair's fds; what a worker runs is made here from what serve was started with (WorkerSpec, fixed at fork
 time), and only this template's own children can be signalled, with SIGTERM or SIGKILL. Messages are
@@ -84,13 +85,16 @@ class WorkerEntry:
 
 @dataclass(frozen=True)
 class Unmade:
-    """A recipe `make` refused: every worker fails with that error, as `run` with its command line does
-    (WorkerEntry.start makes the error its exit code)."""
+    """A recipe the template's `make` refused (`error`). Each worker tries `remake` once more, in itself (a
+    refusal can be passing: an NSS lookup of `--user` that failed once), and runs that recipe; if it is
+    refused again the worker fails with that error, as `run` with its command line does (WorkerEntry.start
+    makes the error its exit code). So one refusal in the template does not hold for serve's whole life."""
 
     error: Exception
+    remake: Callable[[], Any]
 
-    def for_pair(self, **_values):
-        raise self.error
+    def for_pair(self, **values):
+        return self.remake().for_pair(**values)
 
 
 class TemplateError(RuntimeError):
@@ -218,7 +222,7 @@ def _warm(spec: WorkerSpec, make: Callable[[list[str]], Any]):
     try:
         recipe = make(spec.argv(0, 0, 0))       # its fds are placeholders: each worker's replace them
     except Exception as exc:  # noqa: BLE001  (any refusal of `run`'s is each worker's outcome)
-        recipe = Unmade(exc)
+        recipe = Unmade(exc, functools.partial(make, spec.argv(0, 0, 0)))
     gc.collect()
     try:
         freespace.take()            # last: the workers' allocations then start pages of their own
