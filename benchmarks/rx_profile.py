@@ -19,7 +19,8 @@ through io_uring, 32 reads per enter (what batching the syscalls takes off).
 
 This VM has no hardware PMU (`perf stat -e instructions` says <not supported>): cpu-clock is a timer,
 so time spent with interrupts off is charged to where they come back on; cycles and instructions are
-not available. Output in --out: rx_profile.md (per-packet tables), rx_profile.json (every sample's
+not available. Output in --out: rx_profile.md (per-packet tables, and tun_do_read's own time by
+instruction offset: where its inlined tun_put_user and header fill spend it), rx_profile.json (every sample's
 buckets), and perf-BACKEND-rxSIZE-N.txt (`perf report --stdio --no-children --sort dso,sym` of a sample's
 window, the top entries; spaces in a column's name become _). Needs root, dpdk-testpmd and perf. Never
 used by the tests.
@@ -149,9 +150,33 @@ class PerfProbe:
                 self.proc.wait()
 
 
+OWN_FUNC = "tun_do_read"             # whose own (leaf) samples are split by instruction offset
+OWN_MIN_US = 0.02                   # offsets below this many us per packet are left out
+
+
+def own_offsets(text: str, window: list[float], func: str = OWN_FUNC) -> dict[str, int]:
+    """ns of the samples inside WINDOW whose leaf frame is FUNC itself, by offset ("func+0x412"): where in
+    its inlined code (tun_put_user, the vnet header fill) the time goes (`perf script` with symoff)."""
+    lo, hi = window
+    out: dict[str, int] = {}
+    cur, leaf = None, False
+    for line in text.splitlines():
+        m = SAMPLE_RE.match(line)
+        if m:
+            cur, leaf = (float(m[2]), int(m[3])), True
+            continue
+        f = FRAME_RE.match(line) if leaf and cur is not None else None
+        if f is None:
+            continue
+        leaf = False
+        if lo <= cur[0] <= hi and re.fullmatch(rf"{re.escape(func)}\+0x[0-9a-f]+", f[1]):
+            out[f[1]] = out.get(f[1], 0) + cur[1]
+    return out
+
+
 def analyse(data: Path, window: list[float], packets: int) -> dict:
-    """Buckets of the samples inside WINDOW: samples, us per packet, share."""
-    text = subprocess.run(["perf", "script", "-i", str(data), "-F", "tid,time,period,ip,sym,dso"],
+    """Buckets of the samples inside WINDOW: samples, us per packet, share; and FUNC's own time by offset."""
+    text = subprocess.run(["perf", "script", "-i", str(data), "-F", "tid,time,period,ip,sym,symoff,dso"],
                           capture_output=True, text=True, timeout=600).stdout
     lo, hi = window
     counts: dict[str, int] = {}
@@ -163,7 +188,9 @@ def analyse(data: Path, window: list[float], packets: int) -> dict:
             ns_total += period
     return {"packets": packets, "seconds": round(hi - lo, 4), "cpu_ns": ns_total,
             "cpu_share": round(ns_total / 1e9 / (hi - lo), 3) if hi > lo else None,
-            "us_per_packet": {b: round(ns / 1e3 / packets, 4) for b, ns in sorted(counts.items())} if packets else {}}
+            "us_per_packet": {b: round(ns / 1e3 / packets, 4) for b, ns in sorted(counts.items())} if packets else {},
+            "own_us_per_packet": {o: round(ns / 1e3 / packets, 4)
+                                  for o, ns in sorted(own_offsets(text, window).items())} if packets else {}}
 
 
 def top_report(data: Path, window: list[float], limit: float) -> str:
@@ -224,7 +251,9 @@ def summary(results: dict) -> dict:
                                                  for s in good if s["profile"]["packets"]]),
                     "buckets": {b: B._med([s["profile"]["us_per_packet"].get(b, 0.0) for s in good])
                                 for b in buckets},
-                    "others_cpu": B._med([s.get("others_cpu") for s in good])}
+                    "others_cpu": B._med([s.get("others_cpu") for s in good]),
+                    "own": {o: B._med([s["profile"].get("own_us_per_packet", {}).get(o, 0.0) for s in good])
+                            for o in sorted({o for s in good for o in s["profile"].get("own_us_per_packet", {})})}}
     return out
 
 
@@ -254,8 +283,20 @@ def markdown(results: dict, summ: dict) -> str:
                     for b in buckets if b.startswith(part)]
         out.append("| n, of which noisy (others' CPU, median) | " + " | ".join(
             f"{summ[k]['n']}, {summ[k]['noisy']} ({B._fmt(summ[k]['others_cpu'])})" for k in keys) + " |")
-        out.append("")
+        out += [""] + own_table(summ, keys, cols)
     return "\n".join(out) + "\n"
+
+
+def own_table(summ: dict, keys: list[str], cols: list[str]) -> list[str]:
+    """OWN_FUNC's own samples by instruction offset (those of OWN_MIN_US or more in some column)."""
+    offs = sorted({o for k in keys for o, v in summ[k].get("own", {}).items() if v >= OWN_MIN_US},
+                  key=lambda o: int(o.rsplit("+", 1)[1], 16))
+    if not offs:
+        return []
+    return [f"{OWN_FUNC}'s own time by instruction offset (leaf samples, us per packet; offsets are this kernel "
+            "build's: compare columns, not kernels):", "", "| offset | " + " | ".join(cols) + " |",
+            "| --- |" + " ---: |" * len(cols),
+            *[f"| {o} | " + " | ".join(_us(summ[k].get("own", {}).get(o)) for k in keys) + " |" for o in offs], ""]
 
 
 def _us(v: float | None) -> str:

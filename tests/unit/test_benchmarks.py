@@ -166,3 +166,23 @@ def test_write_results_makes_the_folder_and_writes_both_files(tmp_path: Path, ca
     assert md.read_text() == "# table\n"
     assert json.loads((out / "bench.json").read_text()) == {"samples": {"x": [1.5]}}
     assert "# table" in capsys.readouterr().out
+
+
+def test_rx_profile_splits_the_tap_reads_own_time_by_offset():
+    text = ("21291   670.903723:     100000 \n"
+            "\tffffffff8160a659 tun_do_read+0x412 ([kernel.kallsyms])\n"
+            "\tffffffff8160a000 tun_chr_read_iter+0x1a ([kernel.kallsyms])\n\n"
+            "21291   670.904306:     100000 \n"
+            "\tffffffff8160a659 tun_do_read+0x412 ([kernel.kallsyms])\n\n"
+            "21291   670.904400:     100000 \n"
+            "\tffffffff8160a659 _copy_to_iter+0x20 ([kernel.kallsyms])\n"
+            "\tffffffff8160a659 tun_do_read+0x120 ([kernel.kallsyms])\n\n"
+            "21291   675.000000:     100000 \n"
+            "\tffffffff8160a659 tun_do_read+0x120 ([kernel.kallsyms])\n")
+    # only leaf frames count (tun_do_read+0x120 under _copy_to_iter is a caller), and only inside the window
+    assert rx_profile.own_offsets(text, [670.0, 671.0]) == {"tun_do_read+0x412": 200000}
+    assert rx_profile.own_offsets(text, [674.0, 676.0]) == {"tun_do_read+0x120": 100000}
+    summ = {"a rx64": {"own": {"tun_do_read+0x412": 0.2, "tun_do_read+0x20": 0.001}},
+            "b rx64": {"own": {"tun_do_read+0x120": 0.05}}}
+    rows = rx_profile.own_table(summ, ["a rx64", "b rx64"], ["a", "b"])
+    assert [r.split(" |")[0] for r in rows if r.startswith("| tun_")] == ["| tun_do_read+0x120", "| tun_do_read+0x412"]
