@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 import socket
 
@@ -327,3 +328,32 @@ def test_rx_starved_and_broken_rings_report_as_before(make_rig):
     out = both(make_rig, scenario)
     same(out)
     assert out["io_uring"][0] & RX_STARVED
+
+
+def _present(addr: int) -> bool:
+    """Whether this process's page at addr is mapped (/proc/self/pagemap's bit 63)."""
+    with open("/proc/self/pagemap", "rb") as f:
+        f.seek(addr // 4096 * 8)
+        return bool(int.from_bytes(f.read(8), "little") >> 63)
+
+
+@pytest.mark.parametrize("mrg", [False, True], ids=["single", "mrg"])
+def test_a_chain_that_waits_for_a_frame_gets_its_pages_mapped(make_rig, mrg):
+    """A readv that found no frame (the trickle's, or the per-frame path's) reads one byte of each page of
+    the chain left waiting, so the next frame's copy into it takes no page fault (guest memory is mapped
+    lazily: a page the worker never touched faults on the first store)."""
+    area = mmap.mmap(-1, 4 << 20)                 # anonymous and never touched: no page is mapped yet
+    ref = ctypes.c_char.from_buffer(area)
+    base = ctypes.addressof(ref)
+    del ref
+    rig = make_rig(buf=area, mrg=mrg)
+    head, = rig.rx.add_in(1, 4 * 4096)
+    (gpa, size), = rig.rx._chains[head].bufs
+    start = base + gpa - rig.mem.gpa_base
+    inside = range((start + 4095) // 4096 * 4096, (start + size) // 4096 * 4096, 4096)
+    assert len(inside) >= 3 and not any(_present(a) for a in inside)
+    assert rig.poll_idle() == 0                   # no frame: EAGAIN
+    assert all(_present(a) for a in inside)
+    rig.inject(hdr() + frame(100))
+    rig.poll_idle()
+    assert [n for _h, n in rig.rx.used()] == [112]
