@@ -704,8 +704,10 @@ def sample_rx(col: Column, size: int, workdir: Path, args, probe=None) -> dict:
         d["floor"] = s.be.result
     if c_end:
         rx = c_end["rings"]["rx"]
+        io = c_end.get("host", {}).get("io", {})       # how the frames were read (io_uring batches, readv)
         d["worker_counters"] = {"wakeups": c_end["wakeups"] - 1, "rx_packets": rx["packets"],
-                                **{f"rx_{k}": rx[k] for k in ("batches", "kicks", "notify_sent", "rx_starved")}}
+                                **{f"rx_{k}": rx[k] for k in ("batches", "kicks", "notify_sent", "rx_starved")},
+                                **{f"io_{k}": io[k] for k in ("enters", "rx_sqes", "trickles") if k in io}}
         if rx["packets"]:
             d["per_packet"] = {k: round(v / rx["packets"], 5)
                                for k, v in d["worker_counters"].items() if k != "rx_packets"}

@@ -29,8 +29,8 @@ class Rig:
 
     def __init__(self, *, num=256, mrg=False, event_idx=False, indirect=True, rx_max=NET_HDR_LEN + 1514,
                  fault_exit=False, tx_budget=256, rx_budget=256, mem_size=4 << 20, splits=(), start=True,
-                 packed=False, in_order=False, host_io=None):
-        self.buf = bytearray(mem_size)
+                 packed=False, in_order=False, host_io=None, buf=None):
+        self.buf = bytearray(mem_size) if buf is None else buf      # buf: e.g. an mmap, pages untouched
         self.mem = GuestMemory(self.buf, GPA_BASE, UVA_BASE)
         self.host, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.host.setblocking(False)

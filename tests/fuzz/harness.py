@@ -425,6 +425,7 @@ class Scenario:
                 gpa = next(((g + used - u) & ref.U64 for g, u, sz, *_ in self.ref.mem.table if u <= used < u + sz),
                            used)
                 self.dp.set_ring_log(i, True, gpa)
+        self.ref.trickle = self.uring and self.dp.host_io()["path"] == "io_uring"     # still on: the rule applies
         self.check("poll", self.call_core(self.dp.poll), self.ref.poll())
         table = self.ref.mem.table
         if before is not None and len(table) >= 2 and table == default_table()[:len(table)]:

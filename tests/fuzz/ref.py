@@ -148,6 +148,8 @@ class Pair:
         self.wire: list[bytes] = []         # packets written to the host fd
         self.inbox: list[bytes] = []        # packets waiting on the host fd
         self.peer_closed = False            # the host fd's peer went away (after the inbox: end of file)
+        self.trickle = False                # the core's host fd in io_uring batches: the trickle rule applies
+        self.rx_last = 0                    # frames the last RX batch delivered, counted up to 2
 
     def ring(self, i: int) -> Ring:
         return self.rx if i == 0 else self.tx
@@ -256,8 +258,17 @@ class Pair:
         return self._batch(r, self.tx_budget, step)
 
     def rx_batch(self, r: Ring) -> int:
+        before = r.st["packets"]
+
         def step(r, budget):
             done = 0
+            if self.trickle and self.rx_last <= 1 and budget > 1:     # the trickle rule (rx_trickle)
+                done, packets = 1, r.st["packets"]
+                rc = self.rx_merge(r) if r.flags & RF_MRG else self.rx_single(r)
+                if rc != 0:
+                    return 0 if rc == RX_IDLE else rc
+                if r.st["packets"] == packets or self.rx_last == 0:
+                    return MORE
             while True:
                 if done >= budget:
                     return MORE
@@ -265,7 +276,10 @@ class Pair:
                 rc = self.rx_merge(r) if r.flags & RF_MRG else self.rx_single(r)
                 if rc != 0:
                     return 0 if rc == RX_IDLE else rc
-        return self._batch(r, self.rx_budget, step)
+        try:
+            return self._batch(r, self.rx_budget, step)
+        finally:
+            self.rx_last = min(r.st["packets"] - before, 2)
 
     # -- ring helpers -----------------------------------------------------------------------------
     def avail_pending(self, r: Ring) -> int:

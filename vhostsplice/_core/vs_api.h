@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 10
+#define VS_API_VERSION 11
 /* Memory slots (vhost-user CONFIGURE_MEM_SLOTS): the size of the region table, which GET_MAX_MEM_SLOTS
  * advertises: 509, libvhost-user's VHOST_USER_MAX_RAM_SLOTS (KVM's old x86 limit, 512 less 3 it used
  * itself); QEMU uses at most its own limit (x86: 256 ACPI DIMM slots).  Python hands a table of more
@@ -167,10 +167,13 @@ struct vs_uring {
     void *sqes, *cqes;
     uint32_t seq;      /* batches submitted: the high half of each SQE's user_data */
     uint32_t rx_burst; /* reads the next RX batch asks for: twice the frames of the last, 2..entries */
+    uint32_t rx_last;  /* frames the last RX batch delivered (2: more): at most 1, the next is a trickle's */
     uint64_t enters, tx_sqes, rx_sqes;
-    uint64_t rx_copies; /* RX frames moved to an earlier chain of their batch (a hole before them) */
-    uint64_t confirms;  /* a batch that moved nothing re-checked by one readv/writev */
-    uint64_t tx_raced;  /* TX chains dropped because a later write of their batch went out first */
+    uint64_t rx_copies;      /* RX frames moved to an earlier chain of their batch (a hole before them) */
+    uint64_t confirms;       /* a batch that moved nothing re-checked by one readv/writev */
+    uint64_t trickles;       /* RX batches begun by one readv (the trickle rule, vs_net_rx_batch.c) */
+    uint64_t trickle_bursts; /* ... whose readv got a frame right after a batch of one: on to io_uring */
+    uint64_t tx_raced;       /* TX chains dropped because a later write of their batch went out first */
 };
 
 struct vs_pair {

@@ -1,6 +1,7 @@
 /* vs_net_rx_batch.c - one RX batch (vs_rx_batch): frames one at a time (vs_net_rx.c), or, with the host
  * fd's io_uring on (vs_uring.c) and chains that each hold the largest frame the fd delivers (rx_max: no
- * merging needed), up to rx_burst chains taken and read by one io_uring_enter, a frame per chain.
+ * merging needed), up to rx_burst chains taken and read by one io_uring_enter, a frame per chain; after a
+ * batch that delivered at most one frame, one readv first (the trickle rule, rx_trickle).
  * Frames come in order; a read that got no frame (EAGAIN, or a frame dropped as short or oversize, a
  * dropped error) leaves a hole, and the frames after it move up into the earlier chains, so the chains
  * complete in the order taken, exactly as one readv per chain would have filled them; the chains left
@@ -177,8 +178,11 @@ static int rx_settle(struct vs_pair *p, struct vs_ring *r, struct rx_slots *s, u
 
 /* Up to `room` chains in one io_uring_enter; *done counts the chains taken.  0, VS_RX_IDLE,
  * VS_RX_STARVED, VS_MORE or -errno.  A batch that read nothing is checked by one readv (rx_one): an
- * empty queue says EAGAIN there too, and a fd the ring cannot drive still moves. */
-static int rx_many(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m, uint32_t room, uint32_t *done)
+ * empty queue says EAGAIN there too, and a fd the ring cannot drive still moves; not when the RX batch
+ * (vs_rx_batch) already delivered a frame (`moved`): the fd moved, and if the ring cannot drive it the
+ * batches deliver one frame each, so each next one starts with the trickle's readv. */
+static int rx_many(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m, uint32_t room, uint32_t *done,
+                   int moved)
 {
     struct rx_slots s;
     struct vs_uring *u = &p->uring;
@@ -204,11 +208,34 @@ static int rx_many(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m, 
     uint32_t frames = 0;
     rc = rx_settle(p, r, &s, n, &frames);
     u->rx_burst = frames < 1 ? 2 : frames * 2 > u->entries ? u->entries : frames * 2;
-    if (frames == 0 && rc == VS_RX_IDLE) {
+    if (frames == 0 && rc == VS_RX_IDLE && !moved) {
         u->confirms++;
         rc = rx_one(p, r, m);
     }
     return rc != 0 ? rc : stop;
+}
+
+/* The trickle rule (docs/architecture.md, "Batched host fd I/O"), where batches go through the io_uring:
+ * a batch after one that delivered at most one frame (rx_last: a ping, a request, any trickle, where a
+ * wake-up carries one frame) starts with one readv (rx_one) instead of an io_uring_enter of rx_burst
+ * reads.  It goes on to the io_uring batches only when that readv got a frame right after a batch that
+ * delivered one: two frames back to back, a burst may be starting.  Otherwise it ends the batch, the
+ * frame published at once: VS_MORE when it got one (the next batch, a trickle's again, looks for more),
+ * VS_RX_IDLE, VS_RX_STARVED or -errno as the readv said.  A lone frame so costs one readv, and the look
+ * after it another; no io_uring_enter, whose cost (submission, completion) a single read does not repay. */
+static int rx_trickle(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m, uint32_t *done)
+{
+    struct vs_uring *u = &p->uring;
+    uint64_t before = r->st.packets;
+    u->trickles++;
+    *done += 1;
+    int rc = rx_one(p, r, m);
+    if (rc != 0)
+        return rc;
+    if (r->st.packets == before || u->rx_last == 0)
+        return VS_MORE;
+    u->trickle_bursts++;
+    return 0;
 }
 
 int vs_rx_batch(struct vs_pair *p)
@@ -216,9 +243,12 @@ int vs_rx_batch(struct vs_pair *p)
     struct vs_ring *r = &p->rx;
     struct vs_rx_merge m;
     uint16_t old = vs_used_pos(r);
+    uint64_t before = r->st.packets;
     uint32_t done = 0;
     int rc = 0;
     vs_notify_disable(&p->mem, r);
+    if (p->uring.rx_last <= 1 && vs_batch_room(p, p->rx_budget) > 1)
+        rc = rx_trickle(p, r, &m, &done);
     while (rc == 0) {
         if (done >= p->rx_budget) {
             rc = VS_MORE;
@@ -226,7 +256,7 @@ int vs_rx_batch(struct vs_pair *p)
         }
         uint32_t room = vs_batch_room(p, p->rx_budget - done);
         if (room > 1) {
-            rc = rx_many(p, r, &m, room, &done);
+            rc = rx_many(p, r, &m, room, &done, r->st.packets != before);
             continue;
         }
         done++;
@@ -237,5 +267,6 @@ int vs_rx_batch(struct vs_pair *p)
     }
     vs_net_publish(p, r, old);
     r->st.batches++;
+    p->uring.rx_last = r->st.packets - before > 1 ? 2 : (uint32_t)(r->st.packets - before);
     return rc == VS_RX_IDLE ? 0 : rc;
 }

@@ -115,6 +115,7 @@ int vs_uring_restrict(struct vs_uring *u, int host_fd)
         return rc;
     u->seq = 0;
     u->rx_burst = 2;
+    u->rx_last = 0;
     u->failed = 0;
     u->on = 1;
     return 0;

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 from ..errors import ConfigError, GuestFaultError, GuestRingError, HostFdError
 from ..spec import MAX_MEM_SLOTS, NET_HDR_LEN, RX_RING, TX_RING
 
-_API_VERSION = 10  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 11  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from .._vs_core import ffi, lib
@@ -48,7 +48,7 @@ SCRATCH_LEN = 1 << 17     # more than any frame a host fd delivers (64 KiB GSO +
 STAGE_LEN = 4 + 69632     # a length prefix and the largest frame QEMU's -netdev stream sends (NET_BUFSIZE)
 RING_NAMES = {RX_RING: "rx", TX_RING: "tx"}
 HOST_HDR_LENS = (0, 10, NET_HDR_LEN)
-URING_FIELDS = ("enters", "tx_sqes", "rx_sqes", "rx_copies", "confirms", "tx_raced")
+URING_FIELDS = ("enters", "tx_sqes", "rx_sqes", "rx_copies", "confirms", "tx_raced", "trickles", "trickle_bursts")
 _HOST_ERRNOS = {_errno.EBADFD, _errno.EIO, _errno.EPIPE}
 
 

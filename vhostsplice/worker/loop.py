@@ -249,15 +249,17 @@ class Worker:
         flags = self.datapath.poll_round()
         if flags & dp.PUBLISHED:
             self.busy_due = self.config.busy_poll_us > 0
-            if not flags & dp.MORE:
-                # The batch published used entries and may have signalled the guest, which takes a while:
-                # frames that reached the host fd and buffers or chains the driver added meanwhile are taken
-                # now, in one more pass, instead of after another epoll round (the window Linux vhost_net
-                # closed in November 2025: check for work once more after signalling). One pass: a flood
-                # still returns to epoll, so control messages and signals keep their turn.
-                self.rechecks["after_signal"] += 1
-                flags = self.datapath.poll_round()
-                self.rechecks["found_work"] += bool(flags & dp.PUBLISHED)
+            # The batch published used entries and may have signalled the guest, which takes a while:
+            # frames that reached the host fd and buffers or chains the driver added meanwhile are taken
+            # now, in one more pass, instead of after another epoll round (the window Linux vhost_net
+            # closed in November 2025: check for work once more after signalling). Also after a batch
+            # that asked for more (MORE): a trickle's frame is published on its own (the trickle rule,
+            # docs/architecture.md), and the guest's answer to it is taken here, not after a trip through
+            # epoll. One pass: a flood still returns to epoll, so control messages and signals keep
+            # their turn.
+            self.rechecks["after_signal"] += 1
+            flags = self.datapath.poll_round()
+            self.rechecks["found_work"] += bool(flags & dp.PUBLISHED)
         self.rx_starved = bool(flags & dp.RX_STARVED)
         self.tx_blocked = bool(flags & dp.TX_BLOCKED)
         return bool(flags & dp.MORE)
