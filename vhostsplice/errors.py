@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import errno as _errno
 import os
-import random
 import signal as _signal
 from dataclasses import dataclass
 
@@ -221,7 +220,9 @@ BACKOFF = BackoffPolicy()
 class Backoff:
     """One restartable thing's back-off state under a BackoffPolicy."""
 
-    def __init__(self, policy: BackoffPolicy = BACKOFF, rand=random.random):
+    def __init__(self, policy: BackoffPolicy = BACKOFF, rand=None):
+        if rand is None:        # imported here: the supervisors' jitter, not a worker's (issue 18)
+            from random import random as rand
         self.policy, self.rand, self.failures = policy, rand, 0
 
     def after_run(self, served_s: float) -> bool:

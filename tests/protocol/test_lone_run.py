@@ -78,6 +78,7 @@ def test_the_worker_serves_from_an_interpreter_without_click_site_or_pyroute2(tm
     assert {"site", "click", "vhostsplice.cli.run"} <= first
     assert {"vhostsplice.worker.loop", "vhostsplice.device.datapath", "vhostsplice._vs_core"} <= worker
     assert not {m for m in worker if m == "site" or m.split(".")[0] in ("click", "pyroute2")}
+    assert "typing" not in worker       # annotations only, under TYPE_CHECKING: 0.5 MiB (benchmarks/RESULTS.md)
     assert "vhostsplice.cli" not in worker
     assert comm == "vhostsplice"                    # the name the caller started, not the interpreter's
     assert cmdline[-7:-1] == [str(console_script).encode(), b"run", b"--socket-path", str(tmp_path / "w.sock").encode(),
