@@ -91,8 +91,8 @@ NEEDED = ("vhostsplice", "_cffi_backend", "pyroute2")     # the worker's imports
 def lean_path() -> list[str] | None:
     """This interpreter's sys.path, which the worker's gets: with, at its end, the folder of each of NEEDED
     that only an import hook finds here (an editable install's finder, which a .pth file installs). None
-    (the worker then runs here) when one of them is found by neither, or the path finds another copy than
-    this interpreter's. pyroute2 is optional (--mtu, --bridge)."""
+    (the worker then runs here) when one of them is found by neither, the path finds another copy than
+    this interpreter's, or a package's __path__ was widened here. pyroute2 is optional (--mtu, --bridge)."""
     from importlib.machinery import PathFinder
     path = [p for p in sys.path if isinstance(p, str)]
     for name in NEEDED:
@@ -103,9 +103,16 @@ def lean_path() -> list[str] | None:
         if found is None and origin is not None:
             path.append(os.path.dirname(os.path.dirname(origin) if origin.endswith("__init__.py") else origin))
             found = PathFinder.find_spec(name, path)
-        if origin is None or found is None or found.origin != origin:
+        if origin is None or found is None or found.origin != origin or _widened(name, origin):
             return None
     return path
+
+
+def _widened(name: str, origin: str) -> bool:
+    """Package NAME's __path__ was changed here (a sitecustomize or a .pth file's code, e.g. a build of the
+    core put first): the worker's interpreter, which runs neither, would import other files."""
+    module = sys.modules.get(name)
+    return module is not None and hasattr(module, "__path__") and list(module.__path__) != [os.path.dirname(origin)]
 
 
 def _origin(name: str) -> str | None:

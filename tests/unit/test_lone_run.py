@@ -1,7 +1,9 @@
 """A lone `vhostsplice run` gives its worker an interpreter of its own (worker/entry.py, issue 18): started as a
 console script starts it, the worker serves from an interpreter that imported neither click, nor site (and
 so no .pth file's imports), nor pyroute2, in the same process, under the same name, with the same exit
-codes. No root: the host fd is a socketpair."""
+codes. No root: the host fd is a socketpair. Not in tests/protocol: the sanitizer run (tests/fuzz/run.py) has
+no installed package to start a real worker from, and widens vhostsplice.__path__ (which makes run keep the
+worker in its first interpreter, lean_path's last case below)."""
 from __future__ import annotations
 
 import os
@@ -16,6 +18,7 @@ import pytest
 
 from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import demo_frame
+from vhostsplice.worker import entry
 
 HEADER = "import time: self [us] | cumulative | imported package"
 
@@ -119,7 +122,7 @@ def test_the_worker_gets_the_folder_of_a_package_only_an_import_hook_finds(monke
     the path as another copy than this interpreter's: None (the worker runs in the first interpreter)."""
     import importlib.util
 
-    from vhostsplice.worker import entry
+    import vhostsplice
     hooked = tmp_path / "project" / "vs_fake_pkg"
     hooked.mkdir(parents=True)
     (hooked / "__init__.py").write_text("")
@@ -143,3 +146,7 @@ def test_the_worker_gets_the_folder_of_a_package_only_an_import_hook_finds(monke
     assert entry.lean_path() is None            # the path would import another copy
     monkeypatch.setattr(entry, "NEEDED", ("vhostsplice", "vs_no_such_module"))
     assert entry.lean_path() is None            # found nowhere
+    monkeypatch.setattr(entry, "NEEDED", ("vhostsplice",))
+    assert entry.lean_path() is not None
+    monkeypatch.setattr(vhostsplice, "__path__", [str(tmp_path / "core-build"), *vhostsplice.__path__])
+    assert entry.lean_path() is None            # a sitecustomize put another build first: only here
