@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import errno as _errno
 import os
-import random
 import signal as _signal
 from dataclasses import dataclass
 
@@ -25,11 +24,13 @@ HELD_AT_START = (*STOP_SIGNALS, _signal.SIGUSR1)
 
 
 @contextlib.contextmanager
-def signals_held(*, drain: bool):
-    """HELD_AT_START blocked for the block, the caller's mask back after it; a loop inside unblocks them once
-    its handlers are in (release_stop_signals). drain=True (around a command): one still pending at the end
-    is taken, not delivered (the command ends anyway, with its own code); drain=False: delivered then."""
+def signals_held(*, drain: bool, restore: set[int] | None = None):
+    """HELD_AT_START blocked for the block, the caller's mask back after it (RESTORE instead: the mask a
+    lone run's first interpreter had, worker/entry.py); a loop inside unblocks them once its handlers are in
+    (release_stop_signals). drain=True (around a command): one still pending at the end is taken, not
+    delivered (the command ends anyway, with its own code); drain=False: delivered then."""
     old = _signal.pthread_sigmask(_signal.SIG_BLOCK, HELD_AT_START)
+    _HOLDS.append(old if restore is None else restore)
     try:
         yield
     finally:
@@ -37,7 +38,15 @@ def signals_held(*, drain: bool):
         # only before the loop (so never under the sandbox, whose allow-list has no rt_sigpending)
         while drain and never_released and (pending := _signal.sigpending() & set(HELD_AT_START)):
             _signal.sigtimedwait(pending, 0)
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, old)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, _HOLDS.pop())
+
+
+_HOLDS: list[set[int]] = []     # the mask each signals_held block gives back, outermost first
+
+
+def mask_before_hold() -> set[int]:
+    """The signal mask the outermost signals_held block gives back (the process's mask now outside one)."""
+    return set(_HOLDS[0]) if _HOLDS else _signal.pthread_sigmask(_signal.SIG_BLOCK, ())
 
 
 def release_stop_signals() -> None:
@@ -211,7 +220,9 @@ BACKOFF = BackoffPolicy()
 class Backoff:
     """One restartable thing's back-off state under a BackoffPolicy."""
 
-    def __init__(self, policy: BackoffPolicy = BACKOFF, rand=random.random):
+    def __init__(self, policy: BackoffPolicy = BACKOFF, rand=None):
+        if rand is None:        # imported here: the supervisors' jitter, not a worker's (issue 18)
+            from random import random as rand
         self.policy, self.rand, self.failures = policy, rand, 0
 
     def after_run(self, served_s: float) -> bool:

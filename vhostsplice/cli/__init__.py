@@ -16,7 +16,7 @@ import click
 from .. import __version__
 from . import drive, run, serve, tables, tap
 from .options import CONTEXT, PROG, exit_table_help
-from .outcome import exit_code, log_to_stderr
+from .outcome import Process, exit_code, log_to_stderr
 
 
 @click.group(context_settings=CONTEXT, epilog=exit_table_help())
@@ -58,8 +58,12 @@ def give_every_option_an_envvar(command: click.Command) -> None:
 
 
 def main(argv=None) -> int:
-    """Entry point: every outcome becomes one exit code here."""
-    return exit_code(lambda: cli.main(args=argv, prog_name=PROG, standalone_mode=False))
+    """Entry point: every outcome becomes one exit code here. Without ARGV it is this process's command line
+    (the console script, `python -m vhostsplice`, bin/vhostsplice): the process is the command's, so a lone
+    `run` may give its worker an interpreter of its own (cli/run.py); with ARGV (a test, a caller's own
+    process) every command runs here."""
+    return exit_code(lambda: cli.main(args=argv, prog_name=PROG, standalone_mode=False,
+                                      obj=Process(own=argv is None)))
 
 
 give_every_option_an_envvar(cli)

@@ -13,7 +13,7 @@ import click
 
 from .options import (CONTEXT, PROG, busy_poll_option, exit_table_help, from_environment, ownership,
                       ownership_options, sandbox_option, signals_held_until_the_loop, stats_options)
-from .outcome import exit_code, log_to_stderr
+from .outcome import Process, exit_code, log_to_stderr
 
 if TYPE_CHECKING:
     from ..worker.runner import RunRecipe
@@ -102,7 +102,12 @@ def run(print_capabilities, print_sandbox, **options):
         click.echo(json.dumps(describe(), indent=1))
         return 0
     from ..worker.runner import run_worker
-    return run_worker(make_recipe(**options))
+    recipe = make_recipe(**options)
+    if click.get_current_context().find_object(Process) == Process(own=True):
+        from ..errors import mask_before_hold
+        from ..worker.entry import exec_lone
+        exec_lone(recipe, mask_before_hold())    # returns only where no new interpreter can be started
+    return run_worker(recipe)
 
 
 def make_recipe(*, socket_path, connect_path, inherited_fd, tap, host_fd, framing, packet, mtu, bridge, cpu, nice,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from ..vhostuser import protocol as P
 from ..vhostuser.channel import close_fds

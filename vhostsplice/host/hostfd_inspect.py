@@ -14,7 +14,7 @@ import os
 import socket
 import stat
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import ConfigError, from_oserror
 from .hostfd import DEFAULT_MTU, TUN_KINDS, HostFd, errno_text

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import mmap
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from ..host.tun import SIOCGIFMTU, TUNSETOFFLOAD, TUNSETQUEUE
 from .seccomp import ACT_ALLOW, CMP_EQ, CMP_MASKED_EQ, CMP_NE, Cmp, Rule, act_errno

@@ -209,6 +209,24 @@ class RunRecipe:
             raise ConfigError("a host side is required: --tap NAME, --host-fd N or --packet IFNAME")
         check_stats(self.stats_file, self.stats_interval)
 
+    def to_plain(self) -> dict:
+        """The recipe as JSON's types (a lone `run` hands it to its worker's own interpreter: worker/entry.py)."""
+        plain = {f.name: getattr(self, f.name) for f in fields(RunRecipe)}
+        own = self.ownership
+        plain["ownership"] = {"socket_mode": own.socket_mode, "socket_group": own.socket_group,
+                              "allow_uids": None if own.allow_uids is None else sorted(own.allow_uids),
+                              "user": None if own.user is None else list(own.user)}
+        return plain
+
+    @classmethod
+    def from_plain(cls, plain: dict) -> "RunRecipe":
+        """to_plain's dict -> the same recipe, checked as when made."""
+        own = plain["ownership"]
+        ownership = Ownership(socket_mode=own["socket_mode"], socket_group=own["socket_group"],
+                              allow_uids=None if own["allow_uids"] is None else frozenset(own["allow_uids"]),
+                              user=None if own["user"] is None else tuple(own["user"]))
+        return cls(**dict(plain, ownership=ownership))
+
     def for_pair(self, *, inherited_fd: int, state_fd: int | None, stats_file: str, cpu: str | None) -> "RunRecipe":
         """This recipe with what serve's template gives each worker of its own (serve/template.py's
         WorkerSpec.values): its channel, its state page, its stats file, its CPU; checked as when made."""
