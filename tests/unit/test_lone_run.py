@@ -150,3 +150,27 @@ def test_the_worker_gets_the_folder_of_a_package_only_an_import_hook_finds(monke
     assert entry.lean_path() is not None
     monkeypatch.setattr(vhostsplice, "__path__", [str(tmp_path / "core-build"), *vhostsplice.__path__])
     assert entry.lean_path() is None            # a sitecustomize put another build first: only here
+
+
+CHILD = """import os, signal, sys
+from vhostsplice.cli.run import recipe_of
+from vhostsplice.worker.entry import lone
+sys.argv = ["vhostsplice"] + sys.argv[1:]
+if sys.argv[1] == "lone":
+    recipe = recipe_of(["run", "--socket-path", sys.argv[2], "--host-fd", "99"]).to_plain()
+    code = lone({"path": sys.path, "argv": sys.argv, "recipe": recipe, "level": 30, "mask": [], "comm": ""})
+else:
+    from vhostsplice.cli import main
+    code = main()
+os.kill(os.getpid(), signal.SIGTERM)     # a stop that comes as the process shuts down
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("how, expect", [("lone", 9), ("exit-codes", 0)])
+def test_a_stop_signal_during_shutdown_leaves_the_exit_code(tmp_path, how, expect):
+    """Once the outcome is decided a stop signal stays pending: the process ends with its code, never by the
+    signal (Python's shutdown puts the default action back)."""
+    args = [how, str(tmp_path / "w.sock")] if how == "lone" else [how]
+    r = subprocess.run([sys.executable, "-P", "-c", CHILD, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == expect, r.stderr[-2000:]

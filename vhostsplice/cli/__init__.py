@@ -62,8 +62,12 @@ def main(argv=None) -> int:
     (the console script, `python -m vhostsplice`, bin/vhostsplice): the process is the command's, so a lone
     `run` may give its worker an interpreter of its own (cli/run.py); with ARGV (a test, a caller's own
     process) every command runs here."""
-    return exit_code(lambda: cli.main(args=argv, prog_name=PROG, standalone_mode=False,
+    code = exit_code(lambda: cli.main(args=argv, prog_name=PROG, standalone_mode=False,
                                       obj=Process(own=argv is None)))
+    if argv is None:
+        from ..errors import hold_stop_signals_to_the_end
+        hold_stop_signals_to_the_end()      # the code stands, whatever stop signal comes during shutdown
+    return code
 
 
 give_every_option_an_envvar(cli)

@@ -139,20 +139,23 @@ def _comm() -> str:
 def lone(facts: dict) -> int:
     """The worker of a lone `run`, in its own interpreter (BOOT): its log, the recipe run, every outcome its
     exit code (as cli/outcome.py's exit_code makes it), the stop signals drained as the command leaves them."""
-    from ..errors import signals_held
+    from ..errors import hold_stop_signals_to_the_end, signals_held
     from .runner import RunRecipe, run_worker
     sys.argv[:] = facts["argv"]
     _set_comm(facts["comm"])
     log_to_stderr(facts["level"])
-    with signals_held(drain=True, restore=set(facts["mask"])):
-        try:
-            return run_worker(RunRecipe.from_plain(facts["recipe"]))
-        except VhostspliceError as exc:
-            print(failure_line(exc), file=sys.stderr, flush=True)
-            return exc.errno
-        except (EOFError, KeyboardInterrupt):
-            print(file=sys.stderr, flush=True)      # what click prints before the Abort exit_code makes EINTR
-            return errno.EINTR
+    try:
+        with signals_held(drain=True, restore=set(facts["mask"])):
+            try:
+                return run_worker(RunRecipe.from_plain(facts["recipe"]))
+            except VhostspliceError as exc:
+                print(failure_line(exc), file=sys.stderr, flush=True)
+                return exc.errno
+            except (EOFError, KeyboardInterrupt):
+                print(file=sys.stderr, flush=True)  # what click prints before the Abort exit_code makes EINTR
+                return errno.EINTR
+    finally:
+        hold_stop_signals_to_the_end()      # the code stands, whatever stop signal comes during shutdown
 
 
 def _set_comm(name: str) -> None:
