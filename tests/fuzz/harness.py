@@ -206,7 +206,7 @@ class Scenario:
         self.uring = False          # the host fd in io_uring batches (_datapath decides)
         self.dp = self._datapath(dp_cls)
         self.log = None
-        self.log_uva = [0, 0]       # the ring area whose stores are logged at log_addr + offset
+        self.log_uva = [0, 0]       # the area QEMU names in log_guest_addr (vq->used_phys): split, the used ring
         if hasattr(self.dp, "set_log"):          # a core with dirty logging (API 4)
             global _LOG
             _LOG = _LOG or GuardedLog()
@@ -421,7 +421,7 @@ class Scenario:
         before = [bytes(a) for a in self.gm.areas[:2]] if self.log is not None else None
         if before is not None:
             self.log.view[:] = bytes(LOG_BYTES)
-            for i, used in enumerate(self.log_uva):      # as QEMU does: the used (packed: descriptor) ring's GPA
+            for i, used in enumerate(self.log_uva):      # as QEMU does: the used ring's (packed: device area's) GPA
                 gpa = next(((g + used - u) & ref.U64 for g, u, sz, *_ in self.ref.mem.table if u <= used < u + sz),
                            used)
                 self.dp.set_ring_log(i, True, gpa)
@@ -727,7 +727,7 @@ class PackedScenario(Scenario):
         got = self.call_core(lambda: self.dp.start_ring(i, num=num, desc=desc, avail=avail, used=used,
                                                         call_fd=self.call[i], err_fd=self.err[i], base=base))
         self.check(f"start {i}", got, self.ref.start(i, num, desc, avail, used, base))
-        self.log_uva[i] = desc
+        self.log_uva[i] = used      # QEMU: vq->used_phys, the device area; the core logs descriptors at desc's GPA
 
     # -- the driver's side ---------------------------------------------------------------------------
     def _step(self, lay: dict, n: int) -> tuple[int, int]:

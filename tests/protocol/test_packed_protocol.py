@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
+import struct
 
 import pytest
 
@@ -12,11 +14,11 @@ from vhostsplice.serve import serve_device
 from vhostsplice.device.backend import Backend, BackendConfig
 from vhostsplice.device.features import offered_features
 from vhostsplice.errors import ProtocolError
-from vhostsplice.spec import Feature as F, Req, bit
+from vhostsplice.spec import Feature as F, ProtocolFeature as PF, Req, bit
 from vhostsplice.serve.supervisor import ServeConfig
 from vhostsplice.testing.hostfd import FakeHostFd
 
-from .test_hostile_frontend import Env
+from .test_hostile_frontend import GPA, LOG_SIZE, UVA, Env, log_memfd, log_reply
 
 PACKED = bit(F.F_VERSION_1) | bit(F.F_RING_PACKED)
 
@@ -96,3 +98,38 @@ def test_get_and_set_vring_base_round_trip(env):
     env.ring(1, num=100)
     assert env.dp.running(1) and env.dp.ring_positions(1) == (3, 3)
     assert get_base(env, 1) == 0x00030003
+
+
+def test_qemus_migration_start_logs_used_descriptors_on_the_descriptor_rings_page(env):
+    """QEMU's migration start on a running packed ring: SET_VRING_ADDR with VHOST_VRING_F_LOG and
+    log_guest_addr = vq->used_phys, which for a packed ring is the device event area. A TX chain the
+    device completes writes its used descriptor into the descriptor ring: that page is marked in the
+    log, not the page log_guest_addr + 16 * slot + 8 falls on (the packed 10.0 migration flake: an
+    unmarked descriptor page reached the destination without the used flags, the guest's RX hung)."""
+    env.handle(Req.SET_PROTOCOL_FEATURES, P.encode_u64(bit(PF.LOG_SHMFD)))
+    env.handle(Req.SET_FEATURES, P.encode_u64(PACKED))
+    env.table()
+    env.handle(Req.SET_VRING_BASE, P.encode_vring_state(P.VringState(1, 0x80008000)))   # lap 1, index 0
+    env.ring(1)                                      # desc at GPA + 0x10000, device area at GPA + 0x1A000
+    desc_gpa, device_gpa = GPA + 0x10000, GPA + 0x1A000
+    fd = log_memfd(LOG_SIZE)
+    try:
+        env.handle(Req.SET_LOG_BASE, P.encode_log(P.LogArea(LOG_SIZE, 0)), (fd,))
+        log_reply(env)
+        env.handle(Req.SET_FEATURES, P.encode_u64(PACKED | bit(F.VHOST_F_LOG_ALL)))
+        env.handle(Req.SET_VRING_ADDR, P.encode_vring_addr(P.VringAddr(
+            1, 1, UVA + 0x10000, UVA + 0x1A000, UVA + 0x18000, device_gpa)))
+        assert env.dp.running(1)
+        frame = bytes(12) + b"\xff" * 6 + bytes(range(6)) + b"\x08\x00" + bytes(46)
+        os.pwrite(env.memfd, frame, 0x30000)
+        os.pwrite(env.memfd, struct.pack("<QIHH", GPA + 0x30000, len(frame), 7, 1 << 7), 0x10000)  # AVAIL, lap 1
+        env.dp.poll()
+        assert env.peer.recv(2048) in (frame, frame[12:])                                   # sent to the host
+        assert struct.unpack("<HH", os.pread(env.memfd, 4, 0x10000 + 12)) == (7, 0x8080)   # used in lap 1
+        log = os.pread(fd, LOG_SIZE, 0)
+        marked = {i * 8 + b for i, byte in enumerate(log) if byte for b in range(8) if byte >> b & 1}
+        assert desc_gpa // 4096 in marked
+        assert marked <= {desc_gpa // 4096, device_gpa // 4096}     # TX writes no other guest memory
+        assert env.dp.log_stats()["log_overflow"] == 0
+    finally:
+        os.close(fd)

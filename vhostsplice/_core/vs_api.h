@@ -111,8 +111,9 @@ struct vs_ring {
     uint8_t signalled_valid, running;
     int broken; /* 0 or VS_BROKEN_* */
     struct vs_ring_stats st;
-    /* Dirty logging of this ring's used ring (SET_VRING_ADDR flag VHOST_VRING_F_LOG): every used-ring
-     * store at offset off is logged at log_addr + off (log_addr is the front-end's, any value). */
+    /* Dirty logging of this ring's used ring (SET_VRING_ADDR flag VHOST_VRING_F_LOG): split, every used-ring
+     * store at offset off is logged at log_addr + off (log_addr is the front-end's, any value); packed, the
+     * descriptor ring's stores at its own GPA (log_addr unused: QEMU names the device area there). */
     uint64_t log_addr;
     uint32_t log_used;
     /* Chosen once by vs_ring_start from VS_RF_PACKED: the layout every ring function dispatches to. */

@@ -16,9 +16,11 @@
  *
  * Descriptors are copied out of guest memory and checked on the copy; the ring was translated once
  * for 16 * num bytes (vs_ring_start/vs_ring_remap), so an index below num is in bounds.  Every store
- * into the descriptor ring is logged at its offset (log_addr + offset, like the split used ring); the
- * device area's stores at its guest-physical address.  This file implements the ring layout interface
- * of vs_api.h (vs_packed_layout) and knows nothing of the net device.
+ * into the descriptor ring is logged at the ring's own guest-physical address + offset, and the device
+ * area's stores at its guest-physical address: never at log_addr, which for a packed ring names no
+ * ring the device writes (QEMU passes vq->used_phys, the device area, as log_guest_addr).  This file
+ * implements the ring layout interface of vs_api.h (vs_packed_layout) and knows nothing of the net
+ * device.
  */
 #include <endian.h>
 #include <errno.h>
@@ -286,14 +288,15 @@ static uint16_t pk_used_flags(const struct vs_ring *r, uint16_t pos)
     return f | ((r->chain[pk_idx(pos)] & VS_PK_WROTE) ? PK_F_WRITE : 0); /* SAFETY: index < num <= chain_cap */
 }
 
-/* Store (flags) or log every entry of the batch [old, used_idx) after the first; the walk follows the
- * chain lengths and never takes more than num steps. */
-static void pk_batch_rest(const struct vs_mem *m, struct vs_ring *r, uint16_t old, int store)
+/* Store (flags) or, with desc_gpa the descriptor ring's guest-physical address, log every entry of the
+ * batch [old, used_idx) after the first; the walk follows the chain lengths and never takes more than num
+ * steps. */
+static void pk_batch_rest(const struct vs_mem *m, struct vs_ring *r, uint16_t old, int store, uint64_t desc_gpa)
 {
     uint16_t pos = old;
     for (uint32_t k = 0; k < r->num; k++) {
-        if (!store && vs_logging(m->log))
-            vs_log_ring(m->log, r, 16 * (uint64_t)pk_idx(pos) + PK_DESC_LOG_OFF, 8);
+        if (!store)
+            vs_log_write(m->log, desc_gpa + 16 * (uint64_t)pk_idx(pos) + PK_DESC_LOG_OFF, 8);
         pos = pk_advance(r, pos, pk_chain_len(r, pk_idx(pos)));
         if (pos == r->used_idx)
             return;
@@ -332,6 +335,22 @@ static int pk_need_call(struct vs_ring *r)
     return pk_event_crossed(r, ev, old, new);
 }
 
+/* Log the batch's used descriptors (VHOST_VRING_F_LOG) at the descriptor ring's guest-physical address:
+ * the ring lies in one region (vs_ring_map translated it whole), so it translates; if the region table
+ * changed under a stopped ring it does not, and the miss is counted as an overflow. */
+static void pk_log_batch(const struct vs_mem *m, struct vs_ring *r, uint16_t old_used)
+{
+    uint64_t gpa;
+    if (!vs_logging(m->log) || !r->log_used)
+        return;
+    if (vs_uva_to_gpa(m, r->desc_uva, 16 * (uint64_t)r->num, &gpa) != 0) {
+        if (m->log->base != NULL)
+            m->log->overflow++;
+        return;
+    }
+    pk_batch_rest(m, r, old_used, 0, gpa);
+}
+
 /* Make the batch visible: every entry's flags, the first's last (release), so the driver, which reads
  * in order, sees none before all.  IN_ORDER and no device-writable buffer: one used descriptor for the
  * batch, with the id of its last buffer. */
@@ -344,11 +363,10 @@ static void pk_used_publish(const struct vs_mem *m, struct vs_ring *r, uint16_t 
         __atomic_store_n(&first->id, htole16(r->used_last_id), __ATOMIC_RELAXED);
         __atomic_store_n(&first->len, 0, __ATOMIC_RELAXED);
     } else {
-        pk_batch_rest(m, r, old_used, 1);
+        pk_batch_rest(m, r, old_used, 1, 0);
     }
     __atomic_store_n(&first->flags, htole16(pk_used_flags(r, old_used)), __ATOMIC_RELEASE);
-    if (vs_logging(m->log))
-        pk_batch_rest(m, r, old_used, 0);
+    pk_log_batch(m, r, old_used);
     r->batch_writable = 0;
     vs_ring_call(r, pk_need_call(r));
 }
