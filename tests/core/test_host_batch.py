@@ -16,6 +16,7 @@ import pytest
 
 from vhostsplice.device.datapath import RX_STARVED, TX_BLOCKED, Datapath
 from vhostsplice.errors import GuestFaultError, HostFdError
+from vhostsplice.spec import NET_HDR_LEN
 
 IO_URING_SETUP = 425                 # the generic syscall table's number (x86_64, arm64)
 LAYOUTS = [dict(), dict(event_idx=True), dict(packed=True), dict(packed=True, in_order=True),
@@ -337,23 +338,27 @@ def _present(addr: int) -> bool:
         return bool(int.from_bytes(f.read(8), "little") >> 63)
 
 
+@pytest.mark.parametrize("rx_max", [4 * 4096, NET_HDR_LEN + 1514], ids=["rx_max-chain", "rx_max-1526"])
 @pytest.mark.parametrize("mrg", [False, True], ids=["single", "mrg"])
-def test_a_chain_that_waits_for_a_frame_gets_its_pages_mapped(make_rig, mrg):
+def test_a_chain_that_waits_for_a_frame_gets_its_pages_mapped(make_rig, mrg, rx_max):
     """A readv that found no frame (the trickle's, or the per-frame path's) reads one byte of each page of
     the chain left waiting, so the next frame's copy into it takes no page fault (guest memory is mapped
-    lazily: a page the worker never touched faults on the first store)."""
+    lazily: a page the worker never touched faults on the first store); only as far as a frame can fill
+    (rx_max): a chain the guest made larger costs no more."""
     area = mmap.mmap(-1, 4 << 20)                 # anonymous and never touched: no page is mapped yet
     ref = ctypes.c_char.from_buffer(area)
     base = ctypes.addressof(ref)
     del ref
-    rig = make_rig(buf=area, mrg=mrg)
+    rig = make_rig(buf=area, mrg=mrg, rx_max=rx_max)
     head, = rig.rx.add_in(1, 4 * 4096)
     (gpa, size), = rig.rx._chains[head].bufs
     start = base + gpa - rig.mem.gpa_base
     inside = range((start + 4095) // 4096 * 4096, (start + size) // 4096 * 4096, 4096)
     assert len(inside) >= 3 and not any(_present(a) for a in inside)
     assert rig.poll_idle() == 0                   # no frame: EAGAIN
-    assert all(_present(a) for a in inside)
+    reach = start + min(size, rx_max)
+    assert [_present(a) for a in inside] == [a < reach for a in inside]
+    assert _present(inside[-1]) == (rx_max >= size)         # 1526: the chain's last pages stay untouched
     rig.inject(hdr() + frame(100))
     rig.poll_idle()
     assert [n for _h, n in rig.rx.used()] == [112]

@@ -65,19 +65,24 @@ static ssize_t host_read(struct vs_pair *p, struct iovec *iov, uint32_t niov, st
 }
 
 /* The host fd had no frame (EAGAIN): the chain waits for the next one.  Read one byte of each page of
- * its buffers now.  The worker maps guest memory lazily, so the first store to each page faults, and
- * that fault would otherwise land inside the next frame's readv (~15 us a page with a 4 KiB-page guest:
- * benchmarks/RESULTS.md, "The trickle rule"); a read maps a page of the shared mapping writable.  A page
- * already mapped costs one load. */
-static int rx_touch(const struct iovec *iov, uint32_t niov, int err)
+ * its buffers now, up to rx_max bytes (the most a frame can fill: a chain the guest made larger, up to
+ * 1022 descriptors of 4 GiB each, costs no more).  The worker maps guest memory lazily, so the first store
+ * to each page faults, and that fault would otherwise land inside the next frame's readv (~15 us a page
+ * with a 4 KiB-page guest: benchmarks/RESULTS.md, "The trickle rule"); a read maps a page of a shared
+ * memfd or hugetlbfs mapping writable (of a file on a regular file system read-only: its first store
+ * still faults).  A page already mapped costs one load. */
+static int rx_touch(const struct vs_pair *p, const struct iovec *iov, uint32_t niov, int err)
 {
     if (err != EAGAIN && err != EWOULDBLOCK)
         return err;
-    for (uint32_t i = 0; i < niov; i++) {
+    uint64_t left = p->rx_max > p->hdr_len ? p->rx_max : p->hdr_len;
+    for (uint32_t i = 0; i < niov && left > 0; i++) {
         const volatile uint8_t *b = iov[i].iov_base;
+        uint64_t len = iov[i].iov_len < left ? iov[i].iov_len : left;
+        left -= len;
         /* SAFETY: the chain's own iovecs (vs_gpa_to_iov: each inside one region), read only, each load
          * at an offset below iov_len. */
-        for (uint64_t off = 0; off < iov[i].iov_len; off += 4096 - (((uintptr_t)b + off) & 4095))
+        for (uint64_t off = 0; off < len; off += 4096 - (((uintptr_t)b + off) & 4095))
             (void)b[off];
     }
     return err;
@@ -147,7 +152,7 @@ int vs_rx_single(struct vs_pair *p, struct vs_ring *r, struct iovec *iov, uint64
     if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > w.len)
         vs_avail_rewind(r, w.at); /* the chain stays for the next packet */
     if (got <= 0)
-        return vs_rx_error(p, r, got, got < 0 ? rx_touch(iov, w.niov, errno) : 0);
+        return vs_rx_error(p, r, got, got < 0 ? rx_touch(p, iov, w.niov, errno) : 0);
     if (vs_logging(p->mem.log) && ((size_t)got < p->hdr_len || (uint64_t)got > w.len))
         vs_rx_log_dropped(p, iov, gpa, w.niov, (uint64_t)got, w.len);
     if ((size_t)got < p->hdr_len) {
@@ -255,7 +260,7 @@ int vs_rx_merge(struct vs_pair *p, struct vs_ring *r, struct vs_rx_merge *m)
     if (got <= 0 || (size_t)got < p->hdr_len || (uint64_t)got > m->total)
         vs_avail_rewind(r, m->start);
     if (got <= 0)
-        return vs_rx_error(p, r, got, got < 0 ? rx_touch(m->iov, m->niov, errno) : 0);
+        return vs_rx_error(p, r, got, got < 0 ? rx_touch(p, m->iov, m->niov, errno) : 0);
     if (vs_logging(p->mem.log) && ((size_t)got < p->hdr_len || (uint64_t)got > m->total))
         vs_rx_log_dropped(p, m->iov, m->gpa, m->niov, (uint64_t)got, m->total);
     if ((size_t)got < p->hdr_len) {
