@@ -37,9 +37,9 @@ def imports_per_interpreter(stderr: str) -> list[set[str]]:
 
 @pytest.fixture
 def console_script(tmp_path: Path) -> Path:
-    """A launcher like the one pip writes for the console script (its name becomes the process's)."""
+    """A launcher like the one pip writes for the console script (its name becomes the process's; no -P)."""
     script = tmp_path / "vhostsplice"
-    script.write_text(f"#!{sys.executable} -P\nimport sys\nfrom vhostsplice.cli import main\nsys.exit(main())\n")
+    script.write_text(f"#!{sys.executable}\nimport sys\nfrom vhostsplice.cli import main\nsys.exit(main())\n")
     script.chmod(0o755)
     return script
 
@@ -92,10 +92,14 @@ def test_the_worker_serves_from_an_interpreter_without_click_site_or_pyroute2(tm
 def test_a_set_up_failure_in_the_worker_is_its_exit_code_and_line(tmp_path, console_script, how, expect):
     """A failure in the worker's interpreter ends the process as `run` always did: the errno and one line."""
     target = 99 if how == "closed fd" else os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    cwd = tmp_path / "cwd"          # modules planted where the command runs are never imported
+    cwd.mkdir()
+    for name in ("json", "os", "vhostsplice"):
+        (cwd / f"{name}.py").write_text("raise SystemExit(99)\n")
     try:
         r = subprocess.run([str(console_script), "run", "--socket-path", str(tmp_path / "w.sock"), "--host-fd",
                             str(target)], pass_fds=[] if target == 99 else [target], capture_output=True, text=True,
-                           timeout=60, env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"))
+                           timeout=60, env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"), cwd=cwd)
     finally:
         if target != 99:
             os.close(target)

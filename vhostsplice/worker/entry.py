@@ -61,12 +61,18 @@ def exec_lone(recipe, held_from: set[int]) -> None:
     data = json.dumps(facts).encode()
     if len(data) > PIPE_TAKES:
         return
-    rfd, wfd = os.pipe()
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)    # past pipe-user-pages-soft a pipe holds 1-2 pages
     try:
-        os.write(wfd, data)
+        wrote = os.write(wfd, data)
+    except OSError:
+        wrote = -1
     finally:
         os.close(wfd)
+    if wrote != len(data):
+        os.close(rfd)
+        return
     try:
+        os.set_blocking(rfd, True)
         os.set_inheritable(rfd, True)
         argv = [executable, *subprocess._args_from_interpreter_flags(), "-S", "-c", BOOT % {"fd": rfd}, *sys.argv]
         for stream in (sys.stdout, sys.stderr):
@@ -80,9 +86,11 @@ def exec_lone(recipe, held_from: set[int]) -> None:
 
 
 PIPE_TAKES = 60000      # the facts go into the pipe whole before the exec (a pipe holds 64 KiB)
-# The second interpreter's code (-S: no site; the first one's sys.path is in place before any import of ours)
-BOOT = ("import json,os,sys;d=json.loads(os.read(%(fd)d,1<<16));os.close(%(fd)d);sys.path[:]=d['path'];"
-        "from vhostsplice.worker.entry import lone;sys.exit(lone(d))")
+# The second interpreter's code (-S: no site; the first one's sys.path is in place before any import of ours).
+# `-c` puts the current directory first on sys.path: it goes before the first import (a json.py or os.py
+# there would otherwise run, before --user and the sandbox); sys is built in. (-P would do it: Python 3.11+.)
+BOOT = ("import sys;sys.path[:]=[p for p in sys.path if p];import json,os;d=json.loads(os.read(%(fd)d,1<<16));"
+        "os.close(%(fd)d);sys.path[:]=d['path'];from vhostsplice.worker.entry import lone;sys.exit(lone(d))")
 
 
 NEEDED = ("vhostsplice", "_cffi_backend", "pyroute2")     # the worker's imports from outside the standard library
