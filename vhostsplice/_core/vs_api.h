@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 /* ---- cdef begin ---- */
-#define VS_API_VERSION 11
+#define VS_API_VERSION 12
 /* Memory slots (vhost-user CONFIGURE_MEM_SLOTS): the size of the region table, which GET_MAX_MEM_SLOTS
  * advertises: 509, libvhost-user's VHOST_USER_MAX_RAM_SLOTS (KVM's old x86 limit, 512 less 3 it used
  * itself); QEMU uses at most its own limit (x86: 256 ACPI DIMM slots).  Python hands a table of more
@@ -201,9 +201,34 @@ struct vs_pair {
     struct vs_uring uring;       /* uring.on: the host fd's reads and writes go in batches through it */
 };
 
+/* The worker loop's wait (vs_pair_wait; docs/architecture.md "The wake-up in C"): one epoll_wait on the
+ * loop's epoll.  A wake-up whose every event is traffic (a kick of a ring epoll watches, the host fd
+ * readable and nothing else) C takes itself: it drains the kicks and runs vs_pair_rounds, so no Python runs
+ * between the wake-up and the first packet syscall.  Any other event (a message, a signal, a new
+ * connection, a host fd error or room to write) hands the whole wake-up to Python untouched. */
+#define VS_WAIT_EVENTS 16 /* most events one wait takes (the loop watches fewer fds) */
+struct vs_wait_event {
+    int32_t fd;
+    uint32_t events;
+};
+struct vs_wait {
+    int epfd;               /* the loop's epoll (Python's) */
+    int kick_fd[2];         /* ring i's kick eventfd while epoll watches it, else -1 (Python keeps it so) */
+    int host_fd;            /* the host fd: EPOLLIN alone is traffic; -1: never */
+    uint32_t took;          /* out: 1: C took the wake-up (kicks drained, the rounds run) */
+    uint32_t kicked;        /* out: bit i: ring i's kick was drained */
+    uint32_t rounds;        /* out: polls run (vs_pair_rounds): 0, 1, or 2 with the re-check */
+    int32_t round, recheck; /* out: the first poll's bits, the re-check's */
+    uint32_t polls;         /* out: epoll_waits made (a spin's count) */
+    uint32_t n;             /* out: events in ev for Python (C did not take them) */
+    struct vs_wait_event ev[VS_WAIT_EVENTS];
+};
+
 /* vs_pair.c */
 int vs_api_version(void);
 int vs_pair_poll(struct vs_pair *p);
+int vs_pair_rounds(struct vs_pair *p, struct vs_wait *w);
+int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t spin_us);
 int vs_drain_eventfd(int fd);
 /* vs_layout.c: the ring layout (also declared for the C sources below) */
 int vs_ring_num_ok(uint32_t num, uint32_t flags);

@@ -1,11 +1,15 @@
-/* vs_pair.c - the exported entry points: one poll of an RX/TX queue pair, and the helpers Python calls.
+/* vs_pair.c - the exported entry points: one poll of an RX/TX queue pair, the worker loop's wait, and the
+ * helpers Python calls.
  *
  * vs_pair_poll checks the pair's configuration (Python's, but checked once per poll so that a wrong
  * field can never reach an index), then runs one TX and one RX batch (vs_net_tx.c, vs_net_rx_batch.c) on the rings
- * that run.
+ * that run.  vs_pair_rounds is the loop's poll: one, and the re-check after one that published.
+ * vs_pair_wait is the loop's epoll_wait, taking a wake-up of traffic alone in C.
  */
 #include <errno.h>
 #include <limits.h>
+#include <sys/epoll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vs_api.h"
@@ -69,4 +73,91 @@ int vs_drain_eventfd(int fd)
     if (n != sizeof v)
         return -EIO;
     return v > INT_MAX ? INT_MAX : (int)v;
+}
+
+/* The loop's poll: one vs_pair_poll and, when it published, one more right away (the re-check).  The batch
+ * published used entries and may have signalled the guest, which takes a while: frames that reached the
+ * host fd and chains the driver added meanwhile are taken now instead of after another trip through epoll
+ * (the window Linux vhost_net closed in November 2025), and a trickle's frame, published on its own, has
+ * the guest's answer taken here.  One re-check only: a flood still goes back to epoll, so messages and
+ * signals keep their turn.  0, or the -errno of a poll (w->rounds says how many ran). */
+int vs_pair_rounds(struct vs_pair *p, struct vs_wait *w)
+{
+    w->rounds = 1;
+    w->round = vs_pair_poll(p);
+    if (w->round < 0)
+        return w->round;
+    if (!(w->round & VS_PUBLISHED))
+        return 0;
+    w->rounds = 2;
+    w->recheck = vs_pair_poll(p);
+    return w->recheck < 0 ? w->recheck : 0;
+}
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* the vDSO: no syscall, nothing for the sandbox to allow */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* epoll_wait once with timeout_ms, or (spin_us > 0) without sleeping until an event or spin_us passed
+ * (--busy-poll's window; at least one look).  The count of events, or -errno (-EINTR: a signal came). */
+static int wait_events(struct vs_wait *w, struct epoll_event *ev, int timeout_ms, uint32_t spin_us)
+{
+    uint64_t deadline = spin_us ? mono_ns() + (uint64_t)spin_us * 1000u : 0;
+    int n;
+    do {
+        w->polls++;
+        n = epoll_wait(w->epfd, ev, VS_WAIT_EVENTS, spin_us ? 0 : timeout_ms);
+    } while (n == 0 && spin_us && mono_ns() < deadline);
+    return n < 0 ? -errno : n;
+}
+
+/* Bits of the rings whose kick fd this is (both, if a front-end gave one eventfd to both). */
+static uint32_t kick_bits(const struct vs_wait *w, int fd)
+{
+    return (fd == w->kick_fd[0] ? 1u : 0u) | (fd == w->kick_fd[1] ? 2u : 0u);
+}
+
+/* Is every event traffic C handles alone: a watched kick, or the host fd readable and nothing else? */
+static int only_traffic(const struct vs_wait *w, const struct epoll_event *ev, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int fd = ev[i].data.fd;
+        if (fd < 0 || !(kick_bits(w, fd) || (fd == w->host_fd && ev[i].events == EPOLLIN)))
+            return 0;
+    }
+    return 1;
+}
+
+/* The worker loop's wait (struct vs_wait).  Returns 0 (w says what happened: nothing, events for Python,
+ * or a wake-up C took), or -errno: a failed poll when w->took (Python raises the datapath's error), else
+ * epoll's (-EINTR: a signal's handler is due; its byte is on the loop's signal fd). */
+int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t spin_us)
+{
+    struct epoll_event ev[VS_WAIT_EVENTS];
+    w->took = w->kicked = w->rounds = w->polls = w->n = 0;
+    int n = wait_events(w, ev, timeout_ms, spin_us);
+    if (n <= 0)
+        return n;
+    if (!only_traffic(w, ev, n)) {
+        for (int i = 0; i < n; i++) {
+            w->ev[i].fd = ev[i].data.fd;
+            w->ev[i].events = ev[i].events;
+        }
+        w->n = (uint32_t)n;
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        uint32_t bits = kick_bits(w, ev[i].data.fd);
+        if (!bits)
+            continue;
+        int rc = vs_drain_eventfd(ev[i].data.fd); /* before the rounds: a kick after them wakes the next wait */
+        if (rc < 0)
+            return rc;
+        w->kicked |= bits;
+    }
+    w->took = 1;
+    return vs_pair_rounds(p, w);
 }

@@ -20,7 +20,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:       # not imported at run time: typing is 0.5 MiB of a lone worker's memory (issue 18)
     from typing import Any
 
-_API_VERSION = 11  # must match VS_API_VERSION in _core/vs_api.h
+_API_VERSION = 12  # must match VS_API_VERSION in _core/vs_api.h
 
 try:
     from .._vs_core import ffi, lib
@@ -149,6 +149,8 @@ class Datapath:
         p.uring.fd = -1
         self._uring: tuple | None = None    # the io_uring's fd, its two mappings and their cdata
         self.uring_why = "not asked for"    # why the host fd is read and written one frame per syscall
+        self._wait = ffi.new("struct vs_wait *")     # the loop's wait (watch, watch_kick, wait, rounds)
+        self._wait.epfd = self._wait.host_fd = self._wait.kick_fd[0] = self._wait.kick_fd[1] = -1
 
     # -- configuration ------------------------------------------------------------------------------
     def configure(self, *, mrg_rxbuf: bool, event_idx: bool, indirect: bool, rx_max: int,
@@ -410,6 +412,36 @@ class Datapath:
         if rc >= 0:
             return rc
         raise self._error(-rc)
+
+    def rounds(self) -> Any:
+        """The loop's poll (vs_pair_rounds: one, and the re-check after one that published): the struct
+        vs_wait whose rounds, round and recheck say what ran and what each found."""
+        rc = lib.vs_pair_rounds(self._pair, self._wait)
+        if rc < 0:
+            raise self._error(-rc)
+        return self._wait
+
+    def watch(self, epfd: int) -> None:
+        """wait() waits on the loop's epoll EPFD, and takes the host fd's EPOLLIN as traffic."""
+        self._wait.epfd, self._wait.host_fd = epfd, self._pair.host_fd
+
+    def watch_kick(self, index: int, fd: int) -> None:
+        """wait() takes ring INDEX's kicks on FD (-1: none): the loop's epoll watches FD for it, now."""
+        self._wait.kick_fd[index] = fd
+
+    def wait(self, timeout_ms: int, spin_us: int = 0) -> Any:
+        """The loop's epoll_wait (vs_pair_wait): None when a signal interrupted it, else the struct vs_wait:
+        `took` (a wake-up of traffic alone, taken in C: the kicks in `kicked` drained, the rounds run) or
+        `n` events for the loop to handle (`ev`), or neither (the timeout, or a spin's window, ran out)."""
+        w = self._wait
+        rc = lib.vs_pair_wait(self._pair, w, timeout_ms, spin_us)
+        if rc == 0:
+            return w
+        if w.took:
+            raise self._error(-rc)
+        if rc == -_errno.EINTR:
+            return None
+        raise OSError(-rc, f"epoll_wait: {os.strerror(-rc)}")
 
     def _error(self, code: int) -> Exception:
         if code == _errno.EBADMSG:

@@ -1,15 +1,19 @@
 """The blocking loop of one queue pair: epoll on the control socket, kicks, the host fd and signals.
 
-This is the only Python that runs per wake-up; the packets themselves move in the C core
-(`Datapath.poll_round`), a batch per call. The loop never spins: with nothing pending it blocks in epoll
-(--busy-poll USEC: after a batch that completed chains it polls epoll without sleeping for up to USEC).
-Each wake-up's Python is on a ping's path (benchmarks/RESULTS.md): a round does only what changed.
+The wait itself is the C core's (`Datapath.wait`, vs_pair_wait): a wake-up of traffic alone (kicks, the
+host fd readable) is taken there, kicks drained and the batches run (`Datapath.rounds`), before any Python
+runs; this loop then only counts it and re-syncs what epoll watches. Every other wake-up (a message, a
+signal, a connection, a host fd error) comes here as events, each to its handler (EVENT_HANDLERS). The
+loop never spins: with nothing pending it blocks in epoll (--busy-poll USEC: after a batch that completed
+chains the wait polls epoll without sleeping for up to USEC). What runs between a wake-up and the first
+packet syscall is on a ping's path (benchmarks/RESULTS.md): there, none of it is Python.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import logging
+import math
 import os
 import select
 import signal
@@ -65,6 +69,7 @@ class Worker:
         if config.host_io == "auto":        # before confinement: the ring is set up and restricted now
             self.datapath.enable_uring()
         self.ep = select.epoll()
+        self.datapath.watch(self.ep.fileno())   # the wait (vs_pair_wait) is on this epoll, in C
         self.watched: dict[int, tuple[Role, int]] = {}    # fd -> (role, events)
         self.channel = None
         self.backend: Backend | None = None
@@ -90,6 +95,8 @@ class Worker:
         old = self.watched.get(fd)
         if old == (role, events):
             return
+        if role[0] == "kick":       # the C wait takes a ring's kicks itself exactly while epoll watches them
+            self.datapath.watch_kick(role[1], fd if events else -1)
         if events == 0:
             self.watched.pop(fd, None)
             with contextlib.suppress(OSError):
@@ -192,21 +199,28 @@ class Worker:
         self.synced = None
 
     def _loop(self) -> None:
-        pending, ready = False, []
+        pending = False
         while True:
-            timeout = 0 if pending or ready else self._timeout()
-            events = ready or self.ep.poll(timeout)     # what a busy window found is taken as it is
+            spin = 0 if pending else self._window_us()
+            timeout = 0 if pending or spin else self._timeout_ms()
+            w = self.datapath.wait(timeout, spin)
+            if w is None or (spin and not self._window_found(w)):
+                continue        # a signal (its byte is on the signal fd), or a busy window ran out: wait
             self.wakeups += 1
             if self.out.next_due is not None:
                 self.out.tick(self)
-            if not events and timeout > 0:
+            if w.took:          # traffic alone, taken in C: its kicks counted here, its rounds' flags read
+                pending = self._took(w)
+            elif w.n:
+                if self._dispatch([(w.ev[i].fd, w.ev[i].events) for i in range(w.n)]):
+                    return
+                pending = self._poll_datapath()
+            elif timeout > 0:
                 pending = self._safety_poll()
                 continue
-            if self._dispatch(events):
-                return
-            pending = self._poll_datapath()
-            self._sync()        # before a busy window: it polls epoll, which must watch what is due
-            ready = self._busy_poll() if not pending and self.busy_due else []
+            else:
+                pending = self._poll_datapath()
+            self._sync()        # before the next wait: epoll must watch what is due
 
     def _dispatch(self, events: list[tuple[int, int]]) -> bool:
         """Each event to its fd's handler (EVENT_HANDLERS), by the role the fd had when epoll reported it
@@ -219,14 +233,14 @@ class Worker:
                 return True
         return False
 
-    def _timeout(self) -> float:
-        """epoll's timeout with nothing pending: the safety poll's while rings run; else forever, but
-        never past the next --stats-interval rewrite."""
+    def _timeout_ms(self) -> int:
+        """epoll's timeout with nothing pending: the safety poll's while rings run; else forever (-1), but
+        never past the next --stats-interval rewrite (rounded up, as Python's epoll rounds)."""
         timeout = SAFETY_POLL_S if self.running and self.safety_armed else -1
         if self.out.next_due is not None:
             due = self.out.due_in()
             timeout = due if timeout < 0 else min(timeout, due)
-        return timeout
+        return -1 if timeout < 0 else math.ceil(timeout * 1000)
 
     def _safety_poll(self) -> bool:
         before = self._positions()
@@ -246,43 +260,46 @@ class Worker:
     def _poll_datapath(self) -> bool:
         if not self.running:
             return False
-        flags = self.datapath.poll_round()
-        if flags & dp.PUBLISHED:
+        return self._rounds_done(self.datapath.rounds())
+
+    def _rounds_done(self, w) -> bool:
+        """What the loop keeps of a poll and its re-check (vs_pair_rounds, which runs the re-check after a
+        batch that published: why, in vs_pair.c): the counters, the states epoll follows, MORE."""
+        flags = w.round
+        if w.rounds == 2:
             self.busy_due = self.config.busy_poll_us > 0
-            # The batch published used entries and may have signalled the guest, which takes a while:
-            # frames that reached the host fd and buffers or chains the driver added meanwhile are taken
-            # now, in one more pass, instead of after another epoll round (the window Linux vhost_net
-            # closed in November 2025: check for work once more after signalling). Also after a batch
-            # that asked for more (MORE): a trickle's frame is published on its own (the trickle rule,
-            # docs/architecture.md), and the guest's answer to it is taken here, not after a trip through
-            # epoll. One pass: a flood still returns to epoll, so control messages and signals keep
-            # their turn.
             self.rechecks["after_signal"] += 1
-            flags = self.datapath.poll_round()
+            flags = w.recheck
             self.rechecks["found_work"] += bool(flags & dp.PUBLISHED)
         self.rx_starved = bool(flags & dp.RX_STARVED)
         self.tx_blocked = bool(flags & dp.TX_BLOCKED)
         return bool(flags & dp.MORE)
 
-    def _busy_poll(self) -> list[tuple[int, int]]:
-        """--busy-poll: after a batch that published, poll epoll (the kick eventfds, the host fd as _sync
-        left it, the control socket, signals) without sleeping until something is ready or the time is up;
-        not while the host fd is full (that waits for EPOLLOUT). Every source of work is an fd then: the TX
-        ring asks for kicks once drained, a starved RX ring too, and RX with buffers has the host fd watched.
-        Returns what was ready, which the loop takes as this round's events; the window is spent either way
-        (the next batch that publishes opens another), so a signal or a message never prolongs it."""
-        self.busy_due = False
-        if not self.running or self.tx_blocked:
-            return []
-        poll, now = self.ep.poll, time.monotonic_ns
-        deadline = now() + self.config.busy_poll_us * 1000
-        polls, ready = 0, []
-        while not ready and now() < deadline:
-            polls += 1
-            ready = poll(0)
-        self.busy["polls"] += polls
-        self.busy["found_work" if ready else "timed_out"] += 1
-        return ready
+    def _took(self, w) -> bool:
+        """A wake-up the C wait took (kicks and host frames only): its kicks counted as _on_kick counts
+        them, its rounds as _poll_datapath's."""
+        self.safety_armed = True
+        for index in (0, 1):
+            if w.kicked >> index & 1:
+                self.backend.rings[index].kicks += 1
+        return self._rounds_done(w)
+
+    def _window_us(self) -> int:
+        """--busy-poll: after a batch that published, the next wait polls epoll (the kick eventfds, the host
+        fd as _sync left it, the control socket, signals) without sleeping until something is ready or
+        the time is up; not while the host fd is full (that waits for EPOLLOUT). Every source of work is
+        an fd then: the TX ring asks for kicks once drained, a starved RX ring too, and RX with buffers
+        has the host fd watched. The window is spent either way (the next batch that publishes opens
+        another), so a signal or a message never prolongs it."""
+        due, self.busy_due = self.busy_due, False
+        return self.config.busy_poll_us if due and self.running and not self.tx_blocked else 0
+
+    def _window_found(self, w) -> bool:
+        """Count a busy window's polls and how it ended: True if it found work (taken like any wake-up)."""
+        found = bool(w.took or w.n)
+        self.busy["polls"] += w.polls
+        self.busy["found_work" if found else "timed_out"] += 1
+        return found
 
     # -- the handlers of EVENT_HANDLERS: (fd, its role's argument, the events) -> end the loop? ----------
     def _on_signal(self, sigfd: int, _arg: int, _ev: int) -> bool:
