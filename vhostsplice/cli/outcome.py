@@ -1,7 +1,8 @@
 """What every command's process shares, however it was entered (`main`, or a worker serve's template forked:
 run.py's serve_worker): its log on stderr, set up once per process, and its outcome made an exit code, in
 this one place (errors.EXIT_TABLE; click's usage errors are EINVAL like every other configuration error).
-The log's handler and a failure's line are worker/entry.py's, which a lone run's worker uses without click.
+The log's handler and every outcome but click's own exceptions are worker/entry.py's (`outcome`), which a
+lone run's worker uses without click.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from typing import Callable
 
 import click
 
-from ..errors import VhostspliceError
-from ..worker.entry import failure_line, log_to_stderr as stderr_log
+from ..worker.entry import log_to_stderr as stderr_log, outcome
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,10 @@ def log_to_stderr(verbose: int) -> None:
 
 
 def exit_code(call: Callable[[], object]) -> int:
-    """Run `call` (a command line, or a serve worker's recipe) and make its outcome the exit code."""
+    """Run `call` (a command line, or a serve worker's recipe) and make its outcome the exit code: click's own
+    exceptions here, every other outcome as a lone run's worker makes it (worker/entry.py's outcome)."""
     try:
-        rv = call()
+        return outcome(call, _echo)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.Abort:
@@ -38,7 +39,7 @@ def exit_code(call: Callable[[], object]) -> int:
     except click.ClickException as exc:
         exc.show()
         return errno.EINVAL
-    except VhostspliceError as exc:
-        click.echo(failure_line(exc), err=True)
-        return exc.errno
-    return rv if isinstance(rv, int) else 0
+
+
+def _echo(line: str) -> None:
+    click.echo(line, err=True)

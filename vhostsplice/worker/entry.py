@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable   # logging loads it (typing: never in the worker's interpreter)
 
 from ..errors import VhostspliceError, errno_name
 
@@ -43,6 +44,27 @@ def log_to_stderr(level: int) -> None:
 def failure_line(exc: VhostspliceError) -> str:
     """What a command prints on stderr when it ends on EXC (its exit code is exc.errno)."""
     return f"vhostsplice: {exc} [exit {exc.errno} {errno_name(exc.errno)}]"
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def outcome(call: Callable[[], object], say: Callable[[str], None] = _say) -> int:
+    """Run CALL (a command, a worker) and make its outcome the exit code: the one mapping a lone run's worker
+    (lone) and every command (cli/outcome.py's exit_code, which adds click's own exceptions around it) share.
+    A VhostspliceError: its failure line, its errno; EOFError or KeyboardInterrupt: an empty line (what click
+    prints before its Abort), EINTR; a return that is not an int: 0. Anything else goes on up. SAY prints a
+    line on stderr (default: print, flushed; exit_code's is click.echo)."""
+    try:
+        rv = call()
+    except VhostspliceError as exc:
+        say(failure_line(exc))
+        return exc.errno
+    except (EOFError, KeyboardInterrupt):
+        say("")
+        return errno.EINTR
+    return rv if isinstance(rv, int) else 0
 
 
 def exec_lone(recipe, held_from: set[int]) -> None:
@@ -146,7 +168,8 @@ def _comm() -> str:
 
 def lone(facts: dict) -> int:
     """The worker of a lone `run`, in its own interpreter (BOOT): its log, the recipe run, every outcome its
-    exit code (as cli/outcome.py's exit_code makes it), the stop signals drained as the command leaves them."""
+    exit code (outcome: what cli/outcome.py's exit_code makes it, without click), the stop signals drained as
+    the command leaves them."""
     from ..errors import hold_stop_signals_to_the_end, signals_held
     from .runner import RunRecipe, run_worker
     sys.argv[:] = facts["argv"]
@@ -154,14 +177,7 @@ def lone(facts: dict) -> int:
     log_to_stderr(facts["level"])
     try:
         with signals_held(drain=True, restore=set(facts["mask"])):
-            try:
-                return run_worker(RunRecipe.from_plain(facts["recipe"]))
-            except VhostspliceError as exc:
-                print(failure_line(exc), file=sys.stderr, flush=True)
-                return exc.errno
-            except (EOFError, KeyboardInterrupt):
-                print(file=sys.stderr, flush=True)  # what click prints before the Abort exit_code makes EINTR
-                return errno.EINTR
+            return outcome(lambda: run_worker(RunRecipe.from_plain(facts["recipe"])))
     finally:
         hold_stop_signals_to_the_end()      # the code stands, whatever stop signal comes during shutdown
 
