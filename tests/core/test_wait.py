@@ -1,23 +1,28 @@
-"""The worker loop's wait in C (vs_pair_wait, Datapath.wait): a wake-up of traffic alone (a watched kick,
-the host fd readable) is taken in C, kicks drained before the rounds run; any other event hands the whole
-wake-up to Python untouched (no kick drained, no batch run); a busy window spins; a signal interrupts."""
+"""The worker loop's wait in C (vs_pair_wait, Datapath.wait; docs/architecture.md "The loop in C"): while
+every wake-up is traffic (a watched kick, the host fd readable) C serves it, kicks drained before the
+rounds, and waits again; it returns for anything else, untouched (no kick drained, no batch run), for a
+batch that changed what epoll must watch, a timeout, Python's deadline, a signal or an error."""
 from __future__ import annotations
 
 import errno
 import os
 import select
 import signal
+import threading
+import time
 
 import pytest
 
-from vhostsplice.device.datapath import PUBLISHED, RX_STARVED
+from vhostsplice.device.datapath import MORE, PUBLISHED, RX_STARVED
 from vhostsplice.errors import GuestRingError
+
+SHORT_MS = 100      # a safety timeout that ends a test's wait once the traffic is served
 
 
 @pytest.fixture
 def waiting(make_rig):
     """A rig whose datapath waits on an epoll watching the TX kick eventfd and the host fd (IN), as the
-    loop's _sync leaves them while the rings run; returns (rig, epoll, kick fd)."""
+    loop leaves them while the rings run (live; RX starved: no buffers yet); returns (rig, epoll, kick)."""
     rig = make_rig()
     ep = select.epoll()
     kick = os.eventfd(0, os.EFD_NONBLOCK)
@@ -25,30 +30,82 @@ def waiting(make_rig):
     ep.register(rig.host.fileno(), select.EPOLLIN)
     rig.dp.watch(ep.fileno())
     rig.dp.watch_kick(1, kick)
+    w = rig.dp.waiting
+    w.live, w.synced, w.safety_ms, w.until_ns, w.spin_us = 1, RX_STARVED, SHORT_MS, 0, 0
     yield rig, ep, kick
     ep.close()
     os.close(kick)
 
 
-def test_a_kick_is_drained_and_its_batch_run_in_c(waiting):
+def counts(w) -> dict:
+    return {"wakeups": w.wakeups, "kicks": (w.kicks[0], w.kicks[1]), "rechecks": w.rechecks}
+
+
+def test_kicks_are_served_in_c_until_the_wait_times_out(waiting):
+    """Two kicks, the second while C waits again after serving the first: both batches run in one call,
+    which ends on the safety timeout (no Python between the two), kicks drained."""
     rig, _ep, kick = waiting
     rig.tx.add_out([rig.frame(60)])
     os.eventfd_write(kick, 3)
+
+    def second():
+        time.sleep(SHORT_MS / 4000)
+        rig.tx.add_out([rig.frame(61)])
+        os.eventfd_write(kick, 1)
+    thread = threading.Thread(target=second)
+    thread.start()
     w = rig.dp.wait(5000)
-    assert (w.took, w.kicked, w.n, w.rounds) == (1, 2, 0, 2)    # TX published: the re-check ran too
-    assert w.round == RX_STARVED | PUBLISHED and w.recheck == RX_STARVED
-    assert rig.wire() == [rig.hdr() + rig.frame(60)] and len(rig.tx.used()) == 1
-    with pytest.raises(BlockingIOError):    # drained: a later kick is what wakes the next wait
+    thread.join()
+    assert (w.took, w.n) == (0, 0)              # ended by the timeout after the traffic
+    assert counts(w) == {"wakeups": 3, "kicks": (0, 2), "rechecks": 2}
+    assert rig.wire() == [rig.hdr() + rig.frame(60), rig.hdr() + rig.frame(61)] and len(rig.tx.used()) == 2
+    with pytest.raises(BlockingIOError):                   # drained
         os.eventfd_read(kick)
 
 
-def test_a_host_frame_wakes_the_rx_batch_in_c(waiting):
+def test_a_batch_that_changes_what_epoll_watches_returns_its_bits(waiting):
+    """RX gets buffers (the guest's kick) while the loop synced epoll for a starved RX ring: the host fd
+    must be watched now, so the wait returns after that wake-up with the rounds' bits."""
+    rig, ep, kick = waiting
+    rx_kick = os.eventfd(0, os.EFD_NONBLOCK)
+    ep.register(rx_kick, select.EPOLLIN)
+    rig.dp.watch_kick(0, rx_kick)
+    try:
+        rig.rx.add_in(2, 2048)
+        os.eventfd_write(rx_kick, 1)
+        w = rig.dp.wait(5000)
+        assert (w.took, w.rounds, w.round & RX_STARVED, w.kicks[0]) == (1, 1, 0, 1)
+    finally:
+        os.close(rx_kick)
+
+
+def test_a_host_frame_is_delivered_in_c(waiting):
     rig, _ep, _kick = waiting
     rig.rx.add_in(2, 2048)
+    rig.dp.waiting.synced = 0          # RX has buffers: the loop watches the host fd
     rig.inject(rig.hdr() + rig.frame(100))
     w = rig.dp.wait(5000)
-    assert (w.took, w.kicked, w.n) == (1, 0, 0) and w.round & PUBLISHED
+    assert (w.took, w.n) == (0, 0) and w.wakeups == 2 and w.rechecks == 1
     assert rig.rx.packets(rig.rx.used()) == [rig.hdr(num_buffers=1) + rig.frame(100)]
+
+
+def test_a_pending_poll_runs_in_c_and_more_keeps_it_polling(make_rig):
+    """timeout 0 (the loop's MORE): C polls without a wake-up; a batch that asks for more is followed by
+    another poll in C (epoll looked at in between), until the work is done."""
+    rig = make_rig(tx_budget=2)
+    ep = select.epoll()
+    try:
+        rig.dp.watch(ep.fileno())
+        w = rig.dp.waiting
+        w.live, w.synced, w.safety_ms = 1, RX_STARVED, SHORT_MS
+        rig.tx.add_out([rig.frame(60, seed=i) for i in range(5)])
+        w = rig.dp.wait(0)
+        assert (w.took, w.n) == (0, 0) and len(rig.wire()) == 5 and w.wakeups >= 3
+        w.live = 0                      # no rings to poll: a pending wait returns at once
+        w = rig.dp.wait(0)
+        assert (w.took, w.wakeups, w.rechecks) == (0, 1, 0)
+    finally:
+        ep.close()
 
 
 def test_a_wake_up_with_anything_else_goes_to_python_untouched(waiting):
@@ -62,7 +119,7 @@ def test_a_wake_up_with_anything_else_goes_to_python_untouched(waiting):
     os.write(wr, b"x")
     try:
         w = rig.dp.wait(5000)
-        assert (w.took, w.rounds, w.n) == (0, 0, 2)
+        assert (w.took, w.rounds, w.n, w.kicks[1]) == (0, 0, 2, 0)
         assert sorted((w.ev[i].fd, w.ev[i].events) for i in range(w.n)) == sorted(
             [(kick, select.EPOLLIN), (r, select.EPOLLIN)])
         assert os.eventfd_read(kick) == 1 and rig.wire() == [] and rig.tx.used() == []
@@ -72,7 +129,7 @@ def test_a_wake_up_with_anything_else_goes_to_python_untouched(waiting):
         os.close(wr)
 
 
-def test_a_kick_fd_no_longer_the_rings_and_a_host_fd_error_go_to_python(waiting):
+def test_a_kick_fd_no_longer_the_rings_and_a_host_fd_event_but_input_go_to_python(waiting):
     rig, ep, kick = waiting
     rig.dp.watch_kick(1, -1)        # unwatched (a message is replacing it) though epoll still reports it
     os.eventfd_write(kick, 1)
@@ -84,26 +141,69 @@ def test_a_kick_fd_no_longer_the_rings_and_a_host_fd_error_go_to_python(waiting)
     assert (w.took, w.n, w.ev[0].fd, w.ev[0].events) == (0, 1, rig.host.fileno(), select.EPOLLOUT)
 
 
-def test_nothing_ready_times_out_and_a_window_spins(waiting):
+def test_a_busy_window_spins_then_the_wait_sleeps(waiting):
     rig, _ep, _kick = waiting
-    w = rig.dp.wait(0)
-    assert (w.took, w.n, w.polls) == (0, 0, 1)
-    w = rig.dp.wait(0, spin_us=20_000)
-    assert (w.took, w.n) == (0, 0) and w.polls > 1     # a 20 ms window of epoll_wait(0)s, none found work
+    w = rig.dp.wait(SHORT_MS, spin_us=20_000)      # nothing comes: a 20 ms window, then the timeout
+    assert (w.took, w.n, w.spin_out, w.spin_found, w.wakeups) == (0, 0, 1, 0, 1) and w.spin_polls > 1
 
 
-def test_a_signal_interrupts_the_wait(waiting):
-    rig, _ep, _kick = waiting
+def test_a_window_after_a_batch_that_published_finds_the_next_kick(waiting):
+    rig, _ep, kick = waiting
+    rig.dp.waiting.spin_us = 200_000        # a window ten times the kick's delay: work ends it
+
+    def later():
+        time.sleep(0.02)
+        rig.tx.add_out([rig.frame(61)])
+        os.eventfd_write(kick, 1)
+    rig.tx.add_out([rig.frame(60)])
+    os.eventfd_write(kick, 1)
+    thread = threading.Thread(target=later)
+    thread.start()
+    w = rig.dp.wait(5000)
+    thread.join()
+    assert (w.spin_found, w.kicks[1]) == (1, 2) and len(rig.wire()) == 2
+
+
+def test_the_wait_returns_by_pythons_deadline(waiting):
+    """until_ns (the next --stats-interval rewrite) bounds a wait that would sleep forever, and ends the
+    serving after a wake-up past it (took: its bits for the loop)."""
+    rig, _ep, kick = waiting
+    w = rig.dp.waiting
+    w.safety_ms = -1
+    w.until_ns = time.monotonic_ns() + 30_000_000
+    w = rig.dp.wait(-1)
+    assert (w.took, w.n, w.wakeups) == (0, 0, 1)
+    w.until_ns = time.monotonic_ns()            # due already: the served wake-up is the last
+    rig.tx.add_out([rig.frame(60)])
+    os.eventfd_write(kick, 1)
+    w = rig.dp.wait(-1)
+    assert (w.took, w.round & PUBLISHED, w.wakeups) == (1, PUBLISHED, 1)
+
+
+def test_a_signal_is_the_loops_signal_fd_not_an_interruption(waiting):
+    """epoll_wait's EINTR is not an event: a signal comes as its byte on the loop's signal fd (CPython's
+    set_wakeup_fd, as the worker sets it up), which the wait hands over; a bare interruption (io_uring's
+    task work makes those) only resumes the wait."""
+    rig, ep, _kick = waiting
+    rig.dp.waiting.safety_ms = -1
+    rfd, wfd = os.pipe2(os.O_NONBLOCK)
+    ep.register(rfd, select.EPOLLIN)
+    old_fd = signal.set_wakeup_fd(wfd)
     old = signal.signal(signal.SIGALRM, lambda *_: None)
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.05)
-        assert rig.dp.wait(10_000) is None
+        w = rig.dp.wait(10_000)
+        assert (w.took, w.n, w.ev[0].fd) == (0, 1, rfd) and os.read(rfd, 8) == bytes([signal.SIGALRM])
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        signal.set_wakeup_fd(old_fd)
+        ep.unregister(rfd)
+        os.close(rfd)
+        os.close(wfd)
 
 
-def test_a_broken_ring_found_in_a_wake_up_c_took_raises_the_datapath_error(waiting):
+def test_a_broken_ring_found_in_a_served_wake_up_raises_the_datapath_error(waiting):
     rig, _ep, kick = waiting
     rig.tx.raw_avail(0, 256)        # a head past the 256-entry ring
     rig.tx.set_avail_idx(1)
@@ -111,3 +211,12 @@ def test_a_broken_ring_found_in_a_wake_up_c_took_raises_the_datapath_error(waiti
     with pytest.raises(GuestRingError, match="tx ring: head") as e:
         rig.dp.wait(5000)
     assert e.value.errno == errno.EBADMSG and rig.errs(1) == 1
+
+
+def test_rounds_outside_a_wait_count_the_re_check(make_rig):
+    rig = make_rig()
+    rig.tx.add_out([rig.frame(60)])
+    w = rig.dp.rounds()
+    assert (w.rounds, w.rechecks, w.recheck_found, w.round & MORE) == (2, 1, 0, 0)
+    w = rig.dp.rounds()
+    assert (w.rounds, w.rechecks) == (1, 0)

@@ -201,27 +201,41 @@ struct vs_pair {
     struct vs_uring uring;       /* uring.on: the host fd's reads and writes go in batches through it */
 };
 
-/* The worker loop's wait (vs_pair_wait; docs/architecture.md "The wake-up in C"): one epoll_wait on the
- * loop's epoll.  A wake-up whose every event is traffic (a kick of a ring epoll watches, the host fd
- * readable and nothing else) C takes itself: it drains the kicks and runs vs_pair_rounds, so no Python runs
- * between the wake-up and the first packet syscall.  Any other event (a message, a signal, a new
- * connection, a host fd error or room to write) hands the whole wake-up to Python untouched. */
-#define VS_WAIT_EVENTS 16 /* most events one wait takes (the loop watches fewer fds) */
+/* The worker loop's wait (vs_pair_wait; docs/architecture.md "The loop in C"): epoll_wait on the loop's
+ * epoll, and as long as every wake-up is traffic (a kick of a ring epoll watches, the host fd readable and
+ * nothing else) C serves it itself: kicks drained, vs_pair_rounds run, and back to epoll_wait, no Python
+ * in between.  It returns to Python for anything else: a wake-up with any other event (a message, a signal,
+ * a connection, a host fd error or room to write: handed over untouched, no kick drained, no batch run), a
+ * batch that changed what epoll must watch (RX starved or fed, TX blocked or not), a timeout, the time
+ * Python gave (until_ns), an error.  A signal is an event: the loop's signal fd.  Counts accumulate over a
+ * call. */
+#define VS_WAIT_EVENTS 16 /* most events one epoll_wait takes (the loop watches fewer fds) */
 struct vs_wait_event {
     int32_t fd;
     uint32_t events;
 };
 struct vs_wait {
-    int epfd;               /* the loop's epoll (Python's) */
-    int kick_fd[2];         /* ring i's kick eventfd while epoll watches it, else -1 (Python keeps it so) */
-    int host_fd;            /* the host fd: EPOLLIN alone is traffic; -1: never */
-    uint32_t took;          /* out: 1: C took the wake-up (kicks drained, the rounds run) */
-    uint32_t kicked;        /* out: bit i: ring i's kick was drained */
-    uint32_t rounds;        /* out: polls run (vs_pair_rounds): 0, 1, or 2 with the re-check */
-    int32_t round, recheck; /* out: the first poll's bits, the re-check's */
-    uint32_t polls;         /* out: epoll_waits made (a spin's count) */
-    uint32_t n;             /* out: events in ev for Python (C did not take them) */
+    /* Python's: what epoll watches, kept current by the loop */
+    int epfd;        /* the loop's epoll */
+    int kick_fd[2];  /* ring i's kick eventfd while epoll watches it, else -1 */
+    int host_fd;     /* the host fd: EPOLLIN alone is traffic; -1: never */
+    uint32_t live;   /* 1: the rings run (with nothing ready and timeout 0, C runs the rounds itself) */
+    uint32_t synced; /* the VS_RX_STARVED | VS_TX_BLOCKED bits epoll's watch set follows */
+    /* Python's, each call */
+    int safety_ms;     /* the timeout of a wait after traffic (the safety poll's; -1: none) */
+    uint64_t until_ns; /* return by then, CLOCK_MONOTONIC (0: no limit) */
+    uint32_t spin_us;  /* --busy-poll: after a poll that published, the next wait spins this long */
+    /* out: how the call ended */
+    uint32_t took;          /* 1: on a wake-up C served (its rounds' bits below) */
+    uint32_t rounds;        /* polls the last served wake-up ran: 1, or 2 with the re-check */
+    int32_t round, recheck; /* their bits */
+    uint32_t n;             /* events handed to Python in ev */
     struct vs_wait_event ev[VS_WAIT_EVENTS];
+    /* out: counts over the call (Python adds them to its own) */
+    uint64_t wakeups;                          /* epoll_waits that returned (a spin that ran out: not one) */
+    uint64_t kicks[2];                         /* kicks drained, per ring */
+    uint64_t rechecks, recheck_found;          /* re-checks run, and those that published */
+    uint64_t spin_polls, spin_found, spin_out; /* --busy-poll: epoll_wait(0)s; windows that found work, ran out */
 };
 
 /* vs_pair.c */

@@ -64,24 +64,13 @@ int vs_pair_poll(struct vs_pair *p)
     return out;
 }
 
-int vs_drain_eventfd(int fd)
-{
-    uint64_t v = 0;
-    ssize_t n = read(fd, &v, sizeof v);
-    if (n < 0)
-        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
-    if (n != sizeof v)
-        return -EIO;
-    return v > INT_MAX ? INT_MAX : (int)v;
-}
-
-/* The loop's poll: one vs_pair_poll and, when it published, one more right away (the re-check).  The batch
+/* One vs_pair_poll and, when it published, one more right away (the re-check), counted in w.  The batch
  * published used entries and may have signalled the guest, which takes a while: frames that reached the
  * host fd and chains the driver added meanwhile are taken now instead of after another trip through epoll
  * (the window Linux vhost_net closed in November 2025), and a trickle's frame, published on its own, has
  * the guest's answer taken here.  One re-check only: a flood still goes back to epoll, so messages and
  * signals keep their turn.  0, or the -errno of a poll (w->rounds says how many ran). */
-int vs_pair_rounds(struct vs_pair *p, struct vs_wait *w)
+static int pair_rounds(struct vs_pair *p, struct vs_wait *w)
 {
     w->rounds = 1;
     w->round = vs_pair_poll(p);
@@ -90,8 +79,26 @@ int vs_pair_rounds(struct vs_pair *p, struct vs_wait *w)
     if (!(w->round & VS_PUBLISHED))
         return 0;
     w->rounds = 2;
+    w->rechecks++;
     w->recheck = vs_pair_poll(p);
-    return w->recheck < 0 ? w->recheck : 0;
+    if (w->recheck < 0)
+        return w->recheck;
+    w->recheck_found += (w->recheck & VS_PUBLISHED) != 0;
+    return 0;
+}
+
+static void wait_reset(struct vs_wait *w)
+{
+    w->took = w->rounds = w->n = 0;
+    w->wakeups = w->kicks[0] = w->kicks[1] = w->rechecks = w->recheck_found = 0;
+    w->spin_polls = w->spin_found = w->spin_out = 0;
+}
+
+/* The loop's poll outside a wait (after the events Python handled): pair_rounds, its counts in w. */
+int vs_pair_rounds(struct vs_pair *p, struct vs_wait *w)
+{
+    wait_reset(w);
+    return pair_rounds(p, w);
 }
 
 static uint64_t mono_ns(void)
@@ -101,16 +108,58 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* epoll_wait once with timeout_ms, or (spin_us > 0) without sleeping until an event or spin_us passed
- * (--busy-poll's window; at least one look).  The count of events, or -errno (-EINTR: a signal came). */
+/* timeout_ms, shortened to end at until_ns (rounded up: the wait never ends before it). */
+static int bounded(const struct vs_wait *w, int timeout_ms)
+{
+    if (!w->until_ns || timeout_ms == 0)
+        return timeout_ms;
+    uint64_t now = mono_ns();
+    if (now >= w->until_ns)
+        return 0;
+    uint64_t left = (w->until_ns - now + 999999u) / 1000000u;
+    if (timeout_ms >= 0 && left >= (uint64_t)timeout_ms)
+        return timeout_ms;
+    return left > INT_MAX ? INT_MAX : (int)left;
+}
+
+/* epoll_wait for timeout_ms (bounded), again after EINTR for what is left of it.  EINTR is no event: a
+ * signal the loop handles writes its byte to the loop's signal fd (Python's set_wakeup_fd, from the
+ * C-level handler, before the syscall returns), which the next epoll_wait reports; and the host fd's
+ * io_uring task work interrupts a sleep with no signal at all. */
+static int sleep_events(struct vs_wait *w, struct epoll_event *ev, int timeout_ms)
+{
+    uint64_t end = timeout_ms > 0 ? mono_ns() + (uint64_t)timeout_ms * 1000000u : 0;
+    for (;;) {
+        int n = epoll_wait(w->epfd, ev, VS_WAIT_EVENTS, bounded(w, timeout_ms));
+        if (n >= 0 || errno != EINTR)
+            return n < 0 ? -errno : n;
+        if (timeout_ms > 0) {
+            uint64_t now = mono_ns();
+            if (now >= end)
+                return 0;
+            timeout_ms = (int)((end - now + 999999u) / 1000000u);
+        }
+    }
+}
+
+/* epoll_wait once (sleep_events), or (spin_us > 0) without sleeping until an event or spin_us passed
+ * (--busy-poll's window; at least one look).  The count of events, or -errno. */
 static int wait_events(struct vs_wait *w, struct epoll_event *ev, int timeout_ms, uint32_t spin_us)
 {
-    uint64_t deadline = spin_us ? mono_ns() + (uint64_t)spin_us * 1000u : 0;
     int n;
+    if (!spin_us)
+        return sleep_events(w, ev, timeout_ms);
+    uint64_t deadline = mono_ns() + (uint64_t)spin_us * 1000u;
     do {
-        w->polls++;
-        n = epoll_wait(w->epfd, ev, VS_WAIT_EVENTS, spin_us ? 0 : timeout_ms);
-    } while (n == 0 && spin_us && mono_ns() < deadline);
+        w->spin_polls++;
+        n = epoll_wait(w->epfd, ev, VS_WAIT_EVENTS, 0);
+        if (n < 0 && errno == EINTR)
+            n = 0;
+    } while (n == 0 && mono_ns() < deadline);
+    if (n > 0)
+        w->spin_found++;
+    else if (n == 0)
+        w->spin_out++;
     return n < 0 ? -errno : n;
 }
 
@@ -120,7 +169,7 @@ static uint32_t kick_bits(const struct vs_wait *w, int fd)
     return (fd == w->kick_fd[0] ? 1u : 0u) | (fd == w->kick_fd[1] ? 2u : 0u);
 }
 
-/* Is every event traffic C handles alone: a watched kick, or the host fd readable and nothing else? */
+/* Is every event traffic C serves alone: a watched kick, or the host fd readable and nothing else? */
 static int only_traffic(const struct vs_wait *w, const struct epoll_event *ev, int n)
 {
     for (int i = 0; i < n; i++) {
@@ -131,33 +180,79 @@ static int only_traffic(const struct vs_wait *w, const struct epoll_event *ev, i
     return 1;
 }
 
-/* The worker loop's wait (struct vs_wait).  Returns 0 (w says what happened: nothing, events for Python,
- * or a wake-up C took), or -errno: a failed poll when w->took (Python raises the datapath's error), else
- * epoll's (-EINTR: a signal's handler is due; its byte is on the loop's signal fd). */
-int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t spin_us)
+static void hand_over(struct vs_wait *w, const struct epoll_event *ev, int n)
 {
-    struct epoll_event ev[VS_WAIT_EVENTS];
-    w->took = w->kicked = w->rounds = w->polls = w->n = 0;
-    int n = wait_events(w, ev, timeout_ms, spin_us);
-    if (n <= 0)
-        return n;
-    if (!only_traffic(w, ev, n)) {
-        for (int i = 0; i < n; i++) {
-            w->ev[i].fd = ev[i].data.fd;
-            w->ev[i].events = ev[i].events;
-        }
-        w->n = (uint32_t)n;
-        return 0;
+    for (int i = 0; i < n; i++) {
+        w->ev[i].fd = ev[i].data.fd;
+        w->ev[i].events = ev[i].events;
     }
+    w->n = (uint32_t)n;
+}
+
+/* Serve a wake-up of traffic (n events, or none: a pending poll): the kicks drained first (a kick after
+ * the rounds wakes the next wait), then the rounds.  0, or -errno. */
+static int serve(struct vs_pair *p, struct vs_wait *w, const struct epoll_event *ev, int n)
+{
     for (int i = 0; i < n; i++) {
         uint32_t bits = kick_bits(w, ev[i].data.fd);
         if (!bits)
             continue;
-        int rc = vs_drain_eventfd(ev[i].data.fd); /* before the rounds: a kick after them wakes the next wait */
+        int rc = vs_drain_eventfd(ev[i].data.fd);
         if (rc < 0)
             return rc;
-        w->kicked |= bits;
+        w->kicks[0] += bits & 1u;
+        w->kicks[1] += bits >> 1;
     }
     w->took = 1;
-    return vs_pair_rounds(p, w);
+    return pair_rounds(p, w);
+}
+
+/* The worker loop's wait (struct vs_wait): timeout_ms and spin_us are the first epoll_wait's (timeout 0
+ * without a spin: a poll is pending, C runs it); after a served wake-up the next wait is MORE's poll, a
+ * --busy-poll window after a poll that published, or safety_ms.  Returns 0 (w says how it ended) or
+ * -errno: a failed poll when w->took (Python raises the datapath's error), else epoll's or a kick's. */
+int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t spin_us)
+{
+    struct epoll_event ev[VS_WAIT_EVENTS];
+    int pending = timeout_ms == 0 && !spin_us;
+    wait_reset(w);
+    for (;;) {
+        w->took = 0;
+        int n = wait_events(w, ev, pending ? 0 : timeout_ms, spin_us);
+        if (n < 0)
+            return n;
+        if (n == 0 && spin_us) { /* the window ran out: now a wait that sleeps */
+            spin_us = 0;
+            continue;
+        }
+        w->wakeups++;
+        if (n > 0 && !only_traffic(w, ev, n)) {
+            hand_over(w, ev, n);
+            return 0;
+        }
+        if (n == 0 && (!pending || !w->live))
+            return 0; /* timed out (the safety poll, Python's), or no rings to poll */
+        int rc = serve(p, w, ev, n);
+        if (rc < 0)
+            return rc;
+        int32_t last = w->rounds == 2 ? w->recheck : w->round;
+        if ((uint32_t)(last & (VS_RX_STARVED | VS_TX_BLOCKED)) != w->synced)
+            return 0; /* epoll must watch other fds now: Python re-syncs */
+        if (w->until_ns && mono_ns() >= w->until_ns)
+            return 0;
+        pending = (last & VS_MORE) != 0;
+        spin_us = !pending && (w->round & VS_PUBLISHED) && !(last & VS_TX_BLOCKED) ? w->spin_us : 0;
+        timeout_ms = w->safety_ms;
+    }
+}
+
+int vs_drain_eventfd(int fd)
+{
+    uint64_t v = 0;
+    ssize_t n = read(fd, &v, sizeof v);
+    if (n < 0)
+        return (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -errno;
+    if (n != sizeof v)
+        return -EIO;
+    return v > INT_MAX ? INT_MAX : (int)v;
 }

@@ -414,11 +414,17 @@ class Datapath:
         raise self._error(-rc)
 
     def rounds(self) -> Any:
-        """The loop's poll (vs_pair_rounds: one, and the re-check after one that published): the struct
-        vs_wait whose rounds, round and recheck say what ran and what each found."""
+        """The loop's poll outside a wait (vs_pair_rounds: one, and the re-check after one that published):
+        the struct vs_wait, whose rounds, round and recheck say what ran and found, and its counts."""
         rc = lib.vs_pair_rounds(self._pair, self._wait)
         if rc < 0:
             raise self._error(-rc)
+        return self._wait
+
+    @property
+    def waiting(self) -> Any:
+        """The loop's struct vs_wait (vs_api.h): what epoll watches (kick_fd, live, synced), the call's
+        limits (safety_ms, until_ns, spin_us), how the last call ended and its counts."""
         return self._wait
 
     def watch(self, epfd: int) -> None:
@@ -430,18 +436,15 @@ class Datapath:
         self._wait.kick_fd[index] = fd
 
     def wait(self, timeout_ms: int, spin_us: int = 0) -> Any:
-        """The loop's epoll_wait (vs_pair_wait): None when a signal interrupted it, else the struct vs_wait:
-        `took` (a wake-up of traffic alone, taken in C: the kicks in `kicked` drained, the rounds run) or
-        `n` events for the loop to handle (`ev`), or neither (the timeout, or a spin's window, ran out)."""
-        w = self._wait
-        rc = lib.vs_pair_wait(self._pair, w, timeout_ms, spin_us)
+        """The loop's wait (vs_pair_wait): serves wake-ups of traffic in C until Python is needed; the
+        struct vs_wait says why it returned: `took` (after a served wake-up whose bits Python must see),
+        `n` events in `ev` for Python (a signal among them: the loop's signal fd), or neither (a timeout)."""
+        rc = lib.vs_pair_wait(self._pair, self._wait, timeout_ms, spin_us)
         if rc == 0:
-            return w
-        if w.took:
+            return self._wait
+        if self._wait.took:
             raise self._error(-rc)
-        if rc == -_errno.EINTR:
-            return None
-        raise OSError(-rc, f"epoll_wait: {os.strerror(-rc)}")
+        raise OSError(-rc, f"the worker's wait: {os.strerror(-rc)}")
 
     def _error(self, code: int) -> Exception:
         if code == _errno.EBADMSG:

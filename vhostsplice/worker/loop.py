@@ -1,12 +1,13 @@
 """The blocking loop of one queue pair: epoll on the control socket, kicks, the host fd and signals.
 
-The wait itself is the C core's (`Datapath.wait`, vs_pair_wait): a wake-up of traffic alone (kicks, the
-host fd readable) is taken there, kicks drained and the batches run (`Datapath.rounds`), before any Python
-runs; this loop then only counts it and re-syncs what epoll watches. Every other wake-up (a message, a
-signal, a connection, a host fd error) comes here as events, each to its handler (EVENT_HANDLERS). The
-loop never spins: with nothing pending it blocks in epoll (--busy-poll USEC: after a batch that completed
-chains the wait polls epoll without sleeping for up to USEC). What runs between a wake-up and the first
-packet syscall is on a ping's path (benchmarks/RESULTS.md): there, none of it is Python.
+The wait itself is the C core's (`Datapath.wait`, vs_pair_wait): as long as every wake-up is traffic
+(kicks, the host fd readable) C serves it, kicks drained and the batches run, and waits again, no Python
+in between (docs/architecture.md "The loop in C"). It returns here for the rest: a wake-up with any other
+event (a message, a signal, a connection, a host fd error), each to its handler (EVENT_HANDLERS); a batch
+that changed what epoll must watch; a timeout (the safety poll, a --stats-interval rewrite). The loop
+never spins: with nothing pending it blocks in epoll (--busy-poll USEC: after a batch that completed
+chains the wait polls epoll without sleeping for up to USEC). Python on a ping's path was most of its
+wake-ups' time (benchmarks/RESULTS.md); now none runs between a wake-up of traffic and the next wait.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ ERR_ONLY = select.EPOLLPRI | ERR
 SAFETY_POLL_S = 1.0     # after traffic, look at the rings this long after the last event even without a kick
                         # (a lost kick heals); one such look that finds nothing disarms it: an idle ring
                         # costs no wake-up until its next kick, host frame or message
+SAFETY_MS = int(SAFETY_POLL_S * 1000)
 
 
 @dataclass
@@ -201,26 +203,50 @@ class Worker:
     def _loop(self) -> None:
         pending = False
         while True:
-            spin = 0 if pending else self._window_us()
-            timeout = 0 if pending or spin else self._timeout_ms()
-            w = self.datapath.wait(timeout, spin)
-            if w is None or (spin and not self._window_found(w)):
-                continue        # a signal (its byte is on the signal fd), or a busy window ran out: wait
-            self.wakeups += 1
+            w = self._wait(pending)
             if self.out.next_due is not None:
                 self.out.tick(self)
-            if w.took:          # traffic alone, taken in C: its kicks counted here, its rounds' flags read
-                pending = self._took(w)
+            if w.took:          # C served traffic, then a batch changed what epoll must watch (or time is up)
+                self.safety_armed = True
+                pending = self._rounds_done(w)
             elif w.n:
                 if self._dispatch([(w.ev[i].fd, w.ev[i].events) for i in range(w.n)]):
                     return
                 pending = self._poll_datapath()
-            elif timeout > 0:
+            else:
                 pending = self._safety_poll()
                 continue
-            else:
-                pending = self._poll_datapath()
             self._sync()        # before the next wait: epoll must watch what is due
+
+    def _wait(self, pending: bool) -> object:
+        """The C wait, told what epoll watches now and how long it may serve: MORE's poll first when
+        PENDING, else a --busy-poll window if one is due, then the safety poll's timeout, never past the
+        next --stats-interval rewrite. Its counts are added to the loop's, whatever ends it."""
+        w = self.datapath.waiting
+        w.live, w.synced = self.running, (dp.RX_STARVED if self.rx_starved else 0) | (
+            dp.TX_BLOCKED if self.tx_blocked else 0)
+        w.safety_ms = SAFETY_MS if self.running else -1
+        w.until_ns = 0 if self.out.next_due is None else int(self.out.next_due * 1e9)
+        w.spin_us = self.config.busy_poll_us if self.running else 0
+        spin = 0 if pending else self._window_us()
+        try:
+            return self.datapath.wait(0 if pending else self._timeout_ms(), spin)
+        finally:
+            self._count(w)
+
+    def _count(self, w) -> None:
+        """A C call's counts (vs_wait) added to the loop's and the rings'."""
+        self.wakeups += w.wakeups
+        if w.kicks[0] or w.kicks[1]:
+            for ring in self.backend.rings:
+                ring.kicks += w.kicks[ring.index]
+        if w.rechecks:
+            self.rechecks["after_signal"] += w.rechecks
+            self.rechecks["found_work"] += w.recheck_found
+        if w.spin_polls:
+            self.busy["polls"] += w.spin_polls
+            self.busy["found_work"] += w.spin_found
+            self.busy["timed_out"] += w.spin_out
 
     def _dispatch(self, events: list[tuple[int, int]]) -> bool:
         """Each event to its fd's handler (EVENT_HANDLERS), by the role the fd had when epoll reported it
@@ -260,29 +286,21 @@ class Worker:
     def _poll_datapath(self) -> bool:
         if not self.running:
             return False
-        return self._rounds_done(self.datapath.rounds())
+        try:
+            return self._rounds_done(self.datapath.rounds())
+        finally:
+            self._count(self.datapath.waiting)
 
     def _rounds_done(self, w) -> bool:
         """What the loop keeps of a poll and its re-check (vs_pair_rounds, which runs the re-check after a
-        batch that published: why, in vs_pair.c): the counters, the states epoll follows, MORE."""
+        batch that published: why, in vs_pair.c): a --busy-poll window due, the states epoll follows, MORE."""
         flags = w.round
         if w.rounds == 2:
             self.busy_due = self.config.busy_poll_us > 0
-            self.rechecks["after_signal"] += 1
             flags = w.recheck
-            self.rechecks["found_work"] += bool(flags & dp.PUBLISHED)
         self.rx_starved = bool(flags & dp.RX_STARVED)
         self.tx_blocked = bool(flags & dp.TX_BLOCKED)
         return bool(flags & dp.MORE)
-
-    def _took(self, w) -> bool:
-        """A wake-up the C wait took (kicks and host frames only): its kicks counted as _on_kick counts
-        them, its rounds as _poll_datapath's."""
-        self.safety_armed = True
-        for index in (0, 1):
-            if w.kicked >> index & 1:
-                self.backend.rings[index].kicks += 1
-        return self._rounds_done(w)
 
     def _window_us(self) -> int:
         """--busy-poll: after a batch that published, the next wait polls epoll (the kick eventfds, the host
@@ -294,12 +312,6 @@ class Worker:
         due, self.busy_due = self.busy_due, False
         return self.config.busy_poll_us if due and self.running and not self.tx_blocked else 0
 
-    def _window_found(self, w) -> bool:
-        """Count a busy window's polls and how it ended: True if it found work (taken like any wake-up)."""
-        found = bool(w.took or w.n)
-        self.busy["polls"] += w.polls
-        self.busy["found_work" if found else "timed_out"] += 1
-        return found
 
     # -- the handlers of EVENT_HANDLERS: (fd, its role's argument, the events) -> end the loop? ----------
     def _on_signal(self, sigfd: int, _arg: int, _ev: int) -> bool:
