@@ -233,6 +233,7 @@ struct vs_wait {
     struct vs_wait_event ev[VS_WAIT_EVENTS];
     /* out: counts over the call (Python adds them to its own) */
     uint64_t wakeups;                          /* epoll_waits that returned (a spin that ran out: not one) */
+    uint64_t served;                           /* wake-ups of traffic C served, and pending polls it ran */
     uint64_t kicks[2];                         /* kicks drained, per ring */
     uint64_t rechecks, recheck_found;          /* re-checks run, and those that published */
     uint64_t spin_polls, spin_found, spin_out; /* --busy-poll: epoll_wait(0)s; windows that found work, ran out */

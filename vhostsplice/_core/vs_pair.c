@@ -90,7 +90,7 @@ static int pair_rounds(struct vs_pair *p, struct vs_wait *w)
 static void wait_reset(struct vs_wait *w)
 {
     w->took = w->rounds = w->n = 0;
-    w->wakeups = w->kicks[0] = w->kicks[1] = w->rechecks = w->recheck_found = 0;
+    w->wakeups = w->served = w->kicks[0] = w->kicks[1] = w->rechecks = w->recheck_found = 0;
     w->spin_polls = w->spin_found = w->spin_out = 0;
 }
 
@@ -204,6 +204,7 @@ static int serve(struct vs_pair *p, struct vs_wait *w, const struct epoll_event 
         w->kicks[1] += bits >> 1;
     }
     w->took = 1;
+    w->served++;
     return pair_rounds(p, w);
 }
 

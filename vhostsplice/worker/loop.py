@@ -207,7 +207,6 @@ class Worker:
             if self.out.next_due is not None:
                 self.out.tick(self)
             if w.took:          # C served traffic, then a batch changed what epoll must watch (or time is up)
-                self.safety_armed = True
                 pending = self._rounds_done(w)
             elif w.n:
                 if self._dispatch([(w.ev[i].fd, w.ev[i].events) for i in range(w.n)]):
@@ -235,8 +234,11 @@ class Worker:
             self._count(w)
 
     def _count(self, w) -> None:
-        """A C call's counts (vs_wait) added to the loop's and the rings'."""
+        """A C call's counts (vs_wait) added to the loop's and the rings'; traffic it served re-arms the
+        safety poll, as every event but a signal does (_dispatch)."""
         self.wakeups += w.wakeups
+        if w.served:
+            self.safety_armed = True
         if w.kicks[0] or w.kicks[1]:
             for ring in self.backend.rings:
                 ring.kicks += w.kicks[ring.index]
