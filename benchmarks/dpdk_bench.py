@@ -11,12 +11,13 @@ CPU 0), in the same run, interleaved sample by sample:
                 package (python -P -m vhostsplice); --tree DIR: a source tree with its core built in place
   dpdk          testpmd net_vhost0 (listening on S) + net_tap0 (vsk0) in io forwarding, lcore on CPU 1
 Every sample gets a fresh private network namespace, a fresh back-end and a fresh front-end.
-More columns in the same run: --busy-poll 50,200 (a worker with `run --busy-poll USEC` each: the
-"Busy polling" table), --layouts split,packed (both back-ends again under virtio-user packed_vq=1:
-the "Ring layouts" table), --variant OPTIONS (the default worker with OPTIONS added, e.g.
---variant=--sandbox=off: the "Worker variants" table, variant / default) and --floor (benchmarks/tap_floor.c:
-one readv/writev per frame on the same tap, no front-end, packet rates only: the "raw tap floor" table,
-vhostsplice / floor); the headline table stays the default worker against DPDK on split rings.
+More columns in the same run: --busy-poll 0,50,200 (a worker with `run --busy-poll USEC` each, beside the
+default worker's adaptive `--busy-poll auto`; 0 is polling off: the "Busy polling" table), --layouts
+split,packed (both back-ends again under virtio-user packed_vq=1: the "Ring layouts" table), --variant
+OPTIONS (the default worker with OPTIONS added, e.g. --variant=--sandbox=off: the "Worker variants" table,
+variant / default) and --floor (benchmarks/tap_floor.c: one readv/writev per frame on the same tap, no
+front-end, packet rates only: the "raw tap floor" table, vhostsplice / floor); the headline table stays the
+default worker against DPDK on split rings.
 
 Figures (median over --repeat samples; min..max kept in the JSON):
   tx64/tx1500   guest -> tap. testpmd txonly; Mpps = the tap's kernel rx_packets over a fixed window.
@@ -228,7 +229,7 @@ class Column:
     backend: str                    # "vhostsplice" or "dpdk"
     worker_args: tuple[str, ...] = ()
     layout: str = "split"
-    busy_poll: int = 0
+    busy_poll: int | None = None    # a --busy-poll column's USEC (0: off); None: the default worker (auto)
     floor: str = ""                 # the floor's variant (tap_floor.VARIANTS), backend "floor"
     variant: str = ""               # --variant: this column's own worker options, as given
 
@@ -251,11 +252,11 @@ def variant_column(options: str) -> Column:
 def columns(busy_polls: list[int], layouts: list[str], floors: list[str] = (),
             variants: list[str] = ()) -> list[Column]:
     """The headline pair first (default worker, DPDK, split), then a vhostsplice column per --busy-poll
-    USEC other than 0 (split), then one per --variant, then both back-ends per --layouts layout other than
-    split, then one column per --floor variant."""
+    USEC (split; the default worker's is auto, so 0 is a column too: polling off), then one per --variant,
+    then both back-ends per --layouts layout other than split, then one column per --floor variant."""
     cols = [Column("vhostsplice", "vhostsplice"), Column("dpdk", "dpdk")]
     cols += [Column(f"vhostsplice busy-poll {us}", "vhostsplice", ("--busy-poll", str(us)), busy_poll=us)
-             for us in busy_polls if us]
+             for us in busy_polls]
     cols += [variant_column(v) for v in variants]
     cols += [Column(f"{b} {layout}", b, layout=layout) for layout in layouts if layout != "split"
              for b in BACKENDS]
@@ -793,7 +794,7 @@ def sample_latency(col: Column, workdir: Path, args) -> dict:
          "startup_s": s.be.startup_s, **layout, **w0.until(w1)}
     if c0 and c1:
         busy0, busy1 = c0.get("busy_poll", {}), c1.get("busy_poll", {})
-        d["busy_poll"] = {k: busy1[k] - busy0.get(k, 0) if k != "usec" else busy1[k] for k in busy1}
+        d["busy_poll"] = {k: busy1[k] - busy0.get(k, 0) if k in BUSY_COUNTS else busy1[k] for k in busy1}
         d["wakeups_per_ping"] = round((c1["wakeups"] - c0["wakeups"] - 1) / len(rtts), 3)
         d["recheck_found_per_ping"] = round((c1["rechecks"]["found_work"] - c0["rechecks"]["found_work"])
                                             / len(rtts), 3)
@@ -1063,7 +1064,9 @@ GOALS = [  # key, label, unit, kind ("ratio>=", "ratio<=", "abs<"), target
 ]
 
 
-LATENCY_GOALS = {0: 1.0, 50: 0.7}   # issue 18: ping p50 / DPDK's at most this, by --busy-poll USEC
+# issue 18: ping p50 / DPDK's at most this, by --busy-poll USEC (None: the default worker, auto)
+LATENCY_GOALS = {None: 1.0, 50: 0.7}
+BUSY_COUNTS = ("polls", "found_work", "timed_out")     # the worker's busy_poll counters (the rest: settings)
 
 
 def _fmt(v: float | None, unit: str = "") -> str:
@@ -1193,7 +1196,7 @@ def _busy_poll_table(results: dict, rows: dict) -> list[str]:
     """Ping RTT and the back-end's CPU per --busy-poll column, against DPDK's (same run)."""
     cols = [c for c in results.get("columns") or list(results["samples"])
             if column_of(c).layout == "split" and results["samples"][c].get("latency")]
-    if not any(column_of(c).busy_poll for c in cols):
+    if not any(column_of(c).busy_poll is not None for c in cols):
         return []
     out = ["## Busy polling: ping RTT and CPU (medians)", "",
            "| back-end | p50 (us) | p99 (us) | min (us) | avg (us) | p50 / DPDK | goal | met | p99 / DPDK |"
@@ -1264,7 +1267,8 @@ def _layout_table(results: dict, rows: dict) -> list[str]:
     """Packet rates per ring layout (testpmd virtio-user packed_vq=1 for packed), both back-ends."""
     layouts = []
     for c in results.get("columns") or list(results["samples"]):
-        if column_of(c).layout not in layouts and not column_of(c).busy_poll and not column_of(c).variant:
+        if (column_of(c).layout not in layouts and column_of(c).busy_poll is None
+                and not column_of(c).variant):
             layouts.append(column_of(c).layout)
     if layouts == ["split"]:
         return []
@@ -1425,9 +1429,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--worker-arg", action="append", default=[], metavar="ARG",
                    help="one more `vhostsplice run` argument (repeatable), e.g. --worker-arg=--sandbox=off; "
                         "compare the vhostsplice/DPDK ratios of two runs, each against its own DPDK samples")
-    p.add_argument("--busy-poll", default="0", metavar="USEC,...",
-                   help="a vhostsplice column per value, `run --busy-poll USEC` (0: the default worker, always "
-                        "measured), e.g. 0,50,200 with --figures latency,idle; a table of ping RTT and CPU")
+    p.add_argument("--busy-poll", default="", metavar="USEC,...",
+                   help="a vhostsplice column per value, `run --busy-poll USEC` (0: polling off; the default "
+                        "worker, --busy-poll auto, is always measured), e.g. 0,50,200 with --figures "
+                        "latency,idle; a table of ping RTT and CPU")
     p.add_argument("--layouts", default="split", metavar="LAYOUT,...",
                    help="ring layouts the front-end asks for: split (default, the headline), packed (testpmd "
                         "virtio-user packed_vq=1, against both back-ends; in_order=1 on both, virtio-user's "

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from vhostsplice.device.datapath import MORE, PUBLISHED, RX_STARVED
+from vhostsplice.device.datapath import MORE, PUBLISHED, RX_STARVED, SPIN_AUTO, lib
 from vhostsplice.errors import GuestRingError
 
 SHORT_MS = 100      # a safety timeout that ends a test's wait once the traffic is served
@@ -41,24 +41,51 @@ def counts(w) -> dict:
     return {"wakeups": w.wakeups, "served": w.served, "kicks": (w.kicks[0], w.kicks[1]), "rechecks": w.rechecks}
 
 
-def test_kicks_are_served_in_c_until_the_wait_times_out(waiting):
-    """Two kicks, the second while C waits again after serving the first: both batches run in one call,
-    which ends on the safety timeout (no Python between the two), kicks drained."""
-    rig, _ep, kick = waiting
-    rig.tx.add_out([rig.frame(60)])
-    os.eventfd_write(kick, 3)
+class Later:
+    """A thread that waits for the rig's first frame on the wire, then runs ACT (a second kick), then, once
+    ENOUGH frames arrived, ends the wait through a pipe epoll watches (an event C hands over): no test
+    depends on how long a thread takes to start."""
+
+    def __init__(self, rig, ep, act, enough: int):
+        self.rig, self.act, self.enough, self.frames = rig, act, enough, []
+        self.r, self.w = os.pipe()
+        ep.register(self.r, select.EPOLLIN)
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self):
+        deadline = time.monotonic() + 10
+        while len(self.frames) < self.enough and time.monotonic() < deadline:
+            select.select([self.rig.peer], [], [], 0.5)
+            got = self.rig.wire()
+            if got and not self.frames:
+                self.act()
+            self.frames += got
+        os.write(self.w, b"x")
+
+    def join(self):
+        self.thread.join()
+        os.close(self.r)
+        os.close(self.w)
+
+
+def test_kicks_are_served_in_c_until_python_is_needed(waiting):
+    """Two kicks, the second after the first batch reached the wire: both served in one call (no Python
+    between them), kicks drained, until an event C hands over (a pipe here, a message in the loop)."""
+    rig, ep, kick = waiting
+    rig.dp.waiting.safety_ms = -1
 
     def second():
-        time.sleep(SHORT_MS / 4000)
         rig.tx.add_out([rig.frame(61)])
         os.eventfd_write(kick, 1)
-    thread = threading.Thread(target=second)
-    thread.start()
-    w = rig.dp.wait(5000)
-    thread.join()
-    assert (w.took, w.n) == (0, 0)              # ended by the timeout after the traffic
+    later = Later(rig, ep, second, 2)
+    rig.tx.add_out([rig.frame(60)])
+    os.eventfd_write(kick, 3)
+    w = rig.dp.wait(-1)
+    later.join()
+    assert (w.took, w.n, w.ev[0].fd) == (0, 1, later.r)
     assert counts(w) == {"wakeups": 3, "served": 2, "kicks": (0, 2), "rechecks": 2}
-    assert rig.wire() == [rig.hdr() + rig.frame(60), rig.hdr() + rig.frame(61)] and len(rig.tx.used()) == 2
+    assert later.frames == [rig.hdr() + rig.frame(60), rig.hdr() + rig.frame(61)] and len(rig.tx.used()) == 2
     with pytest.raises(BlockingIOError):                   # drained
         os.eventfd_read(kick)
 
@@ -99,10 +126,10 @@ def test_a_pending_poll_runs_in_c_and_more_keeps_it_polling(make_rig):
         w = rig.dp.waiting
         w.live, w.synced, w.safety_ms = 1, RX_STARVED, SHORT_MS
         rig.tx.add_out([rig.frame(60, seed=i) for i in range(5)])
-        w = rig.dp.wait(0)
+        w = rig.dp.wait(0, pending=True)
         assert (w.took, w.n) == (0, 0) and len(rig.wire()) == 5 and w.wakeups >= 3
         w.live = 0                      # no rings to poll: a pending wait returns at once
-        w = rig.dp.wait(0)
+        w = rig.dp.wait(0, pending=True)
         assert (w.took, w.wakeups, w.rechecks) == (0, 1, 0)
     finally:
         ep.close()
@@ -148,20 +175,72 @@ def test_a_busy_window_spins_then_the_wait_sleeps(waiting):
 
 
 def test_a_window_after_a_batch_that_published_finds_the_next_kick(waiting):
-    rig, _ep, kick = waiting
-    rig.dp.waiting.spin_us = 200_000        # a window ten times the kick's delay: work ends it
+    rig, ep, kick = waiting
+    w = rig.dp.waiting
+    w.spin_us, w.safety_ms = 5_000_000, -1      # a window longer than any test: only work ends it
 
-    def later():
-        time.sleep(0.02)
+    def second():
         rig.tx.add_out([rig.frame(61)])
         os.eventfd_write(kick, 1)
+    later = Later(rig, ep, second, 2)
     rig.tx.add_out([rig.frame(60)])
     os.eventfd_write(kick, 1)
-    thread = threading.Thread(target=later)
-    thread.start()
-    w = rig.dp.wait(5000)
-    thread.join()
-    assert (w.spin_found, w.kicks[1]) == (1, 2) and len(rig.wire()) == 2
+    w = rig.dp.wait(-1)
+    later.join()
+    # the kick found in the first window; the second batch's window ended by the pipe (work too)
+    assert (w.spin_found, w.spin_out, w.kicks[1], w.n) == (2, 0, 2, 1) and len(later.frames) == 2
+
+
+@pytest.mark.parametrize("window, spun, gap, after", [
+    (0, 0, 10_000, 4_000),             # answered 10 us after a closed window: opens at 4 us
+    (8_000, 8_000, 10_000, 16_000),    # answered after the window ran out, within 32 us: doubles
+    (20_000, 20_000, 25_000, 32_000),  # at most 32 us
+    (32_000, 32_000, 32_001, 0),       # answered past 32 us: closed
+    (16_000, 16_000, 12_000, 16_000),  # caught while spinning: kept
+    (0, 0, 1_000_000, 0),              # a slow peer (1 ms): stays closed
+])
+def test_the_adaptive_window_grows_for_a_quick_answer_and_closes_for_a_slow_one(window, spun, gap, after):
+    """--busy-poll auto: the window a wait opened is judged by when the next wake-up came (vs_auto_window,
+    the rule vs_pair_wait applies at every wake-up)."""
+    assert lib.vs_auto_window(window, spun, gap) == after
+
+
+def test_the_adaptive_window_opens_for_what_was_published(waiting):
+    """After a served poll that published TX, the wait spins the TX window (key 1); RX, the RX window. A
+    window that runs out is followed by the sleeping wait, and a wake-up past 32 us closes it."""
+    rig, ep, kick = waiting
+    w = rig.dp.waiting
+    w.spin_us, w.auto_ns[0], w.auto_ns[1] = SPIN_AUTO, 0, 20_000
+    rig.tx.add_out([rig.frame(60)])
+    os.eventfd_write(kick, 1)
+    w = rig.dp.wait(5000)                          # TX published: a 20 us window, then SHORT_MS asleep
+    assert (w.spin_out, w.spin_found, w.auto_ns[1], w.auto_ns[0]) == (1, 0, 0, 0) and len(rig.wire()) == 1
+    w.auto_ns[0] = 20_000
+    rig.rx.add_in(2, 2048)
+    w.synced = 0
+    rig.inject(rig.hdr() + rig.frame(100))
+    w = rig.dp.wait(5000)                          # RX published: the RX window, judged the same way
+    assert (w.spin_out, w.auto_ns[0], w.auto_ns[1]) == (1, 0, 0) and len(rig.rx.used()) == 1
+
+
+def test_a_kick_fd_that_is_no_eventfd_goes_to_python(waiting):
+    """A front-end's kick fd that reads EINVAL (an anonymous inode that is no eventfd: here an epoll fd) is
+    handed over with its wake-up, for the loop's kick handler to read and report; no batch runs."""
+    rig, ep, kick = waiting
+    fake, r, wr = select.epoll(), *os.pipe()
+    fake.register(r, select.EPOLLIN)
+    os.write(wr, b"x")                             # the fake kick (an epoll fd) is readable now
+    ep.register(fake.fileno(), select.EPOLLIN)
+    rig.dp.watch_kick(1, fake.fileno())
+    rig.tx.add_out([rig.frame(60)])
+    try:
+        w = rig.dp.wait(5000)
+        assert (w.took, w.n, w.ev[0].fd, w.served) == (0, 1, fake.fileno(), 0) and rig.wire() == []
+    finally:
+        ep.unregister(fake.fileno())
+        fake.close()
+        os.close(r)
+        os.close(wr)
 
 
 def test_the_wait_returns_by_pythons_deadline(waiting):
@@ -170,9 +249,10 @@ def test_the_wait_returns_by_pythons_deadline(waiting):
     rig, _ep, kick = waiting
     w = rig.dp.waiting
     w.safety_ms = -1
-    w.until_ns = time.monotonic_ns() + 30_000_000
+    start = time.monotonic_ns()
+    w.until_ns = start + 30_000_000
     w = rig.dp.wait(-1)
-    assert (w.took, w.n, w.wakeups) == (0, 0, 1)
+    assert (w.took, w.n, w.wakeups) == (0, 0, 1) and time.monotonic_ns() >= w.until_ns   # not before it
     w.until_ns = time.monotonic_ns()            # due already: the served wake-up is the last
     rig.tx.add_out([rig.frame(60)])
     os.eventfd_write(kick, 1)

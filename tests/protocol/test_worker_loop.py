@@ -13,6 +13,7 @@ from vhostsplice.testing.frontend import Frontend
 from vhostsplice.testing.harness import demo_frame
 from vhostsplice.testing.hostfd import FakeHostFd
 from vhostsplice.vhostuser import protocol as P
+from vhostsplice.worker import BUSY_POLL_AUTO
 from vhostsplice.worker.loop import WorkerConfig
 
 
@@ -102,3 +103,22 @@ def test_an_old_kick_fd_the_front_end_still_signals_does_not_wake_the_worker():
     stats, got = serve(WorkerConfig(backend=BackendConfig()), body)
     assert got == frames
     assert stats["wakeups"] < 50, stats["wakeups"]
+
+
+def test_busy_poll_auto_never_polls_for_a_peer_slower_than_its_window():
+    """--busy-poll auto: a window opens only once the peer answered within 32 us of a batch; this Python
+    front-end answers milliseconds later, so no window ever opens (no poll, no CPU) and frames still flow."""
+    frames = [demo_frame(i, 200) for i in range(5)]
+
+    def body(fe: Frontend, host: FakeHostFd) -> list[bytes]:
+        got = []
+        for frame in frames:
+            fe.send([frame])
+            got += wait_frames(host, 1)
+        return got
+
+    stats, got = serve(WorkerConfig(busy_poll_us=BUSY_POLL_AUTO), body)
+    busy = stats["busy_poll"]
+    assert got == frames
+    assert (busy["mode"], busy["polls"], busy["found_work"], busy["timed_out"]) == ("auto", 0, 0, 0), busy
+    assert (busy["window_rx_ns"], busy["window_tx_ns"]) == (0, 0), busy

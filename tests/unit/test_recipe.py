@@ -25,6 +25,7 @@ from vhostsplice.cli.run import recipe_of, serve_worker
 from vhostsplice.device.statepage import new_memfd
 from vhostsplice.errors import ConfigError
 from vhostsplice.serve.pairs import Pair
+from vhostsplice.worker import BUSY_POLL_AUTO
 from vhostsplice.serve.supervisor import Supervisor, spread_cpus
 from vhostsplice.serve.template import Unmade, WorkerSpec
 from vhostsplice.worker.runner import Ownership, RunRecipe
@@ -68,6 +69,22 @@ def test_one_recipe_serves_every_worker_as_its_own_command_line_would(tmp_path, 
         cpus.append(own.cpu)
     assert cpus == ([str(CPUS[k % len(CPUS)]) for k in range(3)] if serve_args else [None] * 3)
     assert made.sandbox == ("log" if serve_args else "strict")     # serve's options reached the recipe
+
+
+@pytest.mark.parametrize("given, made", [(None, BUSY_POLL_AUTO), ("auto", BUSY_POLL_AUTO), ("AUTO", BUSY_POLL_AUTO),
+                                         ("0", 0), ("50", 50), ("100000", 100000)])
+def test_busy_poll_is_auto_by_default_or_microseconds(given, made, tmp_path, monkeypatch):
+    """--busy-poll: auto (the adaptive window, the default) or USEC; serve hands each worker the same value."""
+    extra = [] if given is None else ["--busy-poll", given]
+    assert recipe_of(["run", "--fd", "3", "--tap", "vt0", *extra]).busy_poll_us == made
+    spec = _serve_spec(tmp_path, monkeypatch, *extra)
+    assert recipe_of(spec.argv(0, 11, None)).busy_poll_us == made
+
+
+@pytest.mark.parametrize("given", ["-5", "100001", "fast", "", "5us"])
+def test_a_busy_poll_that_is_neither_auto_nor_microseconds_is_refused(given):
+    with pytest.raises(click.BadParameter, match="auto|microseconds"):
+        recipe_of(["run", "--fd", "3", "--tap", "vt0", "--busy-poll", given])
 
 
 def test_a_recipe_takes_fields_by_keyword_with_their_defaults_and_stays_frozen():

@@ -210,6 +210,15 @@ struct vs_pair {
  * Python gave (until_ns), an error.  A signal is an event: the loop's signal fd.  Counts accumulate over a
  * call. */
 #define VS_WAIT_EVENTS 16 /* most events one epoll_wait takes (the loop watches fewer fds) */
+/* --busy-poll auto (struct vs_wait.spin_us): after a served wake-up's poll that published, the wait spins
+ * for the adaptive window of what it published (RX: the guest's answer is a kick; TX only: the host's is a
+ * frame).  A window is judged by when the next wake-up came: while spinning, kept; later but within
+ * VS_AUTO_MAX_NS, doubled (from VS_AUTO_START_NS), so an answer that fast is caught next time; later
+ * still, closed to 0, so a slow peer or a quiet ring costs no spinning (the shape of QEMU's adaptive
+ * AioContext polling, whose poll-max-ns default is 32 us). */
+#define VS_SPIN_AUTO 0xffffffffu
+#define VS_AUTO_START_NS 4000u
+#define VS_AUTO_MAX_NS 32000u
 struct vs_wait_event {
     int32_t fd;
     uint32_t events;
@@ -224,7 +233,12 @@ struct vs_wait {
     /* Python's, each call */
     int safety_ms;     /* the timeout of a wait after traffic (the safety poll's; -1: none) */
     uint64_t until_ns; /* return by then, CLOCK_MONOTONIC (0: no limit) */
-    uint32_t spin_us;  /* --busy-poll: after a poll that published, the next wait spins this long */
+    uint32_t spin_us;  /* --busy-poll: after a poll that published, the next wait spins this long; VS_SPIN_AUTO */
+    /* C's, kept across calls: --busy-poll auto */
+    uint32_t auto_ns[2];   /* the window after a poll that published RX [0], only TX [1] */
+    int32_t auto_key;      /* the window the last wait opened, judged at the next wake-up; -1: none (Python's start) */
+    uint32_t auto_spun_ns; /* its length then */
+    uint64_t auto_from_ns; /* when that wait began */
     /* out: how the call ended */
     uint32_t took;          /* 1: on a wake-up C served (its rounds' bits below) */
     uint32_t rounds;        /* polls the last served wake-up ran: 1, or 2 with the re-check */
@@ -243,7 +257,8 @@ struct vs_wait {
 int vs_api_version(void);
 int vs_pair_poll(struct vs_pair *p);
 int vs_pair_rounds(struct vs_pair *p, struct vs_wait *w);
-int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t spin_us);
+int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t spin_us, int pending);
+uint32_t vs_auto_window(uint32_t window, uint32_t spun, uint64_t gap);
 int vs_drain_eventfd(int fd);
 /* vs_layout.c: the ring layout (also declared for the C sources below) */
 int vs_ring_num_ok(uint32_t num, uint32_t flags);

@@ -142,14 +142,16 @@ static int sleep_events(struct vs_wait *w, struct epoll_event *ev, int timeout_m
     }
 }
 
-/* epoll_wait once (sleep_events), or (spin_us > 0) without sleeping until an event or spin_us passed
+/* epoll_wait once (sleep_events), or (spin_ns > 0) without sleeping until an event or spin_ns passed
  * (--busy-poll's window; at least one look).  The count of events, or -errno. */
-static int wait_events(struct vs_wait *w, struct epoll_event *ev, int timeout_ms, uint32_t spin_us)
+static int wait_events(struct vs_wait *w, struct epoll_event *ev, int timeout_ms, uint64_t spin_ns)
 {
     int n;
-    if (!spin_us)
+    if (!spin_ns)
         return sleep_events(w, ev, timeout_ms);
-    uint64_t deadline = mono_ns() + (uint64_t)spin_us * 1000u;
+    uint64_t deadline = mono_ns() + spin_ns;
+    if (w->until_ns && w->until_ns < deadline)
+        deadline = w->until_ns; /* Python's time (a --stats-interval rewrite) is never spun past */
     do {
         w->spin_polls++;
         n = epoll_wait(w->epfd, ev, VS_WAIT_EVENTS, 0);
@@ -161,6 +163,39 @@ static int wait_events(struct vs_wait *w, struct epoll_event *ev, int timeout_ms
     else if (n == 0)
         w->spin_out++;
     return n < 0 ? -errno : n;
+}
+
+/* --busy-poll auto: a window of `window` ns that could spin `spun` ns, judged by a wake-up `gap` ns after
+ * it opened: the window next time (VS_SPIN_AUTO). */
+uint32_t vs_auto_window(uint32_t window, uint32_t spun, uint64_t gap)
+{
+    if (gap <= spun)
+        return window; /* caught while spinning */
+    if (gap > VS_AUTO_MAX_NS)
+        return 0;
+    return window == 0 ? VS_AUTO_START_NS : (window >= VS_AUTO_MAX_NS / 2 ? VS_AUTO_MAX_NS : window * 2);
+}
+
+/* --busy-poll auto: judge the window the last wait opened by when this wake-up came. */
+static void auto_judge(struct vs_wait *w)
+{
+    if (w->auto_key < 0 || w->auto_key > 1)
+        return;
+    uint32_t *win = &w->auto_ns[w->auto_key];
+    *win = vs_auto_window(*win, w->auto_spun_ns, mono_ns() - w->auto_from_ns);
+    w->auto_key = -1;
+}
+
+/* The window after a served poll that published (rx_published: the RX ring's used position moved), in ns:
+ * --busy-poll's, or the adaptive one of what was published, which the next wake-up judges. */
+static uint64_t window_ns(struct vs_wait *w, int rx_published)
+{
+    if (w->spin_us != VS_SPIN_AUTO)
+        return (uint64_t)w->spin_us * 1000u;
+    w->auto_key = rx_published ? 0 : 1;
+    w->auto_spun_ns = w->auto_ns[w->auto_key];
+    w->auto_from_ns = mono_ns();
+    return w->auto_spun_ns;
 }
 
 /* Bits of the rings whose kick fd this is (both, if a front-end gave one eventfd to both). */
@@ -189,60 +224,80 @@ static void hand_over(struct vs_wait *w, const struct epoll_event *ev, int n)
     w->n = (uint32_t)n;
 }
 
-/* Serve a wake-up of traffic (n events, or none: a pending poll): the kicks drained first (a kick after
- * the rounds wakes the next wait), then the rounds.  0, or -errno. */
-static int serve(struct vs_pair *p, struct vs_wait *w, const struct epoll_event *ev, int n)
+/* Drain the kicks of a wake-up of traffic (before its rounds: a kick after them wakes the next wait).  0,
+ * or -1: a kick fd that could not be read (an anonymous inode that is no eventfd reads EINVAL), which the
+ * loop's own kick handler then reads and reports. */
+static int drain_kicks(struct vs_wait *w, const struct epoll_event *ev, int n)
 {
     for (int i = 0; i < n; i++) {
         uint32_t bits = kick_bits(w, ev[i].data.fd);
         if (!bits)
             continue;
-        int rc = vs_drain_eventfd(ev[i].data.fd);
-        if (rc < 0)
-            return rc;
+        if (vs_drain_eventfd(ev[i].data.fd) < 0)
+            return -1;
         w->kicks[0] += bits & 1u;
         w->kicks[1] += bits >> 1;
     }
-    w->took = 1;
-    w->served++;
-    return pair_rounds(p, w);
+    return 0;
 }
 
-/* The worker loop's wait (struct vs_wait): timeout_ms and spin_us are the first epoll_wait's (timeout 0
- * without a spin: a poll is pending, C runs it); after a served wake-up the next wait is MORE's poll, a
- * --busy-poll window after a poll that published, or safety_ms.  Returns 0 (w says how it ended) or
- * -errno: a failed poll when w->took (Python raises the datapath's error), else epoll's or a kick's. */
-int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t spin_us)
+/* Where a served wake-up leaves the loop in C: VS_MORE (poll again at once), 0 (wait), or -1 (return to
+ * Python: a batch changed what epoll must watch, or Python's time is up). */
+static int after_rounds(const struct vs_wait *w)
+{
+    int32_t last = w->rounds == 2 ? w->recheck : w->round;
+    if ((uint32_t)(last & (VS_RX_STARVED | VS_TX_BLOCKED)) != w->synced)
+        return -1;
+    if (w->until_ns && mono_ns() >= w->until_ns)
+        return -1;
+    return last & VS_MORE;
+}
+
+/* The worker loop's wait (struct vs_wait): timeout_ms and spin_us are the first epoll_wait's (pending: a
+ * poll is due first, the loop's MORE, which C runs); after a served wake-up the next wait is MORE's poll,
+ * a --busy-poll window once the polls since the last window published and none asks for more, or
+ * safety_ms.  Returns 0 (w says how it ended) or -errno: a failed poll when w->took (Python raises the
+ * datapath's error), else epoll's. */
+int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t spin_us, int pending)
 {
     struct epoll_event ev[VS_WAIT_EVENTS];
-    int pending = timeout_ms == 0 && !spin_us;
+    uint64_t spin_ns = pending ? 0 : (uint64_t)spin_us * 1000u;
+    int published = 0, rx_published = 0; /* since the last window: the polls' PUBLISHED, RX's used moved */
     wait_reset(w);
     for (;;) {
         w->took = 0;
-        int n = wait_events(w, ev, pending ? 0 : timeout_ms, spin_us);
+        int n = wait_events(w, ev, pending ? 0 : timeout_ms, spin_ns);
         if (n < 0)
             return n;
-        if (n == 0 && spin_us) { /* the window ran out: now a wait that sleeps */
-            spin_us = 0;
+        if (n == 0 && spin_ns) { /* the window ran out: now a wait that sleeps */
+            spin_ns = 0;
             continue;
         }
+        auto_judge(w);
         w->wakeups++;
-        if (n > 0 && !only_traffic(w, ev, n)) {
+        if (n > 0 && (!only_traffic(w, ev, n) || drain_kicks(w, ev, n) < 0)) {
             hand_over(w, ev, n);
             return 0;
         }
         if (n == 0 && (!pending || !w->live))
             return 0; /* timed out (the safety poll, Python's), or no rings to poll */
-        int rc = serve(p, w, ev, n);
+        uint16_t rx_used = vs_used_pos(&p->rx);
+        w->took = 1;
+        w->served++;
+        int rc = pair_rounds(p, w);
         if (rc < 0)
             return rc;
-        int32_t last = w->rounds == 2 ? w->recheck : w->round;
-        if ((uint32_t)(last & (VS_RX_STARVED | VS_TX_BLOCKED)) != w->synced)
-            return 0; /* epoll must watch other fds now: Python re-syncs */
-        if (w->until_ns && mono_ns() >= w->until_ns)
+        published |= w->round & VS_PUBLISHED;
+        rx_published |= vs_used_pos(&p->rx) != rx_used;
+        rc = after_rounds(w);
+        if (rc < 0)
             return 0;
-        pending = (last & VS_MORE) != 0;
-        spin_us = !pending && (w->round & VS_PUBLISHED) && !(last & VS_TX_BLOCKED) ? w->spin_us : 0;
+        pending = rc != 0;
+        spin_ns = 0;
+        if (!pending && published && !(w->synced & VS_TX_BLOCKED)) { /* a full host fd waits for EPOLLOUT */
+            spin_ns = window_ns(w, rx_published);
+            published = rx_published = 0;
+        }
         timeout_ms = w->safety_ms;
     }
 }

@@ -10,6 +10,7 @@ import functools
 import click
 
 from ..errors import EXIT_TABLE, ConfigError, signals_held
+from ..worker import BUSY_POLL_AUTO
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 PROG = "vhostsplice"            # the program's name in usage and error messages
@@ -96,15 +97,40 @@ def sandbox_option(command):
              "read-only file system, execute only this interpreter).")(command)
 
 
+class BusyPoll(click.ParamType):
+    """`auto` (BUSY_POLL_AUTO) or a whole number of microseconds, 0 to 100000."""
+    name = "auto|USEC"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return BUSY_POLL_AUTO
+        try:
+            usec = int(str(value), 10)
+        except ValueError:
+            self.fail(f"{value!r} is neither auto nor a whole number of microseconds", param, ctx)
+        if not 0 <= usec <= 100000:
+            self.fail(f"{usec} is not in 0..100000 microseconds", param, ctx)
+        return usec
+
+
+def busy_poll_arg(usec: int) -> str:
+    """--busy-poll's value as the command line spells it (serve passes it on to every worker)."""
+    return "auto" if usec == BUSY_POLL_AUTO else str(usec)
+
+
 def busy_poll_option(command):
     """--busy-poll, shared by `run` and `serve` (which passes it to every worker)."""
     return click.option(
-        "--busy-poll", "busy_poll", type=click.IntRange(0, 100000), default=0, show_default=True, metavar="USEC",
+        "--busy-poll", "busy_poll", type=BusyPoll(), default="auto", show_default=True, metavar="auto|USEC",
         envvar="VHOSTSPLICE_BUSY_POLL",
         help="After a batch that completed chains, keep polling (epoll without sleeping: the kick eventfds, the "
-             "host fd, the control socket) for up to USEC microseconds before sleeping (like vhost_net's "
-             "busyloop timeout and QEMU's tap poll-us): lower latency for a CPU kept busy meanwhile "
-             "(benchmarks/RESULTS.md); 0 sleeps at once.")(host_io_option(command))
+             "host fd, the control socket) before sleeping, like vhost_net's busyloop timeout and QEMU's tap "
+             "poll-us. USEC: up to USEC microseconds after every such batch (lower latency for a CPU kept busy "
+             "meanwhile); 0 sleeps at once. auto (the default): a window per direction that grows (4 to 32 us) "
+             "while the peer answers within 32 us and closes to 0 when it does not, so a slow peer or a quiet "
+             "ring costs no polling (QEMU's adaptive polling; benchmarks/RESULTS.md).")(host_io_option(command))
 
 
 def host_io_option(command):

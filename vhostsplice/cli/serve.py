@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from .options import (CONTEXT, busy_poll_option, exit_table_help, ownership, ownership_options, sandbox_option,
-                      signals_held_until_the_loop, stats_options)
+from .options import (CONTEXT, busy_poll_arg, busy_poll_option, exit_table_help, ownership, ownership_options,
+                      sandbox_option, signals_held_until_the_loop, stats_options)
 from .run import recipe_of, serve_worker
 
 
@@ -67,7 +67,7 @@ def serve(socket_path, tap, queues, cpus, restart, events, on_guest_error, offlo
     from ..serve.template import WorkerEntry
     from ..worker.runner import check_stats
     cpu_list = sorted(parse_cpus(cpus)) if cpus else []
-    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", str(busy_poll),
+    worker_args = ["--on-guest-error", on_guest_error, "--sandbox", sandbox, "--busy-poll", busy_poll_arg(busy_poll),
                    "--host-io", host_io] + \
         ([] if offloads else ["--no-offloads"]) + ([] if packed else ["--no-packed"])
     owner = ownership(socket_path, socket_mode, socket_group, allow_uid, run_as)

@@ -36,6 +36,7 @@ MORE = lib.VS_MORE
 TX_BLOCKED = lib.VS_TX_BLOCKED
 RX_STARVED = lib.VS_RX_STARVED
 PUBLISHED = lib.VS_PUBLISHED    # poll_round() only: a ring's used index moved (chains completed)
+SPIN_AUTO = lib.VS_SPIN_AUTO    # wait()'s spin_us field: --busy-poll auto, the adaptive window
 
 BROKEN_REASONS = {
     lib.VS_BROKEN_AVAIL_IDX: "avail_idx",          # avail->idx moved more than the ring size
@@ -151,6 +152,7 @@ class Datapath:
         self.uring_why = "not asked for"    # why the host fd is read and written one frame per syscall
         self._wait = ffi.new("struct vs_wait *")     # the loop's wait (watch, watch_kick, wait, rounds)
         self._wait.epfd = self._wait.host_fd = self._wait.kick_fd[0] = self._wait.kick_fd[1] = -1
+        self._wait.auto_key = -1
 
     # -- configuration ------------------------------------------------------------------------------
     def configure(self, *, mrg_rxbuf: bool, event_idx: bool, indirect: bool, rx_max: int,
@@ -435,11 +437,12 @@ class Datapath:
         """wait() takes ring INDEX's kicks on FD (-1: none): the loop's epoll watches FD for it, now."""
         self._wait.kick_fd[index] = fd
 
-    def wait(self, timeout_ms: int, spin_us: int = 0) -> Any:
+    def wait(self, timeout_ms: int, spin_us: int = 0, pending: bool = False) -> Any:
         """The loop's wait (vs_pair_wait): serves wake-ups of traffic in C until Python is needed; the
         struct vs_wait says why it returned: `took` (after a served wake-up whose bits Python must see),
-        `n` events in `ev` for Python (a signal among them: the loop's signal fd), or neither (a timeout)."""
-        rc = lib.vs_pair_wait(self._pair, self._wait, timeout_ms, spin_us)
+        `n` events in `ev` for Python (a signal among them: the loop's signal fd), or neither (a timeout).
+        PENDING: a poll is due first (the loop's MORE), without waiting."""
+        rc = lib.vs_pair_wait(self._pair, self._wait, timeout_ms, spin_us, pending)
         if rc == 0:
             return self._wait
         if self._wait.took:

@@ -70,7 +70,7 @@ ARG_RULES: dict[str, ArgRule | None] = {
 
 # (syscall, argument rule name, who needs it)
 ALLOW: tuple[tuple[str, str, str], ...] = (
-    ("epoll_wait", "any", "the worker loop sleeps in select.epoll.poll"),
+    ("epoll_wait", "any", "the worker loop sleeps in vs_pair_wait (the C core's wait)"),
     ("epoll_pwait", "any", "the same, where libc uses the p variant"),
     ("epoll_ctl", "any", "watch and unwatch kick fds, the host fd, the control socket"),
     ("read", "any", "kick eventfd drains, the signal wake-up pipe, RX frames from a tap (core)"),

@@ -6,3 +6,4 @@ counters rendered (counters.py: JSON, Prometheus).
 A layer of docs/architecture.md: it imports the layers below it (device/, host/, vhostuser/, sandbox/)
 and the vocabulary, never serve/, the tools or the command line.
 """
+BUSY_POLL_AUTO = -1     # WorkerConfig.busy_poll_us for `--busy-poll auto`: the adaptive window (loop.py)

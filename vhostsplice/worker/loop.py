@@ -21,12 +21,12 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from . import report as _report
+from . import BUSY_POLL_AUTO, report as _report
 from ..device import datapath as dp
 from ..device.backend import Backend, BackendConfig
 from ..vhostuser.channel import Listener
-from ..errors import (STOP_SIGNALS, FrontendGone, HostFdError, SetupError, VhostspliceError, errno_name,
-                      release_stop_signals)
+from ..errors import (STOP_SIGNALS, FrontendGone, HostFdError, ProtocolError, SetupError, VhostspliceError,
+                      errno_name, release_stop_signals)
 from ..sandbox import Facts, Sandbox
 from ..device.statepage import StatePage
 
@@ -53,7 +53,7 @@ class WorkerConfig:
     sandbox: Sandbox | None = None              # --sandbox: confined before the first message (None: off)
     stats_format: str = "json"                  # --stats-format: json or prometheus (counters.render)
     stats_interval: float | None = None         # --stats-interval: rewrite --stats-file this often (seconds)
-    busy_poll_us: int = 0                       # --busy-poll: keep polling this long after a batch
+    busy_poll_us: int = 0                       # --busy-poll: keep polling this long after a batch (-1: auto)
     host_io: str = "auto"                       # --host-io: auto (io_uring batches where they work) or plain
     state: StatePage = field(default_factory=lambda: StatePage(None))   # --state-file/--state-fd (statepage.py)
 
@@ -226,10 +226,11 @@ class Worker:
             dp.TX_BLOCKED if self.tx_blocked else 0)
         w.safety_ms = SAFETY_MS if self.running else -1
         w.until_ns = 0 if self.out.next_due is None else int(self.out.next_due * 1e9)
-        w.spin_us = self.config.busy_poll_us if self.running else 0
+        busy = self.config.busy_poll_us
+        w.spin_us = 0 if not self.running else dp.SPIN_AUTO if busy == BUSY_POLL_AUTO else busy
         spin = 0 if pending else self._window_us()
         try:
-            return self.datapath.wait(0 if pending else self._timeout_ms(), spin)
+            return self.datapath.wait(0 if pending else self._timeout_ms(), spin, pending)
         finally:
             self._count(w)
 
@@ -298,7 +299,7 @@ class Worker:
         batch that published: why, in vs_pair.c): a --busy-poll window due, the states epoll follows, MORE."""
         flags = w.round
         if w.rounds == 2:
-            self.busy_due = self.config.busy_poll_us > 0
+            self.busy_due = self.config.busy_poll_us > 0      # auto: C's windows only (vs_pair_wait)
             flags = w.recheck
         self.rx_starved = bool(flags & dp.RX_STARVED)
         self.tx_blocked = bool(flags & dp.TX_BLOCKED)
@@ -392,7 +393,10 @@ class Worker:
         round (GET_VRING_BASE, a new SET_VRING_KICK) closed it, so only the ring's current kick fd is read."""
         if self.backend is None or self.backend.rings[index].kick_fd != fd:
             return False
-        dp.drain_eventfd(fd)
+        try:
+            dp.drain_eventfd(fd)
+        except OSError as exc:      # an anonymous inode that is no eventfd (a signalfd, an epoll fd...)
+            raise ProtocolError(f"ring {index}: the kick fd cannot be read as an eventfd ({exc.strerror})") from exc
         self.backend.rings[index].kicks += 1
         if index == 0:
             self.rx_starved = False

@@ -63,6 +63,16 @@ class StatsOut:
         os.replace(f"{name}.tmp", name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
 
 
+def busy_poll(worker) -> dict:
+    """--busy-poll: its mode and window (auto: each direction's window now, in ns), the polls and windows."""
+    usec = worker.config.busy_poll_us
+    if usec >= 0:
+        return {"mode": "fixed" if usec else "off", "usec": usec, **worker.busy}
+    w = worker.datapath.waiting
+    return {"mode": "auto", "usec": 0, "window_rx_ns": int(w.auto_ns[0]), "window_tx_ns": int(w.auto_ns[1]),
+            **worker.busy}
+
+
 def collect(worker) -> dict:
     """The worker's stats dict: its own counters, the rings', the host fd's and the negotiated state."""
     rings = worker.datapath.stats()
@@ -73,7 +83,7 @@ def collect(worker) -> dict:
     out = {
         "exit": worker.exit_code, "errno": errno_name(worker.exit_code), "reason": worker.reason,
         "wakeups": worker.wakeups, "lost_kicks": worker.lost_kicks, "rechecks": dict(worker.rechecks),
-        "busy_poll": {"usec": config.busy_poll_us, **worker.busy},
+        "busy_poll": busy_poll(worker),
         "refused": dict(worker.refused),
         "uptime_s": round(time.monotonic() - worker.started, 3), "rings": rings,
         "host": {"kind": worker.hostfd.kind, "name": worker.hostfd.name, "vnet_hdr_len": datapath.host_hdr_len,
