@@ -306,15 +306,10 @@ class Worker:
         return bool(flags & dp.MORE)
 
     def _window_us(self) -> int:
-        """--busy-poll: after a batch that published, the next wait polls epoll (the kick eventfds, the host
-        fd as _sync left it, the control socket, signals) without sleeping until something is ready or
-        the time is up; not while the host fd is full (that waits for EPOLLOUT). Every source of work is
-        an fd then: the TX ring asks for kicks once drained, a starved RX ring too, and RX with buffers
-        has the host fd watched. The window is spent either way (the next batch that publishes opens
-        another), so a signal or a message never prolongs it."""
+        """--busy-poll USEC after rounds Python ran that published (C opens its own: docs/architecture.md,
+        the --busy-poll paragraph): spent either way, never while the host fd is full."""
         due, self.busy_due = self.busy_due, False
         return self.config.busy_poll_us if due and self.running and not self.tx_blocked else 0
-
 
     # -- the handlers of EVENT_HANDLERS: (fd, its role's argument, the events) -> end the loop? ----------
     def _on_signal(self, sigfd: int, _arg: int, _ev: int) -> bool:
