@@ -893,7 +893,8 @@ def run(args) -> dict:
                                                                  "perf", "quiet", "min_share",
                                                                  "quiet_wait", "quiet_budget", "noisy",
                                                                  "retries", "busy_poll", "layouts", "floor",
-                                                                 "variant", "no_offloads")},
+                                                                 "variant", "no_offloads")}
+                     | {"default_busy_poll": "auto"},     # the default worker's (before 2026-12-07: 0)
                      "columns": [c.name for c in args.columns],
                      "samples": {c.name: {f: [] for f in args.figures if c.measures(f)} for c in args.columns}}
     t_start = time.monotonic()
@@ -1051,7 +1052,7 @@ GOALS = [  # key, label, unit, kind ("ratio>=", "ratio<=", "abs<"), target
     ("rx1500_mpps", "RX 1500 B (tap -> guest)", "Mpps", "ratio>=", 1.0),
     ("latency_min_us", "ping RTT min", "us", None, None),
     ("latency_avg_us", "ping RTT avg", "us", None, None),
-    ("latency_p50_us", "ping RTT p50", "us", "ratio<=", 1.0),          # issue 18 (LATENCY_GOALS[0])
+    ("latency_p50_us", "ping RTT p50", "us", "ratio<=", 1.0),          # issue 18 (LATENCY_GOALS[None])
     ("latency_p99_us", "ping RTT p99", "us", None, None),
     ("rss_idle_mib", "RSS, idle and connected", "MiB", "abs<", 30.0),
     ("rss_idle_anon_mib", "  of which RssAnon (private heap)", "MiB", None, None),
@@ -1497,6 +1498,14 @@ def _kept_reading(md_path: Path) -> str:
     return "\n" + text[a:b + len(READING[1])] + "\n" if 0 <= a < b else ""
 
 
+def _combined_column(name: str, settings: dict) -> str:
+    """A run's column as a combined result names it: the default worker of a run made before `--busy-poll
+    auto` was the default (its settings lack default_busy_poll) ran with polling off, `busy-poll 0`."""
+    if name == "vhostsplice" and "default_busy_poll" not in settings:
+        return "vhostsplice busy-poll 0"
+    return name
+
+
 def combine(paths: list[str]) -> dict:
     """Samples of several runs (their JSON files) as one result; facts from the first run. PATH:FIG,FIG
     takes only those figures from that file (say, a run whose RX method was since fixed)."""
@@ -1515,12 +1524,13 @@ def combine(paths: list[str]) -> dict:
                                     "vhostsplice": p["facts"]["vhostsplice"], "settings": p["settings"]}]:
             out["runs"].append(dict(r, used=sorted(only[i]) if only[i] else "all"))
         for b in p.get("columns") or list(p["samples"]):
-            if b not in out["columns"]:
-                out["columns"].append(b)
+            ours = _combined_column(b, p["settings"])
+            if ours not in out["columns"]:
+                out["columns"].append(ours)
             for fig, ds in p["samples"][b].items():
                 if only[i] is not None and fig not in only[i]:
                     continue
-                out["samples"].setdefault(b, {}).setdefault(fig, []).extend(dict(d, run=d.get("run", i))
+                out["samples"].setdefault(ours, {}).setdefault(fig, []).extend(dict(d, run=d.get("run", i))
                                                                            for d in ds)
     return out
 

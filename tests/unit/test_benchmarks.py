@@ -22,7 +22,7 @@ def _results(samples: dict) -> dict:
     """A dpdk_bench.json as --combine reads it."""
     facts = {"date": "2026-12-07 00:00 UTC", "loadavg_at_start": ["0", "0", "0"], "vhostsplice": "test",
              "cpu": "2 x test", "memory_gib": 1, "os": "test", "kernel": "test", "dpdk": "test", "python": "3"}
-    settings = {"repeat": 1, "noisy": 0.25, "min_share": 0.85, "retries": 0, "pings": 1}
+    settings = {"repeat": 1, "noisy": 0.25, "min_share": 0.85, "retries": 0, "pings": 1, "default_busy_poll": "auto"}
     return {"facts": facts, "settings": settings, "command": "test", "elapsed_s": 1.0,
             "columns": list(samples), "samples": samples}
 
@@ -50,6 +50,22 @@ def test_dpdk_bench_exits_zero_when_every_figure_has_a_sample(tmp_path):
     rc, md = _run_combine(tmp_path, {"vhostsplice": {"rx64": [_rate(0.45)]}, "dpdk": {"rx64": [_rate(0.5)]}})
     assert rc == 0
     assert "| RX 64 B (tap -> guest) (Mpps) | 0.450 | 0.500 | 0.90 |" in md
+
+
+def test_combine_names_the_default_worker_of_a_run_before_busy_poll_auto_as_polling_off(tmp_path):
+    """A run made before `--busy-poll auto` became the default (no default_busy_poll in its settings) had its
+    default worker poll never: combined with a newer run, its samples are `busy-poll 0`'s, not auto's."""
+    old = _results({"vhostsplice": {"rx64": [_rate(0.40)]}, "dpdk": {"rx64": [_rate(0.5)]}})
+    del old["settings"]["default_busy_poll"]
+    new = _results({"vhostsplice": {"rx64": [_rate(0.45)]}, "dpdk": {"rx64": [_rate(0.5)]}})
+    paths = []
+    for name, run in (("old.json", old), ("new.json", new)):
+        (tmp_path / name).write_text(json.dumps(run))
+        paths.append(str(tmp_path / name))
+    out = dpdk_bench.combine(paths)
+    assert out["columns"] == ["vhostsplice busy-poll 0", "dpdk", "vhostsplice"]
+    assert [d["mpps"] for d in out["samples"]["vhostsplice"]["rx64"]] == [0.45]
+    assert [d["mpps"] for d in out["samples"]["vhostsplice busy-poll 0"]["rx64"]] == [0.40]
 
 
 def test_a_floor_column_without_a_sample_fails_the_run_and_its_ratio_is_reported(tmp_path, capsys):

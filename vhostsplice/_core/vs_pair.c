@@ -186,6 +186,17 @@ static void auto_judge(struct vs_wait *w)
     w->auto_key = -1;
 }
 
+/* --busy-poll auto: a wait that ended with nothing.  A window left unanswered for longer than
+ * VS_AUTO_MAX_NS closes, as a late answer closes it; a shorter wait (cut short by until_ns) judges nothing. */
+static void auto_quiet(struct vs_wait *w)
+{
+    if (w->auto_key == 0 || w->auto_key == 1) {
+        if ((int64_t)(mono_ns() - w->auto_from_ns) > (int64_t)VS_AUTO_MAX_NS)
+            w->auto_ns[w->auto_key] = 0;
+    }
+    w->auto_key = -1;
+}
+
 /* The window after a served poll that published (rx_published: the RX ring's used position moved), in ns:
  * --busy-poll's, or the adaptive one of what was published, which the next wake-up judges. */
 static uint64_t window_ns(struct vs_wait *w, int rx_published)
@@ -273,14 +284,17 @@ int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t 
             spin_ns = 0;
             continue;
         }
-        auto_judge(w);
         w->wakeups++;
         if (n > 0 && (!only_traffic(w, ev, n) || drain_kicks(w, ev, n) < 0)) {
+            w->auto_key = -1; /* a message, a signal...: no answer to judge a window by */
             hand_over(w, ev, n);
             return 0;
         }
-        if (n == 0 && (!pending || !w->live))
+        if (n == 0 && (!pending || !w->live)) {
+            auto_quiet(w);
             return 0; /* timed out (the safety poll, Python's), or no rings to poll */
+        }
+        auto_judge(w); /* traffic: the peer's answer, or the next frame */
         uint16_t rx_used = vs_used_pos(&p->rx);
         w->took = 1;
         w->served++;

@@ -102,14 +102,12 @@ class BusyPoll(click.ParamType):
     name = "auto|USEC"
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        if str(value).strip().lower() == "auto":
+        if value == BUSY_POLL_AUTO or str(value).strip().lower() == "auto":
             return BUSY_POLL_AUTO
-        try:
-            usec = int(str(value), 10)
-        except ValueError:
+        text = str(value).strip()
+        if not (text.isascii() and text.isdigit()):
             self.fail(f"{value!r} is neither auto nor a whole number of microseconds", param, ctx)
+        usec = int(text)
         if not 0 <= usec <= 100000:
             self.fail(f"{usec} is not in 0..100000 microseconds", param, ctx)
         return usec

@@ -4,9 +4,9 @@ The wait itself is the C core's (`Datapath.wait`, vs_pair_wait): as long as ever
 (kicks, the host fd readable) C serves it, kicks drained and the batches run, and waits again, no Python
 in between (docs/architecture.md "The loop in C"). It returns here for the rest: a wake-up with any other
 event (a message, a signal, a connection, a host fd error), each to its handler (EVENT_HANDLERS); a batch
-that changed what epoll must watch; a timeout (the safety poll, a --stats-interval rewrite). The loop
-never spins: with nothing pending it blocks in epoll (--busy-poll USEC: after a batch that completed
-chains the wait polls epoll without sleeping for up to USEC). Python on a ping's path was most of its
+that changed what epoll must watch; a timeout (the safety poll, a --stats-interval rewrite). With nothing
+pending the wait blocks in epoll, after a --busy-poll window if one is open (auto, the default: adaptive,
+4-32 us and only while the peer answers that fast; USEC: fixed; 0: none). Python on a ping's path was most of its
 wake-ups' time (benchmarks/RESULTS.md); now none runs between a wake-up of traffic and the next wait.
 """
 from __future__ import annotations
@@ -53,7 +53,8 @@ class WorkerConfig:
     sandbox: Sandbox | None = None              # --sandbox: confined before the first message (None: off)
     stats_format: str = "json"                  # --stats-format: json or prometheus (counters.render)
     stats_interval: float | None = None         # --stats-interval: rewrite --stats-file this often (seconds)
-    busy_poll_us: int = 0                       # --busy-poll: keep polling this long after a batch (-1: auto)
+    busy_poll_us: int = 0                       # --busy-poll: USEC after a batch, or BUSY_POLL_AUTO (the
+                                                # command line's default, cli/options.py); 0 here: off
     host_io: str = "auto"                       # --host-io: auto (io_uring batches where they work) or plain
     state: StatePage = field(default_factory=lambda: StatePage(None))   # --state-file/--state-fd (statepage.py)
 
