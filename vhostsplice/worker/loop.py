@@ -73,6 +73,10 @@ class Worker:
             self.datapath.enable_uring()
         self.ep = select.epoll()
         self.datapath.watch(self.ep.fileno())   # the wait (vs_pair_wait) is on this epoll, in C
+        w = self.datapath.waiting       # what C uses only after serving traffic (so while rings run):
+        w.safety_ms = SAFETY_MS         # the timeout of its waits, and its --busy-poll windows
+        busy = config.busy_poll_us
+        w.spin_us = dp.SPIN_AUTO if busy == BUSY_POLL_AUTO else busy
         self.watched: dict[int, tuple[Role, int]] = {}    # fd -> (role, events)
         self.channel = None
         self.backend: Backend | None = None
@@ -225,10 +229,7 @@ class Worker:
         w = self.datapath.waiting
         w.live, w.synced = self.running, (dp.RX_STARVED if self.rx_starved else 0) | (
             dp.TX_BLOCKED if self.tx_blocked else 0)
-        w.safety_ms = SAFETY_MS if self.running else -1
         w.until_ns = 0 if self.out.next_due is None else int(self.out.next_due * 1e9)
-        busy = self.config.busy_poll_us
-        w.spin_us = 0 if not self.running else dp.SPIN_AUTO if busy == BUSY_POLL_AUTO else busy
         spin = 0 if pending else self._window_us()
         try:
             return self.datapath.wait(0 if pending else self._timeout_ms(), spin, pending)
