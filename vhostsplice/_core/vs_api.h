@@ -214,7 +214,7 @@ struct vs_pair {
  * for the adaptive window of what it published (RX: the guest's answer is a kick; TX only: the host's is a
  * frame).  A window is judged by when the next wake-up came: while spinning, kept; later but within
  * VS_AUTO_MAX_NS, doubled (from VS_AUTO_START_NS), so an answer that fast is caught next time; later
- * still, closed to 0, so a slow peer or a quiet ring costs no spinning (the shape of QEMU's adaptive
+ * still, closed to 0, so a slow peer or a quiet ring costs no spinning once it is closed (the shape of QEMU's adaptive
  * AioContext polling, whose poll-max-ns default is 32 us). */
 #define VS_SPIN_AUTO 0xffffffffu
 #define VS_AUTO_START_NS 4000u

@@ -176,23 +176,19 @@ uint32_t vs_auto_window(uint32_t window, uint32_t spun, uint64_t gap)
     return window == 0 ? VS_AUTO_START_NS : (window >= VS_AUTO_MAX_NS / 2 ? VS_AUTO_MAX_NS : window * 2);
 }
 
-/* --busy-poll auto: judge the window the last wait opened by when this wake-up came. */
-static void auto_judge(struct vs_wait *w)
-{
-    if (w->auto_key < 0 || w->auto_key > 1)
-        return;
-    uint32_t *win = &w->auto_ns[w->auto_key];
-    *win = vs_auto_window(*win, w->auto_spun_ns, mono_ns() - w->auto_from_ns);
-    w->auto_key = -1;
-}
-
-/* --busy-poll auto: a wait that ended with nothing.  A window left unanswered for longer than
- * VS_AUTO_MAX_NS closes, as a late answer closes it; a shorter wait (cut short by until_ns) judges nothing. */
-static void auto_quiet(struct vs_wait *w)
+/* --busy-poll auto: judge the window the last wait opened by the wake-up that ends it.  ANSWERED (traffic):
+ * vs_auto_window's rule.  Not answered (a wait that ended with nothing): a window left unanswered for longer
+ * than VS_AUTO_MAX_NS closes, as a late answer closes it; a shorter wait (cut short by until_ns) judges
+ * nothing. */
+static void auto_judge(struct vs_wait *w, int answered)
 {
     if (w->auto_key == 0 || w->auto_key == 1) {
-        if ((int64_t)(mono_ns() - w->auto_from_ns) > (int64_t)VS_AUTO_MAX_NS)
-            w->auto_ns[w->auto_key] = 0;
+        uint32_t *win = &w->auto_ns[w->auto_key];
+        int64_t gap = (int64_t)(mono_ns() - w->auto_from_ns);
+        if (answered)
+            *win = vs_auto_window(*win, w->auto_spun_ns, (uint64_t)gap);
+        else if (gap > (int64_t)VS_AUTO_MAX_NS)
+            *win = 0;
     }
     w->auto_key = -1;
 }
@@ -291,10 +287,10 @@ int vs_pair_wait(struct vs_pair *p, struct vs_wait *w, int timeout_ms, uint32_t 
             return 0;
         }
         if (n == 0 && (!pending || !w->live)) {
-            auto_quiet(w);
+            auto_judge(w, 0);
             return 0; /* timed out (the safety poll, Python's), or no rings to poll */
         }
-        auto_judge(w); /* traffic: the peer's answer, or the next frame */
+        auto_judge(w, 1); /* traffic: the peer's answer, or the next frame */
         uint16_t rx_used = vs_used_pos(&p->rx);
         w->took = 1;
         w->served++;

@@ -128,7 +128,8 @@ def busy_poll_option(command):
              "poll-us. USEC: up to USEC microseconds after every such batch (lower latency for a CPU kept busy "
              "meanwhile); 0 sleeps at once. auto (the default): a window per direction that grows (4 to 32 us) "
              "while the peer answers within 32 us and closes to 0 when it does not, so a slow peer or a quiet "
-             "ring costs no polling (QEMU's adaptive polling; benchmarks/RESULTS.md).")(host_io_option(command))
+             "ring costs at most one such window (QEMU's adaptive polling; benchmarks/RESULTS.md)."
+    )(host_io_option(command))
 
 
 def host_io_option(command):
